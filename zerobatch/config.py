@@ -1,0 +1,193 @@
+"""Configuration: one frozen object per process, defaults as named constants, checks at startup.
+
+The CLI builds a ServerConfig from flags; the broker hands each worker a WorkerConfig and each
+front end a FrontendConfig, serialized as JSON on the child's command line. Only entry points
+read the environment; everything here is pure data and validation. Every check's message says
+how to fix the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from zerobatch.errors import ConfigError
+from zerobatch.protocol import DEFAULT_MAX_BODY_BYTES
+
+# Model defaults, as TorchServe's where it has one.
+DEFAULT_VERSION = "1.0"
+DEFAULT_WORKERS = 1
+DEFAULT_BATCH_SIZE = 1
+DEFAULT_MAX_BATCH_DELAY_MS = 100
+DEFAULT_RESPONSE_TIMEOUT_S = 120
+DEFAULT_MAX_QUEUE = 100
+DEFAULT_STARTUP_TIMEOUT_S = 120
+
+#: How the aggregator treats a partial batch while a worker is idle.
+#: "adaptive": dispatch at once when the arrival rate says waiting cannot fill the batch.
+#: "full_delay": hold a partial batch for the whole max_batch_delay (TorchServe's behaviour).
+BATCH_POLICIES = ("adaptive", "full_delay")
+DEFAULT_BATCH_POLICY = "adaptive"
+
+# Server defaults.
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_HTTP_PORT = 8080
+DEFAULT_CLIENT_PORT = 9500
+DEFAULT_WORKER_PORT = 9501
+DEFAULT_FRONTENDS = 1
+DEFAULT_RUN_DIR = "/tmp/zerobatch"
+RESTART_BACKOFF_MIN_S = 0.1
+RESTART_BACKOFF_MAX_S = 10.0
+
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One served model version and its batching settings."""
+
+    name: str
+    path: str
+    version: str = DEFAULT_VERSION
+    workers: int = DEFAULT_WORKERS
+    batch_size: int = DEFAULT_BATCH_SIZE
+    max_batch_delay_ms: int = DEFAULT_MAX_BATCH_DELAY_MS
+    response_timeout_s: int = DEFAULT_RESPONSE_TIMEOUT_S
+    startup_timeout_s: int = DEFAULT_STARTUP_TIMEOUT_S
+    max_queue: int = DEFAULT_MAX_QUEUE
+    #: default deadline of a request, from its arrival; 0 means response_timeout_s
+    default_timeout_ms: int = 0
+    batch_policy: str = DEFAULT_BATCH_POLICY
+    #: GPUs this model may use (round robin); None means all the server's GPUs
+    device_ids: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not _MODEL_NAME.match(self.name):
+            raise ConfigError(f"model name {self.name!r} must match {_MODEL_NAME.pattern}")
+        if not self.version or "/" in self.version:
+            raise ConfigError(f"model {self.name}: version {self.version!r} must be non-empty "
+                              "and contain no '/'")
+        _positive(self, "batch_size", minimum=1)
+        _positive(self, "workers", minimum=0)
+        _positive(self, "max_batch_delay_ms", minimum=0)
+        _positive(self, "response_timeout_s", minimum=1)
+        _positive(self, "startup_timeout_s", minimum=1)
+        _positive(self, "default_timeout_ms", minimum=0)
+        if self.max_queue < self.batch_size:
+            raise ConfigError(f"model {self.name}: max_queue ({self.max_queue}) must be at least "
+                              f"batch_size ({self.batch_size}); raise max_queue")
+        if self.batch_policy not in BATCH_POLICIES:
+            raise ConfigError(f"model {self.name}: batch_policy {self.batch_policy!r} must be one "
+                              f"of {', '.join(BATCH_POLICIES)}")
+        if self.device_ids is not None:
+            object.__setattr__(self, "device_ids", tuple(self.device_ids))
+
+    @property
+    def key(self) -> str:
+        """The registry key of this model version."""
+        return f"{self.name}/{self.version}"
+
+    @property
+    def deadline_ms(self) -> int:
+        """The default (and longest) deadline a request of this model gets."""
+        return self.default_timeout_ms or self.response_timeout_s * 1000
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything `zerobatch start` decides; owned by the broker process."""
+
+    models: tuple[ModelConfig, ...] = ()
+    model_store: str = "."
+    host: str = DEFAULT_HOST
+    http_port: int = DEFAULT_HTTP_PORT
+    client_address: str = f"tcp://{DEFAULT_HOST}:{DEFAULT_CLIENT_PORT}"
+    worker_address: str = f"tcp://{DEFAULT_HOST}:{DEFAULT_WORKER_PORT}"
+    frontends: int = DEFAULT_FRONTENDS
+    #: GPUs to use; None means every GPU of the machine
+    number_of_gpu: int | None = None
+    run_dir: str = DEFAULT_RUN_DIR
+    max_request_bytes: int = DEFAULT_MAX_BODY_BYTES
+    log_level: str = "INFO"
+    #: aggregator twin: "auto" (compiled if built), "compiled" (fail if missing), "python"
+    aggregator: str = "auto"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "models", tuple(self.models))
+        keys = [m.key for m in self.models]
+        if len(set(keys)) != len(keys):
+            raise ConfigError(f"model versions registered twice: {sorted(keys)}")
+        _positive(self, "frontends", minimum=0)
+        _positive(self, "max_request_bytes", minimum=1)
+        if not 0 <= self.http_port <= 65535:
+            raise ConfigError(f"http_port {self.http_port} must be within 0..65535")
+        if self.number_of_gpu is not None and self.number_of_gpu < 0:
+            raise ConfigError("number_of_gpu must be >= 0")
+        if self.aggregator not in ("auto", "compiled", "python"):
+            raise ConfigError("aggregator must be auto, compiled or python")
+        for address in (self.client_address, self.worker_address):
+            if not address.startswith(("tcp://", "ipc://", "inproc://")):
+                raise ConfigError(f"address {address!r} must start with tcp://, ipc:// or inproc://")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "ServerConfig":
+        data = json.loads(text)
+        data["models"] = tuple(ModelConfig(**m) for m in data.get("models", ()))
+        return cls(**data)
+
+    def with_models(self, models: tuple[ModelConfig, ...]) -> "ServerConfig":
+        return replace(self, models=models)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What one worker process needs: its identity, its broker and its model."""
+
+    worker_id: str
+    broker_address: str
+    model: ModelConfig
+    gpu_id: int | None = None
+    heartbeat_interval_ms: int = 1000
+    log_level: str = "INFO"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "WorkerConfig":
+        data = json.loads(text)
+        data["model"] = ModelConfig(**data["model"])
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class FrontendConfig:
+    """What one HTTP front-end process needs."""
+
+    broker_address: str
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_HTTP_PORT
+    max_request_bytes: int = DEFAULT_MAX_BODY_BYTES
+    #: default deadline of an HTTP request when the model gives none the front end knows
+    default_timeout_ms: int = DEFAULT_RESPONSE_TIMEOUT_S * 1000
+    log_level: str = "INFO"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "FrontendConfig":
+        return cls(**json.loads(text))
+
+
+def _positive(obj: Any, name: str, minimum: int) -> None:
+    value = getattr(obj, name)
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        owner = getattr(obj, "name", type(obj).__name__)
+        raise ConfigError(f"{owner}: {name} must be an integer >= {minimum}, got {value!r}")

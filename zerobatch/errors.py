@@ -1,0 +1,147 @@
+"""The one error tree of zerobatch, and the table that maps its wire codes to HTTP statuses.
+
+Every error that crosses a process boundary travels as `(code, message, status)`: a stable
+string code, a human message, and the HTTP status to answer with. Nothing is pickled.
+Each subclass also inherits the builtin a Python caller would naturally catch, so
+`except TimeoutError` works on a zerobatch deadline and `except ValueError` on bad input.
+"""
+
+from __future__ import annotations
+
+
+class ServingError(Exception):
+    """Base of every error zerobatch raises on purpose."""
+
+    code = "internal_error"
+    http_status = 500
+
+    def __init__(self, message: str = "", *, status: int | None = None) -> None:
+        super().__init__(message or self.__class__.__doc__ or self.code)
+        if status is not None:
+            self.http_status = status
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+    @property
+    def type_name(self) -> str:
+        return type(self).__name__
+
+    def to_wire(self) -> tuple[str, str, int]:
+        return (self.code, self.message, self.http_status)
+
+
+class ConfigError(ServingError, ValueError):
+    """The configuration is invalid; the message says how to fix it."""
+
+    code = "config_error"
+    http_status = 400
+
+
+class ProtocolError(ServingError, ValueError):
+    """A frame or message does not follow the wire protocol."""
+
+    code = "protocol_error"
+    http_status = 400
+
+
+class BadRequest(ServingError, ValueError):
+    """The request itself is malformed (bad body, bad parameter)."""
+
+    code = "bad_request"
+    http_status = 400
+
+
+class RequestTooLarge(BadRequest):
+    """The request body is larger than the server accepts."""
+
+    code = "request_too_large"
+    http_status = 413
+
+
+class ModelNotFound(ServingError, LookupError):
+    """No model (or no such version) is registered under that name."""
+
+    code = "model_not_found"
+    http_status = 404
+
+
+class QueueFull(ServingError, OverflowError):
+    """The model's queue is full; retry later."""
+
+    code = "queue_full"
+    http_status = 503
+
+
+class DeadlineExceeded(ServingError, TimeoutError):
+    """The request's deadline passed before an answer was ready."""
+
+    code = "deadline_exceeded"
+    http_status = 504
+
+
+class HandlerError(ServingError, RuntimeError):
+    """The model's handler raised while running the request's batch."""
+
+    code = "handler_error"
+    http_status = 500
+
+
+class PredictionError(HandlerError):
+    """A handler raised a prediction error carrying its own HTTP status."""
+
+    code = "prediction_error"
+
+
+class WorkerLost(ServingError, ConnectionError):
+    """The worker running this request died or stopped answering."""
+
+    code = "worker_lost"
+    http_status = 503
+
+
+class BrokerUnavailable(ServingError, ConnectionError):
+    """The broker did not answer; it may be down or restarting."""
+
+    code = "broker_unavailable"
+    http_status = 503
+
+
+class ShuttingDown(ServingError, ConnectionError):
+    """The server is stopping and accepts no new requests."""
+
+    code = "shutting_down"
+    http_status = 503
+
+
+_ALL: tuple[type[ServingError], ...] = (
+    ServingError,
+    ConfigError,
+    ProtocolError,
+    BadRequest,
+    RequestTooLarge,
+    ModelNotFound,
+    QueueFull,
+    DeadlineExceeded,
+    HandlerError,
+    PredictionError,
+    WorkerLost,
+    BrokerUnavailable,
+    ShuttingDown,
+)
+
+#: wire code -> error class. The single place codes are looked up.
+ERROR_BY_CODE: dict[str, type[ServingError]] = {cls.code: cls for cls in _ALL}
+
+#: wire code -> default HTTP status. The single table front ends answer from.
+HTTP_STATUS_BY_CODE: dict[str, int] = {cls.code: cls.http_status for cls in _ALL}
+
+
+def error_from_wire(code: str, message: str, status: int | None = None) -> ServingError:
+    """Rebuild the typed error a peer sent; unknown codes become a plain ServingError."""
+    cls = ERROR_BY_CODE.get(code, ServingError)
+    err = cls(message, status=status)
+    if cls is ServingError and code != ServingError.code:
+        err.code = code
+    return err

@@ -1,0 +1,277 @@
+"""The zerobatch wire protocol: frame layouts, command bytes, limits, encode and parse.
+
+This is the only module that knows how messages look on a socket; the front ends, the
+ZeroMQ client, the broker and the workers all build and read frames through it.
+
+Transport: ZeroMQ multipart messages. Clients and workers use DEALER sockets; the broker
+binds two ROUTERs ("front" for clients and HTTP front ends, "back" for workers), which
+prepend the peer's identity frame on receive. The layouts below are what the DEALER side
+sends and receives (the broker sees one more frame, the identity, in front).
+
+Every message starts with two frames: ``VERSION`` (``b"ZB1"``) and a one-byte command.
+
+Client <-> broker (front ROUTER)::
+
+    REQUEST  [VERSION, REQUEST, rid, route, meta, body]
+    CONTROL  [VERSION, CONTROL, rid, control]
+    REPLY    [VERSION, REPLY,   rid, reply_meta, body]
+    ERROR    [VERSION, ERROR,   rid, error_info, b""]
+    PARTIAL  [VERSION, PARTIAL, rid, reply_meta, body]      (a streamed chunk; REPLY ends it)
+
+    rid         opaque bytes (at most MAX_RID_BYTES) chosen by the client, echoed verbatim
+    route       msgpack [model: str, version: str | None, timeout_ms: int]; 0 = model default.
+                The broker decodes only this frame.
+    meta        msgpack [content_type: str, headers: {str: str} | None, request_id: str | None];
+                opaque to the broker, read by the worker
+    body        the raw request body; never decoded or copied by the broker
+    control     msgpack {"op": str, ...}: management calls ("ping", "describe", "stop")
+    reply_meta  msgpack [status: int, content_type: str | None, headers: {str: str} | None]
+    error_info  msgpack [code: str, message: str, status: int]  (codes: zerobatch.errors)
+
+Worker <-> broker (back ROUTER; the worker's identity is its worker id)::
+
+    READY      [VERSION, W_READY, info]     info = msgpack {"model", "version", "worker_id",
+                                                            "gpu_id", "pid"}
+    BATCH      [VERSION, W_BATCH, batch_id, meta_1, body_1, ..., meta_n, body_n]
+    W_REPLY    [VERSION, W_REPLY, batch_id, cmd_1, a_1, b_1, ..., cmd_n, a_n, b_n]
+                 cmd_i is REPLY (a = reply_meta, b = body) or ERROR (a = error_info, b = b"")
+    HEARTBEAT  [VERSION, W_HEARTBEAT]        both ways
+    DISCONNECT [VERSION, W_DISCONNECT]       worker -> broker, before a clean exit
+
+    batch_id   8 bytes, little-endian unsigned; the broker's own counter
+
+A worker sends its heartbeats from a second DEALER whose identity is its worker id plus
+HEARTBEAT_SUFFIX, owned by a heartbeat thread, so a long forward pass on the data socket's
+thread never silences it. Any message from either identity counts as a heartbeat.
+
+Untrusted frames are parsed defensively: anything malformed raises ProtocolError, which the
+receiver logs and drops; it never takes a process down.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, Sequence
+
+import msgpack
+
+from zerobatch.errors import ProtocolError
+
+VERSION = b"ZB1"
+
+# Client commands (front ROUTER).
+REQUEST = b"\x01"
+REPLY = b"\x02"
+ERROR = b"\x03"
+CONTROL = b"\x04"
+PARTIAL = b"\x05"
+
+# Worker commands (back ROUTER).
+W_READY = b"\x11"
+W_BATCH = b"\x12"
+W_REPLY = b"\x13"
+W_HEARTBEAT = b"\x14"
+W_DISCONNECT = b"\x15"
+
+CLIENT_COMMANDS = frozenset((REQUEST, CONTROL))
+WORKER_COMMANDS = frozenset((W_READY, W_REPLY, W_HEARTBEAT, W_DISCONNECT))
+
+HEARTBEAT_SUFFIX = b".hb"
+
+# Limits on what a peer may send us.
+MAX_RID_BYTES = 64
+MAX_HEADER_BYTES = 64 * 1024
+MAX_BATCH_ITEMS = 4096
+DEFAULT_MAX_BODY_BYTES = 6_553_500  # TorchServe's default max_request_size
+
+# Liveness, as in the Paranoid Pirate pattern: a peer silent for LIVENESS intervals is lost.
+HEARTBEAT_INTERVAL_MS = 1000
+HEARTBEAT_LIVENESS = 3
+
+HEARTBEAT_FRAMES = [VERSION, W_HEARTBEAT]
+DISCONNECT_FRAMES = [VERSION, W_DISCONNECT]
+
+_BATCH_ID = struct.Struct("<Q")
+_UNPACK_LIMITS = dict(
+    raw=False,
+    max_str_len=MAX_HEADER_BYTES,
+    max_bin_len=MAX_HEADER_BYTES,
+    max_array_len=1024,
+    max_map_len=1024,
+    max_ext_len=0,
+)
+
+packb = msgpack.packb
+
+
+def unpack_header(data: bytes) -> Any:
+    """Decode one msgpack header frame within the size limits, or raise ProtocolError."""
+    if len(data) > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header frame of {len(data)} bytes exceeds {MAX_HEADER_BYTES}")
+    try:
+        return msgpack.unpackb(data, **_UNPACK_LIMITS)
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise ProtocolError(f"undecodable header frame: {exc}") from None
+
+
+def check_envelope(frames: Sequence[bytes], min_frames: int) -> bytes:
+    """Check the version frame and length; return the command byte."""
+    if len(frames) < min_frames:
+        raise ProtocolError(f"message has {len(frames)} frames, expected at least {min_frames}")
+    if bytes(frames[0]) != VERSION:
+        raise ProtocolError(f"unknown protocol version {bytes(frames[0])[:16]!r}")
+    return bytes(frames[1])
+
+
+# ---------------------------------------------------------------- client side
+
+def encode_route(model: str, version: str | None, timeout_ms: int) -> bytes:
+    return packb((model, version, int(timeout_ms)))
+
+
+def encode_meta(content_type: str, headers: dict[str, str] | None = None,
+                request_id: str | None = None) -> bytes:
+    return packb((content_type, headers, request_id))
+
+
+def encode_request(rid: bytes, route: bytes, meta: bytes, body: Any) -> list:
+    return [VERSION, REQUEST, rid, route, meta, body]
+
+
+def encode_control(rid: bytes, op: str, **args: Any) -> list:
+    args["op"] = op
+    return [VERSION, CONTROL, rid, packb(args)]
+
+
+def parse_route(data: bytes) -> tuple[str, str | None, int]:
+    """Decode a route frame: (model, version or None, timeout_ms >= 0)."""
+    route = unpack_header(data)
+    if not isinstance(route, list) or len(route) != 3:
+        raise ProtocolError("route must be [model, version, timeout_ms]")
+    model, version, timeout_ms = route
+    if not isinstance(model, str) or not model:
+        raise ProtocolError("route model must be a non-empty string")
+    if version is not None and not isinstance(version, str):
+        raise ProtocolError("route version must be a string or nil")
+    if not isinstance(timeout_ms, int) or isinstance(timeout_ms, bool) or timeout_ms < 0:
+        raise ProtocolError("route timeout_ms must be a non-negative integer")
+    return model, version, timeout_ms
+
+
+def parse_meta(data: bytes) -> tuple[str, dict[str, str] | None, str | None]:
+    """Decode a request meta frame: (content_type, headers or None, request_id or None)."""
+    meta = unpack_header(data)
+    if not isinstance(meta, list) or len(meta) != 3:
+        raise ProtocolError("meta must be [content_type, headers, request_id]")
+    content_type, headers, request_id = meta
+    if not isinstance(content_type, str):
+        raise ProtocolError("meta content_type must be a string")
+    if headers is not None and not isinstance(headers, dict):
+        raise ProtocolError("meta headers must be a map or nil")
+    if request_id is not None and not isinstance(request_id, str):
+        raise ProtocolError("meta request_id must be a string or nil")
+    return content_type, headers, request_id
+
+
+def parse_control(data: bytes) -> dict[str, Any]:
+    control = unpack_header(data)
+    if not isinstance(control, dict) or not isinstance(control.get("op"), str):
+        raise ProtocolError('control must be a map with a string "op"')
+    return control
+
+
+# ---------------------------------------------------------------- replies
+
+def encode_reply_meta(status: int = 200, content_type: str | None = None,
+                      headers: dict[str, str] | None = None) -> bytes:
+    return packb((status, content_type, headers))
+
+
+def parse_reply_meta(data: bytes) -> tuple[int, str | None, dict[str, str] | None]:
+    meta = unpack_header(data)
+    if not isinstance(meta, list) or len(meta) != 3 or not isinstance(meta[0], int):
+        raise ProtocolError("reply meta must be [status, content_type, headers]")
+    return meta[0], meta[1], meta[2]
+
+
+def encode_error_info(code: str, message: str, status: int) -> bytes:
+    return packb((code, message, status))
+
+
+def parse_error_info(data: bytes) -> tuple[str, str, int]:
+    info = unpack_header(data)
+    if (not isinstance(info, list) or len(info) != 3 or not isinstance(info[0], str)
+            or not isinstance(info[1], str) or not isinstance(info[2], int)):
+        raise ProtocolError("error info must be [code, message, status]")
+    return info[0], info[1], info[2]
+
+
+def encode_error(rid: bytes, code: str, message: str, status: int) -> list:
+    """A broker-made error reply to a client (the ROUTER identity goes in front)."""
+    return [VERSION, ERROR, rid, encode_error_info(code, message, status), b""]
+
+
+def error_frames(err: Any) -> tuple[bytes, bytes, bytes]:
+    """(ERROR, error_info, b"") for a ServingError: the per-item triple of a W_REPLY."""
+    return ERROR, encode_error_info(err.code, err.message, err.http_status), b""
+
+
+def parse_client_reply(frames: Sequence[Any]) -> tuple[bytes, bytes, Any, Any]:
+    """Split a reply the client received: (command, rid, a, b), command in REPLY/ERROR/PARTIAL."""
+    command = check_envelope(frames, 5)
+    if command not in (REPLY, ERROR, PARTIAL):
+        raise ProtocolError(f"unexpected command {command!r} for a client")
+    return command, bytes(frames[2]), frames[3], frames[4]
+
+
+# ---------------------------------------------------------------- worker side
+
+def encode_batch_id(batch_id: int) -> bytes:
+    return _BATCH_ID.pack(batch_id)
+
+
+def parse_batch_id(data: bytes) -> int:
+    if len(data) != _BATCH_ID.size:
+        raise ProtocolError("batch id must be 8 bytes")
+    return _BATCH_ID.unpack(data)[0]
+
+
+def encode_ready(model: str, version: str, worker_id: str, gpu_id: int | None, pid: int) -> list:
+    info = {"model": model, "version": version, "worker_id": worker_id,
+            "gpu_id": gpu_id, "pid": pid}
+    return [VERSION, W_READY, packb(info)]
+
+
+def parse_ready(data: bytes) -> dict[str, Any]:
+    info = unpack_header(data)
+    if not isinstance(info, dict):
+        raise ProtocolError("READY info must be a map")
+    for key, kind in (("model", str), ("version", str), ("worker_id", str), ("pid", int)):
+        if not isinstance(info.get(key), kind):
+            raise ProtocolError(f"READY info needs {key!r} of type {kind.__name__}")
+    gpu_id = info.get("gpu_id")
+    if gpu_id is not None and not isinstance(gpu_id, int):
+        raise ProtocolError("READY gpu_id must be an integer or nil")
+    return info
+
+
+def parse_batch(frames: Sequence[Any]) -> tuple[int, list[tuple[Any, Any]]]:
+    """Split a BATCH message the worker received into (batch_id, [(meta, body), ...])."""
+    command = check_envelope(frames, 5)
+    if command != W_BATCH:
+        raise ProtocolError(f"expected BATCH, got {command!r}")
+    items = frames[3:]
+    if len(items) % 2:
+        raise ProtocolError("BATCH items must come in (meta, body) pairs")
+    batch_id = parse_batch_id(bytes(frames[2]))
+    return batch_id, [(items[i], items[i + 1]) for i in range(0, len(items), 2)]
+
+
+def split_worker_reply(frames: Sequence[Any]) -> tuple[int, list]:
+    """Split a W_REPLY (after the envelope) into (batch_id, flat [cmd, a, b, ...] items)."""
+    if len(frames) < 3:
+        raise ProtocolError("W_REPLY needs a batch id")
+    items = frames[3:]
+    if len(items) % 3:
+        raise ProtocolError("W_REPLY items must come in (cmd, a, b) triples")
+    return parse_batch_id(bytes(frames[2])), items
