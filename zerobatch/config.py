@@ -35,7 +35,6 @@ DEFAULT_BATCH_POLICY = "adaptive"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_HTTP_PORT = 8080
 DEFAULT_CLIENT_PORT = 9500
-DEFAULT_WORKER_PORT = 9501
 DEFAULT_FRONTENDS = 1
 DEFAULT_RUN_DIR = "/tmp/zerobatch"
 RESTART_BACKOFF_MIN_S = 0.1
@@ -104,7 +103,8 @@ class ServerConfig:
     host: str = DEFAULT_HOST
     http_port: int = DEFAULT_HTTP_PORT
     client_address: str = f"tcp://{DEFAULT_HOST}:{DEFAULT_CLIENT_PORT}"
-    worker_address: str = f"tcp://{DEFAULT_HOST}:{DEFAULT_WORKER_PORT}"
+    #: an extra endpoint for workers on other hosts; local workers always use ipc in run_dir
+    worker_address: str = ""
     frontends: int = DEFAULT_FRONTENDS
     #: GPUs to use; None means every GPU of the machine
     number_of_gpu: int | None = None
@@ -128,7 +128,7 @@ class ServerConfig:
         if self.aggregator not in ("auto", "compiled", "python"):
             raise ConfigError("aggregator must be auto, compiled or python")
         for address in (self.client_address, self.worker_address):
-            if not address.startswith(("tcp://", "ipc://", "inproc://")):
+            if address and not address.startswith(("tcp://", "ipc://", "inproc://")):
                 raise ConfigError(f"address {address!r} must start with tcp://, ipc:// or inproc://")
 
     def to_json(self) -> str:

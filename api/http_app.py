@@ -1,0 +1,138 @@
+"""The HTTP inference app: TorchServe's inference API as a Falcon ASGI app over an AsyncClient.
+
+    GET  /ping                                   200 {"status": "Healthy"} if the broker answers
+    POST /predictions/{model_name}               body passed through raw to the model's handler
+    POST /predictions/{model_name}/{model_version}
+    (PUT is accepted on both, as TorchServe does)
+
+A prediction forwards the raw body, its Content-Type (default application/octet-stream), the
+request headers (lowercase names) and a fresh request id (uuid4 hex, echoed as the
+`x-request-id` response header); its deadline is the front end's default, or shorter when the
+caller sends `x-zerobatch-timeout-ms`. The worker's reply status, content type, headers and
+body go back as they are. Errors are TorchServe-shaped JSON (see api.http_helpers).
+
+The AsyncClient is created at lifespan startup, inside the server's event loop, and closed at
+shutdown; a client passed to create_app is used as is and left open.
+"""
+
+from __future__ import annotations
+
+import logging
+from uuid import uuid4
+
+import falcon
+import falcon.asgi
+
+from api.aio_client import AsyncClient
+from api.http_helpers import (
+    REQUEST_ID_HEADER,
+    TIMEOUT_HEADER,
+    handle_serving_error,
+    handle_unexpected,
+    http_error_serializer,
+    read_body,
+    timeout_from_header,
+)
+from zerobatch.config import FrontendConfig
+from zerobatch.errors import ServingError
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+PING_TIMEOUT_MS = 1000
+OCTET_STREAM = "application/octet-stream"
+#: what a reply whose worker named no content type is sent as (TorchServe's default)
+DEFAULT_REPLY_TYPE = "application/json"
+_HEALTHY = b'{"status": "Healthy"}'
+_UNHEALTHY = b'{"status": "Unhealthy"}'
+_VERDICTS = {"Partial Healthy": (200, b'{"status": "Partial Healthy"}'),
+             "Unhealthy": (500, _UNHEALTHY)}
+
+
+class _ClientHolder:
+    """The app's AsyncClient: made at startup inside the server's loop, or on first use."""
+
+    __slots__ = ("config", "client", "owned")
+
+    def __init__(self, config: FrontendConfig, client: AsyncClient | None) -> None:
+        self.config = config
+        self.client = client
+        self.owned = client is None
+
+    def get(self) -> AsyncClient:
+        client = self.client
+        if client is None:
+            client = self.client = AsyncClient(self.config.broker_address)
+        return client
+
+    async def process_startup(self, scope: dict, event: dict) -> None:
+        self.get()
+
+    async def process_shutdown(self, scope: dict, event: dict) -> None:
+        if self.owned and self.client is not None:
+            client, self.client = self.client, None
+            await client.aclose()
+
+
+class PingResource:
+    def __init__(self, holder: _ClientHolder) -> None:
+        self._holder = holder
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        resp.content_type = "application/json"
+        try:
+            answer = await self._holder.get().control("ping", timeout_ms=PING_TIMEOUT_MS)
+        except ServingError as exc:
+            log.info("ping: broker unhealthy or silent: %s", exc)
+            resp.status = 500
+            resp.data = _UNHEALTHY
+            return
+        status = answer.get("status")  # the broker's own verdict, in TorchServe's words
+        verdict = _VERDICTS.get(status) if isinstance(status, str) else None
+        if verdict is not None:
+            resp.status, resp.data = verdict
+            return
+        resp.data = _HEALTHY
+
+
+class PredictionsResource:
+    def __init__(self, holder: _ClientHolder, config: FrontendConfig) -> None:
+        self._holder = holder
+        self._limit = config.max_request_bytes
+        self._default_timeout_ms = config.default_timeout_ms
+
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
+                      model_name: str, model_version: str | None = None) -> None:
+        request_id = uuid4().hex
+        resp.set_header(REQUEST_ID_HEADER, request_id)
+        headers = req.headers
+        timeout = headers.get(TIMEOUT_HEADER)
+        timeout_ms = (self._default_timeout_ms if timeout is None
+                      else timeout_from_header(timeout, self._default_timeout_ms))
+        body = await read_body(req, self._limit)
+        reply = await self._holder.get().predict(
+            model_name, body, version=model_version, timeout_ms=timeout_ms,
+            content_type=headers.get("content-type") or OCTET_STREAM, headers=headers,
+            request_id=request_id)
+        resp.status = reply.status
+        resp.content_type = reply.content_type or DEFAULT_REPLY_TYPE
+        if reply.headers:
+            resp.set_headers(reply.headers)
+        resp.data = reply.body
+
+    on_put = on_post
+
+
+def create_app(config: FrontendConfig, client: AsyncClient | None = None) -> falcon.asgi.App:
+    """The inference app for one front-end process (see the module docstring)."""
+    holder = _ClientHolder(config, client)
+    app = falcon.asgi.App(middleware=[holder])
+    app.add_route("/ping", PingResource(holder))
+    predictions = PredictionsResource(holder, config)
+    app.add_route("/predictions/{model_name}", predictions)
+    app.add_route("/predictions/{model_name}/{model_version}", predictions)
+    app.set_error_serializer(http_error_serializer)
+    app.add_error_handler(Exception, handle_unexpected)
+    app.add_error_handler(ServingError, handle_serving_error)
+    return app

@@ -1,0 +1,170 @@
+"""The ZeroMQ path against the floor, side by side in one run.
+
+    python -m benchmarks.bench_zmq [--rounds 3] [--latency-requests 3000]
+                                   [--throughput-requests 30000] [--json results/zmq.json]
+
+Three systems answer a 100-byte echo over ipc, in alternating rounds so that machine noise
+hits all of them alike:
+  relay  a bare Python DEALER->ROUTER->ROUTER->DEALER relay (benchmarks/floor.py)
+  proxy  libzmq's C zmq_proxy with an echo server behind it
+  ours   a real zerobatch server (broker + one echo worker, batch size 8, adaptive) driven by
+         our own `api.client.Client`
+For each: p50/p99 round trip with one request in flight, and requests/s with 64 in flight.
+Figures are medians over the rounds; ratios are ours against the relay.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+import zmq
+
+from benchmarks.common import (
+    BENCH_MODELS,
+    latency_summary_ms,
+    processes,
+    run_record,
+    write_json,
+    zerobatch_server,
+)
+
+PAYLOAD = b"x" * 100
+IN_FLIGHT = 64
+MAX_PHASE_S = 60.0
+
+
+class RawClient:
+    """A bare DEALER: what the floor's clients use."""
+
+    def __init__(self, address: str) -> None:
+        self.context = zmq.Context()
+        self.socket = self.context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.connect(address)
+        self.counter = 0
+
+    def send(self) -> None:
+        self.counter += 1
+        self.socket.send_multipart([self.counter.to_bytes(8, "little"), PAYLOAD])
+
+    def recv(self) -> None:
+        if not self.socket.poll(5000):
+            raise TimeoutError("the floor did not answer within 5 s")
+        self.socket.recv_multipart()
+
+    def close(self) -> None:
+        self.socket.close()
+        self.context.term()
+
+
+class OurClient:
+    """zerobatch's client, driven the same way."""
+
+    def __init__(self, address: str) -> None:
+        from api.client import Client
+
+        self.client = Client(address)
+        self.pending: list = []
+
+    def send(self) -> None:
+        self.pending.append(self.client.submit("echo", PAYLOAD, timeout_ms=5000))
+
+    def recv(self) -> None:
+        self.pending.pop(0).result()
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def measure(client, latency_requests: int, throughput_requests: int) -> dict:
+    for _ in range(200):  # warm up: connections, caches, the worker's first batches
+        client.send()
+        client.recv()
+    latencies = []
+    clock = time.perf_counter
+    for _ in range(latency_requests):
+        started = clock()
+        client.send()
+        client.recv()
+        latencies.append(clock() - started)
+    figures = latency_summary_ms(latencies)
+
+    started = clock()
+    deadline = started + MAX_PHASE_S
+    sent = min(IN_FLIGHT, throughput_requests)
+    for _ in range(sent):
+        client.send()
+    done = 0
+    while done < sent and clock() < deadline:
+        client.recv()
+        done += 1
+        if sent < throughput_requests:
+            client.send()
+            sent += 1
+    figures["rps_64"] = done / (clock() - started)
+    return figures
+
+
+def run_floor(kind: str, args: argparse.Namespace) -> dict:
+    with tempfile.TemporaryDirectory(prefix="zbf") as tmp:
+        front, back = f"ipc://{tmp}/front", f"ipc://{tmp}/back"
+        server = ["-m", "benchmarks.floor", kind, front, back]
+        echo = ["-m", "benchmarks.floor", "echo" if kind == "relay" else "echo-router", back]
+        with processes(server, echo):
+            client = RawClient(front)
+            try:
+                return measure(client, args.latency_requests, args.throughput_requests)
+            finally:
+                client.close()
+
+
+def run_ours(args: argparse.Namespace) -> dict:
+    flags = ["--frontends", "0", "--batch-size", "8", "--max-batch-delay", "5",
+             "--max-queue", "1000"]
+    with zerobatch_server({"echo": os.path.join(BENCH_MODELS, "echo")}, *flags) as server:
+        client = OurClient(server["client_address"])
+        try:
+            return measure(client, args.latency_requests, args.throughput_requests)
+        finally:
+            client.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_zmq")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--latency-requests", type=int, default=3000)
+    parser.add_argument("--throughput-requests", type=int, default=30000)
+    parser.add_argument("--json", default=None, help="write the run record here")
+    args = parser.parse_args(argv)
+
+    runs: dict[str, list[dict]] = {"relay": [], "proxy": [], "ours": []}
+    for round_index in range(args.rounds):
+        for kind in ("relay", "proxy", "ours"):
+            figures = run_ours(args) if kind == "ours" else run_floor(kind, args)
+            runs[kind].append(figures)
+            print(f"round {round_index + 1} {kind:5s}: p50 {figures['p50_ms']:.3f} ms  "
+                  f"p99 {figures['p99_ms']:.3f} ms  {figures['rps_64']:,.0f} req/s @64",
+                  flush=True)
+    median = {kind: {key: statistics.median(r[key] for r in rows) for key in rows[0]}
+              for kind, rows in runs.items()}
+    ratios = {
+        "p50_ours_over_relay": median["ours"]["p50_ms"] / median["relay"]["p50_ms"],
+        "rps64_ours_over_relay": median["ours"]["rps_64"] / median["relay"]["rps_64"],
+    }
+    print("\nmedians over rounds (1 in flight: p50/p99 ms; 64 in flight: req/s)")
+    for kind, figures in median.items():
+        print(f"  {kind:5s}  p50 {figures['p50_ms']:.3f}  p99 {figures['p99_ms']:.3f}  "
+              f"{figures['rps_64']:,.0f} req/s")
+    print(f"  ours/relay: p50 x{ratios['p50_ours_over_relay']:.2f} (target <= 1.25), "
+          f"throughput x{ratios['rps64_ours_over_relay']:.2f} (target >= 1.0)")
+    write_json(args.json, run_record("zmq", vars(args), {"median": median, "ratios": ratios,
+                                                         "rounds": runs}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

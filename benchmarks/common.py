@@ -1,0 +1,94 @@
+"""What every benchmark shares: starting and stopping processes, a zerobatch server under
+test, latency summaries, and the JSON record of a run (commit, versions, config, figures)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH_MODELS = os.path.join(ROOT, "benchmarks", "models")
+
+
+def percentile(sorted_values: list[float], fraction: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    index = min(len(sorted_values) - 1, max(0, round(fraction * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+def latency_summary_ms(latencies_s: list[float]) -> dict[str, float]:
+    values = sorted(latencies_s)
+    return {name: percentile(values, q) * 1000 for name, q in
+            (("p50_ms", 0.50), ("p90_ms", 0.90), ("p99_ms", 0.99), ("p999_ms", 0.999))}
+
+
+@contextmanager
+def processes(*argvs: list[str]) -> Iterator[list[subprocess.Popen]]:
+    """Start processes (python -m ... argvs) and always stop them."""
+    started = [subprocess.Popen([sys.executable, *argv], cwd=ROOT) for argv in argvs]
+    try:
+        yield started
+    finally:
+        for process in started:
+            process.send_signal(signal.SIGTERM)
+        for process in started:
+            try:
+                process.wait(5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@contextmanager
+def zerobatch_server(models: dict[str, str], *flags: str) -> Iterator[dict]:
+    """A real zerobatch server started with the CLI; yields its addresses; always stopped."""
+    run_dir = tempfile.mkdtemp(prefix="zbb")
+    client_address = f"ipc://{run_dir}/client.sock"
+    argv = [sys.executable, "-m", "api.cli", "start", "--run-dir", run_dir,
+            "--client-address", client_address, "--log-level", "WARNING",
+            "--models", *[f"{n}={p}" for n, p in models.items()], *flags]
+    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    try:
+        if result.returncode != 0:
+            raise RuntimeError(f"zerobatch start failed:\n{result.stdout}{result.stderr}")
+        yield {"run_dir": run_dir, "client_address": client_address}
+    finally:
+        subprocess.run([sys.executable, "-m", "api.cli", "stop", "--run-dir", run_dir],
+                       cwd=ROOT, capture_output=True, timeout=60)
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def run_record(name: str, config: dict, figures: dict) -> dict:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                                text=True, timeout=5).stdout.strip() or None
+    except OSError:
+        commit = None
+    versions = {"python": platform.python_version()}
+    for module in ("zmq", "msgpack", "falcon", "uvicorn"):
+        try:
+            versions[module] = __import__(module).__version__
+        except (ImportError, AttributeError):
+            pass
+    return {"benchmark": name, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "commit": commit, "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+            "versions": versions, "config": config, "figures": figures}
+
+
+def write_json(path: str | None, record: dict) -> None:
+    if not path:
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as handle:
+        json.dump(record, handle, indent=2)
+    print(f"wrote {path}")

@@ -1,0 +1,425 @@
+"""The broker's logic, with no sockets: models, queues, workers, in-flight batches, liveness.
+
+`BrokerCore` is driven by three calls: `on_front(frames, now_ns)` for a message from a client
+or front end, `on_back(frames, now_ns)` for a message from a worker, and `on_tick(now_ns)`.
+Each appends what must be sent to `out_front` / `out_back` (lists of frame lists, identity
+first); the socket loop (broker/loop.py) sends them and clears the lists. The clock is always
+passed in, so every timing rule is a deterministic unit test.
+
+Request bodies and meta frames are never decoded here: they are stored as received and handed
+to the worker as they are. Only the small route frame is read (and its decoding is cached,
+since a client usually repeats the same model and timeout).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import Any, Callable
+
+from zerobatch import protocol as p
+from zerobatch.config import ModelConfig
+from zerobatch.errors import (
+    DeadlineExceeded,
+    ModelNotFound,
+    ProtocolError,
+    QueueFull,
+    RequestTooLarge,
+    ServingError,
+    ShuttingDown,
+    WorkerLost,
+)
+
+log = logging.getLogger("zerobatch.broker")
+
+_NS_PER_MS = 1_000_000
+_ROUTE_CACHE_MAX = 4096
+
+
+class ModelQueue:
+    """One model version: its aggregator, waiting payloads, and idle workers (LRU first)."""
+
+    __slots__ = ("config", "aggregator", "pending", "idle", "workers", "batch_sizes",
+                 "requests_total", "deadline_ns")
+
+    def __init__(self, config: ModelConfig, aggregator: Any) -> None:
+        self.config = config
+        self.aggregator = aggregator
+        #: request id -> (client identity, rid, meta frame, body frame)
+        self.pending: dict[int, tuple] = {}
+        self.idle: deque[WorkerRecord] = deque()
+        self.workers: dict[bytes, WorkerRecord] = {}
+        self.batch_sizes: dict[int, int] = {}
+        self.requests_total = 0
+        self.deadline_ns = config.deadline_ms * _NS_PER_MS
+
+
+class WorkerRecord:
+    """A connected worker: where it is, what it serves, when it was last heard, what it runs."""
+
+    __slots__ = ("identity", "worker_id", "model", "gpu_id", "pid", "expiry_ns", "batch")
+
+    def __init__(self, identity: bytes, worker_id: str, model: ModelQueue,
+                 gpu_id: int | None, pid: int, expiry_ns: int) -> None:
+        self.identity = identity
+        self.worker_id = worker_id
+        self.model = model
+        self.gpu_id = gpu_id
+        self.pid = pid
+        self.expiry_ns = expiry_ns
+        self.batch: InFlightBatch | None = None
+
+
+class InFlightBatch:
+    """A batch a worker is running: whom to answer, and since when it runs."""
+
+    __slots__ = ("batch_id", "worker", "requests", "dispatched_ns")
+
+    def __init__(self, batch_id: int, worker: WorkerRecord, requests: list,
+                 dispatched_ns: int) -> None:
+        self.batch_id = batch_id
+        self.worker = worker
+        #: [(client identity, rid), ...] in the order the worker answers
+        self.requests = requests
+        self.dispatched_ns = dispatched_ns
+
+
+class BrokerCore:
+    """Routing, batching and liveness decisions of the broker; see the module docstring."""
+
+    def __init__(self, aggregator_class: Callable[..., Any], *,
+                 max_request_bytes: int = p.DEFAULT_MAX_BODY_BYTES,
+                 heartbeat_interval_ms: int = p.HEARTBEAT_INTERVAL_MS,
+                 heartbeat_liveness: int = p.HEARTBEAT_LIVENESS) -> None:
+        self._aggregator_class = aggregator_class
+        self.max_request_bytes = max_request_bytes
+        self.heartbeat_interval_ns = heartbeat_interval_ms * _NS_PER_MS
+        self.worker_ttl_ns = heartbeat_liveness * self.heartbeat_interval_ns
+        #: model name -> {version -> ModelQueue}; the first registered version is the default
+        self.models: dict[str, dict[str, ModelQueue]] = {}
+        self.default_version: dict[str, str] = {}
+        self.workers: dict[bytes, WorkerRecord] = {}
+        self.batches: dict[int, InFlightBatch] = {}
+        self.out_front: list[list] = []
+        self.out_back: list[list] = []
+        #: worker ids declared lost (silent, timed out, disconnected): the supervisor reaps them
+        self.lost_worker_ids: list[str] = []
+        self.stop_requested = False
+        self.shutting_down = False
+        self._next_request_id = 1
+        self._next_batch_id = 1
+        self._next_heartbeat_ns = 0
+        self._route_cache: dict[bytes, tuple[str, str | None, int]] = {}
+        self.control_handlers: dict[str, Callable[[dict], Any]] = {
+            "ping": lambda _args: {"status": "Healthy"},
+            "describe": lambda _args: self.describe(),
+            "stop": self._control_stop,
+        }
+
+    # ------------------------------------------------------------------ registry
+
+    def add_model(self, config: ModelConfig) -> ModelQueue:
+        aggregator = self._aggregator_class(
+            config.batch_size, config.max_batch_delay_ms * _NS_PER_MS, config.max_queue,
+            config.batch_policy == "adaptive")
+        queue = ModelQueue(config, aggregator)
+        versions = self.models.setdefault(config.name, {})
+        versions[config.version] = queue
+        self.default_version.setdefault(config.name, config.version)
+        return queue
+
+    def find_model(self, name: str, version: str | None) -> ModelQueue:
+        versions = self.models.get(name)
+        if versions is None:
+            raise ModelNotFound(f"Model not found: {name}")
+        queue = versions.get(version or self.default_version[name])
+        if queue is None:
+            raise ModelNotFound(f"Model version not found: {name}/{version}")
+        return queue
+
+    # ------------------------------------------------------------------ front side
+
+    def on_front(self, frames: list, now_ns: int) -> None:
+        """A message from a client or front end: [identity, VERSION, command, rid, ...]."""
+        identity = _as_bytes(frames[0])
+        try:
+            command = p.check_envelope(frames[1:], 3)
+            rid = _as_bytes(frames[3])
+            if len(rid) > p.MAX_RID_BYTES:
+                raise ProtocolError(f"request id longer than {p.MAX_RID_BYTES} bytes")
+        except ProtocolError as exc:
+            log.warning("dropped a malformed client message: %s", exc)
+            return
+        try:
+            if command == p.REQUEST:
+                if len(frames) != 7:
+                    raise ProtocolError("REQUEST must be [VERSION, REQUEST, rid, route, "
+                                        "meta, body]")
+                self._on_request(identity, rid, frames, now_ns)
+            elif command == p.CONTROL:
+                self._on_control(identity, rid, frames, now_ns)
+            else:
+                raise ProtocolError(f"unknown client command {command!r}")
+        except ServingError as exc:
+            if isinstance(exc, ProtocolError):
+                log.warning("bad client message: %s", exc)
+            self.out_front.append([identity] + p.encode_error(rid, *exc.to_wire()))
+
+    def _on_request(self, identity: bytes, rid: bytes, frames: list, now_ns: int) -> None:
+        if self.shutting_down:
+            raise ShuttingDown("the server is stopping")
+        route_bytes = _as_bytes(frames[4])
+        route = self._route_cache.get(route_bytes)
+        if route is None:
+            route = p.parse_route(route_bytes)
+            if len(self._route_cache) >= _ROUTE_CACHE_MAX:
+                self._route_cache.clear()
+            self._route_cache[route_bytes] = route
+        model_name, version, timeout_ms = route
+        queue = self.find_model(model_name, version)
+        body = frames[6]
+        body_len = len(body.buffer) if hasattr(body, "buffer") else len(body)
+        if body_len > self.max_request_bytes:
+            raise RequestTooLarge(f"request body of {body_len} bytes exceeds the limit of "
+                                  f"{self.max_request_bytes} bytes")
+        timeout_ns = timeout_ms * _NS_PER_MS
+        if not timeout_ns or timeout_ns > queue.deadline_ns:
+            timeout_ns = queue.deadline_ns
+        request_id = self._next_request_id
+        self._next_request_id = request_id + 1
+        if not queue.aggregator.push(request_id, now_ns, now_ns + timeout_ns):
+            raise QueueFull(f"Model {queue.config.name} has {queue.config.max_queue} requests "
+                            "waiting, its queue is full; retry later")
+        queue.pending[request_id] = (identity, rid, frames[5], body)
+        queue.requests_total += 1
+        self._schedule(queue, now_ns)
+
+    def _on_control(self, identity: bytes, rid: bytes, frames: list, now_ns: int) -> None:
+        if len(frames) != 5:
+            raise ProtocolError("CONTROL must be [VERSION, CONTROL, rid, control]")
+        control = p.parse_control(_as_bytes(frames[4]))
+        handler = self.control_handlers.get(control["op"])
+        if handler is None:
+            raise ProtocolError(f"unknown control op {control['op']!r}; known: "
+                                f"{', '.join(sorted(self.control_handlers))}")
+        result = handler(control)
+        self.out_front.append([identity, p.VERSION, p.REPLY, rid,
+                               p.encode_reply_meta(200, "application/msgpack"), p.packb(result)])
+
+    def _control_stop(self, _args: dict) -> dict:
+        self.stop_requested = True
+        return {"status": "stopping"}
+
+    # ------------------------------------------------------------------ batching
+
+    def _schedule(self, queue: ModelQueue, now_ns: int) -> None:
+        """Answer expired requests and hand batches to idle workers, as the aggregator decides."""
+        aggregator = queue.aggregator
+        while True:
+            expired, batch = aggregator.poll(now_ns, bool(queue.idle))
+            if expired:
+                self._expire(queue, expired, now_ns)
+            if not batch:
+                return
+            self._dispatch(queue, queue.idle.popleft(), batch, now_ns)
+
+    def _dispatch(self, queue: ModelQueue, worker: WorkerRecord, batch: list[int],
+                  now_ns: int) -> None:
+        batch_id = self._next_batch_id
+        self._next_batch_id = batch_id + 1
+        frames = [worker.identity, p.VERSION, p.W_BATCH, p.encode_batch_id(batch_id)]
+        requests = []
+        pending = queue.pending
+        for request_id in batch:
+            identity, rid, meta, body = pending.pop(request_id)
+            frames.append(meta)
+            frames.append(body)
+            requests.append((identity, rid))
+        record = InFlightBatch(batch_id, worker, requests, now_ns)
+        worker.batch = record
+        self.batches[batch_id] = record
+        size = len(batch)
+        queue.batch_sizes[size] = queue.batch_sizes.get(size, 0) + 1
+        self.out_back.append(frames)
+
+    def _expire(self, queue: ModelQueue, expired: list[int], now_ns: int) -> None:
+        name = queue.config.name
+        for request_id in expired:
+            identity, rid, _meta, _body = queue.pending.pop(request_id)
+            self.out_front.append([identity] + p.encode_error(
+                rid, DeadlineExceeded.code,
+                f"the deadline of this request to model {name} passed while it waited in the "
+                "queue; it never reached a worker", DeadlineExceeded.http_status))
+
+    # ------------------------------------------------------------------ back side
+
+    def on_back(self, frames: list, now_ns: int) -> None:
+        """A message from a worker: [identity, VERSION, command, ...]."""
+        identity = _as_bytes(frames[0])
+        if identity.endswith(p.HEARTBEAT_SUFFIX):
+            worker = self.workers.get(identity[:-len(p.HEARTBEAT_SUFFIX)])
+            if worker is not None:
+                worker.expiry_ns = now_ns + self.worker_ttl_ns
+            return
+        try:
+            command = p.check_envelope(frames[1:], 2)
+            worker = self.workers.get(identity)
+            if worker is not None:
+                worker.expiry_ns = now_ns + self.worker_ttl_ns
+            if command == p.W_REPLY:
+                self._on_worker_reply(worker, frames, now_ns)
+            elif command == p.W_READY:
+                self._on_ready(identity, worker, frames, now_ns)
+            elif command == p.W_HEARTBEAT:
+                pass
+            elif command == p.W_DISCONNECT:
+                if worker is not None:
+                    self.worker_lost(worker.worker_id, now_ns, "it disconnected")
+            else:
+                raise ProtocolError(f"unknown worker command {command!r}")
+        except ProtocolError as exc:
+            log.warning("dropped a malformed message from worker %r: %s", identity, exc)
+
+    def _on_ready(self, identity: bytes, worker: WorkerRecord | None, frames: list,
+                  now_ns: int) -> None:
+        if len(frames) != 4:
+            raise ProtocolError("READY must be [VERSION, W_READY, info]")
+        info = p.parse_ready(_as_bytes(frames[3]))
+        if worker is not None:
+            raise ProtocolError(f"worker {info['worker_id']} said READY twice")
+        try:
+            queue = self.find_model(info["model"], info["version"])
+        except ModelNotFound:
+            log.warning("worker %s serves unknown model %s/%s; told to disconnect",
+                        info["worker_id"], info["model"], info["version"])
+            self.out_back.append([identity, p.VERSION, p.W_DISCONNECT])
+            return
+        worker = WorkerRecord(identity, info["worker_id"], queue, info["gpu_id"], info["pid"],
+                              now_ns + self.worker_ttl_ns)
+        self.workers[identity] = worker
+        queue.workers[identity] = worker
+        queue.idle.append(worker)
+        log.info("worker %s ready: model %s gpu %s pid %s", worker.worker_id,
+                 queue.config.key, worker.gpu_id, worker.pid)
+        self._schedule(queue, now_ns)
+
+    def _on_worker_reply(self, worker: WorkerRecord | None, frames: list, now_ns: int) -> None:
+        batch_id, items = p.split_worker_reply(frames[1:])
+        batch = self.batches.get(batch_id)
+        if worker is None or batch is None or batch.worker is not worker:
+            raise ProtocolError(f"reply for batch {batch_id} that this worker does not run")
+        requests = batch.requests
+        if len(items) != 3 * len(requests):
+            raise ProtocolError(f"batch {batch_id} has {len(requests)} requests but the reply "
+                                f"has {len(items) // 3} items")
+        del self.batches[batch_id]
+        worker.batch = None
+        out = self.out_front
+        version = p.VERSION
+        for index, (identity, rid) in enumerate(requests):
+            base = 3 * index
+            command = _as_bytes(items[base])
+            if command != p.REPLY and command != p.ERROR:
+                command = p.ERROR
+                out.append([identity] + p.encode_error(
+                    rid, "internal_error", "the worker sent an unknown reply command", 500))
+                continue
+            out.append([identity, version, command, rid, items[base + 1], items[base + 2]])
+        queue = worker.model
+        queue.aggregator.observe(len(requests), now_ns - batch.dispatched_ns)
+        queue.idle.append(worker)
+        self._schedule(queue, now_ns)
+
+    # ------------------------------------------------------------------ liveness
+
+    def worker_lost(self, worker_id: str, now_ns: int, why: str) -> None:
+        """Forget a worker and answer every request of its in-flight batch with an error."""
+        identity = worker_id.encode()
+        worker = self.workers.pop(identity, None)
+        if worker is None:
+            return
+        queue = worker.model
+        queue.workers.pop(identity, None)
+        try:
+            queue.idle.remove(worker)
+        except ValueError:
+            pass
+        batch = worker.batch
+        if batch is not None:
+            del self.batches[batch.batch_id]
+            message = (f"worker {worker_id} of model {queue.config.name} was lost while running "
+                       f"this request ({why})")
+            for identity_rid in batch.requests:
+                self.out_front.append([identity_rid[0]] + p.encode_error(
+                    identity_rid[1], WorkerLost.code, message, WorkerLost.http_status))
+        self.lost_worker_ids.append(worker_id)
+        log.warning("worker %s lost: %s", worker_id, why)
+
+    def on_tick(self, now_ns: int) -> None:
+        """Timers: expire queued requests, run due dispatches, check workers, send heartbeats."""
+        for versions in self.models.values():
+            for queue in versions.values():
+                self._schedule(queue, now_ns)
+        for worker in list(self.workers.values()):
+            if worker.expiry_ns <= now_ns:
+                self.worker_lost(worker.worker_id, now_ns, "it stopped sending heartbeats")
+            elif worker.batch is not None:
+                limit_ns = worker.model.config.response_timeout_s * 1_000_000_000
+                if now_ns - worker.batch.dispatched_ns > limit_ns:
+                    self.worker_lost(worker.worker_id, now_ns,
+                                     "its batch ran past the model's response timeout")
+        if now_ns >= self._next_heartbeat_ns:
+            self._next_heartbeat_ns = now_ns + self.heartbeat_interval_ns
+            for identity in self.workers:
+                self.out_back.append([identity + p.HEARTBEAT_SUFFIX, p.VERSION, p.W_HEARTBEAT])
+
+    def next_wakeup_ns(self, now_ns: int) -> int:
+        """The time of the next timer; the loop polls its sockets until then."""
+        wakeup = self._next_heartbeat_ns
+        for versions in self.models.values():
+            for queue in versions.values():
+                at = queue.aggregator.next_wakeup_ns(now_ns, bool(queue.idle))
+                if 0 <= at < wakeup:
+                    wakeup = at
+        for worker in self.workers.values():
+            if worker.expiry_ns < wakeup:
+                wakeup = worker.expiry_ns
+        return wakeup
+
+    # ------------------------------------------------------------------ shutdown and stats
+
+    def begin_shutdown(self, now_ns: int) -> None:
+        """Refuse new requests and answer every waiting one; in-flight batches may finish."""
+        self.shutting_down = True
+        for versions in self.models.values():
+            for queue in versions.values():
+                for request_id in queue.aggregator.drain():
+                    identity, rid, _meta, _body = queue.pending.pop(request_id)
+                    self.out_front.append([identity] + p.encode_error(
+                        rid, *ShuttingDown("the server is stopping").to_wire()))
+
+    def describe(self) -> dict:
+        models = []
+        for name, versions in self.models.items():
+            for version, queue in versions.items():
+                models.append({
+                    "modelName": name,
+                    "modelVersion": version,
+                    "default": self.default_version[name] == version,
+                    "batchSize": queue.config.batch_size,
+                    "maxBatchDelay": queue.config.max_batch_delay_ms,
+                    "queued": len(queue.aggregator),
+                    "requests": queue.requests_total,
+                    "batchSizes": {str(k): v for k, v in sorted(queue.batch_sizes.items())},
+                    "workers": [
+                        {"id": w.worker_id, "pid": w.pid, "gpu": w.gpu_id,
+                         "status": "BUSY" if w.batch is not None else "READY"}
+                        for w in queue.workers.values()
+                    ],
+                })
+        return {"models": models}
+
+
+def _as_bytes(frame: Any) -> bytes:
+    """The bytes of a frame received with copy=False (zmq.Frame) or copy=True (bytes)."""
+    return frame.bytes if hasattr(frame, "bytes") else frame

@@ -1,0 +1,188 @@
+"""Supervision of the broker's local child processes: workers and HTTP front ends.
+
+Spawns `python -m worker` per worker slot and `python -m api.frontend` per front end, notices
+at once when one exits (a pidfd per child sits in the broker's poll set), restarts it with
+exponential backoff, and stops everything on shutdown: SIGTERM, a grace period, then SIGKILL.
+Children get PR_SET_PDEATHSIG, so they die with the broker even if it is SIGKILLed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from broker.gpus import GpuAssigner
+from zerobatch.config import (
+    RESTART_BACKOFF_MAX_S,
+    RESTART_BACKOFF_MIN_S,
+    FrontendConfig,
+    ModelConfig,
+    ServerConfig,
+    WorkerConfig,
+)
+
+log = logging.getLogger("zerobatch.supervisor")
+
+#: a child up this long is considered healthy again: its next crash restarts it at once
+_HEALTHY_AFTER_S = 10.0
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: ask Linux to SIGTERM this child when the broker dies."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class Child:
+    """One supervised slot: a worker slot of a model, or a front end."""
+
+    def __init__(self, kind: str, slot_name: str, model: ModelConfig | None = None,
+                 gpu_id: int | None = None) -> None:
+        self.kind = kind
+        self.slot_name = slot_name
+        self.model = model
+        self.gpu_id = gpu_id
+        self.generation = 0
+        self.process: subprocess.Popen | None = None
+        self.pidfd: int | None = None
+        self.worker_id = ""
+        self.started_s = 0.0
+        self.backoff_s = RESTART_BACKOFF_MIN_S
+        self.restart_at_s: float | None = None
+
+
+class Supervisor:
+    def __init__(self, config: ServerConfig, worker_address: str, frontend_address: str,
+                 gpu_count: int, http_fd: int | None) -> None:
+        self.config = config
+        self.worker_address = worker_address
+        self.frontend_address = frontend_address
+        self.http_fd = http_fd
+        self.gpus = GpuAssigner(gpu_count)
+        self.children: list[Child] = []
+        self.stopping = False
+        for model in config.models:
+            for index in range(model.workers):
+                gpu_id = self.gpus.next_gpu(model.key, model.device_ids)
+                self.children.append(Child("worker", f"{model.name}@{model.version}#{index}",
+                                           model, gpu_id))
+        for index in range(config.frontends if http_fd is not None else 0):
+            self.children.append(Child("frontend", f"frontend#{index}"))
+
+    # ------------------------------------------------------------------ spawning
+
+    def start_all(self) -> None:
+        for child in self.children:
+            self._spawn(child)
+
+    def _spawn(self, child: Child) -> None:
+        child.generation += 1
+        child.restart_at_s = None
+        pass_fds: tuple[int, ...] = ()
+        if child.kind == "worker":
+            assert child.model is not None
+            child.worker_id = f"{child.slot_name}.{child.generation}"
+            worker_config = WorkerConfig(worker_id=child.worker_id,
+                                         broker_address=self.worker_address,
+                                         model=child.model, gpu_id=child.gpu_id,
+                                         log_level=self.config.log_level)
+            argv = [sys.executable, "-m", "worker", "--config", worker_config.to_json()]
+        else:
+            frontend_config = FrontendConfig(
+                broker_address=self.frontend_address, host=self.config.host,
+                port=self.config.http_port, max_request_bytes=self.config.max_request_bytes,
+                log_level=self.config.log_level)
+            argv = [sys.executable, "-m", "api.frontend", "--config",
+                    frontend_config.to_json(), "--fd", str(self.http_fd)]
+            pass_fds = (self.http_fd,)
+        child.process = subprocess.Popen(argv, pass_fds=pass_fds, preexec_fn=_die_with_parent,
+                                         stdin=subprocess.DEVNULL)
+        child.started_s = time.monotonic()
+        try:
+            child.pidfd = os.pidfd_open(child.process.pid)
+        except (AttributeError, OSError):
+            child.pidfd = None
+        log.info("started %s %s (pid %d, gpu %s)", child.kind,
+                 child.worker_id or child.slot_name, child.process.pid, child.gpu_id)
+
+    # ------------------------------------------------------------------ watching
+
+    def pidfds(self) -> list[int]:
+        return [c.pidfd for c in self.children if c.pidfd is not None]
+
+    def reap(self) -> list[str]:
+        """Collect exited children, schedule their restarts; return the exited worker ids."""
+        exited = []
+        now_s = time.monotonic()
+        for child in self.children:
+            process = child.process
+            if process is None or process.poll() is None:
+                continue
+            code = process.returncode
+            self._close_pidfd(child)
+            child.process = None
+            if child.kind == "worker":
+                exited.append(child.worker_id)
+            if self.stopping:
+                continue
+            if now_s - child.started_s > _HEALTHY_AFTER_S:
+                child.backoff_s = RESTART_BACKOFF_MIN_S
+            child.restart_at_s = now_s + child.backoff_s
+            log.warning("%s %s exited with code %s; restarting in %.1f s", child.kind,
+                        child.worker_id or child.slot_name, code, child.backoff_s)
+            child.backoff_s = min(child.backoff_s * 2, RESTART_BACKOFF_MAX_S)
+        return exited
+
+    def restart_due(self) -> None:
+        now_s = time.monotonic()
+        for child in self.children:
+            if child.restart_at_s is not None and child.restart_at_s <= now_s and not self.stopping:
+                self._spawn(child)
+
+    def next_wakeup_s(self) -> float | None:
+        """When the next restart is due (monotonic seconds), or None; also a slow reap tick
+        when pidfds are not available."""
+        times = [c.restart_at_s for c in self.children if c.restart_at_s is not None]
+        if any(c.process is not None and c.pidfd is None for c in self.children):
+            times.append(time.monotonic() + 0.1)
+        return min(times) if times else None
+
+    def kill_worker(self, worker_id: str) -> None:
+        """The broker declared this worker lost (silent or stuck): make sure it is gone."""
+        for child in self.children:
+            if child.kind == "worker" and child.worker_id == worker_id and child.process:
+                log.warning("killing lost worker %s (pid %d)", worker_id, child.process.pid)
+                child.process.kill()
+
+    # ------------------------------------------------------------------ stopping
+
+    def stop_all(self, grace_s: float = 5.0) -> None:
+        self.stopping = True
+        running = [c for c in self.children if c.process is not None]
+        for child in running:
+            try:
+                child.process.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace_s
+        for child in running:
+            try:
+                child.process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("%s %s ignored SIGTERM; killing it", child.kind, child.slot_name)
+                child.process.kill()
+                child.process.wait()
+            self._close_pidfd(child)
+            child.process = None
+
+    def _close_pidfd(self, child: Child) -> None:
+        if child.pidfd is not None:
+            os.close(child.pidfd)
+            child.pidfd = None

@@ -1,0 +1,258 @@
+"""End to end: the CLI starts a real broker, real workers and real front ends on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import zmq
+
+from tests.integration.conftest import (
+    ROOT,
+    cli,
+    free_port,
+    json_body,
+    processes_mentioning,
+)
+from zerobatch import protocol as p
+from zerobatch.errors import DeadlineExceeded, ModelNotFound, WorkerLost
+
+pytestmark = pytest.mark.integration
+
+
+def slow_body(sleep_ms: int, tag: str) -> bytes:
+    return json.dumps({"sleep_ms": sleep_ms, "tag": tag}).encode()
+
+
+def in_parallel(calls):
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(lambda call: call(), calls))
+
+
+# ---------------------------------------------------------------------- the happy path
+
+def test_ping_and_predict_over_http(shared_server):
+    status, _headers, body = shared_server.http("GET", "/ping")
+    assert (status, json_body(body)) == (200, {"status": "Healthy"})
+    status, headers, body = shared_server.predict("echo", b'{"x": [1, 2]}')
+    assert status == 200
+    assert headers["content-type"].startswith("application/json")
+    assert json_body(body) == {"x": [1, 2]}
+    status, headers, body = shared_server.predict("echo", b"hello", "text/plain")
+    assert (status, body) == (200, b"hello")
+    assert headers["content-type"].startswith("text/plain")
+
+
+def test_predict_over_zeromq(shared_server):
+    with shared_server.client() as client:
+        reply = client.predict("echo", {"a": 1}, timeout_ms=5000)
+        assert reply.status == 200 and reply.json() == {"a": 1}
+        assert client.predict("echo", b"\x00\x01raw", timeout_ms=5000).body == b"\x00\x01raw"
+        with pytest.raises(ModelNotFound):
+            client.predict("nope", b"x", timeout_ms=5000)
+
+
+def test_unknown_model_is_404_json(shared_server):
+    status, _headers, body = shared_server.predict("nope", b"{}")
+    assert status == 404
+    error = json_body(body)
+    assert error["code"] == 404 and error["type"] == "ModelNotFound"
+    assert "nope" in error["message"]
+
+
+def test_concurrent_requests_form_one_batch(shared_server):
+    with shared_server.client() as client:
+        pending = [client.submit("reporter", {"i": i}, timeout_ms=10_000) for i in range(4)]
+        replies = [handle.result() for handle in pending]
+    assert [r.json()["batch_size"] for r in replies] == [4, 4, 4, 4]
+    assert [r.json()["body"] for r in replies] == [{"i": i} for i in range(4)]
+
+
+def test_concurrent_http_requests_form_batches(shared_server):
+    def call(i):
+        return lambda: shared_server.predict("reporter", json.dumps({"i": i}).encode())
+
+    results = in_parallel([call(i) for i in range(8)])
+    assert all(status == 200 for status, _h, _b in results)
+    sizes = sorted(json_body(body)["batch_size"] for _s, _h, body in results)
+    assert sizes[-1] > 1, f"no batching happened: {sizes}"
+
+
+# ---------------------------------------------------------------------- deadlines and limits
+
+def test_request_expiring_behind_a_slow_batch_gets_504_and_never_runs(shared_server):
+    with shared_server.client() as client:
+        busy = [client.submit("slow", slow_body(1500, f"busy{i}").decode(), timeout_ms=10_000,
+                              content_type="application/json") for i in range(4)]
+        time.sleep(0.1)  # let the busy batch be dispatched before the short request arrives
+        started = time.monotonic()
+        status, _h, body = shared_server.predict("slow", slow_body(0, "expired"), timeout_ms=300)
+        waited = time.monotonic() - started
+        assert status == 504, body
+        assert json_body(body)["type"] == "DeadlineExceeded"
+        assert waited < 1.2, f"the 504 came after {waited:.2f} s, not at the deadline"
+        for handle in busy:
+            assert handle.result().status == 200
+        seen = client.predict("slow", slow_body(0, "after"), timeout_ms=10_000).json()["seen"]
+    assert "busy0" in seen and "after" in seen
+    assert "expired" not in seen
+
+
+def test_zeromq_timeout_becomes_the_broker_deadline(shared_server):
+    with shared_server.client() as client:
+        busy = [client.submit("slow", {"sleep_ms": 1000, "tag": f"z{i}"}, timeout_ms=10_000)
+                for i in range(4)]
+        time.sleep(0.1)
+        with pytest.raises(DeadlineExceeded) as raised:
+            client.predict("slow", {"sleep_ms": 0, "tag": "zexpired"}, timeout_ms=200)
+        assert "queue" in str(raised.value)  # answered by the broker, not a local timeout
+        assert isinstance(raised.value, TimeoutError)
+        for handle in busy:
+            handle.result()
+
+
+def test_full_queue_answers_503_at_once(shared_server):
+    with shared_server.client() as client:
+        running = [client.submit("slow", {"sleep_ms": 800, "tag": f"q{i}"}, timeout_ms=20_000)
+                   for i in range(4)]
+        time.sleep(0.1)
+        waiting = [client.submit("slow", {"sleep_ms": 0, "tag": f"w{i}"}, timeout_ms=20_000)
+                   for i in range(8)]
+        time.sleep(0.1)
+        started = time.monotonic()
+        status, _h, body = shared_server.predict("slow", slow_body(0, "refused"))
+        assert status == 503 and json_body(body)["type"] == "QueueFull"
+        assert time.monotonic() - started < 0.5
+        assert all(h.result().status == 200 for h in running + waiting)
+
+
+def test_body_over_the_limit_is_413(shared_server):
+    status, _h, body = shared_server.predict("echo", b"x" * 7_000_000, "application/octet-stream")
+    assert status == 413, body
+
+
+# ---------------------------------------------------------------------- failures
+
+def test_handler_exception_fails_its_batch_only(shared_server):
+    def call(text):
+        return lambda: shared_server.predict("failing", text.encode(), "text/plain")
+
+    results = in_parallel([call("fail"), call("ok1"), call("ok2"), call("ok3")])
+    assert [status for status, _h, _b in results] == [500, 500, 500, 500]
+    error = json_body(results[0][2])
+    assert error["type"] == "HandlerError" and "ValueError" in error["message"]
+    status, _h, body = shared_server.predict("failing", b"fine", "text/plain")
+    assert (status, body) == (200, b"fine")
+
+
+def test_sigkill_worker_mid_batch(shared_server):
+    (worker,) = shared_server.workers("slow")
+    with shared_server.client() as client:
+        pending = [client.submit("slow", {"sleep_ms": 5000, "tag": f"k{i}"}, timeout_ms=20_000)
+                   for i in range(4)]
+        shared_server.wait_for(
+            lambda: shared_server.workers("slow")[0]["status"] == "BUSY", what="busy worker")
+        os.kill(worker["pid"], signal.SIGKILL)
+        killed = time.monotonic()
+        for handle in pending:
+            with pytest.raises(WorkerLost):
+                handle.result()
+        assert time.monotonic() - killed < 1.0
+    restarted = shared_server.wait_for(
+        lambda: [w for w in shared_server.workers("slow") if w["pid"] != worker["pid"]],
+        what="a restarted worker")
+    assert restarted[0]["status"] == "READY"
+    status, _h, body = shared_server.predict("slow", slow_body(0, "after-kill"))
+    assert status == 200, body
+
+
+def test_garbage_frames_do_not_hurt_the_broker(shared_server):
+    context = zmq.Context.instance()
+    dealer = context.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.connect(shared_server.client_address)
+    try:
+        for frames in ([b"junk"], [p.VERSION, b"\xff"], [p.VERSION, p.REQUEST, b"r", b"\xc1"],
+                       [p.VERSION, p.REQUEST, b"r", b"\xc1", b"", b""]):
+            dealer.send_multipart(frames)
+        assert dealer.poll(2000)  # the well-formed envelope with a bad route gets an error
+        reply = dealer.recv_multipart()
+        assert reply[1] == p.ERROR and p.parse_error_info(reply[3])[0] == "protocol_error"
+    finally:
+        dealer.close()
+    status, _h, _b = shared_server.predict("echo", b"{}")
+    assert status == 200
+
+
+# ---------------------------------------------------------------------- the CLI
+
+def test_stop_leaves_no_process_behind(make_server):
+    server = make_server({"echo": "echo"}, "--workers", "2", "--frontends", "2")
+    assert len(processes_mentioning(server.run_dir)) >= 5  # broker, 2 workers, 2 front ends
+    result = server.stop()
+    assert result.returncode == 0, result.stderr
+    assert processes_mentioning(server.run_dir) == []
+    assert not os.path.exists(os.path.join(server.run_dir, "broker.pid"))
+    again = server.stop()
+    assert again.returncode == 1 and "no server is running" in again.stderr
+
+
+def test_workers_get_round_robin_gpu_ids(make_server):
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="0,1,2")
+    server = make_server({"echo": "echo"}, "--workers", "3", "--number-of-gpu", "2",
+                         "--frontends", "0", env=env)
+    server.wait_for(lambda: len(server.workers("echo")) == 3, what="three workers")
+    gpus = sorted(w["gpu"] for w in server.workers("echo"))
+    assert gpus == [0, 0, 1]
+
+
+def test_cli_rejects_a_bad_flag():
+    result = cli("start", "--batch-size", "many")
+    assert result.returncode == 2 and "--batch-size" in result.stderr
+
+
+def test_cli_rejects_a_missing_model(tmp_path):
+    result = cli("start", "--run-dir", str(tmp_path), "--models", f"ghost={tmp_path}/ghost")
+    assert result.returncode == 2 and "does not exist" in result.stderr
+
+
+def test_cli_rejects_a_bad_batch_setting(tmp_path):
+    result = cli("start", "--run-dir", str(tmp_path), "--model-store",
+                 os.path.join(ROOT, "tests", "models"), "--models", "echo=echo",
+                 "--batch-size", "10", "--max-queue", "5")
+    assert result.returncode == 2 and "max_queue" in result.stderr
+
+
+def test_cli_reports_a_port_in_use(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = cli("start", "--run-dir", str(tmp_path), "--http-port", str(port),
+                     "--client-address", f"tcp://127.0.0.1:{free_port()}",
+                     "--model-store", os.path.join(ROOT, "tests", "models"),
+                     "--models", "echo=echo")
+    assert result.returncode != 0
+    assert "Address already in use" in result.stderr or "in use" in result.stderr
+    assert processes_mentioning(str(tmp_path)) == []
+
+
+def test_two_front_ends_share_the_port(shared_server):
+    # The shared server runs two front-end processes on one inherited socket; every fresh
+    # connection is answered, whichever process accepts it.
+    statuses = set()
+    lock = threading.Lock()
+
+    def ping():
+        status, _h, _b = shared_server.http("GET", "/ping")
+        with lock:
+            statuses.add(status)
+
+    in_parallel([ping for _ in range(16)])
+    assert statuses == {200}

@@ -1,0 +1,18 @@
+"""Sleeps the largest {"sleep_ms": N} of the batch, then reports the batch size."""
+
+import time
+
+
+def _sleep_ms(body):
+    if isinstance(body, dict):
+        value = body.get("sleep_ms", 0)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return max(0.0, float(value))
+    return 0.0
+
+
+def handle(data, context):
+    if data is None:
+        return None
+    time.sleep(max(_sleep_ms(row.get("body")) for row in data) / 1000.0)
+    return [{"batch_size": len(data)} for _ in data]

@@ -1,0 +1,234 @@
+"""BrokerCore without sockets: routing, batching, expiry, liveness, control, bad frames."""
+
+from __future__ import annotations
+
+import pytest
+
+from broker import aggregator
+from broker.core import BrokerCore
+from zerobatch import protocol as p
+from zerobatch.config import ModelConfig
+
+MS = 1_000_000
+CLIENT = b"client-1"
+WORKER = b"echo@1.0#0.1"
+
+
+@pytest.fixture(params=["python", "compiled"])
+def core(request) -> BrokerCore:
+    try:
+        cls = aggregator.load(request.param)
+    except Exception as exc:  # the compiled twin may be absent in a bare checkout
+        pytest.skip(f"{request.param} aggregator unavailable: {exc}")
+    return BrokerCore(cls, max_request_bytes=1000)
+
+
+def add(core: BrokerCore, **overrides) -> None:
+    settings = dict(name="echo", path="/nowhere", batch_size=4, max_batch_delay_ms=50,
+                    max_queue=8, batch_policy="full_delay")
+    settings.update(overrides)
+    core.add_model(ModelConfig(**settings))
+
+
+def request(core: BrokerCore, rid: bytes, now_ns: int, *, model="echo", timeout_ms=0,
+            body=b"x") -> None:
+    frames = [CLIENT] + p.encode_request(rid, p.encode_route(model, None, timeout_ms),
+                                         p.encode_meta("text/plain"), body)
+    core.on_front(frames, now_ns)
+
+
+def ready(core: BrokerCore, now_ns: int, identity: bytes = WORKER, model="echo") -> None:
+    core.on_back([identity] + p.encode_ready(model, "1.0", identity.decode(), None, 123), now_ns)
+
+
+def take_front(core: BrokerCore) -> list[list]:
+    out, core.out_front = core.out_front, []
+    return out
+
+
+def take_back(core: BrokerCore) -> list[list]:
+    out, core.out_back = core.out_back, []
+    return out
+
+
+def errors(messages: list[list]) -> list[tuple[bytes, str]]:
+    return [(m[3], p.parse_error_info(m[4])[0]) for m in messages if m[2] == p.ERROR]
+
+
+def reply_batch(core: BrokerCore, batch_msg: list, now_ns: int, identity: bytes = WORKER):
+    batch_id = p.parse_batch_id(batch_msg[3])
+    n = (len(batch_msg) - 4) // 2
+    items = []
+    for i in range(n):
+        items += [p.REPLY, p.encode_reply_meta(200, "text/plain"), batch_msg[5 + 2 * i]]
+    core.on_back([identity, p.VERSION, p.W_REPLY, p.encode_batch_id(batch_id)] + items, now_ns)
+
+
+def test_unknown_model_answers_model_not_found(core):
+    add(core)
+    request(core, b"r1", 0, model="nope")
+    assert errors(take_front(core)) == [(b"r1", "model_not_found")]
+
+
+def test_full_batch_goes_to_ready_worker_and_replies_route_back(core):
+    add(core)
+    ready(core, 0)
+    for i in range(4):
+        request(core, b"r%d" % i, i * MS, body=b"body%d" % i)
+    (batch,) = take_back(core)
+    assert batch[0] == WORKER and batch[2] == p.W_BATCH
+    assert batch[5::2] == [b"body0", b"body1", b"body2", b"body3"]
+    reply_batch(core, batch, 10 * MS)
+    replies = take_front(core)
+    assert [(m[0], m[2], m[3], m[5]) for m in replies] == [
+        (CLIENT, p.REPLY, b"r%d" % i, b"body%d" % i) for i in range(4)]
+    assert core.describe()["models"][0]["batchSizes"] == {"4": 1}
+
+
+def test_partial_batch_waits_for_max_batch_delay(core):
+    add(core)
+    ready(core, 0)
+    request(core, b"r1", 0)
+    core.on_tick(0)  # sends the first heartbeats; the next is due in 1 s
+    assert [m[0] for m in take_back(core)] == [WORKER + p.HEARTBEAT_SUFFIX]
+    assert core.next_wakeup_ns(0) == 50 * MS
+    core.on_tick(49 * MS)
+    assert take_back(core) == []
+    core.on_tick(50 * MS)
+    (batch,) = take_back(core)
+    assert len(batch) == 6
+
+
+def test_expired_request_is_answered_and_never_dispatched(core):
+    add(core)
+    request(core, b"short", 0, timeout_ms=10)
+    core.on_tick(10 * MS)
+    assert errors(take_front(core)) == [(b"short", "deadline_exceeded")]
+    ready(core, 11 * MS)
+    core.on_tick(200 * MS)
+    assert take_back(core) == []
+
+
+def test_full_queue_refuses_at_once(core):
+    add(core, max_queue=4)
+    for i in range(5):
+        request(core, b"r%d" % i, 0)
+    assert errors(take_front(core)) == [(b"r4", "queue_full")]
+
+
+def test_body_over_limit_is_refused(core):
+    add(core)
+    request(core, b"big", 0, body=b"x" * 1001)
+    assert errors(take_front(core)) == [(b"big", "request_too_large")]
+
+
+def test_silent_worker_is_lost_and_its_batch_answered(core):
+    add(core, batch_size=1)
+    ready(core, 0)
+    request(core, b"r1", 0)
+    assert len(take_back(core)) == 1
+    core.on_tick(2999 * MS)
+    assert errors(take_front(core)) == []
+    core.on_tick(3000 * MS)
+    assert errors(take_front(core)) == [(b"r1", "worker_lost")]
+    assert core.lost_worker_ids == [WORKER.decode()]
+    assert core.describe()["models"][0]["workers"] == []
+
+
+def test_heartbeat_from_hb_identity_keeps_worker_alive(core):
+    add(core, batch_size=1)
+    ready(core, 0)
+    core.on_back([WORKER + p.HEARTBEAT_SUFFIX] + p.HEARTBEAT_FRAMES, 2500 * MS)
+    core.on_tick(3500 * MS)
+    assert core.lost_worker_ids == []
+    hb = [m for m in take_back(core) if m[0] == WORKER + p.HEARTBEAT_SUFFIX]
+    assert hb and hb[0][1:] == p.HEARTBEAT_FRAMES
+
+
+def test_process_exit_fails_in_flight_requests(core):
+    add(core, batch_size=2)
+    ready(core, 0)
+    request(core, b"a", 0)
+    request(core, b"b", 0)
+    take_back(core)
+    core.worker_lost(WORKER.decode(), 5 * MS, "its process exited")
+    assert sorted(errors(take_front(core))) == [(b"a", "worker_lost"), (b"b", "worker_lost")]
+
+
+def test_batch_running_past_response_timeout_loses_worker(core):
+    add(core, batch_size=1, response_timeout_s=1)
+    ready(core, 0)
+    request(core, b"r1", 0)
+    take_back(core)
+    core.on_back([WORKER + p.HEARTBEAT_SUFFIX] + p.HEARTBEAT_FRAMES, 900 * MS)
+    core.on_tick(1001 * MS)
+    assert errors(take_front(core)) == [(b"r1", "worker_lost")]
+
+
+def test_reply_for_unknown_batch_is_dropped(core):
+    add(core)
+    ready(core, 0)
+    core.on_back([WORKER, p.VERSION, p.W_REPLY, p.encode_batch_id(99)], 0)
+    assert take_front(core) == []
+
+
+@pytest.mark.parametrize("frames", [
+    [b"junk"],
+    [b"XX9", p.REQUEST, b"r", b"", b"", b""],
+    [p.VERSION, b"\x7f", b"r"],
+    [p.VERSION, p.REQUEST, b"r", b"\xc1", b"", b""],
+    [p.VERSION, p.REQUEST, b"r", p.packb(["m", None, -5]), b"", b""],
+    [p.VERSION, p.REQUEST, b"r" * 100, p.encode_route("echo", None, 0), b"", b""],
+    [p.VERSION, p.CONTROL, b"r", p.packb({"op": "explode"})],
+])
+def test_garbage_from_clients_never_raises(core, frames):
+    add(core)
+    core.on_front([CLIENT] + frames, 0)
+    for message in take_front(core):
+        assert message[2] == p.ERROR
+
+
+@pytest.mark.parametrize("frames", [
+    [b"junk"],
+    [p.VERSION, p.W_READY, b"\xc1"],
+    [p.VERSION, p.W_READY, p.packb({"model": 1})],
+    [p.VERSION, p.W_REPLY, b"short"],
+    [p.VERSION, b"\x99"],
+])
+def test_garbage_from_workers_never_raises(core, frames):
+    add(core)
+    core.on_back([WORKER] + frames, 0)
+    assert core.workers == {}
+
+
+def test_control_ping_describe_stop(core):
+    add(core)
+    core.on_front([CLIENT] + p.encode_control(b"c1", "ping"), 0)
+    core.on_front([CLIENT] + p.encode_control(b"c2", "describe"), 0)
+    replies = take_front(core)
+    assert p.unpack_header(replies[0][5]) == {"status": "Healthy"}
+    assert p.unpack_header(replies[1][5])["models"][0]["modelName"] == "echo"
+    core.on_front([CLIENT] + p.encode_control(b"c3", "stop"), 0)
+    assert core.stop_requested
+
+
+def test_shutdown_answers_waiting_and_refuses_new(core):
+    add(core)
+    request(core, b"waiting", 0)
+    core.begin_shutdown(1 * MS)
+    request(core, b"late", 2 * MS)
+    assert errors(take_front(core)) == [(b"waiting", "shutting_down"), (b"late", "shutting_down")]
+
+
+def test_versions_route_to_their_own_queue(core):
+    add(core)
+    add(core, version="2.0")
+    request(core, b"v2", 0)  # default version: the first registered
+    frames = [CLIENT] + p.encode_request(b"v2b", p.encode_route("echo", "2.0", 0),
+                                         p.encode_meta("text/plain"), b"x")
+    core.on_front(frames, 0)
+    frames = [CLIENT] + p.encode_request(b"v3", p.encode_route("echo", "3.0", 0),
+                                         p.encode_meta("text/plain"), b"x")
+    core.on_front(frames, 0)
+    assert errors(take_front(core)) == [(b"v3", "model_not_found")]
+    assert [m["queued"] for m in core.describe()["models"]] == [1, 1]

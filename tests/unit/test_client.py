@@ -1,0 +1,298 @@
+"""The sync ZeroMQ client against a fake broker thread: frames on the wire, replies filed by
+rid, typed errors, local timeouts, control calls."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import api.client_helpers as helpers
+from api.client import Client, PendingReply, Reply
+from zerobatch import errors, protocol
+
+try:
+    from tests.unit.test_client_fakebroker import (
+        FakeBroker,
+        control_reply,
+        echo,
+        error_frames,
+        reply_frames,
+    )
+except ImportError:  # pytest's rootdir-less import mode puts tests/unit on the path
+    from test_client_fakebroker import (
+        FakeBroker,
+        control_reply,
+        echo,
+        error_frames,
+        reply_frames,
+    )
+
+SHORT_MS = 3000
+
+
+@pytest.fixture
+def broker():
+    fake = FakeBroker()
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def echo_broker():
+    fake = FakeBroker(echo)
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def client(broker):
+    with Client(broker.address, timeout_ms=SHORT_MS) as c:
+        yield c
+
+
+@pytest.fixture
+def quick_grace(monkeypatch):
+    """Local timeouts after timeout_ms + 20 ms instead of + 1 s."""
+    monkeypatch.setattr(helpers, "GRACE_MS", 20)
+
+
+# ---------------------------------------------------------------- bodies on the wire
+
+@pytest.mark.parametrize("body, wire, content_type", [
+    (b"\x00\x01raw", b"\x00\x01raw", "application/octet-stream"),
+    (bytearray(b"abc"), b"abc", "application/octet-stream"),
+    (memoryview(b"view"), b"view", "application/octet-stream"),
+    ("héllo", "héllo".encode(), "text/plain; charset=utf-8"),
+    ({"x": [1, 2]}, b'{"x":[1,2]}', "application/json"),
+    ([1, "a"], b'[1,"a"]', "application/json"),
+])
+def test_predict_encodes_body_and_content_type(echo_broker, body, wire, content_type):
+    with Client(echo_broker.address) as client:
+        reply = client.predict("digits", body)
+    msg = echo_broker.next()
+    assert msg.body == wire
+    assert msg.content_type == content_type
+    assert msg.route == ("digits", None, 0)
+    assert msg.headers is None and msg.request_id is None
+    assert reply.status == 200 and reply.body == wire and reply.content_type == content_type
+
+
+def test_route_and_meta_carry_version_timeout_headers_and_request_id(echo_broker):
+    with Client(echo_broker.address, timeout_ms=700) as client:
+        client.predict("m", b"1")
+        client.predict("m", b"2", version="2.0", timeout_ms=50, content_type="image/png",
+                       headers={"x-a": "b"}, request_id="req-1")
+        client.predict("m", b"3", timeout_ms=0)
+    first, second, third = echo_broker.take(3)
+    assert first.route == ("m", None, 700)
+    assert second.route == ("m", "2.0", 50)
+    assert (second.content_type, second.headers, second.request_id) == (
+        "image/png", {"x-a": "b"}, "req-1")
+    assert third.route == ("m", None, 0)
+
+
+def test_reply_fields_text_and_json(broker, client):
+    pending = client.submit("m", b"")
+    msg = broker.next()
+    broker.reply(msg, b'{"a": 1}', status=201, content_type="application/json",
+                 headers={"x-h": "v"})
+    reply = pending.result()
+    assert isinstance(reply, Reply)
+    assert (reply.status, reply.content_type, reply.headers) == (201, "application/json",
+                                                                {"x-h": "v"})
+    assert reply.json() == {"a": 1} and reply.text == '{"a": 1}'
+    latin = Reply(200, "text/plain; charset=latin-1", None, "é".encode("latin-1"))
+    assert latin.text == "é" and latin.headers == {}
+
+
+def test_large_body_round_trip(echo_broker):
+    body = bytes(range(256)) * 1024  # 256 KiB: sent without a copy
+    with Client(echo_broker.address) as client:
+        assert client.predict("m", body).body == body
+
+
+def test_unsupported_body_type_is_a_type_error(client):
+    with pytest.raises(TypeError, match="cannot send a body"):
+        client.submit("m", object())
+
+
+def test_bad_route_arguments_fail_before_sending(client):
+    with pytest.raises(ValueError):
+        client.submit("", b"")
+    with pytest.raises(ValueError):
+        client.submit("m", b"", timeout_ms=-1)
+    assert client.in_flight == 0
+
+
+# ---------------------------------------------------------------- many in flight
+
+def test_many_submits_answered_out_of_order_land_on_their_handles(broker, client):
+    handles = [client.submit("m", str(i)) for i in range(20)]
+    assert client.in_flight == 20
+    received = broker.take(20)
+    order = received[::2] + received[1::2][::-1]  # out of order
+    for msg in order:
+        broker.reply(msg, b"answer-" + msg.body)
+    # wait on them in yet another order: each wait files the others' replies
+    for i in (19, 0, 7, *range(20)):
+        assert handles[i].result().body == b"answer-" + str(i).encode()
+    assert client.in_flight == 0
+
+
+def test_result_with_timeout_s_leaves_the_request_pending(broker, client):
+    pending = client.submit("m", b"x")
+    msg = broker.next()
+    with pytest.raises(TimeoutError) as info:
+        pending.result(timeout_s=0.05)
+    assert not isinstance(info.value, errors.DeadlineExceeded)
+    assert not pending.done() and client.in_flight == 1
+    broker.reply(msg, b"late but fine")
+    assert pending.result(timeout_s=SHORT_MS / 1000).body == b"late but fine"
+    assert pending.done()
+
+
+def test_partial_chunks_are_joined_before_the_final_body(broker, client):
+    pending = client.submit("m", b"x")
+    msg = broker.next()
+    broker.send(msg.identity, reply_frames(msg.rid, b"one,", command=protocol.PARTIAL))
+    broker.send(msg.identity, reply_frames(msg.rid, b"two,", command=protocol.PARTIAL))
+    broker.reply(msg, b"end", content_type="text/plain")
+    assert pending.result().body == b"one,two,end"
+
+
+# ---------------------------------------------------------------- errors
+
+ALL_CODES = sorted(errors.ERROR_BY_CODE.items())
+
+
+@pytest.mark.parametrize("code, cls", ALL_CODES, ids=[code for code, _ in ALL_CODES])
+def test_error_reply_raises_the_typed_error(broker, client, code, cls):
+    pending = client.submit("m", b"x")
+    msg = broker.next()
+    broker.send(msg.identity, error_frames(msg.rid, code, f"boom {code}", cls.http_status))
+    with pytest.raises(cls) as info:
+        pending.result()
+    assert type(info.value) is cls
+    assert info.value.message == f"boom {code}"
+    assert info.value.http_status == cls.http_status
+
+
+@pytest.mark.parametrize("code, builtin", [
+    ("deadline_exceeded", TimeoutError),
+    ("model_not_found", LookupError),
+    ("queue_full", OverflowError),
+    ("bad_request", ValueError),
+    ("handler_error", RuntimeError),
+    ("worker_lost", ConnectionError),
+    ("broker_unavailable", ConnectionError),
+])
+def test_error_replies_are_caught_as_builtins(broker, client, code, builtin):
+    pending = client.submit("m", b"x")
+    msg = broker.next()
+    broker.send(msg.identity, error_frames(msg.rid, code, "no", 500))
+    with pytest.raises(builtin):
+        pending.result()
+
+
+def test_status_on_the_wire_wins_and_unknown_codes_survive(broker, client):
+    first, second = client.submit("m", b"1"), client.submit("m", b"2")
+    a, b = broker.take(2)
+    broker.send(a.identity, error_frames(a.rid, "prediction_error", "teapot", 418))
+    broker.send(b.identity, error_frames(b.rid, "brand_new_code", "what", 502))
+    with pytest.raises(errors.PredictionError) as info:
+        first.result()
+    assert info.value.http_status == 418
+    with pytest.raises(errors.ServingError) as info:
+        second.result()
+    assert info.value.code == "brand_new_code" and info.value.http_status == 502
+
+
+def test_silent_broker_gives_a_local_deadline_and_late_replies_are_dropped(
+        broker, quick_grace):
+    with Client(broker.address) as client:
+        pending = client.submit("m", b"x", timeout_ms=30)
+        msg = broker.next()
+        with pytest.raises(errors.DeadlineExceeded):
+            pending.result()
+        with pytest.raises(TimeoutError):  # the same error again, and it is a TimeoutError
+            pending.result()
+        assert client.in_flight == 0
+        broker.reply(msg, b"too late")  # dropped: the rid was forgotten
+        nxt = client.submit("m", b"y", timeout_ms=SHORT_MS)
+        broker.reply(broker.next(), b"fresh")
+        assert nxt.result().body == b"fresh"
+
+
+def test_malformed_replies_are_dropped(broker, client):
+    pending = client.submit("m", b"x")
+    msg = broker.next()
+    broker.send(msg.identity, [b"garbage"])
+    broker.send(msg.identity, [b"ZB9", protocol.REPLY, msg.rid, b"", b""])
+    broker.send(msg.identity, [protocol.VERSION, protocol.REQUEST, msg.rid, b"", b""])
+    broker.reply(msg, b"ok")
+    assert pending.result().body == b"ok"
+
+
+def test_undecodable_reply_meta_raises_protocol_error(broker, client):
+    pending = client.submit("m", b"x")
+    msg = broker.next()
+    broker.send(msg.identity, [protocol.VERSION, protocol.REPLY, msg.rid, b"\xc1", b""])
+    with pytest.raises(errors.ProtocolError):
+        pending.result()
+
+
+# ---------------------------------------------------------------- control, lifecycle
+
+def test_control_and_ping(echo_broker):
+    with Client(echo_broker.address) as client:
+        assert client.control("describe", model="m") == {"pong": True, "op": "describe"}
+        assert client.ping() is True
+    describe, ping = echo_broker.take(2)
+    assert describe.command == protocol.CONTROL
+    assert describe.control == {"op": "describe", "model": "m"}
+    assert ping.control == {"op": "ping"}
+
+
+def test_control_error_and_silent_ping(broker, client):
+    assert client.ping(timeout_ms=50) is False
+    assert broker.next().control["op"] == "ping"
+    pending_reply = client.submit("m", b"")  # still usable after a failed ping
+    msg = broker.next()
+    broker.send(msg.identity, control_reply(msg.rid, {"ok": 1}))
+    assert pending_reply.result().status == 200
+
+
+def test_control_error_reply_raises(broker):
+    with Client(broker.address) as client:
+        broker.handler = lambda m: error_frames(m.rid, "shutting_down", "bye", 503)
+        with pytest.raises(errors.ShuttingDown):
+            client.control("stop")
+        assert client.ping() is False
+
+
+def test_close_fails_pending_requests_and_refuses_new_ones(broker):
+    client = Client(broker.address)
+    pending = client.submit("m", b"x")
+    client.close()
+    client.close()  # idempotent
+    assert client.closed
+    with pytest.raises(errors.ShuttingDown):
+        pending.result()
+    with pytest.raises(errors.ShuttingDown):
+        client.submit("m", b"x")
+    assert isinstance(pending, PendingReply) and "done" in repr(pending)
+
+
+def test_header_cache_is_bounded():
+    cache = helpers.HeaderCache(limit=4)
+    pairs = [cache.pair("m", None, t, "a/b") for t in range(10)]
+    assert len(cache._pairs) <= 4 and len(cache._routes) <= 4
+    assert cache.pair("m", None, 9, "a/b") is pairs[9]
+    assert protocol.parse_route(pairs[3][0]) == ("m", None, 3)
+    assert protocol.parse_meta(pairs[3][1]) == ("a/b", None, None)
+
+
+def test_reply_repr_is_short():
+    text = repr(Reply(200, "x/y", None, b"z" * 1000))
+    assert len(text) < 200 and json.dumps(text)

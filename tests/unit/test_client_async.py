@@ -1,0 +1,185 @@
+"""The asyncio ZeroMQ client against a fake broker thread, on asyncio's loop and on uvloop:
+concurrency by rid, typed errors, local timeouts, close."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import uvloop
+
+import api.client_helpers as helpers
+from api.client import AsyncClient
+from zerobatch import errors, protocol
+
+try:
+    from tests.unit.test_client_fakebroker import FakeBroker, echo, error_frames, reply_frames
+except ImportError:  # pytest's rootdir-less import mode puts tests/unit on the path
+    from test_client_fakebroker import FakeBroker, echo, error_frames, reply_frames
+
+WAIT_S = 5.0
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request):
+    """Run a coroutine to completion on a fresh loop of each kind, bounded in time."""
+    def runner(coro):
+        async def bounded():
+            return await asyncio.wait_for(coro, WAIT_S * 2)
+        if request.param == "uvloop":
+            return uvloop.run(bounded())
+        return asyncio.run(bounded())
+    return runner
+
+
+@pytest.fixture
+def broker():
+    fake = FakeBroker()
+    yield fake
+    fake.close()
+
+
+async def next_msg(broker, count=1):
+    return await asyncio.to_thread(broker.take, count)
+
+
+def test_fifty_concurrent_predicts_answered_in_reverse_order(run, broker):
+    async def main():
+        async with AsyncClient(broker.address) as client:
+            tasks = [asyncio.ensure_future(client.predict("m", str(i))) for i in range(50)]
+            received = await next_msg(broker, 50)
+            assert client.in_flight == 50
+            for msg in reversed(received):
+                broker.reply(msg, b"r" + msg.body, content_type="text/plain")
+            replies = await asyncio.gather(*tasks)
+            assert [r.body for r in replies] == [b"r%d" % i for i in range(50)]
+            assert client.in_flight == 0
+            assert {m.route for m in received} == {("m", None, 0)}
+            assert {m.content_type for m in received} == {"text/plain; charset=utf-8"}
+    run(main())
+
+
+def test_many_sequential_round_trips_never_stall(run):
+    """The descriptor is edge-triggered: a lost wake-up would stall one of these calls."""
+    with FakeBroker(echo) as fake:
+        async def main():
+            async with AsyncClient(fake.address) as client:
+                for i in range(300):
+                    reply = await client.predict("m", {"i": i})
+                    assert reply.json() == {"i": i}
+                for _ in range(5):  # bursts of concurrent calls between sequential ones
+                    bodies = [bytes([i]) * (i + 1) for i in range(40)]
+                    replies = await asyncio.gather(*(client.predict("m", b) for b in bodies))
+                    assert [r.body for r in replies] == bodies
+        run(main())
+
+
+def test_bodies_headers_and_route_on_the_wire(run):
+    with FakeBroker(echo) as fake:
+        async def main():
+            async with AsyncClient(fake.address, timeout_ms=900) as client:
+                await client.predict("m", b"\x00raw", version="3", headers={"a": "b"},
+                                     request_id="rq", content_type="image/jpeg")
+                reply = await client.predict("m", {"k": "v"}, timeout_ms=0)
+                assert reply.json() == {"k": "v"}
+                large = bytes(200_000)
+                assert (await client.predict("m", large)).body == large
+        run(main())
+        first, second, third = fake.take(3)
+        assert first.route == ("m", "3", 900)
+        assert (first.content_type, first.headers, first.request_id, first.body) == (
+            "image/jpeg", {"a": "b"}, "rq", b"\x00raw")
+        assert second.route == ("m", None, 0) and second.content_type == "application/json"
+        assert len(third.body) == 200_000
+
+
+@pytest.mark.parametrize("code", ["model_not_found", "queue_full", "deadline_exceeded",
+                                  "handler_error", "worker_lost", "request_too_large"])
+def test_error_replies_raise_typed_errors(run, broker, code):
+    cls = errors.ERROR_BY_CODE[code]
+
+    async def main():
+        async with AsyncClient(broker.address) as client:
+            task = asyncio.ensure_future(client.predict("m", b"x"))
+            (msg,) = await next_msg(broker)
+            broker.send(msg.identity, error_frames(msg.rid, code, "nope", cls.http_status))
+            with pytest.raises(cls, match="nope"):
+                await task
+    run(main())
+
+
+def test_partial_chunks_are_joined(run, broker):
+    async def main():
+        async with AsyncClient(broker.address) as client:
+            task = asyncio.ensure_future(client.predict("m", b"x"))
+            (msg,) = await next_msg(broker)
+            broker.send(msg.identity, reply_frames(msg.rid, b"a", command=protocol.PARTIAL))
+            broker.reply(msg, b"b")
+            assert (await task).body == b"ab"
+    run(main())
+
+
+def test_silent_broker_times_out_locally_and_late_reply_is_dropped(run, broker, monkeypatch):
+    monkeypatch.setattr(helpers, "GRACE_MS", 20)
+
+    async def main():
+        async with AsyncClient(broker.address) as client:
+            with pytest.raises(errors.DeadlineExceeded):
+                await client.predict("m", b"x", timeout_ms=30)
+            assert client.in_flight == 0
+            (late,) = await next_msg(broker)
+            broker.reply(late, b"late")
+            task = asyncio.ensure_future(client.predict("m", b"y", timeout_ms=3000))
+            (msg,) = await next_msg(broker)
+            broker.reply(msg, b"fresh")
+            assert (await task).body == b"fresh"
+    run(main())
+
+
+def test_cancelled_call_forgets_its_rid(run, broker):
+    async def main():
+        async with AsyncClient(broker.address) as client:
+            task = asyncio.ensure_future(client.predict("m", b"x"))
+            (msg,) = await next_msg(broker)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert client.in_flight == 0
+            broker.reply(msg, b"nobody waits")
+            assert await asyncio.wait_for(client.ping(timeout_ms=50), WAIT_S) is False
+    run(main())
+
+
+def test_control_and_ping(run):
+    with FakeBroker(echo) as fake:
+        async def main():
+            async with AsyncClient(fake.address) as client:
+                assert await client.control("describe", model="m") == {
+                    "pong": True, "op": "describe"}
+                assert await client.ping() is True
+        run(main())
+        describe, ping = fake.take(2)
+        assert describe.control == {"op": "describe", "model": "m"}
+        assert ping.control == {"op": "ping"}
+
+
+def test_silent_ping_is_false(run, broker):
+    async def main():
+        async with AsyncClient(broker.address) as client:
+            assert await client.ping(timeout_ms=50) is False
+    run(main())
+
+
+def test_close_fails_pending_calls_and_refuses_new_ones(run, broker):
+    async def main():
+        client = AsyncClient(broker.address)
+        tasks = [asyncio.ensure_future(client.predict("m", b"x")) for _ in range(3)]
+        await next_msg(broker, 3)
+        await client.aclose()
+        for task in tasks:
+            with pytest.raises(errors.ShuttingDown):
+                await task
+        with pytest.raises(errors.ShuttingDown):
+            await client.predict("m", b"x")
+        client.close()  # idempotent
+    run(main())

@@ -1,0 +1,264 @@
+"""The HTTP inference app in process (falcon's ASGIConductor, lifespan included) over a real
+AsyncClient to a fake broker thread: what reaches the broker, what the caller gets back, and
+every error as TorchServe-shaped JSON."""
+
+from __future__ import annotations
+
+import asyncio
+
+import falcon.testing
+import pytest
+
+import api.client_helpers as client_helpers
+import api.http_app as http_app
+from api.http_app import create_app
+from zerobatch import errors
+from zerobatch.config import FrontendConfig
+
+try:
+    from tests.unit.test_client_fakebroker import (
+        FakeBroker,
+        control_reply,
+        echo,
+        error_frames,
+        reply_frames,
+    )
+except ImportError:  # pytest's rootdir-less import mode puts tests/unit on the path
+    from test_client_fakebroker import (
+        FakeBroker,
+        control_reply,
+        echo,
+        error_frames,
+        reply_frames,
+    )
+
+WAIT_S = 10.0
+
+
+def config_for(broker, **overrides) -> FrontendConfig:
+    return FrontendConfig(broker_address=broker.address, **overrides)
+
+
+def simulate(app, *calls):
+    """Run (method, path, kwargs) calls through one app lifespan; return the results."""
+    async def main():
+        async with falcon.testing.ASGIConductor(app) as conductor:
+            return [await conductor.simulate_request(method, path, **kwargs)
+                    for method, path, kwargs in calls]
+    return asyncio.run(asyncio.wait_for(main(), WAIT_S))
+
+
+def call(app, method, path, **kwargs):
+    return simulate(app, (method, path, kwargs))[0]
+
+
+@pytest.fixture
+def echo_broker():
+    fake = FakeBroker(echo)
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def silent_broker():
+    fake = FakeBroker()
+    yield fake
+    fake.close()
+
+
+def assert_error(result, status, type_name, message_part=""):
+    assert result.status_code == status
+    assert result.headers["content-type"] == "application/json"
+    body = result.json
+    assert set(body) == {"code", "type", "message"}
+    assert body["code"] == status and body["type"] == type_name
+    assert message_part in body["message"]
+
+
+# ---------------------------------------------------------------- ping
+
+def test_ping_healthy(echo_broker):
+    result = call(create_app(config_for(echo_broker)), "GET", "/ping")
+    assert result.status_code == 200 and result.json == {"status": "Healthy"}
+    assert echo_broker.next().control == {"op": "ping"}
+
+
+def test_ping_unhealthy_when_the_broker_is_silent(silent_broker, monkeypatch):
+    monkeypatch.setattr(http_app, "PING_TIMEOUT_MS", 50)
+    result = call(create_app(config_for(silent_broker)), "GET", "/ping")
+    assert result.status_code == 500 and result.json == {"status": "Unhealthy"}
+
+
+@pytest.mark.parametrize("verdict, status", [("Unhealthy", 500), ("Partial Healthy", 200),
+                                             ("something else", 200)])
+def test_ping_reports_the_brokers_verdict(verdict, status):
+    with FakeBroker(lambda m: control_reply(m.rid, {"status": verdict})) as fake:
+        result = call(create_app(config_for(fake)), "GET", "/ping")
+    assert result.status_code == status
+    assert result.json == {"status": verdict if verdict != "something else" else "Healthy"}
+
+
+# ---------------------------------------------------------------- predictions
+
+@pytest.mark.parametrize("body, content_type, wire_type", [
+    (b'{"data": [1, 2]}', "application/json", "application/json"),
+    ("plain words".encode(), "text/plain; charset=utf-8", "text/plain; charset=utf-8"),
+    (bytes(range(256)), None, "application/octet-stream"),
+    (b"--XyZ\r\nContent-Disposition: form-data; name=\"data\"\r\n\r\n1\r\n--XyZ--\r\n",
+     "multipart/form-data; boundary=XyZ", "multipart/form-data; boundary=XyZ"),
+])
+def test_prediction_passes_body_type_headers_and_request_id(echo_broker, body, content_type,
+                                                           wire_type):
+    headers = {"X-Custom-Thing": "Value"}
+    if content_type:
+        headers["Content-Type"] = content_type
+    app = create_app(config_for(echo_broker, default_timeout_ms=4321))
+    result = call(app, "POST", "/predictions/digits", body=body, headers=headers)
+    msg = echo_broker.next()
+    assert msg.route == ("digits", None, 4321)
+    assert msg.body == body
+    assert msg.content_type == wire_type
+    assert msg.headers["x-custom-thing"] == "Value"
+    assert all(name == name.lower() for name in msg.headers)
+    assert len(msg.request_id) == 32 and int(msg.request_id, 16) >= 0
+    assert result.status_code == 200
+    assert result.headers["x-request-id"] == msg.request_id
+    assert result.content == body
+    assert result.headers["content-type"] == wire_type
+
+
+def test_version_path_and_put(echo_broker):
+    app = create_app(config_for(echo_broker))
+    first, second = simulate(app, ("POST", "/predictions/m/2.0", {"body": b"a"}),
+                             ("PUT", "/predictions/m", {"body": b"b"}))
+    assert first.status_code == 200 and second.status_code == 200
+    a, b = echo_broker.take(2)
+    assert a.route[:2] == ("m", "2.0") and b.route[:2] == ("m", None)
+    assert b.body == b"b"
+
+
+def test_reply_status_type_and_headers_come_back():
+    def handler(msg):
+        return reply_frames(msg.rid, b"a,b\n1,2\n", status=201, content_type="text/csv",
+                            headers={"x-worker": "w1", "cache-control": "no-store"})
+    with FakeBroker(handler) as fake:
+        result = call(create_app(config_for(fake)), "POST", "/predictions/m", body=b"x")
+    assert result.status_code == 201
+    assert result.headers["content-type"] == "text/csv"
+    assert result.headers["x-worker"] == "w1"
+    assert result.headers["cache-control"] == "no-store"
+    assert result.content == b"a,b\n1,2\n"
+
+
+def test_reply_without_content_type_is_json():
+    with FakeBroker(lambda m: reply_frames(m.rid, b"[0.5]")) as fake:
+        result = call(create_app(config_for(fake)), "POST", "/predictions/m", body=b"x")
+    assert result.headers["content-type"] == "application/json" and result.json == [0.5]
+
+
+@pytest.mark.parametrize("header, expected_ms", [("250", 250), ("999999", 5000)])
+def test_timeout_header_shortens_the_deadline(echo_broker, header, expected_ms):
+    app = create_app(config_for(echo_broker, default_timeout_ms=5000))
+    result = call(app, "POST", "/predictions/m", body=b"x",
+                  headers={"X-Zerobatch-Timeout-Ms": header})
+    assert result.status_code == 200
+    assert echo_broker.next().route == ("m", None, expected_ms)
+
+
+@pytest.mark.parametrize("header", ["abc", "0", "-5", "1.5", ""])
+def test_bad_timeout_header_is_400(echo_broker, header):
+    app = create_app(config_for(echo_broker))
+    result = call(app, "POST", "/predictions/m", body=b"x",
+                  headers={"x-zerobatch-timeout-ms": header})
+    assert_error(result, 400, "BadRequest", "x-zerobatch-timeout-ms")
+    assert result.headers["x-request-id"]
+    assert echo_broker.received.empty()
+
+
+def test_body_over_the_limit_is_413(echo_broker):
+    app = create_app(config_for(echo_broker, max_request_bytes=10))
+    small, big = simulate(app, ("POST", "/predictions/m", {"body": b"x" * 10}),
+                          ("POST", "/predictions/m", {"body": b"x" * 11}))
+    assert small.status_code == 200
+    assert_error(big, 413, "RequestTooLarge", "10 bytes")
+    assert echo_broker.next().body == b"x" * 10
+    assert echo_broker.received.empty()
+
+
+# ---------------------------------------------------------------- errors
+
+ERRORS = [
+    ("model_not_found", 404, "ModelNotFound"),
+    ("queue_full", 503, "QueueFull"),
+    ("deadline_exceeded", 504, "DeadlineExceeded"),
+    ("handler_error", 500, "HandlerError"),
+    ("broker_unavailable", 503, "BrokerUnavailable"),
+    ("worker_lost", 503, "WorkerLost"),
+    ("bad_request", 400, "BadRequest"),
+]
+
+
+@pytest.mark.parametrize("code, status, type_name", ERRORS, ids=[e[0] for e in ERRORS])
+def test_error_replies_become_json_with_their_status(code, status, type_name):
+    with FakeBroker(lambda m: error_frames(m.rid, code, f"it failed: {code}", status)) as fake:
+        result = call(create_app(config_for(fake)), "POST", "/predictions/m", body=b"x")
+    assert_error(result, status, type_name, f"it failed: {code}")
+    assert len(result.headers["x-request-id"]) == 32
+
+
+def test_status_on_the_wire_is_kept():
+    with FakeBroker(lambda m: error_frames(m.rid, "prediction_error", "bad input", 422)) as f:
+        result = call(create_app(config_for(f)), "POST", "/predictions/m", body=b"x")
+    assert_error(result, 422, "PredictionError", "bad input")
+
+
+def test_silent_broker_is_a_504(silent_broker, monkeypatch):
+    monkeypatch.setattr(client_helpers, "GRACE_MS", 20)
+    app = create_app(config_for(silent_broker))
+    result = call(app, "POST", "/predictions/m", body=b"x",
+                  headers={"x-zerobatch-timeout-ms": "30"})
+    assert_error(result, 504, "DeadlineExceeded")
+
+
+def test_unknown_path_and_wrong_method_are_json(echo_broker):
+    app = create_app(config_for(echo_broker))
+    missing, deep, wrong = simulate(app, ("GET", "/nope", {}),
+                                    ("POST", "/predictions/m/1/extra", {"body": b"x"}),
+                                    ("GET", "/predictions/m", {}))
+    assert_error(missing, 404, "RouteNotFound", "not found")
+    assert_error(deep, 404, "RouteNotFound")
+    assert_error(wrong, 405, "MethodNotAllowed")
+    assert "POST" in wrong.headers["allow"]
+
+
+class _ExplodingClient:
+    def __init__(self, exc):
+        self.exc = exc
+
+    async def predict(self, *args, **kwargs):
+        raise self.exc
+
+    async def control(self, *args, **kwargs):
+        raise self.exc
+
+
+def test_unexpected_exception_is_a_logged_500_json(echo_broker, caplog):
+    app = create_app(config_for(echo_broker), client=_ExplodingClient(KeyError("boom")))
+    result = call(app, "POST", "/predictions/m", body=b"x")
+    assert_error(result, 500, "InternalServerError", "KeyError")
+    assert any("unexpected error" in r.message for r in caplog.records)
+
+
+def test_injected_client_errors_and_ping_failure(echo_broker):
+    app = create_app(config_for(echo_broker),
+                     client=_ExplodingClient(errors.BrokerUnavailable("down")))
+    predicted, pinged = simulate(app, ("POST", "/predictions/m", {"body": b"x"}),
+                                 ("GET", "/ping", {}))
+    assert_error(predicted, 503, "BrokerUnavailable", "down")
+    assert pinged.status_code == 500 and pinged.json == {"status": "Unhealthy"}
+
+
+def test_each_lifespan_makes_and_closes_its_own_client(echo_broker):
+    app = create_app(config_for(echo_broker))
+    assert call(app, "GET", "/ping").status_code == 200
+    assert call(app, "GET", "/ping").status_code == 200  # a fresh client after a shutdown

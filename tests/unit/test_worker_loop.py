@@ -1,0 +1,231 @@
+"""The worker loop against a fake broker: READY, BATCH -> W_REPLY, errors, stop, exit codes.
+
+The test binds the ROUTER (tests.models.fake_broker) on a random loopback port and runs the
+worker either in a thread (WorkerLoop.run) or as a real `python -m worker` process that a
+finalizer always kills. Every wait is a bounded poll on the socket; nothing sleeps.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from tests.models import model_path, write_model_dir
+from tests.models.fake_broker import FakeBroker, item
+from worker.loop import BROKER_LOST, STOPPED, WorkerLoop
+from zerobatch import protocol
+from zerobatch.config import ModelConfig, WorkerConfig
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def worker_config(broker, model="echo", path=None, interval_ms=1000, worker_id="w-test",
+                  batch_size=8):
+    return WorkerConfig(worker_id, broker.address,
+                        ModelConfig(model, path or model_path(model), batch_size=batch_size),
+                        heartbeat_interval_ms=interval_ms)
+
+
+class ThreadWorker:
+    def __init__(self, config):
+        self.loop = WorkerLoop(config)
+        self.stop_event = threading.Event()
+        self.reason = None
+        self.thread = threading.Thread(target=self._run, name="worker-under-test", daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        self.reason = self.loop.run(self.stop_event)
+
+    def stop(self, timeout_s=5.0):
+        self.stop_event.set()
+        self.thread.join(timeout_s)
+        assert not self.thread.is_alive(), "the worker loop did not stop"
+
+
+@pytest.fixture
+def broker():
+    with FakeBroker() as fake:
+        yield fake
+
+
+@pytest.fixture
+def thread_worker(broker):
+    started = []
+
+    def start(**kwargs):
+        worker = ThreadWorker(worker_config(broker, **kwargs))
+        started.append(worker)
+        worker.identity, worker.info = broker.wait_ready()
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture
+def process_worker(broker, tmp_path):
+    started = []
+
+    def spawn(config):
+        log_file = open(tmp_path / f"worker-{len(started)}.log", "w")
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO_ROOT, env.get("PYTHONPATH")]))
+        proc = subprocess.Popen([sys.executable, "-m", "worker", "--config", config.to_json()],
+                                cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
+                                stdout=log_file, stderr=subprocess.STDOUT)
+        proc.log_path = log_file.name
+        started.append((proc, log_file))
+        return proc
+
+    yield spawn
+    for proc, log_file in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        log_file.close()
+
+
+def read_log(proc):
+    with open(proc.log_path) as f:
+        return f.read()
+
+
+# ------------------------------------------------------------------ in a thread
+
+def test_ready_info(thread_worker):
+    worker = thread_worker(worker_id="w-ready")
+    assert worker.identity == b"w-ready"
+    assert worker.info == {"model": "echo", "version": "1.0", "worker_id": "w-ready",
+                           "gpu_id": None, "pid": os.getpid()}
+
+
+def test_echo_json_text_and_binary(thread_worker, broker):
+    worker = thread_worker()
+    [reply] = broker.request(worker.identity, 1, [item('{"x": [1, 2]}')])
+    assert (reply.kind, reply.status, reply.content_type) == ("reply", 200, "application/json")
+    assert json.loads(reply.body) == {"x": [1, 2]}
+    [reply] = broker.request(worker.identity, 2, [item("plain text", "text/plain")])
+    assert (reply.content_type, reply.body) == ("text/plain", b"plain text")
+    blob = bytes(range(256)) * 1000
+    [reply] = broker.request(worker.identity, 3, [item(blob, "application/octet-stream")])
+    assert (reply.content_type, reply.body) == ("application/octet-stream", blob)
+
+
+def test_a_batch_of_three_is_answered_in_order(thread_worker, broker):
+    worker = thread_worker(model="batch_size_reporter")
+    replies = broker.request(worker.identity, 7, [item(f'"{c}"') for c in "abc"])
+    assert [json.loads(r.body) for r in replies] == [
+        {"batch_size": 3, "body": c} for c in "abc"]
+
+
+def test_handler_exception_then_next_batch_works(thread_worker, broker):
+    worker = thread_worker(model="failing")
+    replies = broker.request(worker.identity, 1, [item('"a"'), item('"fail"'), item('"c"')])
+    assert [(r.kind, r.code, r.status) for r in replies] == [("error", "handler_error", 500)] * 3
+    assert replies[0].message == "ValueError: asked to fail"
+    [reply] = broker.request(worker.identity, 2, [item('{"fine": true}')])
+    assert json.loads(reply.body) == {"fine": True}
+
+
+def test_wrong_result_count_answers_errors(thread_worker, broker, tmp_path):
+    path = write_model_dir(str(tmp_path / "short"), """
+        def handle(data, context):
+            return None if data is None else data[:1]
+        """)
+    worker = thread_worker(model="short", path=path)
+    replies = broker.request(worker.identity, 5, [item("1"), item("2"), item("3")])
+    assert [(r.kind, r.code) for r in replies] == [("error", "handler_error")] * 3
+    assert all(r.message == "handler returned 1 results for 3 requests" for r in replies)
+
+
+def test_malformed_messages_are_dropped(thread_worker, broker):
+    worker = thread_worker()
+    broker.send_raw(worker.identity, [b"ZB9", protocol.W_BATCH, b"\0" * 8, b"m", b"b"])
+    broker.send_raw(worker.identity, [protocol.VERSION, protocol.W_BATCH, b"short", b"m", b"b"])
+    broker.send_raw(worker.identity, [protocol.VERSION, protocol.W_BATCH, b"\0" * 8, b"m"])
+    broker.send_raw(worker.identity, [protocol.VERSION, protocol.W_READY, b"?"])
+    broker.send_raw(worker.identity, protocol.HEARTBEAT_FRAMES)
+    [reply] = broker.request(worker.identity, 9, [item('"still here"')])
+    assert reply.body == b"still here"
+
+
+def test_stop_event_disconnects(thread_worker, broker):
+    worker = thread_worker()
+    worker.stop()
+    assert worker.reason == STOPPED
+    frames = broker.wait_command(protocol.W_DISCONNECT, timeout_s=5)
+    assert frames == [worker.identity, *protocol.DISCONNECT_FRAMES]
+
+
+def test_broker_silence_ends_the_loop():
+    with FakeBroker(answer_heartbeats=False) as silent:
+        worker = ThreadWorker(worker_config(silent, interval_ms=100))
+        try:
+            silent.wait_ready()
+            worker.thread.join(5)
+            assert worker.reason == BROKER_LOST
+            assert "no message from the broker" in worker.loop.heartbeat.lost_reason
+        finally:
+            worker.stop()
+
+
+# ------------------------------------------------------------------ as a process
+
+def test_process_serves_and_stops_cleanly_on_sigterm(broker, process_worker):
+    proc = process_worker(worker_config(broker, worker_id="w-proc"))
+    identity, info = broker.wait_ready(timeout_s=30)
+    assert identity == b"w-proc" and info["pid"] == proc.pid
+    [reply] = broker.request(identity, 1, [item('{"hello": "world"}')])
+    assert json.loads(reply.body) == {"hello": "world"}
+    proc.send_signal(signal.SIGTERM)
+    broker.wait_command(protocol.W_DISCONNECT, timeout_s=10)
+    assert proc.wait(10) == 0
+    assert "disconnected" in read_log(proc)
+
+
+def test_heartbeats_continue_during_a_long_batch(broker, process_worker):
+    proc = process_worker(worker_config(broker, model="slow", interval_ms=200))
+    identity, _ = broker.wait_ready(timeout_s=30)
+    broker.send_batch(identity, 1, [item('{"sleep_ms": 2500}'), item('{"sleep_ms": 10}')])
+    sent_at = time.monotonic()
+    replies = broker.wait_reply(1, timeout_s=20)
+    replied_at = time.monotonic()
+    assert [json.loads(r.body) for r in replies] == [{"batch_size": 2}] * 2
+    assert replied_at - sent_at >= 2.4
+    during = [t for ident, t in broker.heartbeats
+              if ident == b"w-test" + protocol.HEARTBEAT_SUFFIX and sent_at <= t <= replied_at]
+    assert len(during) >= 5, f"only {len(during)} heartbeats during a 2.5 s batch"
+    assert proc.poll() is None
+
+
+def test_process_exits_when_the_broker_goes_silent(process_worker):
+    with FakeBroker(answer_heartbeats=False) as silent:
+        proc = process_worker(worker_config(silent, interval_ms=100))
+        silent.wait_ready(timeout_s=30)
+        ready_at = time.monotonic()
+        assert proc.wait(10) == 4
+        assert time.monotonic() - ready_at < 5
+    assert "broker lost: no message from the broker" in read_log(proc)
+
+
+def test_process_reports_a_model_that_cannot_load(broker, process_worker, tmp_path):
+    proc = process_worker(worker_config(broker, model="missing", path=str(tmp_path)))
+    assert proc.wait(30) == 3
+    log = read_log(proc)
+    assert "MAR-INF/MANIFEST.json: manifest not found" in log
+    assert "worker[" in log  # the log format names the process
+
+
+def test_process_rejects_a_bad_config():
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+    result = subprocess.run([sys.executable, "-m", "worker", "--config", "{not json"],
+                            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert "invalid --config" in result.stderr

@@ -1,0 +1,87 @@
+"""Entry point of a worker process: `python -m worker --config '<WorkerConfig JSON>'`.
+
+The only module of the worker that reads argv and sets up logging and signals. SIGTERM (or
+SIGINT) stops the worker cleanly: it finishes the batch in hand, says DISCONNECT and exits 0.
+
+Exit codes, for the supervisor:
+  0  stopped on request;
+  2  bad command line or configuration;
+  3  the model could not be loaded (the log says why);
+  4  the broker was lost (silent for HEARTBEAT_LIVENESS intervals, or the parent exited).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+from worker.loop import STOPPED, WorkerLoop
+from zerobatch.config import WorkerConfig
+from zerobatch.errors import ConfigError
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_LOAD_FAILED = 3
+EXIT_BROKER_LOST = 4
+
+LOG_FORMAT = "%(asctime)s %(levelname)s worker[%(process)d] %(name)s: %(message)s"
+#: After the broker is lost, how long a handler still running may delay the exit.
+STUCK_EXIT_GRACE_S = 5.0
+
+log = logging.getLogger("worker")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m worker",
+                                     description="Run one zerobatch worker process.")
+    parser.add_argument("--config", required=True, help="the WorkerConfig, as JSON")
+    args = parser.parse_args(argv)
+    try:
+        config = WorkerConfig.from_json(args.config)
+    except (ValueError, TypeError, KeyError) as exc:
+        print(f"worker: invalid --config: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    logging.basicConfig(level=config.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+
+    stop_event = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        log.info("signal %d: stopping", signum)
+        stop_event.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+
+    loop = WorkerLoop(config)
+    try:
+        loop.start()
+    except ConfigError as exc:
+        log.error("cannot load model %s from %s: %s", config.model.name, config.model.path, exc,
+                  exc_info=exc.__cause__ is not None)
+        return EXIT_LOAD_FAILED
+    threading.Thread(target=_exit_if_stuck, args=(loop,), name="exit-watchdog",
+                     daemon=True).start()
+    reason = loop.run(stop_event)
+    if reason == STOPPED:
+        return EXIT_OK
+    log.error("exiting: %s", loop.heartbeat.lost_reason)
+    return EXIT_BROKER_LOST
+
+
+def _exit_if_stuck(loop: WorkerLoop) -> None:
+    """Once the broker is lost, do not let a handler that never returns keep us alive."""
+    loop.heartbeat.lost.wait()
+    time.sleep(STUCK_EXIT_GRACE_S)
+    log.error("the handler is still running %.0f s after the broker was lost; exiting",
+              STUCK_EXIT_GRACE_S)
+    logging.shutdown()
+    os._exit(EXIT_BROKER_LOST)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

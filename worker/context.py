@@ -1,0 +1,188 @@
+"""The `Context` a handler sees: TorchServe's `ts.context.Context`, method for method.
+
+A worker builds one Context when it loads its model and hands that same object to
+`initialize(context)` and to every `handle(data, context)` call, as TorchServe does (handlers
+keep `self.context` from `initialize` and read request headers through it later). What belongs
+to one batch (`request_ids`, one `RequestProcessor` per request) is replaced before each call,
+so nothing leaks from one batch into the next.
+
+`MetricsCache` records what handlers report through `context.metrics` into a plain list; the
+worker clears it before each batch. Exporting those records comes later.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import zerobatch
+
+# Units TorchServe accepts for time and size metrics.
+_TIME_UNITS = ("ms", "s")
+_SIZE_UNITS = ("MB", "kB", "GB", "B")
+
+
+class RequestProcessor:
+    """One request's headers in, and its response status and headers out."""
+
+    __slots__ = ("_request_header", "_status_code", "_reason_phrase", "_response_header")
+
+    def __init__(self, request_header: dict) -> None:
+        self._request_header = request_header
+        self._status_code = 200
+        self._reason_phrase: str | None = None
+        self._response_header: dict[str, str] = {}
+
+    def get_request_property(self, key: str) -> Any:
+        return self._request_header.get(key)
+
+    def get_request_properties(self) -> dict:
+        return self._request_header
+
+    def report_status(self, code: int, reason_phrase: str | None = None) -> None:
+        self._status_code = code
+        self._reason_phrase = reason_phrase
+
+    def get_response_status_code(self) -> int:
+        return self._status_code
+
+    def get_response_status_phrase(self) -> str | None:
+        return self._reason_phrase
+
+    def add_response_property(self, key: str, value: str) -> None:
+        self._response_header[key] = value
+
+    def get_response_headers(self) -> dict[str, str]:
+        return self._response_header
+
+    def get_response_header(self, key: str) -> str | None:
+        return self._response_header.get(key)
+
+
+class MetricsCache:
+    """The `context.metrics` object: TorchServe's add_* methods, recording into `records`.
+
+    Each record is a dict: name, value, unit, request_id, dimensions, metric_type.
+    """
+
+    def __init__(self, model_name: str) -> None:
+        self.model_name = model_name
+        self.request_ids: dict[int, str] | None = None
+        self.records: list[dict[str, Any]] = []
+
+    def reset(self, request_ids: dict[int, str] | None) -> None:
+        """Start a new batch: forget the previous batch's records."""
+        self.request_ids = request_ids
+        self.records.clear()
+
+    def _request_id(self, idx: int | None) -> str | None:
+        ids = self.request_ids
+        if not ids:
+            return None
+        if idx is not None and idx in ids:
+            return ids[idx]
+        return ",".join(ids.values())
+
+    def _record(self, name: str, value: Any, unit: str, idx: int | None,
+                dimensions: list | None, metric_type: str, error: bool = False) -> None:
+        if dimensions is not None and not isinstance(dimensions, list):
+            raise ValueError("Please provide a list of dimensions")
+        self.records.append({
+            "name": name, "value": value, "unit": unit,
+            "request_id": None if error else self._request_id(idx),
+            "dimensions": list(dimensions or ()),
+            "metric_type": metric_type,
+        })
+
+    def add_metric(self, name: str, value: Any, unit: str = "count", idx: int | None = None,
+                   dimensions: list | None = None, metric_type: str = "counter") -> None:
+        self._record(name, value, unit, idx, dimensions, metric_type)
+
+    def add_counter(self, name: str, value: Any, idx: int | None = None,
+                    dimensions: list | None = None) -> None:
+        self._record(name, value, "count", idx, dimensions, "counter")
+
+    def add_time(self, name: str, value: Any, idx: int | None = None, unit: str = "ms",
+                 dimensions: list | None = None, metric_type: str = "gauge") -> None:
+        if unit not in _TIME_UNITS:
+            raise ValueError(f"the unit for a timed metric should be one of {list(_TIME_UNITS)}")
+        self._record(name, value, unit, idx, dimensions, metric_type)
+
+    def add_size(self, name: str, value: Any, idx: int | None = None, unit: str = "MB",
+                 dimensions: list | None = None, metric_type: str = "gauge") -> None:
+        if unit not in _SIZE_UNITS:
+            raise ValueError(f"the unit for a size metric should be one of {list(_SIZE_UNITS)}")
+        self._record(name, value, unit, idx, dimensions, metric_type)
+
+    def add_percent(self, name: str, value: Any, idx: int | None = None,
+                    dimensions: list | None = None, metric_type: str = "gauge") -> None:
+        self._record(name, value, "percent", idx, dimensions, metric_type)
+
+    def add_error(self, name: str, value: Any, dimensions: list | None = None) -> None:
+        self._record(name, value, "", None, dimensions, "counter", error=True)
+
+
+class Context:
+    """What a handler knows about its model, its worker and the batch it is running."""
+
+    def __init__(self, model_name: str, model_dir: str, manifest: dict,
+                 batch_size: int, gpu: int | None, server_version: str = zerobatch.__version__,
+                 limit_max_image_pixels: bool = True, metrics: MetricsCache | None = None,
+                 model_yaml_config: dict | None = None) -> None:
+        self.model_name = model_name
+        self.manifest = manifest
+        self._system_properties = {
+            "model_dir": model_dir,
+            "gpu_id": gpu,
+            "batch_size": batch_size,
+            "server_name": zerobatch.SERVER_NAME,
+            "server_version": server_version,
+            "limit_max_image_pixels": limit_max_image_pixels,
+        }
+        self.model_yaml_config = model_yaml_config if model_yaml_config is not None else {}
+        self.request_ids: dict[int, str] | None = None
+        self.request_processor: list[RequestProcessor] | None = None
+        self.metrics = metrics if metrics is not None else MetricsCache(model_name)
+        self.cl_socket = None  # TorchServe's streaming socket; streaming is not supported yet
+
+    @property
+    def system_properties(self) -> dict[str, Any]:
+        return self._system_properties
+
+    def get_request_id(self, idx: int = 0) -> str | None:
+        if self.request_ids is None:
+            return None
+        return self.request_ids.get(idx)
+
+    def get_request_header(self, idx: int, key: str) -> Any:
+        return self.request_processor[idx].get_request_property(key)
+
+    def get_all_request_header(self, idx: int) -> dict:
+        return self.request_processor[idx].get_request_properties()
+
+    def set_response_content_type(self, idx: int, value: str) -> None:
+        self.set_response_header(idx, "content-type", value)
+
+    def get_response_content_type(self, idx: int) -> str | None:
+        return self.get_response_headers(idx).get("content-type")
+
+    def get_response_status(self, idx: int) -> tuple[int, str | None]:
+        processor = self.request_processor[idx]
+        return processor.get_response_status_code(), processor.get_response_status_phrase()
+
+    def set_response_status(self, code: int = 200, phrase: str = "", idx: int = 0) -> None:
+        processors = self.request_processor
+        if processors is not None and processors[idx] is not None:
+            processors[idx].report_status(code, reason_phrase=phrase)
+
+    def set_all_response_status(self, code: int = 200, phrase: str = "") -> None:
+        for processor in self.request_processor or ():
+            processor.report_status(code, reason_phrase=phrase)
+
+    def get_response_headers(self, idx: int) -> dict[str, str]:
+        return self.request_processor[idx].get_response_headers()
+
+    def set_response_header(self, idx: int, key: str, value: str) -> None:
+        self.request_processor[idx].add_response_property(key, value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Context) and self.__dict__ == other.__dict__

@@ -1,0 +1,56 @@
+"""Reading a model directory laid out as TorchServe's `no-archive` format.
+
+A model directory holds `MAR-INF/MANIFEST.json`, the handler file, the serialized weights and
+whatever extra files the archive carried. This module reads and checks the manifest; every
+failure is a ConfigError that names the file and says what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+from zerobatch.errors import ConfigError
+
+MANIFEST_PATH = os.path.join("MAR-INF", "MANIFEST.json")
+
+
+def manifest_file(model_dir: str) -> str:
+    return os.path.join(model_dir, MANIFEST_PATH)
+
+
+def read_manifest(model_dir: str) -> dict[str, Any]:
+    """Load and check the TorchServe manifest of `model_dir`."""
+    if not os.path.isdir(model_dir):
+        raise ConfigError(f"model directory {model_dir!r} does not exist or is not a directory")
+    path = manifest_file(model_dir)
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: manifest not found; a model directory needs "
+                          f"{MANIFEST_PATH} (as written by torch-model-archiver)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the manifest: {exc}") from None
+    model = manifest.get("model") if isinstance(manifest, dict) else None
+    if not isinstance(model, dict):
+        raise ConfigError(f'{path}: the manifest needs a "model" object')
+    handler = model.get("handler")
+    if not isinstance(handler, str) or not handler.strip():
+        raise ConfigError(f'{path}: "model.handler" must name the handler file or module')
+    for key in ("modelName", "serializedFile", "modelFile", "modelVersion"):
+        if key in model and model[key] is not None and not isinstance(model[key], str):
+            raise ConfigError(f'{path}: "model.{key}" must be a string')
+    runtime = manifest.get("runtime", "python")
+    if runtime not in ("python", "python3"):
+        raise ConfigError(f'{path}: runtime {runtime!r} is not supported; use "python"')
+    return manifest
+
+
+def add_to_sys_path(model_dir: str) -> None:
+    """Put the model directory first on sys.path so the handler and its siblings import."""
+    model_dir = os.path.abspath(model_dir)
+    if model_dir not in sys.path:
+        sys.path.insert(0, model_dir)
