@@ -43,6 +43,5 @@ setup(
         "test": ["pytest>=8", "pytest-timeout>=2.2", "hypothesis>=6", "ruff>=0.5",
                  "scikit-learn>=1.3"],
     },
-    setup_requires=["cython>=3.0"],
     entry_points={"console_scripts": ["zerobatch=api.cli:main"]},
 )

@@ -44,6 +44,7 @@ class RawClient:
         self.context = zmq.Context()
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.RCVTIMEO, 5000)
         self.socket.connect(address)
         self.counter = 0
 
@@ -52,9 +53,10 @@ class RawClient:
         self.socket.send_multipart([self.counter.to_bytes(8, "little"), PAYLOAD])
 
     def recv(self) -> None:
-        if not self.socket.poll(5000):
-            raise TimeoutError("the floor did not answer within 5 s")
-        self.socket.recv_multipart()
+        try:
+            self.socket.recv_multipart()
+        except zmq.Again:
+            raise TimeoutError("the floor did not answer within 5 s") from None
 
     def close(self) -> None:
         self.socket.close()

@@ -17,8 +17,10 @@ earliest = smallest deadline among them, E = expected_run_ns(n)):
   1. n >= B: dispatch the B requests with the earliest deadlines;
   2. now - oldest >= D: dispatch all;
   3. earliest - now <= E: dispatch all (waiting longer would make the earliest deadline miss);
-  4. adaptive, once two arrivals gave a gap estimate G > 0: dispatch all when waiting until the
-     delay ends cannot fill the batch, n * G + (oldest + D - now) < B * G.
+  4. adaptive: dispatch all. Batching is then work-conserving: a free worker never idles while
+     requests wait, so a lone request (concurrency 1) runs at once, and under load batches fill
+     by themselves while the workers are busy. Without adaptive (TorchServe's behaviour) a
+     partial batch waits for rule 2 or 3.
 Otherwise no batch. Expired requests (deadline <= now) are removed by every poll.
 
 Domain. Time stamps (`now_ns`, `deadline_ns`) and `max_batch_delay_ns` lie in 0..MAX_TIME_NS
@@ -46,8 +48,7 @@ class Aggregator:
     """Waiting request ids of one model version, and the rules that batch them."""
 
     __slots__ = ("_batch_size", "_max_batch_delay_ns", "_max_queue", "_adaptive",
-                 "_by_deadline", "_by_arrival", "_waiting", "_last_id", "_last_push_ns",
-                 "_gap_ns", "_run_ns")
+                 "_by_deadline", "_by_arrival", "_waiting", "_last_id", "_run_ns")
 
     def __init__(self, batch_size: int, max_batch_delay_ns: int, max_queue: int,
                  adaptive: bool = True) -> None:
@@ -79,10 +80,6 @@ class Aggregator:
         self._waiting: set[int] = set()
         # The id of the last push that passed validation, accepted or refused.
         self._last_id: int | None = None
-        # Arrival-gap estimate: _last_push_ns is set by the first accepted push, _gap_ns by
-        # the second (an EWMA with weight 1/8 after that).
-        self._last_push_ns: int | None = None
-        self._gap_ns: int | None = None
         # _run_ns[m]: estimated run time of a batch of m requests (index 0 unused), None until
         # the broker observed one.
         self._run_ns: list[int | None] = [None] * (batch_size + 1)
@@ -116,7 +113,9 @@ class Aggregator:
     # ------------------------------------------------------------------ arrivals
 
     def push(self, request_id: int, now_ns: int, deadline_ns: int) -> bool:
-        """Queue a request; False (nothing stored) when max_queue requests already wait."""
+        """Queue a request; False (nothing stored) when max_queue requests already wait.
+
+        request_id must exceed the id of every earlier push, refused ones included."""
         request_id = _int64("request_id", request_id)
         now_ns = _int64("now_ns", now_ns)
         deadline_ns = _int64("deadline_ns", deadline_ns)
@@ -131,11 +130,6 @@ class Aggregator:
         heapq.heappush(self._by_deadline, (deadline_ns, request_id))
         heapq.heappush(self._by_arrival, (now_ns, request_id))
         self._waiting.add(request_id)
-        # Rule 4's arrival-gap estimate, from accepted arrivals only.
-        if self._last_push_ns is not None:
-            gap_ns = max(0, now_ns - self._last_push_ns)
-            self._gap_ns = gap_ns if self._gap_ns is None else (7 * self._gap_ns + gap_ns) >> 3
-        self._last_push_ns = now_ns
         return True
 
     # ------------------------------------------------------------------ decisions
@@ -162,19 +156,11 @@ class Aggregator:
 
     def _dispatch_all(self, now_ns: int, n: int) -> bool:
         """Rules 2-4, for 0 < n < batch_size waiting requests (none of them expired)."""
-        delay_ns = self._max_batch_delay_ns
-        oldest_ns = self._oldest_ns()
-        earliest_ns = self._by_deadline[0][0]
-        if now_ns - oldest_ns >= delay_ns:  # rule 2: the oldest waited the whole delay
+        if now_ns - self._oldest_ns() >= self._max_batch_delay_ns:  # rule 2: waited the delay
             return True
-        if earliest_ns - now_ns <= self.expected_run_ns(n):  # rule 3: no time left to wait
+        if self._by_deadline[0][0] - now_ns <= self.expected_run_ns(n):  # rule 3: no time left
             return True
-        gap_ns = self._gap_ns
-        if self._adaptive and gap_ns is not None and gap_ns > 0:  # rule 4
-            remaining_ns = oldest_ns + delay_ns - now_ns
-            if n * gap_ns + remaining_ns < self._batch_size * gap_ns:
-                return True
-        return False
+        return self._adaptive  # rule 4: a free worker takes what waits
 
     def next_wakeup_ns(self, now_ns: int, worker_free: bool) -> int:
         """The earliest time at which `poll` could answer differently, -1 when nothing waits.
@@ -191,18 +177,11 @@ class Aggregator:
         wakeup_ns = earliest_ns  # expiry of the earliest deadline
         if worker_free:
             n = len(by_deadline)
-            if n >= self._batch_size:  # rule 1 holds already
+            if n >= self._batch_size or self._adaptive:  # rule 1 or rule 4 holds already
                 return now_ns
-            oldest_ns = self._oldest_ns()
-            delay_end_ns = oldest_ns + self._max_batch_delay_ns
             wakeup_ns = min(wakeup_ns,
-                            delay_end_ns,  # rule 2
+                            self._oldest_ns() + self._max_batch_delay_ns,  # rule 2
                             earliest_ns - self.expected_run_ns(n))  # rule 3
-            gap_ns = self._gap_ns
-            if self._adaptive and gap_ns is not None and gap_ns > 0:
-                # Rule 4 holds once now > delay_end - (B - n) * G (a strict inequality),
-                # so the first nanosecond at which it fires is one later.
-                wakeup_ns = min(wakeup_ns, delay_end_ns - (self._batch_size - n) * gap_ns + 1)
         return max(wakeup_ns, now_ns)
 
     # ------------------------------------------------------------------ run-time estimates

@@ -27,11 +27,6 @@ cdef enum Decision:    # what `poll` does with the waiting requests
     DISPATCH_FULL = 1  # rule 1: the batch_size earliest deadlines
     DISPATCH_ALL = 2   # rules 2-4: everything waiting
 
-cdef enum GapState:   # what the arrival-gap estimate knows
-    NO_ARRIVAL = 0    # no accepted push yet
-    ONE_ARRIVAL = 1   # last_push_ns is set, no gap yet
-    GAP_KNOWN = 2     # gap_ns is an estimate (rule 4 may fire)
-
 cdef struct Slot:
     int64_t request_id  # also the tie-breaker of both heaps
     int64_t key[2]      # key[BY_DEADLINE] = deadline_ns, key[BY_ARRIVAL] = enqueue_ns
@@ -46,7 +41,7 @@ cdef struct AggregatorState:
     Py_ssize_t batch_size
     int64_t max_batch_delay_ns
     Py_ssize_t max_queue
-    bint adaptive
+    bint adaptive             # rule 4: a free worker takes whatever waits
 
     # the waiting requests
     Slot* slots               # [max_queue]
@@ -59,11 +54,6 @@ cdef struct AggregatorState:
     # push order
     bint has_last_id          # a push passed validation (accepted or refused)
     int64_t last_id
-
-    # rule 4's arrival-gap estimate, from accepted pushes
-    GapState gap_state
-    int64_t last_push_ns      # push time of the last accepted arrival
-    int64_t gap_ns            # EWMA of inter-arrival gaps, weight 1/8
 
     # rule 3's run-time estimates, fed by observe()
     int64_t* run_ns           # [batch_size + 1], estimate per batch size (index 0 unused)

@@ -25,10 +25,7 @@ from _aggregator cimport (
     BY_DEADLINE,
     DISPATCH_ALL,
     DISPATCH_FULL,
-    GAP_KNOWN,
     HOLD,
-    NO_ARRIVAL,
-    ONE_ARRIVAL,
     AggregatorState,
     Decision,
     Heap,
@@ -147,9 +144,8 @@ cdef inline int64_t _oldest_ns(const AggregatorState* st) noexcept nogil:
 
 cdef inline void _insert(AggregatorState* st, int64_t request_id, int64_t enqueue_ns,
                          int64_t deadline_ns) noexcept nogil:
-    """Store an accepted request (count < max_queue) and update the arrival-gap estimate."""
+    """Store an accepted request (count < max_queue)."""
     cdef slot_t slot
-    cdef int64_t gap_ns
     st.free_count -= 1
     slot = st.free_slots[st.free_count]
     st.slots[slot].request_id = request_id
@@ -158,19 +154,6 @@ cdef inline void _insert(AggregatorState* st, int64_t request_id, int64_t enqueu
     _heap_push(&st.heaps[BY_DEADLINE], st.slots, slot, BY_DEADLINE)
     _heap_push(&st.heaps[BY_ARRIVAL], st.slots, slot, BY_ARRIVAL)
     st.count += 1
-    if st.gap_state == NO_ARRIVAL:
-        st.gap_state = ONE_ARRIVAL
-    else:
-        gap_ns = enqueue_ns - st.last_push_ns
-        if gap_ns < 0:
-            gap_ns = 0
-        if st.gap_state == GAP_KNOWN:
-            # (7 * G + gap) >> 3 == G + ((gap - G) >> 3), which cannot overflow
-            st.gap_ns += (gap_ns - st.gap_ns) >> 3
-        else:
-            st.gap_ns = gap_ns
-            st.gap_state = GAP_KNOWN
-    st.last_push_ns = enqueue_ns
 
 
 cdef inline void _pop_earliest_into(AggregatorState* st, Py_ssize_t i) noexcept nogil:
@@ -250,20 +233,14 @@ cdef inline void _observe(AggregatorState* st, Py_ssize_t batch_len,
 cdef inline Decision _decide(const AggregatorState* st, int64_t now_ns) noexcept nogil:
     """The dispatch rules, for count > 0 waiting requests, none of them expired."""
     cdef Py_ssize_t n = st.count
-    cdef int64_t oldest_ns, remaining_ns
     if n >= st.batch_size:  # rule 1
         return DISPATCH_FULL
-    oldest_ns = _oldest_ns(st)
-    if now_ns - oldest_ns >= st.max_batch_delay_ns:  # rule 2
+    if now_ns - _oldest_ns(st) >= st.max_batch_delay_ns:  # rule 2
         return DISPATCH_ALL
     if _earliest_ns(st) - now_ns <= _expected_run_ns(st, n):  # rule 3
         return DISPATCH_ALL
-    if st.adaptive and st.gap_state == GAP_KNOWN and st.gap_ns > 0:  # rule 4
-        # n*G + remaining < B*G  <=>  (B - n) * G > remaining  <=>  G > remaining // (B - n),
-        # where remaining > 0 (rule 2 did not fire) and B - n > 0.
-        remaining_ns = oldest_ns + st.max_batch_delay_ns - now_ns
-        if st.gap_ns >= remaining_ns // (st.batch_size - n):
-            return DISPATCH_ALL
+    if st.adaptive:  # rule 4: a free worker takes what waits
+        return DISPATCH_ALL
     return HOLD
 
 
@@ -271,8 +248,7 @@ cdef inline int64_t _next_wakeup_ns(const AggregatorState* st, int64_t now_ns,
                                     bint worker_free) noexcept nogil:
     """min(expiry and, with a free worker, the rule 1-4 trigger times), at least now_ns."""
     cdef Py_ssize_t n = st.count
-    cdef Py_ssize_t missing
-    cdef int64_t earliest_ns, wakeup_ns, delay_end_ns, run_ns, remaining_ns, rule4_ns
+    cdef int64_t earliest_ns, wakeup_ns, delay_end_ns, run_ns
     if n == 0:
         return -1
     earliest_ns = _earliest_ns(st)
@@ -281,7 +257,7 @@ cdef inline int64_t _next_wakeup_ns(const AggregatorState* st, int64_t now_ns,
     wakeup_ns = earliest_ns
     if not worker_free:
         return wakeup_ns
-    if n >= st.batch_size:  # rule 1
+    if n >= st.batch_size or st.adaptive:  # rule 1 or rule 4
         return now_ns
     delay_end_ns = _oldest_ns(st) + st.max_batch_delay_ns
     if delay_end_ns <= now_ns:  # rule 2
@@ -293,16 +269,6 @@ cdef inline int64_t _next_wakeup_ns(const AggregatorState* st, int64_t now_ns,
         return now_ns
     if earliest_ns - run_ns < wakeup_ns:
         wakeup_ns = earliest_ns - run_ns
-    if st.adaptive and st.gap_state == GAP_KNOWN and st.gap_ns > 0:  # rule 4
-        remaining_ns = delay_end_ns - now_ns
-        missing = st.batch_size - n
-        if st.gap_ns > remaining_ns // missing:
-            return now_ns
-        # missing * G <= remaining here, so no overflow. The rule's inequality is strict:
-        # it first holds one nanosecond after delay_end - missing * G.
-        rule4_ns = delay_end_ns - missing * st.gap_ns + 1
-        if rule4_ns < wakeup_ns:
-            wakeup_ns = rule4_ns
     return wakeup_ns
 
 
@@ -367,9 +333,6 @@ cdef class Aggregator:
         st.count = 0
         st.has_last_id = False
         st.last_id = 0
-        st.gap_state = NO_ARRIVAL
-        st.last_push_ns = 0
-        st.gap_ns = 0
         for i in range(st.batch_size + 1):
             st.run_ns[i] = 0
             st.run_source[i] = 0
@@ -412,7 +375,9 @@ cdef class Aggregator:
     # ------------------------------------------------------------------ arrivals
 
     def push(self, request_id, now_ns, deadline_ns):
-        """Queue a request; False (nothing stored) when max_queue requests already wait."""
+        """Queue a request; False (nothing stored) when max_queue requests already wait.
+
+        request_id must exceed the id of every earlier push, refused ones included."""
         cdef AggregatorState* st = &self.state
         cdef int64_t id_ = _int64(request_id)
         cdef int64_t now = _int64(now_ns)

@@ -88,8 +88,8 @@ def test_concurrent_http_requests_form_batches(shared_server):
 
 def test_request_expiring_behind_a_slow_batch_gets_504_and_never_runs(shared_server):
     with shared_server.client() as client:
-        busy = [client.submit("slow", slow_body(1500, f"busy{i}").decode(), timeout_ms=10_000,
-                              content_type="application/json") for i in range(4)]
+        busy = [client.submit("slow", {"sleep_ms": 1500, "tag": f"busy{i}"}, timeout_ms=10_000)
+                for i in range(4)]
         time.sleep(0.1)  # let the busy batch be dispatched before the short request arrives
         started = time.monotonic()
         status, _h, body = shared_server.predict("slow", slow_body(0, "expired"), timeout_ms=300)
@@ -99,7 +99,8 @@ def test_request_expiring_behind_a_slow_batch_gets_504_and_never_runs(shared_ser
         assert waited < 1.2, f"the 504 came after {waited:.2f} s, not at the deadline"
         for handle in busy:
             assert handle.result().status == 200
-        seen = client.predict("slow", slow_body(0, "after"), timeout_ms=10_000).json()["seen"]
+        after = {"sleep_ms": 0, "tag": "after"}
+        seen = client.predict("slow", after, timeout_ms=10_000).json()["seen"]
     assert "busy0" in seen and "after" in seen
     assert "expired" not in seen
 

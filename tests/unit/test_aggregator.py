@@ -136,6 +136,21 @@ def test_push_rejects_bad_arguments(make, args, error):
     assert agg.push(1, 0, 10)  # nothing was recorded, not even the id
 
 
+@pytest.mark.parametrize("call", [
+    lambda make: make(2.0, 0, 10),
+    lambda make: make(2, 0.5, 10),
+    lambda make: make(2, 0, 10.0),
+    lambda make: make(2, 0, 10).poll(1.5, True),
+    lambda make: make(2, 0, 10).next_wakeup_ns(1.0, False),
+    lambda make: make(2, 0, 10).observe(1.0, 5),
+    lambda make: make(2, 0, 10).observe(1, 5.0),
+    lambda make: make(2, 0, 10).expected_run_ns(2.0),
+], ids=["batch_size", "delay", "max_queue", "poll", "wakeup", "batch_len", "run_ns", "n"])
+def test_floats_are_not_integers(make, call):
+    with pytest.raises(TypeError):
+        call(make)
+
+
 def test_time_arguments_are_checked(make):
     agg = make(4, 100, 10)
     for call in (lambda: agg.poll(-1, True), lambda: agg.next_wakeup_ns(MAX_TIME_NS + 1, True)):
@@ -180,10 +195,10 @@ def test_rule2_max_batch_delay_counts_from_the_oldest_push(make):
 
 
 def test_rule2_oldest_is_the_earliest_push_time_not_the_first_push(make):
-    agg = make(4, 1000, 10, adaptive=True)
+    agg = make(4, 1000, 10, adaptive=False)
     agg.push(1, 100, FAR_NS)
-    agg.push(2, 50, FAR_NS)  # a push time earlier than the last: gap clamps to 0
-    assert agg.next_wakeup_ns(100, True) == 1050  # G == 0: rule 4 stays off
+    agg.push(2, 50, FAR_NS)  # a push time earlier than the last
+    assert agg.next_wakeup_ns(100, True) == 1050
     assert agg.poll(1049, True) == ([], [])
     assert agg.poll(1050, True) == ([], [1, 2])
 
@@ -205,13 +220,23 @@ def test_rule3_dispatches_when_waiting_would_miss_the_earliest_deadline(make):
     assert agg.poll(420, True) == ([], [2, 1])
 
 
-def test_rule4_adaptive_does_not_hold_a_batch_that_cannot_fill(make):
+def test_rule4_adaptive_free_worker_takes_what_waits_at_once(make):
     agg = make(8, 1000, 100, adaptive=True)
     agg.push(1, 0, FAR_NS)
-    agg.push(2, 10, FAR_NS)  # G = 10; fires once 2*10 + (1000 - now) < 8*10, at now > 940
-    assert agg.next_wakeup_ns(10, True) == 941
-    assert agg.poll(940, True) == ([], [])
-    assert agg.poll(941, True) == ([], [1, 2])
+    assert agg.next_wakeup_ns(0, True) == 0
+    assert agg.next_wakeup_ns(0, False) == FAR_NS  # busy workers: only expiry wakes
+    assert agg.poll(0, False) == ([], [])
+    agg.push(2, 10, FAR_NS)
+    agg.push(3, 20, 500)
+    assert agg.poll(20, True) == ([], [3, 1, 2])  # earliest deadline first
+    assert agg.next_wakeup_ns(20, True) == -1
+
+
+def test_rule4_adaptive_still_caps_batches_at_batch_size(make):
+    agg = make(2, 1000, 100, adaptive=True)
+    for request_id in range(1, 6):
+        agg.push(request_id, 0, FAR_NS)
+    assert [agg.poll(1, True)[1] for _ in range(4)] == [[1, 2], [3, 4], [5], []]
 
 
 def test_rule4_is_off_without_adaptive(make):
@@ -219,44 +244,8 @@ def test_rule4_is_off_without_adaptive(make):
     agg.push(1, 0, FAR_NS)
     agg.push(2, 10, FAR_NS)
     assert agg.next_wakeup_ns(10, True) == 1000
-    assert agg.poll(941, True) == ([], [])
-
-
-def test_rule4_needs_two_arrivals_and_a_positive_gap(make):
-    agg = make(8, 1000, 100, adaptive=True)
-    agg.push(1, 0, FAR_NS)  # one arrival: no gap estimate yet
-    assert agg.next_wakeup_ns(0, True) == 1000
     assert agg.poll(999, True) == ([], [])
-    agg.push(2, 999, FAR_NS)  # G = 999: 2*999 + 1 < 8*999
-    assert agg.poll(999, True) == ([], [1, 2])
-
-    same = make(8, 1000, 100, adaptive=True)
-    same.push(1, 5, FAR_NS)
-    same.push(2, 5, FAR_NS)  # G == 0 never fires
-    assert same.next_wakeup_ns(5, True) == 1005
-    assert same.poll(1004, True) == ([], [])
-
-
-def test_rule4_gap_estimate_is_an_ewma(make):
-    agg = make(8, 1000, 100, adaptive=True)
-    agg.push(1, 0, FAR_NS)
-    agg.push(2, 100, FAR_NS)  # G = 100
-    agg.push(3, 300, FAR_NS)  # G = (7*100 + 200) >> 3 = 112
-    # 3*112 + (1000 - now) < 8*112  <=>  now > 440
-    assert agg.next_wakeup_ns(300, True) == 441
-    assert agg.poll(440, True) == ([], [])
-    assert agg.poll(441, True) == ([], [1, 2, 3])
-
-
-def test_refused_pushes_do_not_feed_the_gap_estimate(make):
-    agg = make(2, 1000, 2, adaptive=True)
-    agg.push(1, 0, FAR_NS)
-    assert agg.poll(0, False) == ([], [])
-    agg.push(2, 0, FAR_NS)  # G = 0
-    assert agg.push(3, 500, FAR_NS) is False
-    assert agg.poll(500, True) == ([], [1, 2])  # rule 1
-    agg.push(4, 500, FAR_NS)  # gap 500 from the last accepted push at 0: G = 62
-    assert agg.next_wakeup_ns(500, True) == 500 + 1000 - 62 + 1
+    assert agg.poll(1000, True) == ([], [1, 2])
 
 
 # ---------------------------------------------------------------------- expiry
@@ -274,7 +263,7 @@ def test_expiry_removes_and_orders_by_deadline_then_push_order(make):
 
 
 def test_expired_requests_never_join_a_batch(make):
-    agg = make(2, 1000, 10)
+    agg = make(2, 1000, 10, adaptive=False)
     for request_id, deadline_ns in [(1, 10), (2, 20), (3, 30)]:
         agg.push(request_id, 0, deadline_ns)
     assert agg.poll(20, True) == ([1, 2], [])
@@ -334,7 +323,7 @@ def test_expected_run_ns_rejects_empty_batches(make):
 
 
 def test_next_wakeup_is_minus_one_when_nothing_waits(make):
-    agg = make(4, 100, 10)
+    agg = make(4, 100, 10, adaptive=False)
     assert agg.next_wakeup_ns(0, True) == -1
     agg.push(1, 0, 50)
     assert agg.next_wakeup_ns(0, True) == 50

@@ -163,6 +163,7 @@ def _check_wakeup(spec, model: Model, now_ns: int, worker_free: bool, wakeup_ns:
     assert expired or batch  # ... and something happens at it
 
 
+@pytest.mark.timeout(900)  # passing takes seconds; shrinking a failure can take minutes
 @settings(max_examples=200, deadline=None)
 @given(config=configs, ops=operations)
 def test_twins_agree_and_keep_the_invariants(config, ops):

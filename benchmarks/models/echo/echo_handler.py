@@ -2,4 +2,6 @@
 
 
 def handle(data, context):
+    if data is None:  # TorchServe calls a module-level handler once with None to initialize
+        return None
     return [row.get("body") for row in data]

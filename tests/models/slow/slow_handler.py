@@ -1,6 +1,9 @@
-"""Sleeps the largest {"sleep_ms": N} of the batch, then reports the batch size."""
+"""Sleeps the largest {"sleep_ms": N} of the batch, then reports the batch size and every
+"tag" this worker has run so far, so a test can prove a request never reached the handler."""
 
 import time
+
+SEEN: list = []
 
 
 def _sleep_ms(body):
@@ -14,5 +17,7 @@ def _sleep_ms(body):
 def handle(data, context):
     if data is None:
         return None
+    SEEN.extend(row["body"]["tag"] for row in data
+                if isinstance(row.get("body"), dict) and "tag" in row["body"])
     time.sleep(max(_sleep_ms(row.get("body")) for row in data) / 1000.0)
-    return [{"batch_size": len(data)} for _ in data]
+    return [{"batch_size": len(data), "seen": SEEN} for _ in data]
