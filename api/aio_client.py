@@ -26,7 +26,6 @@ from typing import Any
 import zmq
 
 from api.client_helpers import (
-    COPY_THRESHOLD,
     DEFAULT_ADDRESS,
     EVENTS,
     HIGH_WATER_MARK,
@@ -39,12 +38,12 @@ from api.client_helpers import (
     encode_body,
     local_timeout,
     new_rid,
-    send_frames,
     socket_get,
     wait_ms,
 )
 from zerobatch import protocol
 from zerobatch.errors import BrokerUnavailable, ProtocolError, ServingError, ShuttingDown
+from zerobatch.transport import send_frames
 
 __all__ = ["AsyncClient"]
 
@@ -101,7 +100,7 @@ class AsyncClient:
         route, meta = self._headers.frames(model, version, timeout_ms, ctype, headers,
                                            request_id)
         answer = await self._call(protocol.encode_request, route, meta, payload,
-                                  len(payload) >= COPY_THRESHOLD, wait_ms(timeout_ms), model)
+                                  wait_ms(timeout_ms), model)
         return decode_reply(*answer)
 
     async def control(self, op: str, *, timeout_ms: int | None = None,
@@ -111,8 +110,7 @@ class AsyncClient:
         timeout_ms is how long to wait here (it is not sent); None means the client's default.
         """
         limit_ms = timeout_ms or wait_ms(self.timeout_ms)
-        answer = await self._call(_encode_control, op, args, None, False, limit_ms,
-                                  f"control {op!r}")
+        answer = await self._call(_encode_control, op, args, None, limit_ms, f"control {op!r}")
         return decode_control(*answer[:3])
 
     async def ping(self, timeout_ms: int = 1000) -> bool:
@@ -128,7 +126,7 @@ class AsyncClient:
         """Requests sent and not yet answered or given up."""
         return len(self._pending)
 
-    async def _call(self, encode: Any, a: Any, b: Any, c: Any, large: bool, limit_ms: int,
+    async def _call(self, encode: Any, a: Any, b: Any, c: Any, limit_ms: int,
                     what: str) -> tuple:
         loop = self._loop
         if loop is None:
@@ -141,17 +139,17 @@ class AsyncClient:
         pending[rid] = future
         timer = loop.call_later(limit_ms / 1000, _expire, future, what, limit_ms)
         try:
-            self._send(encode(rid, a, b, c), large)
+            self._send(encode(rid, a, b, c))
             return await future
         finally:
             timer.cancel()
             if pending.pop(rid, None) is not None and self._chunks:
                 self._chunks.pop(rid, None)
 
-    def _send(self, frames: list, large: bool) -> None:
+    def _send(self, frames: list) -> None:
         sock = self._socket
         try:
-            send_frames(sock, frames, large)
+            send_frames(sock, frames)
         except zmq.Again:
             raise BrokerUnavailable(f"cannot send to the broker at {self.address}: "
                                     f"{HIGH_WATER_MARK} messages already queued") from None

@@ -23,7 +23,6 @@ import zmq
 
 from api.aio_client import AsyncClient
 from api.client_helpers import (
-    COPY_THRESHOLD,
     DEFAULT_ADDRESS,
     HIGH_WATER_MARK,
     HeaderCache,
@@ -33,11 +32,11 @@ from api.client_helpers import (
     encode_body,
     local_timeout,
     new_rid,
-    send_frames,
     wait_ms,
 )
 from zerobatch import protocol
 from zerobatch.errors import BrokerUnavailable, ProtocolError, ServingError, ShuttingDown
+from zerobatch.transport import send_frames
 
 __all__ = ["AsyncClient", "Client", "PendingReply", "Reply"]
 
@@ -139,8 +138,7 @@ class Client:
         route, meta = self._headers.frames(model, version, timeout_ms, ctype, headers,
                                            request_id)
         rid = new_rid(next(self._counter))
-        self._send(protocol.encode_request(rid, route, meta, payload),
-                   len(payload) >= COPY_THRESHOLD)
+        self._send(protocol.encode_request(rid, route, meta, payload))
         handle = PendingReply(self, rid, wait_ms(timeout_ms), model)
         self._pending[rid] = handle
         return handle
@@ -152,7 +150,7 @@ class Client:
         client's default.
         """
         rid = new_rid(next(self._counter))
-        self._send(protocol.encode_control(rid, op, **args), False)
+        self._send(protocol.encode_control(rid, op, **args))
         limit_ms = timeout_ms or wait_ms(self.timeout_ms)
         handle = PendingReply(self, rid, limit_ms, f"control {op!r}")
         self._pending[rid] = handle
@@ -199,11 +197,11 @@ class Client:
 
     # ------------------------------------------------------------------ socket pump
 
-    def _send(self, frames: list, large: bool) -> None:
+    def _send(self, frames: list) -> None:
         if self._closed:
             raise ShuttingDown("the client is closed")
         try:
-            send_frames(self._socket, frames, large)
+            send_frames(self._socket, frames)
         except zmq.Again:
             raise BrokerUnavailable(f"cannot send to the broker at {self.address}: "
                                     f"{HIGH_WATER_MARK} messages already queued") from None

@@ -23,8 +23,6 @@ DEFAULT_ADDRESS = "tcp://127.0.0.1:9500"
 GRACE_MS = 1000
 #: how long a client waits when a request names no timeout (the model's default applies)
 DEFAULT_WAIT_MS = 130_000
-#: bodies at least this large are sent without a copy (zero-copy costs more for small ones)
-COPY_THRESHOLD = 64 * 1024
 #: queued messages per direction before a send fails (broker gone or not reading)
 HIGH_WATER_MARK = 100_000
 #: encoded (route, meta) pairs kept per client; the cache is emptied when full
@@ -39,11 +37,9 @@ new_rid = _RID.pack  # rid = the client's 8-byte little-endian counter
 _REPLY = protocol.REPLY
 _ERROR = protocol.ERROR
 
-# The compiled send and getsockopt under pyzmq's Python layer, with plain int flags: the
-# layer's per-frame checks and enum arithmetic cost more than the sends themselves.
-_send = zmq.backend.Socket.send
+# The compiled getsockopt under pyzmq's Python layer, with plain int options (see
+# zerobatch/transport.py for why).
 socket_get = zmq.backend.Socket.get
-MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 NOBLOCK = int(zmq.NOBLOCK)
 EVENTS = int(zmq.EVENTS)
 POLLIN = int(zmq.POLLIN)
@@ -145,19 +141,6 @@ class HeaderCache:
             return self.pair(model, version, timeout_ms, content_type)
         return (self.route(model, version, timeout_ms),
                 protocol.encode_meta(content_type, headers, request_id))
-
-
-def send_frames(sock: zmq.Socket, frames: list, large: bool = False) -> None:
-    """Send one multipart message without blocking; raises zmq.Again when the send queue is
-    full. libzmq checks the high-water mark on the first frame only, so a message goes whole
-    or not at all. large: send the last frame (the body) without a copy."""
-    last = len(frames) - 1
-    for i in range(last):
-        _send(sock, frames[i], MORE_NOBLOCK)
-    if large:
-        _send(sock, frames[last], NOBLOCK, False)
-    else:
-        _send(sock, frames[last], NOBLOCK)
 
 
 def _check_route(model: Any, version: Any, timeout_ms: Any) -> None:

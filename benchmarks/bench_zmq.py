@@ -5,8 +5,9 @@
 
 Three systems answer a 100-byte echo over ipc, in alternating rounds so that machine noise
 hits all of them alike:
-  relay  a bare Python DEALER->ROUTER->ROUTER->DEALER relay (benchmarks/floor.py)
-  proxy  libzmq's C zmq_proxy with an echo server behind it
+  relay  a bare Python relay, client DEALER -> ROUTER -> DEALER -> echo DEALER
+         (benchmarks/floor.py), forwarding each message as it comes
+  proxy  libzmq's C zmq_proxy in the relay's place
   ours   a real zerobatch server (broker + one echo worker, batch size 8, adaptive) driven by
          our own `api.client.Client`
 For each: p50/p99 round trip with one request in flight, and requests/s with 64 in flight.
@@ -115,7 +116,7 @@ def run_floor(kind: str, args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix="zbf") as tmp:
         front, back = f"ipc://{tmp}/front", f"ipc://{tmp}/back"
         server = ["-m", "benchmarks.floor", kind, front, back]
-        echo = ["-m", "benchmarks.floor", "echo" if kind == "relay" else "echo-router", back]
+        echo = ["-m", "benchmarks.floor", "echo", back]
         with processes(server, echo):
             client = RawClient(front)
             try:

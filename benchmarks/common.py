@@ -56,9 +56,10 @@ def zerobatch_server(models: dict[str, str], *flags: str) -> Iterator[dict]:
     client_address = f"ipc://{run_dir}/client.sock"
     argv = [sys.executable, "-m", "api.cli", "start", "--run-dir", run_dir,
             "--client-address", client_address, "--log-level", "WARNING",
+            "--startup-timeout", "60",
             "--models", *[f"{n}={p}" for n, p in models.items()], *flags]
-    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
     try:
+        result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=90)
         if result.returncode != 0:
             raise RuntimeError(f"zerobatch start failed:\n{result.stdout}{result.stderr}")
         yield {"run_dir": run_dir, "client_address": client_address}

@@ -18,6 +18,7 @@ import zmq
 
 from broker.core import BrokerCore
 from broker.supervisor import Supervisor
+from zerobatch.transport import recv_frames, send_frames
 
 log = logging.getLogger("zerobatch.broker")
 
@@ -101,26 +102,23 @@ class BrokerLoop:
         return min(timeout_ms, _MAX_POLL_MS)
 
     def _drain(self, socket: zmq.Socket, handle, now_ns: int) -> None:
-        recv = socket.recv_multipart
         for _ in range(_DRAIN_LIMIT):
             try:
-                frames = recv(zmq.NOBLOCK, copy=False)
+                frames = recv_frames(socket, block=False)
             except zmq.Again:
                 return
             handle(frames, now_ns)
 
     def _flush(self) -> None:
         core = self.core
-        if core.out_front:
-            send = self.front.send_multipart
-            for frames in core.out_front:
-                send(frames, copy=False)
-            core.out_front.clear()
-        if core.out_back:
-            send = self.back.send_multipart
-            for frames in core.out_back:
-                send(frames, copy=False)
-            core.out_back.clear()
+        for socket, out in ((self.front, core.out_front), (self.back, core.out_back)):
+            if out:
+                for frames in out:
+                    try:
+                        send_frames(socket, frames)
+                    except zmq.Again:  # a peer's queue is full: it is gone or stuck
+                        log.warning("dropped a message to a peer whose queue is full")
+                out.clear()
 
     def _sync_pidfds(self) -> None:
         if self.supervisor is None:
