@@ -25,6 +25,7 @@ from worker.service import Service
 from zerobatch import protocol
 from zerobatch.config import WorkerConfig
 from zerobatch.errors import ProtocolError
+from zerobatch.transport import recv_frames, send_frames
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +34,8 @@ POLL_MS = 50
 #: How long a clean stop lets queued replies and DISCONNECT reach the broker.
 DISCONNECT_LINGER_MS = 500
 
-#: Reply frames at least this large are sent without a copy (smaller ones are cheaper copied).
-ZERO_COPY_MIN_BYTES = 64 * 1024
-
 STOPPED = "stopped"
 BROKER_LOST = "broker_lost"
-
-# Plain ints: pyzmq's enum flags cost an enum operation per frame on the hot path.
-_SEND_MORE = int(zmq.NOBLOCK) | int(zmq.SNDMORE)
-_SEND_LAST = int(zmq.NOBLOCK)
 
 
 class WorkerLoop:
@@ -84,7 +78,7 @@ class WorkerLoop:
         socket = self._socket
         if not socket.poll(timeout_ms, zmq.POLLIN):
             return False
-        frames = _recv_frames(socket)
+        frames = recv_frames(socket)
         self.heartbeat.touch()
         try:
             batch_id, items = protocol.parse_batch(frames)
@@ -130,33 +124,6 @@ class WorkerLoop:
 
     def _send(self, frames: list, socket: zmq.Socket | None = None) -> None:
         try:
-            _send_frames(socket or self._socket, frames)
+            send_frames(socket or self._socket, frames)
         except zmq.Again:
             log.warning("broker unreachable: dropped a %r message", frames[1])
-
-
-def _recv_frames(socket: zmq.Socket) -> list[zmq.Frame]:
-    """One multipart message as zmq.Frames (no copy of large bodies).
-
-    About twice as fast as recv_multipart(copy=False), which asks RCVMORE per frame.
-    """
-    recv = socket.recv
-    frame = recv(copy=False)
-    frames = [frame]
-    while frame.more:
-        frame = recv(copy=False)
-        frames.append(frame)
-    return frames
-
-
-def _send_frames(socket: zmq.Socket, frames: list) -> None:
-    """Send one multipart message without blocking; raises zmq.Again if it cannot be queued.
-
-    About twice as fast as send_multipart, whose per-frame checks and enum flags dominate
-    for the small frames of a reply; bodies of ZERO_COPY_MIN_BYTES or more go without a copy.
-    """
-    send = socket.send
-    last = len(frames) - 1
-    for index, frame in enumerate(frames):
-        send(frame, _SEND_LAST if index == last else _SEND_MORE,
-             copy=len(frame) < ZERO_COPY_MIN_BYTES)
