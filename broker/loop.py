@@ -58,45 +58,52 @@ class BrokerLoop:
         if wakeup_fd is not None:
             self.poller.register(wakeup_fd, zmq.POLLIN)
         self._watched_pidfds: set[int] = set()
+        self._synced_changes = -1
         self.stop_signalled = False
 
     # ------------------------------------------------------------------ one turn
 
     def run_once(self, timeout_ms: int | None = None) -> None:
         core = self.core
+        supervisor = self.supervisor
         now_ns = time.monotonic_ns()
+        wakeup_ns = core.next_wakeup_ns(now_ns)
         if timeout_ms is None:
-            timeout_ms = self._timeout_ms(now_ns)
-        self._sync_pidfds()
-        events = dict(self.poller.poll(timeout_ms))
+            timeout_ms = self._timeout_ms(now_ns, wakeup_ns)
+        if supervisor is not None and supervisor.changes != self._synced_changes:
+            self._sync_pidfds()
+        events = self.poller.poll(timeout_ms)
         now_ns = time.monotonic_ns()
-        if self.front in events:
-            self._drain(self.front, core.on_front, now_ns)
-        if self.back in events:
-            self._drain(self.back, core.on_back, now_ns)
-        if self.wakeup_fd is not None and self.wakeup_fd in events:
-            try:
-                os.read(self.wakeup_fd, 512)
-            except BlockingIOError:
-                pass
-        if self.supervisor is not None:
-            for worker_id in self.supervisor.reap():
+        child_exited = False
+        for source, _event in events:
+            if source is self.front:
+                self._drain(self.front, core.on_front, now_ns)
+            elif source is self.back:
+                self._drain(self.back, core.on_back, now_ns)
+            elif source == self.wakeup_fd:
+                try:
+                    os.read(self.wakeup_fd, 512)
+                except BlockingIOError:
+                    pass
+            else:  # a child's pidfd: it exited
+                child_exited = True
+        if supervisor is not None and (child_exited or supervisor.due(time.monotonic())):
+            for worker_id in supervisor.reap():
                 core.worker_lost(worker_id, now_ns, "its process exited")
-            self.supervisor.restart_due()
-        if now_ns >= core.next_wakeup_ns(now_ns):
+            supervisor.restart_due()
+        if now_ns >= wakeup_ns:
             core.on_tick(now_ns)
         self._flush()
         if core.lost_worker_ids:
-            if self.supervisor is not None:
+            if supervisor is not None:
                 for worker_id in core.lost_worker_ids:
-                    self.supervisor.kill_worker(worker_id)
+                    supervisor.kill_worker(worker_id)
             core.lost_worker_ids.clear()
 
-    def _timeout_ms(self, now_ns: int) -> int:
-        wakeup_ns = self.core.next_wakeup_ns(now_ns)
+    def _timeout_ms(self, now_ns: int, wakeup_ns: int) -> int:
         timeout_ms = max(0, -(-(wakeup_ns - now_ns) // 1_000_000))  # ceil
         if self.supervisor is not None:
-            restart_s = self.supervisor.next_wakeup_s()
+            restart_s = self.supervisor.next_wakeup_s
             if restart_s is not None:
                 timeout_ms = min(timeout_ms, max(0, int((restart_s - time.monotonic()) * 1000)))
         return min(timeout_ms, _MAX_POLL_MS)
@@ -121,8 +128,8 @@ class BrokerLoop:
                 out.clear()
 
     def _sync_pidfds(self) -> None:
-        if self.supervisor is None:
-            return
+        """Watch exactly the pidfds of the children now running."""
+        self._synced_changes = self.supervisor.changes
         current = set(self.supervisor.pidfds())
         if current == self._watched_pidfds:
             return

@@ -68,6 +68,10 @@ class Supervisor:
         self.gpus = GpuAssigner(gpu_count)
         self.children: list[Child] = []
         self.stopping = False
+        #: bumped whenever a child starts or is reaped, so the loop re-reads pidfds() only then
+        self.changes = 0
+        #: when the next restart is due (monotonic seconds), or None
+        self.next_wakeup_s: float | None = None
         for model in config.models:
             for index in range(model.workers):
                 gpu_id = self.gpus.next_gpu(model.key, model.device_ids)
@@ -81,10 +85,12 @@ class Supervisor:
     def start_all(self) -> None:
         for child in self.children:
             self._spawn(child)
+        self._plan()
 
     def _spawn(self, child: Child) -> None:
         child.generation += 1
         child.restart_at_s = None
+        self.changes += 1
         pass_fds: tuple[int, ...] = ()
         if child.kind == "worker":
             assert child.model is not None
@@ -130,6 +136,7 @@ class Supervisor:
             child.process = None
             if child.kind == "worker":
                 exited.append(child.worker_id)
+            self.changes += 1
             if self.stopping:
                 continue
             if now_s - child.started_s > _HEALTHY_AFTER_S:
@@ -138,6 +145,7 @@ class Supervisor:
             log.warning("%s %s exited with code %s; restarting in %.1f s", child.kind,
                         child.worker_id or child.slot_name, code, child.backoff_s)
             child.backoff_s = min(child.backoff_s * 2, RESTART_BACKOFF_MAX_S)
+        self._plan()
         return exited
 
     def restart_due(self) -> None:
@@ -145,14 +153,18 @@ class Supervisor:
         for child in self.children:
             if child.restart_at_s is not None and child.restart_at_s <= now_s and not self.stopping:
                 self._spawn(child)
+        self._plan()
 
-    def next_wakeup_s(self) -> float | None:
-        """When the next restart is due (monotonic seconds), or None; also a slow reap tick
-        when pidfds are not available."""
+    def due(self, now_s: float) -> bool:
+        """Whether the loop must reap or restart now even though no pidfd fired."""
+        return self.next_wakeup_s is not None and self.next_wakeup_s <= now_s
+
+    def _plan(self) -> None:
+        """Set next_wakeup_s: the next restart, or a reap tick where pidfds are missing."""
         times = [c.restart_at_s for c in self.children if c.restart_at_s is not None]
         if any(c.process is not None and c.pidfd is None for c in self.children):
             times.append(time.monotonic() + 0.1)
-        return min(times) if times else None
+        self.next_wakeup_s = min(times) if times else None
 
     def kill_worker(self, worker_id: str) -> None:
         """The broker declared this worker lost (silent or stuck): make sure it is gone."""

@@ -47,6 +47,7 @@ class WorkerLoop:
         self.service = service
         self._zmq_context = zmq_context or zmq.Context.instance()
         self._socket: zmq.Socket | None = None
+        self._recv_timeout_ms = -1
         self.heartbeat: Heartbeat | None = None
 
     @property
@@ -76,9 +77,13 @@ class WorkerLoop:
     def run_once(self, timeout_ms: int) -> bool:
         """Wait up to timeout_ms for one message from the broker and handle it."""
         socket = self._socket
-        if not socket.poll(timeout_ms, zmq.POLLIN):
+        if timeout_ms != self._recv_timeout_ms:  # a receive timeout instead of a poll: one call
+            socket.setsockopt(zmq.RCVTIMEO, timeout_ms)
+            self._recv_timeout_ms = timeout_ms
+        try:
+            frames = recv_frames(socket)
+        except zmq.Again:
             return False
-        frames = recv_frames(socket)
         self.heartbeat.touch()
         try:
             batch_id, items = protocol.parse_batch(frames)
