@@ -6,10 +6,11 @@
     (PUT is accepted on both, as TorchServe does)
 
 A prediction forwards the raw body, its Content-Type (default application/octet-stream), the
-request headers (lowercase names) and a fresh request id (unique per server: this process's random prefix and a counter, echoed as the
-`x-request-id` response header); its deadline is the front end's default, or shorter when the
-caller sends `x-zerobatch-timeout-ms`. The worker's reply status, content type, headers and
-body go back as they are. Errors are TorchServe-shaped JSON (see api.http_helpers).
+request headers (lowercase names) and a fresh request id (32 hex digits: a random prefix per
+process and a counter; echoed as the `x-request-id` response header). Its deadline is the
+front end's default, or shorter when the caller sends `x-zerobatch-timeout-ms`. The worker's
+reply status, content type, headers and body go back as they are. Errors are
+TorchServe-shaped JSON (see api.http_helpers).
 
 The AsyncClient is created at lifespan startup, inside the server's event loop, and closed at
 shutdown; a client passed to create_app is used as is and left open.
