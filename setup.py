@@ -43,5 +43,6 @@ setup(
         "test": ["pytest>=8", "pytest-timeout>=2.2", "hypothesis>=6", "ruff>=0.5",
                  "scikit-learn>=1.3"],
     },
-    entry_points={"console_scripts": ["zerobatch=api.cli:main"]},
+    entry_points={"console_scripts": ["zerobatch=api.cli:main",
+                                      "zerobatch-archiver=api.archiver:main"]},
 )

@@ -1,4 +1,4 @@
-"""The `zerobatch` command line: `start` and `stop`.
+"""The `zerobatch` command line: `start`, `stop` and `archive` (api/archiver.py).
 
 `zerobatch start` checks the flags and the model directories, then runs the broker process
 (`python -m broker`), which supervises the workers and the HTTP front ends. Without
@@ -19,6 +19,7 @@ import sys
 import time
 import urllib.request
 
+from api import archiver
 from zerobatch import config as defaults
 from zerobatch.config import ModelConfig, ServerConfig
 from zerobatch.errors import ConfigError, ServingError
@@ -85,23 +86,39 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--startup-timeout", type=float, default=120.0, metavar="S",
                        help="how long start waits for the models to be ready")
 
+    archiver.add_arguments(commands.add_parser(
+        "archive", help="package a model as torch-model-archiver does",
+        description="Package a model (.mar, .tar.gz or a directory); the flags of "
+                    "torch-model-archiver 0.12."))
+
     stop = commands.add_parser("stop", help="stop a running server")
     stop.add_argument("--run-dir", default=defaults.DEFAULT_RUN_DIR)
     stop.add_argument("--timeout", type=float, default=30.0, metavar="S")
     return parser
 
 
-def read_manifest(model_dir: str) -> dict:
-    path = os.path.join(model_dir, MANIFEST)
-    if not os.path.isdir(model_dir):
-        raise CliError(f"model path {model_dir} does not exist")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            manifest = json.load(handle)
-    except FileNotFoundError:
-        raise CliError(f"{model_dir} is not a model directory: {MANIFEST} is missing") from None
-    except (OSError, ValueError) as exc:
-        raise CliError(f"cannot read {path}: {exc}") from None
+def read_manifest(model_path: str) -> dict:
+    """The manifest of a model directory, or of a `.mar` / `.tar.gz` archive (read from inside
+    it without extracting; the broker extracts and checks archives at startup)."""
+    if not os.path.exists(model_path):
+        raise CliError(f"model path {model_path} does not exist")
+    if os.path.isdir(model_path):
+        path = os.path.join(model_path, MANIFEST)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                manifest = json.load(handle)
+        except FileNotFoundError:
+            raise CliError(f"{model_path} is not a model directory: {MANIFEST} is "
+                           "missing") from None
+        except (OSError, ValueError) as exc:
+            raise CliError(f"cannot read {path}: {exc}") from None
+    else:
+        path = f"{model_path}!{MANIFEST}"
+        try:
+            manifest = archiver.read_archive_manifest(model_path)
+        except (ConfigError, OSError) as exc:
+            raise CliError(f"{model_path} is not a model archive (.mar, .tar.gz) or directory: "
+                           f"{exc}") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("model"), dict):
         raise CliError(f"{path} has no \"model\" section")
     return manifest
@@ -259,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "start":
             return start(args)
+        if args.command == "archive":
+            return archiver.run(args)
         return stop(args)
     except (CliError, ConfigError) as exc:
         print(f"zerobatch: error: {exc}", file=sys.stderr)

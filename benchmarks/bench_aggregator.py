@@ -2,7 +2,9 @@
 
 Workload, identical for both twins: N requests arrive ARRIVAL_GAP_NS apart with rising ids and
 deadlines (each DEADLINE_NS after its arrival); after every push the broker polls with a free
-worker, so every BATCH_SIZE-th poll dispatches a full batch (rule 1). The figure is the wall
+worker, so every BATCH_SIZE-th poll dispatches a full batch (rule 1). The aggregators run the
+full_delay policy (adaptive=False): with the adaptive one a free worker would take every
+request alone, and the workload would measure batches of one. The figure is the wall
 time of the whole loop divided by N: one push, one poll and the loop itself, per request.
 Each twin runs REPEAT times, interleaved with the other; the best run counts.
 
@@ -35,7 +37,7 @@ DEFAULT_REPEAT = 5
 
 def _config() -> dict:
     return {"batch_size": BATCH_SIZE, "max_batch_delay_ns": MAX_BATCH_DELAY_NS,
-            "max_queue": MAX_QUEUE, "adaptive": True}
+            "max_queue": MAX_QUEUE, "adaptive": False}
 
 
 def run_workload(cls: type, requests: int) -> int:

@@ -1,8 +1,9 @@
 """Entry point of the broker process: `python -m broker --config '<ServerConfig JSON>'`.
 
-The only place in the broker that reads argv and the environment. It binds every endpoint
-first (so a port in use fails fast, before any child starts), writes the pid file, starts the
-supervised children, and runs the loop until SIGTERM/SIGINT or a `stop` control call.
+The only place in the broker that reads argv and the environment. It first extracts the model
+archives (`.mar`, `.tar.gz`) into RUN_DIR/models/, leaving out any that is refused, then binds
+every endpoint (so a port in use fails fast, before any child starts), writes the pid file,
+starts the supervised children, and runs the loop until SIGTERM/SIGINT or a `stop` control call.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import sys
 
 import zmq
 
-from broker import aggregator
+from broker import aggregator, archive
 from broker.core import BrokerCore
 from broker.gpus import count_visible_gpus
 from broker.loop import BrokerLoop
@@ -48,6 +49,14 @@ def bind_http(host: str, port: int) -> socket.socket:
 
 
 def serve(config: ServerConfig, environ: dict[str, str]) -> int:
+    models, refused = archive.prepare_models(config.models, config.run_dir)
+    for model, exc in refused:
+        log.error("model %s refused, not served: %s", model.key, exc)
+    if refused and not models:
+        log.error("no model left to serve: every model archive was refused")
+        return EXIT_CONFIG
+    config = config.with_models(models)
+
     aggregator_class = aggregator.load(config.aggregator)
     log.info("aggregator: %s twin", aggregator.implementation_name(aggregator_class))
     os.makedirs(config.run_dir, exist_ok=True)

@@ -7,16 +7,19 @@
   no arguments, and the state dict loaded with `torch.load(weights_only=True)`.
 
 The model goes to `cuda:{gpu_id}` when CUDA is available and the worker has a GPU, else to
-the CPU, and is put in eval mode. An `index_to_name.json` next to it becomes `self.mapping`.
-`handle(data, context)` runs the three steps on the whole batch, inference under
-`torch.inference_mode()`.
+the CPU, and is put in eval mode. An `index_to_name.json` next to it becomes `self.mapping`
+(read by `load_label_mapping`, as TorchServe reads it), `context.model_yaml_config` becomes
+`self.model_yaml_config`. `handle(data, context)` runs the three steps on the whole batch,
+inference under `torch.inference_mode()`. Captum explanations (`explain_handle`), the
+profiler and `torch.compile` through `pt2` are not supported.
 
-This is the one worker module that imports torch; handlers that do not need it never load it.
+Inside a worker this class is also `ts.torch_handler.base_handler.BaseHandler` (see
+`worker.ts_alias`). This module and `worker.handlers` are the worker's only torch importers;
+handlers that do not need torch never load it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -25,6 +28,7 @@ from typing import Any
 
 import torch
 
+from worker.compat.util import load_label_mapping
 from worker.handler_loader import import_handler_module
 
 log = logging.getLogger(__name__)
@@ -42,11 +46,17 @@ class BaseHandler:
         self.map_location: str | None = None
         self.manifest: dict[str, Any] | None = None
         self.model_pt_path: str | None = None
+        self.model_dir: str | None = None
+        self.model_yaml_config: dict[str, Any] = {}
         self.context: Any = None
         self.initialized = False
+        self.explain = False
+        self.target = 0
+        self.profiler_args: dict[str, Any] = {}
 
     def initialize(self, context: Any) -> None:
         properties = context.system_properties
+        self.model_yaml_config = getattr(context, "model_yaml_config", None) or {}
         gpu_id = properties.get("gpu_id")
         if gpu_id is not None and torch.cuda.is_available():
             self.map_location = "cuda"
@@ -56,7 +66,7 @@ class BaseHandler:
             self.device = torch.device("cpu")
         self.context = context
         self.manifest = context.manifest
-        model_dir = properties["model_dir"]
+        model_dir = self.model_dir = properties["model_dir"]
         model_info = self.manifest["model"]
         serialized_file = model_info.get("serializedFile")
         if serialized_file:
@@ -72,8 +82,7 @@ class BaseHandler:
         self.model.eval()
         mapping_path = os.path.join(model_dir, LABEL_MAPPING_FILE)
         if os.path.isfile(mapping_path):
-            with open(mapping_path, encoding="utf-8") as f:
-                self.mapping = json.load(f)
+            self.mapping = load_label_mapping(mapping_path)
         self.initialized = True
         log.info("loaded %s on %s", self.model_pt_path, self.device)
 

@@ -13,8 +13,10 @@ a function entry point is called once at load time as `handle(None, context)`: h
 that call to initialize themselves, and must accept `data=None`.
 
 The module is looked up as a file in the model directory first (loaded from that exact file,
-so two models with a `handler.py` each do not share a module), then as an importable module.
-TorchServe's default handlers (`image_classifier`, ...) are not available yet.
+so two models with a `handler.py` each do not share a module), then as one of TorchServe's
+default handlers by name (`image_classifier`, ... : `DEFAULT_HANDLERS`), then as an
+importable module. Before any handler or model file is imported, `install_ts_aliases()`
+makes TorchServe's `ts.*` imports resolve to zerobatch's modules (see `worker.ts_alias`).
 """
 
 from __future__ import annotations
@@ -28,17 +30,23 @@ import sys
 from types import ModuleType
 from typing import Any, Callable
 
+from worker.ts_alias import install_ts_aliases
 from zerobatch.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 EntryPoint = Callable[[Any, Any], Any]
 
-#: TorchServe's built-in handlers, named without a file in the archive.
-DEFAULT_HANDLERS = frozenset((
-    "base_handler", "image_classifier", "image_segmenter", "object_detector",
-    "text_classifier", "text_handler", "vision_handler",
-))
+#: TorchServe's built-in handlers, named without a file in the archive -> our module.
+DEFAULT_HANDLERS = {
+    "base_handler": "worker.base_handler",
+    "vision_handler": "worker.handlers.vision_handler",
+    "image_classifier": "worker.handlers.image_classifier",
+    "image_segmenter": "worker.handlers.image_segmenter",
+    "object_detector": "worker.handlers.object_detector",
+    "text_handler": "worker.handlers.text_handler",
+    "text_classifier": "worker.handlers.text_classifier",
+}
 
 
 def load_entry_point(model_dir: str, handler: str) -> tuple[EntryPoint, Callable[[Any], None]]:
@@ -58,7 +66,9 @@ def load_entry_point(model_dir: str, handler: str) -> tuple[EntryPoint, Callable
 
 
 def import_handler_module(model_dir: str, module_spec: str) -> ModuleType:
-    """Import the handler module: a file of the model directory, else an importable module."""
+    """Import the handler module: a file of the model directory, a default handler by name,
+    else an importable module."""
+    install_ts_aliases()
     spec = module_spec.strip().replace("\\", "/")
     if spec.endswith(".py"):
         spec = spec[:-3]
@@ -68,10 +78,11 @@ def import_handler_module(model_dir: str, module_spec: str) -> ModuleType:
     for path in (os.path.join(model_dir, spec + ".py"), os.path.join(model_dir, name + ".py")):
         if os.path.isfile(path):
             return _exec_file(name, path)
-    if name in DEFAULT_HANDLERS:
-        raise ConfigError(f"handler {name!r} is one of TorchServe's default handlers, which are "
-                          "not available yet in zerobatch; ship a handler file in the model "
-                          "directory and name it in MAR-INF/MANIFEST.json")
+    if spec in DEFAULT_HANDLERS:
+        try:
+            return importlib.import_module(DEFAULT_HANDLERS[spec])
+        except Exception as exc:
+            raise _import_failed(f"{spec} (default handler)", exc) from exc
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as exc:

@@ -54,3 +54,34 @@ def add_to_sys_path(model_dir: str) -> None:
     model_dir = os.path.abspath(model_dir)
     if model_dir not in sys.path:
         sys.path.insert(0, model_dir)
+
+
+#: The model's YAML config when the manifest names no `model.configFile`.
+MODEL_CONFIG_FILE = "model-config.yaml"
+
+
+def read_model_yaml_config(model_dir: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    """The model's `model-config.yaml` (or the manifest's `configFile`) as a dict; {} if none.
+
+    This is what handlers read as `context.model_yaml_config` (e.g. its `handler` section).
+    """
+    name = manifest["model"].get("configFile") or MODEL_CONFIG_FILE
+    path = os.path.join(model_dir, name)
+    if not os.path.isfile(path):
+        if manifest["model"].get("configFile"):
+            raise ConfigError(f'{manifest_file(model_dir)}: "model.configFile" names {name}, '
+                              f"which is not in {model_dir}")
+        return {}
+    import yaml  # only models that carry a config pay for the import
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = yaml.safe_load(f)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read the model config: {exc}") from None
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: the model config must be a YAML mapping, "
+                          f"not {type(config).__name__}")
+    return config

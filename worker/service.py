@@ -24,7 +24,7 @@ from typing import Any, Sequence
 from worker.codec import decode_body, encode_value
 from worker.context import Context, MetricsCache, RequestProcessor
 from worker.handler_loader import EntryPoint, load_entry_point
-from worker.model_dir import add_to_sys_path, manifest_file, read_manifest
+from worker.model_dir import add_to_sys_path, manifest_file, read_manifest, read_model_yaml_config
 from zerobatch import protocol
 from zerobatch.config import ModelConfig
 from zerobatch.errors import BadRequest, ConfigError, HandlerError, PredictionError, ProtocolError
@@ -54,7 +54,8 @@ class Service:
         handler = manifest["model"]["handler"]
         add_to_sys_path(model_dir)
         context = Context(model.name, model_dir, manifest, model.batch_size, gpu_id,
-                          metrics=MetricsCache(model.name))
+                          metrics=MetricsCache(model.name),
+                          model_yaml_config=read_model_yaml_config(model_dir, manifest))
         entry_point, initialize = load_entry_point(model_dir, handler)
         try:
             initialize(context)
@@ -149,7 +150,8 @@ def _reply(index: int, value: Any, processor: RequestProcessor) -> tuple:
 def _handler_failure(exc: Exception) -> tuple:
     error_code = getattr(exc, "error_code", None)
     if isinstance(error_code, int) and hasattr(exc, "message"):  # ts PredictionException
-        return _error(PredictionError.code, str(exc.message), error_code)
+        status = error_code if 400 <= error_code <= 599 else HandlerError.http_status
+        return _error(PredictionError.code, str(exc.message), status)
     message = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, MemoryError) or "out of memory" in message.lower():
         return _error(HandlerError.code, message, OUT_OF_RESOURCES_STATUS)

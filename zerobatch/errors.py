@@ -39,6 +39,12 @@ class ConfigError(ServingError, ValueError):
     http_status = 400
 
 
+class ArchiveError(ConfigError):
+    """A model archive is unsafe or malformed; the message names the archive and the member."""
+
+    code = "archive_error"
+
+
 class ProtocolError(ServingError, ValueError):
     """A frame or message does not follow the wire protocol."""
 
@@ -118,6 +124,7 @@ class ShuttingDown(ServingError, ConnectionError):
 _ALL: tuple[type[ServingError], ...] = (
     ServingError,
     ConfigError,
+    ArchiveError,
     ProtocolError,
     BadRequest,
     RequestTooLarge,

@@ -222,12 +222,16 @@ def test_syntax_error_is_reported(tmp_path):
         resolve(tmp_path)
 
 
-def test_default_handler_names_are_not_available_yet(tmp_path):
+def test_default_handler_names_resolve_to_our_handlers(tmp_path):
     (tmp_path / "MAR-INF").mkdir()
     (tmp_path / "MAR-INF" / "MANIFEST.json").write_text(
         json.dumps({"model": {"handler": "image_classifier"}}))
-    with pytest.raises(ConfigError, match="not available yet"):
-        resolve(tmp_path)
+    manifest = read_manifest(str(tmp_path))
+    entry, initialize = load_entry_point(str(tmp_path), manifest["model"]["handler"])
+    assert type(entry.__self__).__name__ == "ImageClassifier"
+    context = Context("test", str(tmp_path), manifest, batch_size=2, gpu=None)
+    with pytest.raises(ValueError, match="serializedFile"):
+        initialize(context)
 
 
 def test_unknown_module_name(tmp_path):

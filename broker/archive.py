@@ -1,0 +1,429 @@
+"""Model archives: turning a TorchServe `.mar`, `.tar.gz` or model directory into a directory.
+
+`prepare_model(path, work_root)` returns a directory with `MAR-INF/MANIFEST.json` at its top,
+the form the workers load. Directories (`no-archive` output, or any directory holding the
+manifest) are used in place. Archives as `torch-model-archiver` 0.12 writes them — zip `.mar`
+(deflated or `zip-store`) and `tgz` (`<name>.tar.gz` holding a top-level `<name>/`) — are
+extracted into a private directory per archive, `work_root/models/<stem>-<hash>`, where the
+hash covers the archive's path, mtime and size, so a restart reuses an unchanged extraction.
+
+Archives are untrusted input. Extraction goes member by member through our own code (never
+`extractall`) and refuses, with an ArchiveError naming the archive and the member: `..`
+components, absolute paths, zip symlinks, tar links leaving the extraction directory, devices
+and fifos, encrypted members, more than `max_members` members, more than `max_bytes`
+uncompressed (checked on the declared sizes first, then counted while writing, so a header
+that lies is caught), and a missing or malformed manifest. Files are opened with O_NOFOLLOW
+under a parent checked to lie inside the root, so nothing is written outside it. An archive is
+extracted into a staging directory that is renamed into place only once complete; a failure
+removes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import stat
+import tarfile
+import zipfile
+import zlib
+from collections.abc import Iterable
+from dataclasses import replace
+from typing import BinaryIO
+
+from zerobatch.config import ModelConfig
+from zerobatch.errors import ArchiveError
+
+log = logging.getLogger("zerobatch.broker.archive")
+
+MANIFEST_MEMBER = "MAR-INF/MANIFEST.json"
+DEFAULT_MAX_BYTES = 4 << 30
+DEFAULT_MAX_MEMBERS = 100_000
+ARCHIVE_SUFFIXES = (".mar", ".tar.gz", ".tgz")
+MODELS_DIR = "models"
+_CHUNK_BYTES = 1 << 20
+_UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+# ---------------------------------------------------------------------- public face
+
+def is_archive(path: str) -> bool:
+    """True for a regular file (an archive); directories are served in place."""
+    return os.path.isfile(path)
+
+
+def prepare_model(path: str, work_root: str, *, max_bytes: int = DEFAULT_MAX_BYTES,
+                  max_members: int = DEFAULT_MAX_MEMBERS) -> str:
+    """The model directory for `path`: the directory itself, or the archive extracted under
+    work_root/models/. Raises ArchiveError (a ConfigError) when the archive is refused."""
+    path = os.path.abspath(path)
+    if os.path.isdir(path):
+        check_manifest(path, path)
+        return path
+    if not os.path.isfile(path):
+        raise ArchiveError(f"model archive {path} does not exist")
+    if zipfile.is_zipfile(path):
+        extract = _extract_zip
+    elif _is_tar(path):
+        extract = _extract_tar
+    else:
+        raise ArchiveError(f"{path} is neither a zip (.mar) nor a tar (.tar.gz) model archive")
+
+    models_dir = os.path.join(os.path.abspath(work_root), MODELS_DIR)
+    os.makedirs(models_dir, exist_ok=True)
+    private_name = _private_name(path)
+    private_dir = os.path.join(models_dir, private_name)
+    if os.path.isdir(private_dir):
+        try:  # extracted by an earlier start from the same archive (same path, mtime, size)
+            return check_manifest(_model_root(private_dir, path), path)
+        except ArchiveError:
+            shutil.rmtree(private_dir, ignore_errors=True)
+    staging_dir = os.path.join(models_dir, f".staging-{private_name}-{os.getpid()}")
+    shutil.rmtree(staging_dir, ignore_errors=True)
+    os.mkdir(staging_dir, 0o755)
+    try:
+        extract(path, staging_dir, max_bytes, max_members)
+        check_manifest(_model_root(staging_dir, path), path)
+        try:
+            os.rename(staging_dir, private_dir)
+        except OSError:  # another broker finished the same archive first
+            if not os.path.isdir(private_dir):
+                raise
+            shutil.rmtree(staging_dir, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging_dir, ignore_errors=True)
+        raise
+    return check_manifest(_model_root(private_dir, path), path)
+
+
+def prepare_models(models: Iterable[ModelConfig], work_root: str
+                   ) -> tuple[tuple[ModelConfig, ...], list[tuple[ModelConfig, ArchiveError]]]:
+    """Map every model whose path is an archive to its extracted directory.
+
+    Returns (models to serve, [(refused model, its error)]); directories pass unchanged."""
+    kept: list[ModelConfig] = []
+    refused: list[tuple[ModelConfig, ArchiveError]] = []
+    for model in models:
+        if not is_archive(model.path):
+            kept.append(model)
+            continue
+        try:
+            model_dir = prepare_model(model.path, work_root)
+        except ArchiveError as exc:
+            refused.append((model, exc))
+            continue
+        except OSError as exc:
+            refused.append((model, ArchiveError(f"{model.path}: cannot extract: {exc}")))
+            continue
+        log.info("model %s: archive %s extracted to %s", model.key, model.path, model_dir)
+        kept.append(replace(model, path=model_dir))
+    return tuple(kept), refused
+
+
+def check_manifest(model_dir: str, archive: str) -> str:
+    """Return model_dir if its MAR-INF/MANIFEST.json is JSON with a "model" naming a handler."""
+    manifest_path = os.path.join(model_dir, MANIFEST_MEMBER)
+    try:
+        with open(manifest_path, "rb") as handle:
+            manifest = json.loads(handle.read(1 << 20).decode("utf-8"))
+    except FileNotFoundError:
+        raise ArchiveError(f"{archive}: {MANIFEST_MEMBER} is missing (not a model archive "
+                           "written by torch-model-archiver?)") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ArchiveError(f"{archive}: {MANIFEST_MEMBER} is not valid JSON: {exc}") from None
+    model = manifest.get("model") if isinstance(manifest, dict) else None
+    if not isinstance(model, dict):
+        raise ArchiveError(f'{archive}: {MANIFEST_MEMBER} has no "model" object')
+    handler = model.get("handler")
+    if not isinstance(handler, str) or not handler.strip():
+        raise ArchiveError(f'{archive}: {MANIFEST_MEMBER}: "model.handler" must name the '
+                           "handler")
+    return model_dir
+
+
+# ---------------------------------------------------------------------- helpers
+
+def _is_tar(path: str) -> bool:
+    try:
+        return tarfile.is_tarfile(path)
+    except (OSError, EOFError, zlib.error):
+        return False
+
+
+def _private_name(path: str) -> str:
+    info = os.stat(path)
+    digest = hashlib.sha256(f"{path}\0{info.st_mtime_ns}\0{info.st_size}".encode()).hexdigest()
+    stem = os.path.basename(path)
+    for suffix in ARCHIVE_SUFFIXES:
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    stem = _UNSAFE_NAME_CHARS.sub("_", stem).lstrip(".") or "model"
+    return f"{stem[:64]}-{digest[:12]}"
+
+
+def _model_root(extracted: str, archive: str) -> str:
+    """The directory holding MAR-INF: the extraction root, or its single top-level directory
+    (the `tgz` layout)."""
+    if os.path.isdir(os.path.join(extracted, "MAR-INF")):
+        return extracted
+    entries = os.listdir(extracted)
+    if len(entries) == 1:
+        inner = os.path.join(extracted, entries[0])
+        if os.path.isdir(inner) and not os.path.islink(inner):
+            return inner
+    raise ArchiveError(f"{archive}: {MANIFEST_MEMBER} is missing (not at the top of the archive "
+                       "nor under one top-level directory)")
+
+
+def _safe_parts(name: str, archive: str) -> list[str]:
+    """The path components of member `name`, refusing absolute paths and `..`."""
+    if "\0" in name:
+        raise ArchiveError(f"{archive}: member {name!r} has a NUL byte in its name")
+    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
+        raise ArchiveError(f"{archive}: member {name!r} has an absolute path")
+    parts = [part for part in re.split(r"[/\\]", name) if part not in ("", ".")]
+    if ".." in parts:
+        raise ArchiveError(f"{archive}: member {name!r} has a '..' component (path traversal)")
+    return parts
+
+
+def _inside(root: str, path: str) -> bool:
+    return path == root or path.startswith(root + os.sep)
+
+
+class _Budget:
+    """Counts uncompressed bytes written across the whole archive."""
+
+    def __init__(self, archive: str, max_bytes: int) -> None:
+        self.archive = archive
+        self.max_bytes = max_bytes
+        self.written = 0
+
+    def add(self, count: int, member: str) -> None:
+        self.written += count
+        if self.written > self.max_bytes:
+            raise ArchiveError(f"{self.archive}: uncompressed size exceeds the limit of "
+                               f"{self.max_bytes} bytes while extracting member {member!r} "
+                               "(a zip bomb, or raise the limit)")
+
+
+class _Extractor:
+    """Writes members under root; every write is checked to stay inside it."""
+
+    def __init__(self, root: str, archive: str, budget: _Budget) -> None:
+        self.root = os.path.realpath(root)
+        self.archive = archive
+        self.budget = budget
+
+    def target(self, parts: list[str], name: str) -> str:
+        path = os.path.join(self.root, *parts)
+        parent = os.path.realpath(os.path.dirname(path))
+        if not _inside(self.root, parent):
+            raise ArchiveError(f"{self.archive}: member {name!r} would be written outside the "
+                               "extraction directory (through a link)")
+        return path
+
+    def make_dir(self, parts: list[str], name: str) -> None:
+        if not parts:
+            return
+        for depth in range(1, len(parts) + 1):
+            path = self.target(parts[:depth], name)
+            if os.path.islink(path) or (os.path.exists(path) and not os.path.isdir(path)):
+                raise ArchiveError(f"{self.archive}: member {name!r} needs a directory where "
+                                   "another member is a file or link")
+            if not os.path.isdir(path):
+                os.mkdir(path, 0o755)
+
+    def write_file(self, parts: list[str], name: str, source: BinaryIO, declared: int,
+                   executable: bool = False) -> None:
+        if not parts:
+            raise ArchiveError(f"{self.archive}: member {name!r} has an empty name")
+        self.make_dir(parts[:-1], name)
+        path = self.target(parts, name)
+        if os.path.lexists(path):
+            if os.path.isdir(path) and not os.path.islink(path):
+                raise ArchiveError(f"{self.archive}: member {name!r} is a file where another "
+                                   "member is a directory")
+            os.unlink(path)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(path, flags, 0o755 if executable else 0o644)
+        with os.fdopen(fd, "wb") as out:
+            written = 0
+            while True:
+                chunk = source.read(_CHUNK_BYTES)
+                if not chunk:
+                    break
+                written += len(chunk)
+                self.budget.add(len(chunk), name)
+                if written > declared:
+                    raise ArchiveError(f"{self.archive}: member {name!r} is larger than the "
+                                       f"{declared} bytes its header declares")
+                out.write(chunk)
+        if written != declared:
+            raise ArchiveError(f"{self.archive}: member {name!r} holds {written} bytes, not the "
+                               f"{declared} its header declares")
+
+
+def _check_manifest_listed(paths: Iterable[tuple[str, ...]], archive: str) -> None:
+    """Fail before extracting when no member is MAR-INF/MANIFEST.json at the top or under one
+    top-level directory."""
+    paths = list(paths)
+    if ("MAR-INF", "MANIFEST.json") in paths:
+        return
+    tops = {path[0] for path in paths if path}
+    if len(tops) == 1 and (*tops, "MAR-INF", "MANIFEST.json") in paths:
+        return
+    raise ArchiveError(f"{archive}: {MANIFEST_MEMBER} is missing (not a model archive written "
+                       "by torch-model-archiver?)")
+
+
+def _check_count(count: int, max_members: int, archive: str) -> None:
+    if count > max_members:
+        raise ArchiveError(f"{archive}: more than {max_members} members; refusing (raise the "
+                           "limit if the archive is genuine)")
+
+
+def _check_declared(total: int, max_bytes: int, archive: str, member: str) -> None:
+    if total > max_bytes:
+        raise ArchiveError(f"{archive}: declared uncompressed size exceeds the limit of "
+                           f"{max_bytes} bytes at member {member!r} (a zip bomb, or raise the "
+                           "limit)")
+
+
+# ---------------------------------------------------------------------- zip (.mar)
+
+def _extract_zip(archive: str, root: str, max_bytes: int, max_members: int) -> None:
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            infos = zf.infolist()
+            _check_count(len(infos), max_members, archive)
+            planned = []
+            declared_total = 0
+            for info in infos:
+                parts = _safe_parts(info.filename, archive)
+                mode = info.external_attr >> 16
+                kind = stat.S_IFMT(mode)
+                if kind == stat.S_IFLNK:
+                    raise ArchiveError(f"{archive}: member {info.filename!r} is a symlink; "
+                                       "links are not allowed in a .mar")
+                if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
+                    raise ArchiveError(f"{archive}: member {info.filename!r} is a device, fifo "
+                                       "or socket; only files and directories are allowed")
+                if info.flag_bits & 0x1:
+                    raise ArchiveError(f"{archive}: member {info.filename!r} is encrypted")
+                is_dir = info.is_dir() or kind == stat.S_IFDIR
+                if not is_dir:
+                    declared_total += info.file_size
+                    _check_declared(declared_total, max_bytes, archive, info.filename)
+                planned.append((info, parts, is_dir, bool(mode & stat.S_IXUSR)))
+            _check_manifest_listed((tuple(p[1]) for p in planned), archive)
+            extractor = _Extractor(root, archive, _Budget(archive, max_bytes))
+            for info, parts, is_dir, executable in planned:
+                if is_dir:
+                    extractor.make_dir(parts, info.filename)
+                    continue
+                try:
+                    with zf.open(info) as source:
+                        extractor.write_file(parts, info.filename, source, info.file_size,
+                                             executable)
+                except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+                    raise ArchiveError(f"{archive}: member {info.filename!r} is corrupt or its "
+                                       f"data does not match the size and CRC its header "
+                                       f"declares ({exc})") from None
+                except NotImplementedError as exc:
+                    raise ArchiveError(f"{archive}: member {info.filename!r}: {exc}") from None
+    except zipfile.BadZipFile as exc:
+        raise ArchiveError(f"{archive}: not a readable zip archive: {exc}") from None
+
+
+# ---------------------------------------------------------------------- tar (.tar.gz)
+
+def _tar_members(tar: tarfile.TarFile, archive: str, max_bytes: int,
+                 max_members: int) -> list[tarfile.TarInfo]:
+    """Read the member headers, stopping as soon as a limit is passed."""
+    members = []
+    declared_total = 0
+    for member in tar:
+        members.append(member)
+        _check_count(len(members), max_members, archive)
+        if member.isreg():
+            declared_total += member.size
+            _check_declared(declared_total, max_bytes, archive, member.name)
+    return members
+
+
+def _extract_tar(archive: str, root: str, max_bytes: int, max_members: int) -> None:
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            members = _tar_members(tar, archive, max_bytes, max_members)
+            _check_manifest_listed((tuple(_safe_parts(m.name, archive)) for m in members),
+                                   archive)
+            extractor = _Extractor(root, archive, _Budget(archive, max_bytes))
+            real_root = extractor.root
+            extracted: dict[tuple[str, ...], str] = {}
+            links: list[tuple[str, str]] = []
+            for member in members:
+                parts = _safe_parts(member.name, archive)
+                if member.isdir():
+                    extractor.make_dir(parts, member.name)
+                elif member.isreg():
+                    source = tar.extractfile(member)
+                    assert source is not None  # a regular member always has a file object
+                    with source:
+                        extractor.write_file(parts, member.name, source, member.size,
+                                             bool(member.mode & stat.S_IXUSR))
+                    extracted[tuple(parts)] = extractor.target(parts, member.name)
+                elif member.issym():
+                    links.append(_tar_symlink(extractor, member, parts, archive))
+                elif member.islnk():
+                    _tar_hardlink(extractor, member, parts, extracted, archive)
+                else:
+                    raise ArchiveError(f"{archive}: member {member.name!r} is a device, fifo or "
+                                       "other special file; only files, directories and links "
+                                       "inside the archive are allowed")
+            for name, link_path in links:  # the final word: every symlink resolves inside
+                if not _inside(real_root, os.path.realpath(link_path)):
+                    raise ArchiveError(f"{archive}: symlink member {name!r} points outside the "
+                                       "extraction directory")
+    except (tarfile.TarError, EOFError, zlib.error) as exc:
+        raise ArchiveError(f"{archive}: not a readable tar archive: {exc}") from None
+
+
+def _tar_symlink(extractor: _Extractor, member: tarfile.TarInfo, parts: list[str],
+                 archive: str) -> tuple[str, str]:
+    target = member.linkname
+    if not parts or not target or os.path.isabs(target) or "\0" in target:
+        raise ArchiveError(f"{archive}: symlink member {member.name!r} -> {target!r} points "
+                           "outside the extraction directory")
+    link_dir = os.path.join(extractor.root, *parts[:-1])
+    resolved = os.path.normpath(os.path.join(link_dir, target))
+    if not _inside(extractor.root, resolved):
+        raise ArchiveError(f"{archive}: symlink member {member.name!r} -> {target!r} points "
+                           "outside the extraction directory")
+    extractor.make_dir(parts[:-1], member.name)
+    path = extractor.target(parts, member.name)
+    if os.path.lexists(path):
+        raise ArchiveError(f"{archive}: symlink member {member.name!r} replaces another member")
+    os.symlink(target, path)
+    return member.name, path
+
+
+def _tar_hardlink(extractor: _Extractor, member: tarfile.TarInfo, parts: list[str],
+                  extracted: dict[tuple[str, ...], str], archive: str) -> None:
+    """A hard link becomes a copy of a file extracted earlier from this archive."""
+    try:
+        target_parts = _safe_parts(member.linkname, archive)
+    except ArchiveError:
+        target_parts = None
+    source_path = extracted.get(tuple(target_parts)) if target_parts else None
+    if source_path is None:
+        raise ArchiveError(f"{archive}: hard link member {member.name!r} -> "
+                           f"{member.linkname!r} does not name a file extracted from the archive")
+    size = os.path.getsize(source_path)
+    with open(source_path, "rb") as source:
+        extractor.write_file(parts, member.name, source, size)
+    extracted[tuple(parts)] = extractor.target(parts, member.name)

@@ -1,0 +1,8 @@
+"""TorchServe's helper modules, as zerobatch implements them (see `worker.ts_alias`).
+
+- `util`: `ts.utils.util` (PredictionException, load_label_mapping, map_class_to_label, ...);
+- `handler_utils`: `ts.handler_utils.utils` (send_intermediate_predict_response);
+- `timer`: `ts.handler_utils.timer` (the `timed` decorator).
+
+None of them imports torch at import time.
+"""

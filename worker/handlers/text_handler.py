@@ -1,0 +1,144 @@
+"""`ts.torch_handler.text_handler`: TorchServe's text cleanup steps, and token ids without torchtext.
+
+The cleanup is TorchServe's: strip HTML tags and entities, lowercase, expand contractions
+(rules for the common English forms rather than TorchServe's table), strip accents, strip
+punctuation, split on whitespace. `ngrams_iterator` is torchtext's.
+
+Token ids (`token_ids`) come from, in this order:
+
+1. `source_vocab.json` in the model directory: {token: id}; unknown tokens get the id of
+   "<unk>", else 0;
+2. `source_vocab.pt` holding a plain {token: id} dict (`torch.save(vocab.get_stoi(), ...)`);
+   a pickled torchtext `Vocab` cannot be read without torchtext: initialize says how to
+   convert it;
+3. otherwise feature hashing: crc32 of the token modulo `vocab_size`, taken from
+   `handler: {vocab_size: N}` in `model-config.yaml`, else the row count of the model's first
+   parameter whose name contains "embedding". Hashing needs a model trained the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import unicodedata
+import zlib
+from typing import Any, Iterable, Iterator
+
+import torch
+
+from worker.base_handler import BaseHandler
+from worker.compat.util import CLEANUP_REGEX
+
+log = logging.getLogger(__name__)
+
+VOCAB_JSON = "source_vocab.json"
+VOCAB_PT = "source_vocab.pt"
+UNKNOWN_TOKEN = "<unk>"
+
+_IRREGULAR = {"won't": "will not", "can't": "cannot", "shan't": "shall not",
+              "ain't": "is not", "let's": "let us", "y'all": "you all"}
+_IS_PRONOUNS = ("he", "she", "it", "that", "there", "what", "where", "who", "how", "here")
+_CONTRACTION_RULES = [
+    (re.compile(r"\b(" + "|".join(map(re.escape, _IRREGULAR)) + r")\b"),
+     lambda m: _IRREGULAR[m.group(1)]),
+    (re.compile(r"n't\b"), lambda m: " not"),
+    (re.compile(r"'re\b"), lambda m: " are"),
+    (re.compile(r"'ve\b"), lambda m: " have"),
+    (re.compile(r"'ll\b"), lambda m: " will"),
+    (re.compile(r"'d\b"), lambda m: " would"),
+    (re.compile(r"\bi'm\b"), lambda m: "i am"),
+    (re.compile(r"\b(" + "|".join(_IS_PRONOUNS) + r")'s\b"), lambda m: m.group(1) + " is"),
+]
+_PUNCTUATION = re.compile(r"[^\w\s]")
+
+
+def ngrams_iterator(tokens: list[str], ngrams: int) -> Iterator[str]:
+    """The tokens, then their 2-grams, ... up to `ngrams`, each joined by a space."""
+    yield from tokens
+    for n in range(2, ngrams + 1):
+        for gram in zip(*(tokens[i:] for i in range(n))):
+            yield " ".join(gram)
+
+
+class TextHandler(BaseHandler):
+    """Base class of the text handlers: cleanup, tokens and token ids."""
+
+    def initialize(self, context: Any) -> None:
+        super().initialize(context)
+        self.source_vocab = self._load_vocab(self.model_dir)
+        self.vocab_size = None if self.source_vocab is not None else self._hash_buckets()
+        self.initialized = True
+
+    # ---- TorchServe's cleanup steps, under its names
+    def _remove_html_tags(self, text: str) -> str:
+        return re.sub(CLEANUP_REGEX, "", text)
+
+    def _expand_contractions(self, text: str) -> str:
+        text = text.replace("\u2019", "'")
+        for pattern, replace in _CONTRACTION_RULES:
+            text = pattern.sub(replace, text)
+        return text
+
+    def _remove_accented_characters(self, text: str) -> str:
+        return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+
+    def _remove_punctuation(self, text: str) -> str:
+        return _PUNCTUATION.sub("", text)
+
+    def _tokenize(self, text: str) -> list[str]:
+        return text.split()
+
+    def clean_tokens(self, text: str) -> list[str]:
+        """TorchServe's text classifier cleanup, start to end."""
+        text = self._remove_html_tags(text).lower()
+        text = self._expand_contractions(text)
+        text = self._remove_accented_characters(text)
+        return self._tokenize(self._remove_punctuation(text))
+
+    def token_ids(self, tokens: Iterable[str]) -> list[int]:
+        vocab = self.source_vocab
+        if vocab is not None:
+            unknown = vocab.get(UNKNOWN_TOKEN, 0)
+            return [vocab.get(token, unknown) for token in tokens]
+        return [zlib.crc32(token.encode("utf-8")) % self.vocab_size for token in tokens]
+
+    # ---- loading
+    def _load_vocab(self, model_dir: str) -> dict[str, int] | None:
+        json_path = os.path.join(model_dir, VOCAB_JSON)
+        if os.path.isfile(json_path):
+            with open(json_path, encoding="utf-8") as f:
+                return _checked_vocab(json.load(f), json_path)
+        pt_path = os.path.join(model_dir, VOCAB_PT)
+        if not os.path.isfile(pt_path):
+            return None
+        try:
+            vocab = torch.load(pt_path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ValueError(
+                f"{pt_path} is not a plain {{token: id}} dict (a torchtext Vocab needs "
+                f"torchtext, which zerobatch does not use): save it as JSON with "
+                f"json.dump(vocab.get_stoi(), open('{VOCAB_JSON}', 'w')) and ship that "
+                f"({type(exc).__name__}: {str(exc)[:200]})") from exc
+        return _checked_vocab(vocab, pt_path)
+
+    def _hash_buckets(self) -> int:
+        handler_config = self.model_yaml_config.get("handler")
+        if isinstance(handler_config, dict) and handler_config.get("vocab_size"):
+            return int(handler_config["vocab_size"])
+        for name, parameter in self.model.named_parameters():
+            if "embedding" in name and parameter.dim() == 2:
+                log.info("no vocabulary: hashing tokens into %d buckets (%s)",
+                         parameter.shape[0], name)
+                return int(parameter.shape[0])
+        raise ValueError(f"no {VOCAB_JSON} or {VOCAB_PT} in {self.model_dir}, no "
+                         "handler.vocab_size in model-config.yaml, and no embedding parameter "
+                         "in the model to size the token hashing")
+
+
+def _checked_vocab(vocab: Any, path: str) -> dict[str, int]:
+    if not isinstance(vocab, dict) or not all(
+            isinstance(k, str) and isinstance(v, int) for k, v in vocab.items()):
+        raise ValueError(f"{path} must hold a {{token: id}} mapping of strings to integers")
+    return vocab
