@@ -257,3 +257,57 @@ def test_two_front_ends_share_the_port(shared_server):
 
     in_parallel([ping for _ in range(16)])
     assert statuses == {200}
+
+
+def test_sigstopped_worker_is_declared_lost_and_replaced(shared_server):
+    (worker,) = shared_server.workers("slow")
+    with shared_server.client() as client:
+        pending = [client.submit("slow", {"sleep_ms": 200, "tag": f"s{i}"}, timeout_ms=20_000)
+                   for i in range(4)]
+        shared_server.wait_for(
+            lambda: shared_server.workers("slow")[0]["status"] == "BUSY", what="busy worker")
+        os.kill(worker["pid"], signal.SIGSTOP)  # alive but silent: only heartbeats can tell
+        try:
+            stopped = time.monotonic()
+            for handle in pending:
+                with pytest.raises(WorkerLost):
+                    handle.result()
+            silent_s = time.monotonic() - stopped
+            assert 2.0 < silent_s < 6.0, f"declared lost after {silent_s:.1f} s"
+        finally:
+            try:
+                os.kill(worker["pid"], signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+    shared_server.wait_for(
+        lambda: [w for w in shared_server.workers("slow") if w["pid"] != worker["pid"]],
+        what="a replacement worker")
+    status, _h, body = shared_server.predict("slow", slow_body(0, "after-stop"))
+    assert status == 200, body
+
+
+def frontend_pids(server) -> list[int]:
+    pids = []
+    for pid in processes_mentioning(server.run_dir):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                if b"api.frontend" in handle.read():
+                    pids.append(pid)
+        except OSError:
+            pass
+    return pids
+
+
+def test_killed_front_end_is_restarted_and_http_keeps_answering(shared_server):
+    frontends = frontend_pids(shared_server)
+    assert len(frontends) == 2
+    os.kill(frontends[0], signal.SIGKILL)
+    status, _h, _b = shared_server.predict("echo", b"{}")  # the other one answers meanwhile
+    assert status == 200
+
+    def restarted():
+        pids = frontend_pids(shared_server)
+        return len(pids) == 2 and frontends[0] not in pids
+
+    shared_server.wait_for(restarted, what="a restarted front end")
+    assert all(shared_server.http("GET", "/ping")[0] == 200 for _ in range(8))
