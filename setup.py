@@ -26,8 +26,9 @@ setup(
     name="zerobatch",
     version="0.1.0",
     description="A PyTorch model server that serves TorchServe archives on a ZeroMQ core",
+    # No `ts` package: inside a worker, worker/ts_alias.py answers TorchServe's `ts.*` imports.
     packages=find_packages(include=["zerobatch", "broker", "worker", "worker.*", "api",
-                                    "benchmarks", "ts", "ts.*"]),
+                                    "benchmarks"]),
     ext_modules=[] if os.environ.get("ZEROBATCH_NO_CYTHON") else cython_extensions(),
     python_requires=">=3.10",
     install_requires=[
@@ -38,6 +39,7 @@ setup(
         "torch>=2.1,<3",
         "pillow>=9",
         "numpy>=1.23",
+        "pyyaml>=6",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2.2", "hypothesis>=6", "ruff>=0.5",

@@ -7,8 +7,9 @@ whole list, and builds the W_REPLY frames, one (cmd, a, b) triple per request, i
 - a request whose meta frame is malformed gets ERROR `bad_request` and is left out of the
   list the handler sees (the others still run);
 - a handler exception answers every request of the batch with ERROR `handler_error`, status
-  500, message "ExceptionType: text" (a TorchServe `PredictionException` keeps its own status
-  as `prediction_error`; out-of-memory answers 507, as TorchServe does);
+  500, message "ExceptionType: text" (a `ts.utils.util.PredictionException`, ours or any
+  exception with int `error_code` and `message`, keeps its own status, when it is 4xx or 5xx,
+  and message as `prediction_error`; out-of-memory answers 507, as TorchServe does);
 - a result that is not a list with one item per request answers every request with an error;
 - otherwise each result becomes REPLY with the status, content type and headers the handler
   set through the Context (status 200 and the codec's content type by default).

@@ -78,8 +78,8 @@ def map_class_to_label(probs: list, mapping: dict | None = None,
         lbl_classes = itertools.repeat(range(len(probs[0])), len(probs)) if probs else []
     return [
         {(mapping[str(lbl_class)] if mapping is not None else str(lbl_class)): prob
-         for lbl_class, prob in zip(classes, row)}
-        for classes, row in zip(lbl_classes, probs)
+         for lbl_class, prob in zip(classes, row, strict=False)}
+        for classes, row in zip(lbl_classes, probs, strict=False)
     ]
 
 

@@ -51,7 +51,7 @@ class ObjectDetector(VisionHandler):
             boxes, labels, scores = (row[key][keep].tolist() for key in ("boxes", "labels",
                                                                          "scores"))
             detections = []
-            for label, box, score in zip(labels, boxes, scores):
+            for label, box, score in zip(labels, boxes, scores, strict=True):
                 detection = map_class_to_label([[box]], self.mapping, [[label]])[0]
                 detection["score"] = score
                 detections.append(detection)

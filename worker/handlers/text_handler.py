@@ -1,4 +1,4 @@
-"""`ts.torch_handler.text_handler`: TorchServe's text cleanup steps, and token ids without torchtext.
+"""`ts.torch_handler.text_handler`: TorchServe's text cleanup, and token ids without torchtext.
 
 The cleanup is TorchServe's: strip HTML tags and entities, lowercase, expand contractions
 (rules for the common English forms rather than TorchServe's table), strip accents, strip
@@ -58,7 +58,7 @@ def ngrams_iterator(tokens: list[str], ngrams: int) -> Iterator[str]:
     """The tokens, then their 2-grams, ... up to `ngrams`, each joined by a space."""
     yield from tokens
     for n in range(2, ngrams + 1):
-        for gram in zip(*(tokens[i:] for i in range(n))):
+        for gram in zip(*(tokens[i:] for i in range(n)), strict=False):
             yield " ".join(gram)
 
 

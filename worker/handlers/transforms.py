@@ -74,10 +74,10 @@ class ToTensor:
     """A PIL image as a float32 CHW tensor; 8-bit images scaled to [0, 1]."""
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        array = np.asarray(image)
-        if array.ndim == 2:
-            array = array[:, :, None]
-        tensor = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+        tensor = torch.from_numpy(np.array(image))  # a writable copy of the pixels
+        if tensor.dim() == 2:
+            tensor = tensor.unsqueeze(-1)
+        tensor = tensor.permute(2, 0, 1).contiguous()
         if tensor.dtype == torch.uint8:
             return tensor.to(torch.float32).div_(255)
         return tensor.to(torch.float32)
