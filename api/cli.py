@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="directory that model paths are relative to (default: .)")
     start.add_argument("--models", nargs="+", default=[], metavar="NAME=PATH",
                        help="models to serve: NAME=PATH, or PATH (name from its manifest); "
-                            "PATH is a model directory with MAR-INF/MANIFEST.json")
+                            "PATH is a .mar, a .tar.gz or a directory with "
+                            "MAR-INF/MANIFEST.json")
     start.add_argument("--foreground", action="store_true",
                        help="run in this terminal; Ctrl-C stops")
     start.add_argument("--host", default=defaults.DEFAULT_HOST,
