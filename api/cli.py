@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     start.add_argument("--aggregator", default="auto", choices=["auto", "compiled", "python"],
                        help="batching core twin (default: compiled when built)")
+    start.add_argument("--install-py-dep-per-model", action="store_true",
+                       help="pip install each model's requirementsFile into a private "
+                            "directory under RUN_DIR/deps before its workers start")
     start.add_argument("--startup-timeout", type=float, default=120.0, metavar="S",
                        help="how long start waits for the models to be ready")
 
@@ -149,7 +152,8 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         host=args.host, http_port=args.http_port, client_address=args.client_address,
         worker_address=args.worker_address, frontends=args.frontends,
         number_of_gpu=args.number_of_gpu, run_dir=os.path.abspath(args.run_dir),
-        log_level=args.log_level, aggregator=args.aggregator)
+        log_level=args.log_level, aggregator=args.aggregator,
+        install_py_dep_per_model=args.install_py_dep_per_model)
 
 
 # ---------------------------------------------------------------------- start

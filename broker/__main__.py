@@ -1,9 +1,11 @@
 """Entry point of the broker process: `python -m broker --config '<ServerConfig JSON>'`.
 
-The only place in the broker that reads argv and the environment. It first extracts the model
-archives (`.mar`, `.tar.gz`) into RUN_DIR/models/, leaving out any that is refused, then binds
-every endpoint (so a port in use fails fast, before any child starts), writes the pid file,
-starts the supervised children, and runs the loop until SIGTERM/SIGINT or a `stop` control call.
+The only place in the broker that reads argv and the environment. It first prepares the models
+(archives extracted into RUN_DIR/models/, model-config.yaml applied, per-model requirements
+installed into RUN_DIR/deps/ with --install-py-dep-per-model), leaving out any that is refused,
+then binds every endpoint (so a port in use fails fast, before any child starts), writes the
+pid file, starts the supervised children, and runs the loop until SIGTERM/SIGINT or a `stop`
+control call.
 """
 
 from __future__ import annotations
@@ -49,11 +51,12 @@ def bind_http(host: str, port: int) -> socket.socket:
 
 
 def serve(config: ServerConfig, environ: dict[str, str]) -> int:
-    models, refused = archive.prepare_models(config.models, config.run_dir)
+    models, refused = archive.prepare_models(
+        config.models, config.run_dir, install_py_deps=config.install_py_dep_per_model)
     for model, exc in refused:
         log.error("model %s refused, not served: %s", model.key, exc)
     if refused and not models:
-        log.error("no model left to serve: every model archive was refused")
+        log.error("no model left to serve: every model was refused")
         return EXIT_CONFIG
     config = config.with_models(models)
 

@@ -34,8 +34,9 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import BinaryIO
 
+from broker import model_yaml, py_deps
 from zerobatch.config import ModelConfig
-from zerobatch.errors import ArchiveError
+from zerobatch.errors import ArchiveError, ConfigError
 
 log = logging.getLogger("zerobatch.broker.archive")
 
@@ -99,32 +100,46 @@ def prepare_model(path: str, work_root: str, *, max_bytes: int = DEFAULT_MAX_BYT
     return check_manifest(_model_root(private_dir, path), path)
 
 
-def prepare_models(models: Iterable[ModelConfig], work_root: str
-                   ) -> tuple[tuple[ModelConfig, ...], list[tuple[ModelConfig, ArchiveError]]]:
-    """Map every model whose path is an archive to its extracted directory.
+def prepare_models(models: Iterable[ModelConfig], work_root: str, *,
+                   install_py_deps: bool = False
+                   ) -> tuple[tuple[ModelConfig, ...], list[tuple[ModelConfig, ConfigError]]]:
+    """Make every model ready for its workers: extract archives into directories, apply the
+    model's model-config.yaml (broker/model_yaml.py) and, with `install_py_deps`, install its
+    requirements file (broker/py_deps.py).
 
-    Returns (models to serve, [(refused model, its error)]); directories pass unchanged."""
+    Returns (models to serve, [(refused model, its error)])."""
     kept: list[ModelConfig] = []
-    refused: list[tuple[ModelConfig, ArchiveError]] = []
+    refused: list[tuple[ModelConfig, ConfigError]] = []
     for model in models:
-        if not is_archive(model.path):
-            kept.append(model)
-            continue
         try:
-            model_dir = prepare_model(model.path, work_root)
-        except ArchiveError as exc:
+            kept.append(_prepare_one(model, work_root, install_py_deps))
+        except ConfigError as exc:
             refused.append((model, exc))
-            continue
         except OSError as exc:
-            refused.append((model, ArchiveError(f"{model.path}: cannot extract: {exc}")))
-            continue
-        log.info("model %s: archive %s extracted to %s", model.key, model.path, model_dir)
-        kept.append(replace(model, path=model_dir))
+            refused.append((model, ArchiveError(f"{model.path}: cannot prepare: {exc}")))
     return tuple(kept), refused
+
+
+def _prepare_one(model: ModelConfig, work_root: str, install_py_deps: bool) -> ModelConfig:
+    if is_archive(model.path):
+        model_dir = prepare_model(model.path, work_root)
+        log.info("model %s: archive %s extracted to %s", model.key, model.path, model_dir)
+        model = replace(model, path=model_dir)
+    if not os.path.isdir(model.path):  # left for the worker to report, as before
+        return model
+    manifest = load_manifest(model.path, model.path)
+    model = model_yaml.configure(model, model.path, manifest)
+    return py_deps.install(model, model.path, manifest, work_root, install_py_deps)
 
 
 def check_manifest(model_dir: str, archive: str) -> str:
     """Return model_dir if its MAR-INF/MANIFEST.json is JSON with a "model" naming a handler."""
+    load_manifest(model_dir, archive)
+    return model_dir
+
+
+def load_manifest(model_dir: str, archive: str) -> dict:
+    """The checked MAR-INF/MANIFEST.json of model_dir; errors name `archive`."""
     manifest_path = os.path.join(model_dir, MANIFEST_MEMBER)
     try:
         with open(manifest_path, "rb") as handle:
@@ -141,7 +156,7 @@ def check_manifest(model_dir: str, archive: str) -> str:
     if not isinstance(handler, str) or not handler.strip():
         raise ArchiveError(f'{archive}: {MANIFEST_MEMBER}: "model.handler" must name the '
                            "handler")
-    return model_dir
+    return manifest
 
 
 # ---------------------------------------------------------------------- helpers

@@ -73,8 +73,12 @@ class Supervisor:
         #: when the next restart is due (monotonic seconds), or None
         self.next_wakeup_s: float | None = None
         for model in config.models:
+            if model.device_type == "gpu" and gpu_count <= 0 and not model.device_ids:
+                log.warning("model %s: deviceType gpu, but no GPU is visible; its workers run "
+                            "on the CPU", model.key)
             for index in range(model.workers):
-                gpu_id = self.gpus.next_gpu(model.key, model.device_ids)
+                gpu_id = (None if model.device_type == "cpu"
+                          else self.gpus.next_gpu(model.key, model.device_ids))
                 self.children.append(Child("worker", f"{model.name}@{model.version}#{index}",
                                            model, gpu_id))
         for index in range(config.frontends if http_fd is not None else 0):

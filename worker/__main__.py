@@ -21,6 +21,7 @@ import threading
 import time
 
 from worker.loop import STOPPED, WorkerLoop
+from worker.model_dir import add_python_path
 from zerobatch.config import WorkerConfig
 from zerobatch.errors import ConfigError
 
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
 
+    add_python_path(config.model.python_path)  # the model's own dependencies come first
     loop = WorkerLoop(config)
     try:
         loop.start()

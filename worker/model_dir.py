@@ -56,6 +56,16 @@ def add_to_sys_path(model_dir: str) -> None:
         sys.path.insert(0, model_dir)
 
 
+def add_python_path(paths: tuple[str, ...]) -> None:
+    """Put the model's private dependency directories (ModelConfig.python_path) first on
+    sys.path, in order, before the handler is imported."""
+    for path in reversed(paths):
+        path = os.path.abspath(path)
+        if path in sys.path:
+            sys.path.remove(path)
+        sys.path.insert(0, path)
+
+
 #: The model's YAML config when the manifest names no `model.configFile`.
 MODEL_CONFIG_FILE = "model-config.yaml"
 

@@ -31,6 +31,10 @@ DEFAULT_STARTUP_TIMEOUT_S = 120
 BATCH_POLICIES = ("adaptive", "full_delay")
 DEFAULT_BATCH_POLICY = "adaptive"
 
+#: Where a model's workers run: "auto" (round robin over the GPUs, CPU when there are none),
+#: "gpu" (the same; TorchServe's deviceType: gpu), "cpu" (every worker on the CPU).
+DEVICE_TYPES = ("auto", "cpu", "gpu")
+
 # Server defaults.
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_HTTP_PORT = 8080
@@ -61,6 +65,11 @@ class ModelConfig:
     batch_policy: str = DEFAULT_BATCH_POLICY
     #: GPUs this model may use (round robin); None means all the server's GPUs
     device_ids: tuple[int, ...] | None = None
+    #: "auto", "gpu" or "cpu" (every worker of this model gets gpu_id None)
+    device_type: str = "auto"
+    #: directories the worker puts first on sys.path before importing the handler (the
+    #: model's private dependencies, see --install-py-dep-per-model)
+    python_path: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not _MODEL_NAME.match(self.name):
@@ -82,6 +91,10 @@ class ModelConfig:
                               f"of {', '.join(BATCH_POLICIES)}")
         if self.device_ids is not None:
             object.__setattr__(self, "device_ids", tuple(self.device_ids))
+        if self.device_type not in DEVICE_TYPES:
+            raise ConfigError(f"model {self.name}: device_type {self.device_type!r} must be one "
+                              f"of {', '.join(DEVICE_TYPES)}")
+        object.__setattr__(self, "python_path", tuple(self.python_path))
 
     @property
     def key(self) -> str:
@@ -113,6 +126,8 @@ class ServerConfig:
     log_level: str = "INFO"
     #: aggregator twin: "auto" (compiled if built), "compiled" (fail if missing), "python"
     aggregator: str = "auto"
+    #: install each model's requirementsFile into a private directory before its workers start
+    install_py_dep_per_model: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", tuple(self.models))

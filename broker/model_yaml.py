@@ -1,0 +1,152 @@
+"""A model's `model-config.yaml`: TorchServe's front-end keys applied to its ModelConfig.
+
+The file is the model directory's `model-config.yaml`, or the one the manifest's
+`model.configFile` names. Its front-end keys override the CLI's global flags for that model
+(precedence: model-config.yaml > `zerobatch start` flags > defaults):
+
+    minWorkers -> workers               batchSize -> batch_size
+    maxBatchDelay -> max_batch_delay_ms responseTimeout -> response_timeout_s
+    startupTimeout -> startup_timeout_s jobQueueSize -> max_queue
+    clientTimeoutInMills -> default_timeout_ms
+    deviceType ("cpu" | "gpu") -> device_type
+    deviceIds -> device_ids (round robin over that list)
+    maxWorkers: accepted (>= minWorkers); there is no autoscaling, minWorkers workers run
+
+Every other key is left for the handler (`context.model_yaml_config`). A bad value raises a
+ConfigError naming the file and the key, and the broker refuses that model only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import replace
+from typing import Any
+
+import yaml
+
+from zerobatch.config import ModelConfig
+from zerobatch.errors import ConfigError
+
+log = logging.getLogger("zerobatch.broker.model_yaml")
+
+MODEL_CONFIG_FILE = "model-config.yaml"
+_MAX_BYTES = 1 << 20
+
+#: integer keys: yaml key -> (ModelConfig field, smallest value allowed)
+INT_KEYS: dict[str, tuple[str, int]] = {
+    "minWorkers": ("workers", 1),
+    "batchSize": ("batch_size", 1),
+    "maxBatchDelay": ("max_batch_delay_ms", 0),
+    "responseTimeout": ("response_timeout_s", 1),
+    "startupTimeout": ("startup_timeout_s", 1),
+    "jobQueueSize": ("max_queue", 1),
+    "clientTimeoutInMills": ("default_timeout_ms", 0),
+}
+#: TorchServe front-end keys zerobatch does not implement: logged, then ignored
+UNSUPPORTED_KEYS = ("parallelLevel", "parallelType", "torchrun", "continuousBatching",
+                    "useJobTicket", "maxSequenceJobQueueSize", "sequenceMaxIdleMSec",
+                    "sequenceTimeoutMSec", "maxNumSequence", "asyncCommunication")
+
+
+def config_path(model_dir: str, manifest: dict) -> str | None:
+    """The model's YAML config file, or None when it has none."""
+    model = manifest.get("model") or {}
+    named = model.get("configFile")
+    if named:
+        if not isinstance(named, str):
+            raise ConfigError(f'{model_dir}: "model.configFile" in the manifest must be a '
+                              "file name")
+        path = os.path.realpath(os.path.join(model_dir, named))
+        root = os.path.realpath(model_dir)
+        if not path.startswith(root + os.sep):
+            raise ConfigError(f'{model_dir}: "model.configFile" {named!r} lies outside the '
+                              "model directory")
+        if not os.path.isfile(path):
+            raise ConfigError(f'{model_dir}: "model.configFile" names {named}, which is not in '
+                              "the model directory")
+        return path
+    path = os.path.join(model_dir, MODEL_CONFIG_FILE)
+    return path if os.path.isfile(path) else None
+
+
+def read_config(path: str) -> dict[str, Any]:
+    """yaml.safe_load of path; {} for an empty file; a mapping or a ConfigError."""
+    try:
+        with open(path, "rb") as handle:
+            text = handle.read(_MAX_BYTES + 1)
+        if len(text) > _MAX_BYTES:
+            raise ConfigError(f"{path}: larger than {_MAX_BYTES} bytes")
+        data = yaml.safe_load(text)
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read the model config: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the model config must be a YAML mapping, not "
+                          f"{type(data).__name__}")
+    return data
+
+
+def apply_front_end_keys(model: ModelConfig, config: dict[str, Any], path: str) -> ModelConfig:
+    """model with the front-end keys of config (read from path) applied."""
+    changes: dict[str, Any] = {}
+    for key, (field_name, minimum) in INT_KEYS.items():
+        if key in config:
+            changes[field_name] = _integer(config[key], path, key, minimum)
+    if "maxWorkers" in config:
+        max_workers = _integer(config["maxWorkers"], path, "maxWorkers", 1)
+        min_workers = changes.get("workers", model.workers)
+        if max_workers < min_workers:
+            raise ConfigError(f"{path}: maxWorkers ({max_workers}) is smaller than minWorkers "
+                              f"({min_workers}); raise maxWorkers")
+        if max_workers > min_workers:
+            log.warning("model %s: %s: maxWorkers %d accepted, but there is no autoscaling: "
+                        "%d worker(s) (minWorkers) run", model.key, path, max_workers,
+                        min_workers)
+    if "deviceType" in config:
+        device_type = config["deviceType"]
+        if not isinstance(device_type, str) or device_type.lower() not in ("cpu", "gpu"):
+            raise ConfigError(f'{path}: deviceType must be "cpu" or "gpu", got {device_type!r}')
+        changes["device_type"] = device_type.lower()
+    if "deviceIds" in config:
+        device_ids = config["deviceIds"]
+        if (not isinstance(device_ids, list) or not device_ids
+                or any(not isinstance(i, int) or isinstance(i, bool) or i < 0
+                       for i in device_ids)):
+            raise ConfigError(f"{path}: deviceIds must be a non-empty list of GPU ids (integers "
+                              f">= 0), got {device_ids!r}")
+        changes["device_ids"] = tuple(device_ids)
+    for key in UNSUPPORTED_KEYS:
+        if key in config:
+            log.warning("model %s: %s: %s is not supported by zerobatch; ignored", model.key,
+                        path, key)
+    batch_size = changes.get("batch_size", model.batch_size)
+    max_queue = changes.get("max_queue", model.max_queue)
+    if max_queue < batch_size:
+        source = "jobQueueSize" if "max_queue" in changes else "the queue (--max-queue)"
+        raise ConfigError(f"{path}: batchSize ({batch_size}) is larger than {source} "
+                          f"({max_queue}); set jobQueueSize to at least batchSize")
+    try:
+        return replace(model, **changes)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def configure(model: ModelConfig, model_dir: str, manifest: dict) -> ModelConfig:
+    """model with its model directory's YAML config applied (unchanged when it has none)."""
+    path = config_path(model_dir, manifest)
+    if path is None:
+        return model
+    configured = apply_front_end_keys(model, read_config(path), path)
+    if configured != model:
+        log.info("model %s: settings from %s: workers %d, batch size %d, max batch delay %d ms, "
+                 "device %s", model.key, path, configured.workers, configured.batch_size,
+                 configured.max_batch_delay_ms, configured.device_type)
+    return configured
+
+
+def _integer(value: Any, path: str, key: str, minimum: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"{path}: {key} must be an integer >= {minimum}, got {value!r}")
+    return value
