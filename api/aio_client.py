@@ -12,6 +12,12 @@ from a loop reader does the same job with one EVENTS check per send. The ZeroMQ 
 is edge-triggered, so the reader always drains until EVENTS shows nothing left, and every
 send re-checks EVENTS (a send may consume the wake-up of a reply that just arrived).
 
+Streaming: `predict` joins a streaming handler's chunks (PARTIAL messages) into one body.
+`predict_or_stream` resolves as soon as the first chunk arrives, with a `ReplyStream` whose
+status and headers are the first chunk's and whose `chunks()` yields each chunk as it arrives
+and the final body last (a reply without chunks resolves as a plain Reply, as `predict`
+does); `stream` is the async generator of those bodies.
+
 Create an AsyncClient inside the event loop that will use it (it binds to that loop on first
 use), and close it there: `await client.aclose()` or `async with AsyncClient(...)`.
 """
@@ -21,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from typing import Any
+from typing import Any, AsyncIterator
 
 import zmq
 
@@ -45,7 +51,7 @@ from zerobatch import protocol
 from zerobatch.errors import BrokerUnavailable, ProtocolError, ServingError, ShuttingDown
 from zerobatch.transport import send_frames
 
-__all__ = ["AsyncClient"]
+__all__ = ["AsyncClient", "ReplyStream"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +61,50 @@ _PARTIAL = protocol.PARTIAL
 def _expire(future: asyncio.Future, what: str, limit_ms: int) -> None:
     if not future.done():
         future.set_exception(local_timeout(what, limit_ms))
+
+
+class ReplyStream:
+    """A reply being streamed: status, content type and headers of its first chunk, and
+    `chunks()`, which yields each chunk's body as it arrives, then the final body."""
+
+    __slots__ = ("status", "content_type", "headers", "_queue", "_deadline", "_what",
+                 "_limit_ms", "_forget")
+
+    def __init__(self, meta: Any, loop: asyncio.AbstractEventLoop, limit_ms: int, what: str,
+                 forget: Any) -> None:
+        status, content_type, headers = protocol.parse_reply_meta(meta)
+        self.status = status
+        self.content_type = content_type
+        self.headers = headers if headers is not None else {}
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._deadline = loop.time() + limit_ms / 1000
+        self._what = what
+        self._limit_ms = limit_ms
+        self._forget = forget
+
+    def _push(self, item: tuple) -> None:
+        self._queue.put_nowait(item)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """Each chunk's body, then the final body; an ERROR raises its typed error."""
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                try:
+                    command, meta, body = await asyncio.wait_for(
+                        self._queue.get(), max(0.0, self._deadline - loop.time()))
+                except asyncio.TimeoutError:
+                    raise local_timeout(self._what, self._limit_ms) from None
+                if command is None:
+                    yield bytes(body)
+                    continue
+                yield decode_reply(command, meta, body).body
+                return
+        finally:
+            self._forget()
+
+    def __repr__(self) -> str:
+        return f"<ReplyStream status={self.status} {self._what}>"
 
 
 class AsyncClient:
@@ -76,6 +126,9 @@ class AsyncClient:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: dict[bytes, asyncio.Future] = {}
         self._chunks: dict[bytes, list] = {}
+        #: rids whose caller takes a ReplyStream at the first chunk; the streams under way
+        self._stream_rids: set[bytes] = set()
+        self._streams: dict[bytes, ReplyStream] = {}
         self._counter = itertools.count(1)
         self._headers = HeaderCache()
         self._drain_scheduled = False
@@ -103,6 +156,34 @@ class AsyncClient:
                                   wait_ms(timeout_ms), model)
         return decode_reply(*answer)
 
+    async def predict_or_stream(self, model: str, body: Any, *, version: str | None = None,
+                                timeout_ms: int | None = None,
+                                content_type: str | None = None,
+                                headers: dict[str, str] | None = None,
+                                request_id: str | None = None) -> Reply | ReplyStream:
+        """As `predict`, but a reply that streams resolves at its first chunk, as a
+        ReplyStream (whose `chunks()` must then be consumed)."""
+        if timeout_ms is None:
+            timeout_ms = self.timeout_ms
+        payload, ctype = encode_body(body, content_type)
+        route, meta = self._headers.frames(model, version, timeout_ms, ctype, headers,
+                                           request_id)
+        answer = await self._call(protocol.encode_request, route, meta, payload,
+                                  wait_ms(timeout_ms), model, True)
+        if answer[0] is None:
+            return answer[1]
+        return decode_reply(*answer)
+
+    async def stream(self, model: str, body: Any, **kwargs: Any) -> AsyncIterator[bytes]:
+        """Send one request; yield each streamed chunk as it arrives, then the final body
+        (one item when the handler does not stream). Arguments as `predict`."""
+        answer = await self.predict_or_stream(model, body, **kwargs)
+        if isinstance(answer, Reply):
+            yield answer.body
+            return
+        async for chunk in answer.chunks():
+            yield chunk
+
     async def control(self, op: str, *, timeout_ms: int | None = None,
                       **args: Any) -> dict[str, Any]:
         """Send a control call (op plus args) and return the broker's decoded answer.
@@ -127,7 +208,7 @@ class AsyncClient:
         return len(self._pending)
 
     async def _call(self, encode: Any, a: Any, b: Any, c: Any, limit_ms: int,
-                    what: str) -> tuple:
+                    what: str, streams: bool = False) -> tuple:
         loop = self._loop
         if loop is None:
             loop = self._start()
@@ -138,11 +219,19 @@ class AsyncClient:
         pending = self._pending
         pending[rid] = future
         timer = loop.call_later(limit_ms / 1000, _expire, future, what, limit_ms)
+        if streams:
+            self._stream_rids.add(rid)
         try:
             self._send(encode(rid, a, b, c))
-            return await future
+            answer = await future
+            if answer[0] is None:  # a ReplyStream: it needs the rest of the deadline
+                stream = answer[1]
+                stream._deadline, stream._limit_ms, stream._what = timer.when(), limit_ms, what
+            return answer
         finally:
             timer.cancel()
+            if streams:
+                self._stream_rids.discard(rid)
             if pending.pop(rid, None) is not None and self._chunks:
                 self._chunks.pop(rid, None)
 
@@ -177,6 +266,7 @@ class AsyncClient:
         sock = self._socket
         recv = sock.recv_multipart
         pending = self._pending
+        streams = self._streams
         try:
             while socket_get(sock, EVENTS) & POLLIN:
                 frames = recv(NOBLOCK)
@@ -185,11 +275,22 @@ class AsyncClient:
                 except ProtocolError as exc:
                     log.warning("dropped a malformed reply: %s", exc)
                     continue
+                if streams and rid in streams:
+                    self._to_stream(rid, command, meta, body)
+                    continue
                 future = pending.get(rid)
                 if future is None:
                     log.debug("dropped a late reply for rid %s", rid.hex())
                     continue
                 if command == _PARTIAL:
+                    if rid in self._stream_rids and not future.done():
+                        del pending[rid]
+                        stream = ReplyStream(meta, self._loop, 0, "a streamed reply",
+                                             lambda rid=rid: streams.pop(rid, None))
+                        stream._push((None, meta, body))
+                        streams[rid] = stream
+                        future.set_result((None, stream))
+                        continue
                     self._chunks.setdefault(rid, []).append(body)
                     continue
                 del pending[rid]
@@ -201,6 +302,14 @@ class AsyncClient:
         except zmq.ZMQError as exc:  # the socket was closed under us
             if not self._closed:
                 log.error("the client socket failed: %s", exc)
+
+    def _to_stream(self, rid: bytes, command: bytes, meta: Any, body: Any) -> None:
+        stream = self._streams[rid]
+        if command == _PARTIAL:
+            stream._push((None, meta, body))
+        else:
+            del self._streams[rid]
+            stream._push((command, meta, body))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -217,6 +326,11 @@ class AsyncClient:
                                                   "came"))
         self._pending.clear()
         self._chunks.clear()
+        for stream in self._streams.values():
+            stream._push((protocol.ERROR, protocol.encode_error_info(
+                ShuttingDown.code, "the client was closed before the reply ended",
+                ShuttingDown.http_status), b""))
+        self._streams.clear()
         self._socket.close(linger=0)
 
     async def aclose(self) -> None:

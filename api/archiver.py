@@ -33,7 +33,8 @@ import zipfile
 from datetime import datetime
 from typing import IO, BinaryIO
 
-from zerobatch.errors import ArchiveError
+from zerobatch import model_files
+from zerobatch.errors import ArchiveError, ConfigError
 
 FORMAT_VERSION = "0.12.0"
 ARCHIVER_VERSION = f"{FORMAT_VERSION}+zerobatch"
@@ -380,12 +381,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _manifest_from_bytes(data: bytes, archive: str) -> dict:
     try:
-        manifest = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ArchiveError(f"{archive}: {MANIFEST_MEMBER} is not valid JSON: {exc}") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("model"), dict):
-        raise ArchiveError(f'{archive}: {MANIFEST_MEMBER} has no "model" object')
-    return manifest
+        return model_files.parse_manifest(data, f"{archive}!{MANIFEST_MEMBER}")
+    except ConfigError as exc:
+        raise ArchiveError(str(exc)) from None
 
 
 def _is_manifest_name(name: str) -> bool:

@@ -11,7 +11,6 @@ file in the run directory and waits until it and its children are gone.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -21,12 +20,12 @@ import urllib.request
 
 from api import archiver
 from zerobatch import config as defaults
+from zerobatch import model_files
 from zerobatch.config import ModelConfig, ServerConfig
 from zerobatch.errors import ConfigError, ServingError
 
 PID_FILE = "broker.pid"
 LOG_FILE = "zerobatch.log"
-MANIFEST = os.path.join("MAR-INF", "MANIFEST.json")
 
 
 class CliError(Exception):
@@ -107,25 +106,15 @@ def read_manifest(model_path: str) -> dict:
     if not os.path.exists(model_path):
         raise CliError(f"model path {model_path} does not exist")
     if os.path.isdir(model_path):
-        path = os.path.join(model_path, MANIFEST)
         try:
-            with open(path, encoding="utf-8") as handle:
-                manifest = json.load(handle)
-        except FileNotFoundError:
-            raise CliError(f"{model_path} is not a model directory: {MANIFEST} is "
-                           "missing") from None
-        except (OSError, ValueError) as exc:
-            raise CliError(f"cannot read {path}: {exc}") from None
-    else:
-        path = f"{model_path}!{MANIFEST}"
-        try:
-            manifest = archiver.read_archive_manifest(model_path)
-        except (ConfigError, OSError) as exc:
-            raise CliError(f"{model_path} is not a model archive (.mar, .tar.gz) or directory: "
-                           f"{exc}") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("model"), dict):
-        raise CliError(f"{path} has no \"model\" section")
-    return manifest
+            return model_files.read_manifest(model_path)
+        except ConfigError as exc:
+            raise CliError(str(exc)) from None
+    try:
+        return archiver.read_archive_manifest(model_path)
+    except (ConfigError, OSError) as exc:
+        raise CliError(f"{model_path} is not a model archive (.mar, .tar.gz) or directory: "
+                       f"{exc}") from None
 
 
 def model_configs(args: argparse.Namespace) -> tuple[ModelConfig, ...]:

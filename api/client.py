@@ -2,7 +2,9 @@
 
 `Client` is synchronous and has no background thread: whoever waits for a reply pumps the
 socket and files every reply that arrives under its request id (rid), so many requests can be
-in flight on one socket (`submit` returns a `PendingReply`). `AsyncClient` (in
+in flight on one socket (`submit` returns a `PendingReply`). `stream` yields the chunks a
+streaming handler sends (PARTIAL messages) as they arrive, then the final body; `predict`
+joins them into one body. `AsyncClient` (in
 `api.aio_client`, re-exported here) is the asyncio twin used by the HTTP front ends.
 
 A Client is not thread-safe (neither is a ZeroMQ socket): use one per thread.
@@ -17,7 +19,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import zmq
 
@@ -143,6 +145,42 @@ class Client:
         self._pending[rid] = handle
         return handle
 
+    def stream(self, model: str, body: Any, *, version: str | None = None,
+               timeout_ms: int | None = None, content_type: str | None = None,
+               headers: dict[str, str] | None = None,
+               request_id: str | None = None) -> Iterator[bytes]:
+        """Send one request and yield its streamed chunks as they arrive, then the final body.
+
+        A handler that does not stream yields one item, the whole body. An ERROR, even after
+        some chunks, raises its typed error; the timeouts are those of `predict`.
+        """
+        handle = self.submit(model, body, version=version, timeout_ms=timeout_ms,
+                             content_type=content_type, headers=headers,
+                             request_id=request_id)
+        return self._stream(handle)  # sent now, not at the first next()
+
+    def _stream(self, handle: PendingReply) -> Iterator[bytes]:
+        rid = handle.rid
+        chunks = self._chunks
+        try:
+            while handle._answer is None:
+                if rid in chunks:
+                    yield from chunks.pop(rid)
+                    continue
+                self._wait(handle, None, until=lambda: rid in chunks)
+            answer = handle._answer
+            if type(answer) is not tuple:
+                raise answer
+            command, meta, final, rest = answer
+            reply = decode_reply(command, meta, final)  # an ERROR raises here
+            if rest:
+                yield from rest
+            yield reply.body
+        finally:
+            if handle._answer is None:  # the caller stopped early: forget the request
+                self._pending.pop(rid, None)
+                chunks.pop(rid, None)
+
     def control(self, op: str, *, timeout_ms: int | None = None, **args: Any) -> dict[str, Any]:
         """Send a control call (op plus args) to the broker and return its decoded answer.
 
@@ -206,8 +244,10 @@ class Client:
             raise BrokerUnavailable(f"cannot send to the broker at {self.address}: "
                                     f"{HIGH_WATER_MARK} messages already queued") from None
 
-    def _wait(self, handle: PendingReply, timeout_s: float | None) -> None:
-        """Pump the socket until handle is answered, its deadline passes, or timeout_s does."""
+    def _wait(self, handle: PendingReply, timeout_s: float | None,
+              until: Callable[[], bool] | None = None) -> None:
+        """Pump the socket until handle is answered, its deadline passes, or timeout_s does
+        (or, with until, as soon as until() is true after a message arrived)."""
         if self._closed:
             raise ShuttingDown("the client is closed")
         now = time.monotonic_ns()
@@ -230,6 +270,8 @@ class Client:
                 pass
             else:
                 self._file(frames)
+                if until is not None and until():
+                    return
             now = time.monotonic_ns()
         if handle._answer is None:
             if not own_deadline:

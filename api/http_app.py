@@ -9,7 +9,10 @@ A prediction forwards the raw body, its Content-Type (default application/octet-
 request headers (lowercase names) and a fresh request id (32 hex digits: a random prefix per
 process and a counter; echoed as the `x-request-id` response header). Its deadline is the
 front end's default, or shorter when the caller sends `x-zerobatch-timeout-ms`. The worker's
-reply status, content type, headers and body go back as they are. Errors are
+reply status, content type, headers and body go back as they are; a handler that streams
+(send_intermediate_predict_response) is answered chunked (Transfer-Encoding: chunked), with
+the status and headers of its first chunk, each chunk as it arrives, and the final body last
+(an error after the first chunk cuts the response short). Errors are
 TorchServe-shaped JSON (see api.http_helpers).
 
 The AsyncClient is created at lifespan startup, inside the server's event loop, and closed at
@@ -25,7 +28,7 @@ import os
 import falcon
 import falcon.asgi
 
-from api.aio_client import AsyncClient
+from api.aio_client import AsyncClient, ReplyStream
 from api.http_helpers import (
     REQUEST_ID_HEADER,
     TIMEOUT_HEADER,
@@ -116,7 +119,7 @@ class PredictionsResource:
         timeout_ms = (self._default_timeout_ms if timeout is None
                       else timeout_from_header(timeout, self._default_timeout_ms))
         body = await read_body(req, self._limit)
-        reply = await self._holder.get().predict(
+        reply = await self._holder.get().predict_or_stream(
             model_name, body, version=model_version, timeout_ms=timeout_ms,
             content_type=headers.get("content-type") or OCTET_STREAM, headers=headers,
             request_id=request_id)
@@ -124,7 +127,10 @@ class PredictionsResource:
         resp.content_type = reply.content_type or DEFAULT_REPLY_TYPE
         if reply.headers:
             resp.set_headers(reply.headers)
-        resp.data = reply.body
+        if type(reply) is ReplyStream:  # chunked: each chunk as it comes, the final body last
+            resp.stream = reply.chunks()
+        else:
+            resp.data = reply.body
 
     on_put = on_post
 

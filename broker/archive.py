@@ -21,7 +21,6 @@ removes it.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
@@ -35,6 +34,7 @@ from dataclasses import replace
 from typing import BinaryIO
 
 from broker import model_yaml, py_deps
+from zerobatch import model_files
 from zerobatch.config import ModelConfig
 from zerobatch.errors import ArchiveError, ConfigError
 
@@ -139,24 +139,14 @@ def check_manifest(model_dir: str, archive: str) -> str:
 
 
 def load_manifest(model_dir: str, archive: str) -> dict:
-    """The checked MAR-INF/MANIFEST.json of model_dir; errors name `archive`."""
-    manifest_path = os.path.join(model_dir, MANIFEST_MEMBER)
+    """The checked MAR-INF/MANIFEST.json of model_dir (zerobatch.model_files); errors name
+    `archive` first."""
     try:
-        with open(manifest_path, "rb") as handle:
-            manifest = json.loads(handle.read(1 << 20).decode("utf-8"))
-    except FileNotFoundError:
-        raise ArchiveError(f"{archive}: {MANIFEST_MEMBER} is missing (not a model archive "
-                           "written by torch-model-archiver?)") from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ArchiveError(f"{archive}: {MANIFEST_MEMBER} is not valid JSON: {exc}") from None
-    model = manifest.get("model") if isinstance(manifest, dict) else None
-    if not isinstance(model, dict):
-        raise ArchiveError(f'{archive}: {MANIFEST_MEMBER} has no "model" object')
-    handler = model.get("handler")
-    if not isinstance(handler, str) or not handler.strip():
-        raise ArchiveError(f'{archive}: {MANIFEST_MEMBER}: "model.handler" must name the '
-                           "handler")
-    return manifest
+        return model_files.read_manifest(model_dir)
+    except ArchiveError:
+        raise
+    except ConfigError as exc:
+        raise ArchiveError(f"{archive}: {exc}") from None
 
 
 # ---------------------------------------------------------------------- helpers

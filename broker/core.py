@@ -268,6 +268,8 @@ class BrokerCore:
                 worker.expiry_ns = now_ns + self.worker_ttl_ns
             if command == p.W_REPLY:
                 self._on_worker_reply(worker, frames, now_ns)
+            elif command == p.W_PARTIAL:
+                self._on_worker_partial(worker, frames)
             elif command == p.W_READY:
                 self._on_ready(identity, worker, frames, now_ns)
             elif command == p.W_HEARTBEAT:
@@ -329,6 +331,18 @@ class BrokerCore:
         queue.aggregator.observe(len(requests), now_ns - batch.dispatched_ns)
         queue.idle.append(worker)
         self._schedule(queue, now_ns)
+
+    def _on_worker_partial(self, worker: WorkerRecord | None, frames: list) -> None:
+        """A streamed chunk: forward it as PARTIAL; the request stays in flight."""
+        batch_id, index, meta, body = p.parse_worker_partial(frames[1:])
+        batch = self.batches.get(batch_id)
+        if worker is None or batch is None or batch.worker is not worker:
+            raise ProtocolError(f"chunk for batch {batch_id} that this worker does not run")
+        if index >= len(batch.requests):
+            raise ProtocolError(f"chunk for request {index} of batch {batch_id}, which has "
+                                f"{len(batch.requests)}")
+        identity, rid = batch.requests[index]
+        self.out_front.append([identity, p.VERSION, p.PARTIAL, rid, meta, body])
 
     # ------------------------------------------------------------------ liveness
 

@@ -19,19 +19,15 @@ ConfigError naming the file and the key, and the broker refuses that model only.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import replace
 from typing import Any
 
-import yaml
-
+from zerobatch import model_files
 from zerobatch.config import ModelConfig
 from zerobatch.errors import ConfigError
 
 log = logging.getLogger("zerobatch.broker.model_yaml")
 
-MODEL_CONFIG_FILE = "model-config.yaml"
-_MAX_BYTES = 1 << 20
 
 #: integer keys: yaml key -> (ModelConfig field, smallest value allowed)
 INT_KEYS: dict[str, tuple[str, int]] = {
@@ -47,45 +43,6 @@ INT_KEYS: dict[str, tuple[str, int]] = {
 UNSUPPORTED_KEYS = ("parallelLevel", "parallelType", "torchrun", "continuousBatching",
                     "useJobTicket", "maxSequenceJobQueueSize", "sequenceMaxIdleMSec",
                     "sequenceTimeoutMSec", "maxNumSequence", "asyncCommunication")
-
-
-def config_path(model_dir: str, manifest: dict) -> str | None:
-    """The model's YAML config file, or None when it has none."""
-    model = manifest.get("model") or {}
-    named = model.get("configFile")
-    if named:
-        if not isinstance(named, str):
-            raise ConfigError(f'{model_dir}: "model.configFile" in the manifest must be a '
-                              "file name")
-        path = os.path.realpath(os.path.join(model_dir, named))
-        root = os.path.realpath(model_dir)
-        if not path.startswith(root + os.sep):
-            raise ConfigError(f'{model_dir}: "model.configFile" {named!r} lies outside the '
-                              "model directory")
-        if not os.path.isfile(path):
-            raise ConfigError(f'{model_dir}: "model.configFile" names {named}, which is not in '
-                              "the model directory")
-        return path
-    path = os.path.join(model_dir, MODEL_CONFIG_FILE)
-    return path if os.path.isfile(path) else None
-
-
-def read_config(path: str) -> dict[str, Any]:
-    """yaml.safe_load of path; {} for an empty file; a mapping or a ConfigError."""
-    try:
-        with open(path, "rb") as handle:
-            text = handle.read(_MAX_BYTES + 1)
-        if len(text) > _MAX_BYTES:
-            raise ConfigError(f"{path}: larger than {_MAX_BYTES} bytes")
-        data = yaml.safe_load(text)
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read the model config: {exc}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the model config must be a YAML mapping, not "
-                          f"{type(data).__name__}")
-    return data
 
 
 def apply_front_end_keys(model: ModelConfig, config: dict[str, Any], path: str) -> ModelConfig:
@@ -135,10 +92,10 @@ def apply_front_end_keys(model: ModelConfig, config: dict[str, Any], path: str) 
 
 def configure(model: ModelConfig, model_dir: str, manifest: dict) -> ModelConfig:
     """model with its model directory's YAML config applied (unchanged when it has none)."""
-    path = config_path(model_dir, manifest)
+    path = model_files.model_config_path(model_dir, manifest)
     if path is None:
         return model
-    configured = apply_front_end_keys(model, read_config(path), path)
+    configured = apply_front_end_keys(model, model_files.read_model_config(path), path)
     if configured != model:
         log.info("model %s: settings from %s: workers %d, batch size %d, max batch delay %d ms, "
                  "device %s", model.key, path, configured.workers, configured.batch_size,

@@ -142,7 +142,10 @@ class Context:
         self.request_ids: dict[int, str] | None = None
         self.request_processor: list[RequestProcessor] | None = None
         self.metrics = metrics if metrics is not None else MetricsCache(model_name)
-        self.cl_socket = None  # TorchServe's streaming socket; streaming is not supported yet
+        self.cl_socket = None  # TorchServe's streaming socket; zerobatch streams through:
+        #: send_partial(index, value, status=None): set by the worker's Service; it sends one
+        #: intermediate chunk for request `index` of the running batch (see worker.service)
+        self.send_partial: Any = None
 
     @property
     def system_properties(self) -> dict[str, Any]:

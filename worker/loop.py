@@ -3,7 +3,8 @@
 `WorkerLoop.start()` loads the model, connects the data DEALER (identity = worker id) to the
 broker's worker address, says READY and starts the heartbeat thread. `run_once(timeout_ms)`
 waits for one message and answers it: a BATCH runs through the Service and goes back as one
-W_REPLY; a HEARTBEAT only proves the broker alive; anything malformed is logged and dropped.
+W_REPLY (chunks the handler streams meanwhile go out as W_PARTIAL, before it); a HEARTBEAT
+only proves the broker alive; anything malformed is logged and dropped.
 `run(stop_event)` repeats that until the stop event is set (then it says DISCONNECT) or the
 heartbeat thread declares the broker lost; it returns which of the two happened.
 
@@ -66,6 +67,8 @@ class WorkerLoop:
         # connection is up instead of being refused while the broker is still starting.
         socket.connect(config.broker_address)
         self._socket = socket
+        # Streamed chunks go out at once on this socket: the handler runs on this thread.
+        self.service.partial_sink = self._send
         self._send(protocol.encode_ready(config.model.name, config.model.version,
                                          config.worker_id, config.gpu_id, os.getpid()))
         self.heartbeat = Heartbeat(self._zmq_context, config.broker_address, config.worker_id,

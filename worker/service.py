@@ -1,18 +1,26 @@
 """The model service: a loaded handler and its Context, turning one BATCH into one W_REPLY.
 
 No sockets here. `Service.load` reads the model directory, resolves and initializes the
-handler; `Service.run_batch` decodes the batch's requests, calls the handler once with the
-whole list, and builds the W_REPLY frames, one (cmd, a, b) triple per request, in order:
+handler; `Service.run_batch` decodes the batch's requests, calls the handler with the whole
+list, and builds the W_REPLY frames, one (cmd, a, b) triple per request, in order:
 
 - a request whose meta frame is malformed gets ERROR `bad_request` and is left out of the
   list the handler sees (the others still run);
-- a handler exception answers every request of the batch with ERROR `handler_error`, status
-  500, message "ExceptionType: text" (a `ts.utils.util.PredictionException`, ours or any
-  exception with int `error_code` and `message`, keeps its own status, when it is 4xx or 5xx,
-  and message as `prediction_error`; out-of-memory answers 507, as TorchServe does);
-- a result that is not a list with one item per request answers every request with an error;
+- when the handler raises, or returns something other than a list with one result per
+  request, on a batch of n > 1 requests, the batch is retried in two halves, recursively,
+  down to single requests (at most 2n - 1 calls), so only the requests that fail on their
+  own get an error; model-config.yaml `retryFailedBatch: false` turns this off and fails the
+  whole batch, as TorchServe does. A halve that already streamed chunks is not retried;
+- a failing request gets ERROR `handler_error`, status 500, message "ExceptionType: text"
+  (a `ts.utils.util.PredictionException`, ours or any exception with int `error_code` and
+  `message`, keeps its own status, when it is 4xx or 5xx, and message as
+  `prediction_error`; out-of-memory answers 507, as TorchServe does);
 - otherwise each result becomes REPLY with the status, content type and headers the handler
   set through the Context (status 200 and the codec's content type by default).
+
+Streaming: `send_partial(batch_id, position, value, processor)` sends one intermediate chunk
+through the `partial_sink` the worker loop installs (the data socket's send, as W_PARTIAL);
+`ts.handler_utils.utils.send_intermediate_predict_response` calls it while the handler runs.
 """
 
 from __future__ import annotations
@@ -20,15 +28,16 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from worker.codec import decode_body, encode_value
 from worker.context import Context, MetricsCache, RequestProcessor
 from worker.handler_loader import EntryPoint, load_entry_point
-from worker.model_dir import add_to_sys_path, manifest_file, read_manifest, read_model_yaml_config
+from worker.model_dir import add_to_sys_path
 from zerobatch import protocol
 from zerobatch.config import ModelConfig
 from zerobatch.errors import BadRequest, ConfigError, HandlerError, PredictionError, ProtocolError
+from zerobatch.model_files import load_model_config, manifest_file, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +47,8 @@ MAX_ERROR_MESSAGE_CHARS = 4000
 OUT_OF_RESOURCES_STATUS = 507
 
 _REPLY_HEAD = (protocol.VERSION, protocol.W_REPLY)
+#: The model-config.yaml key that turns per-request failure isolation off (default on).
+RETRY_FAILED_BATCH_KEY = "retryFailedBatch"
 
 
 class Service:
@@ -46,6 +57,18 @@ class Service:
     def __init__(self, entry_point: EntryPoint, context: Context) -> None:
         self.entry_point = entry_point
         self.context = context
+        retry = context.model_yaml_config.get(RETRY_FAILED_BATCH_KEY, True)
+        if not isinstance(retry, bool):
+            raise ConfigError(f"model-config.yaml of {context.model_name}: "
+                              f"{RETRY_FAILED_BATCH_KEY} must be true or false, not {retry!r}")
+        self.retry_failed_batch = retry
+        #: Where W_PARTIAL frames go (set by the worker loop); None: streaming is refused.
+        self.partial_sink: Callable[[list], None] | None = None
+        #: The batch being run, and each handler index's position in it (for send_partial).
+        self._batch_id = 0
+        self._positions: list[int] = []
+        self._partials_sent = 0
+        context.send_partial = self.send_partial
 
     @classmethod
     def load(cls, model: ModelConfig, gpu_id: int | None = None) -> "Service":
@@ -56,7 +79,7 @@ class Service:
         add_to_sys_path(model_dir)
         context = Context(model.name, model_dir, manifest, model.batch_size, gpu_id,
                           metrics=MetricsCache(model.name),
-                          model_yaml_config=read_model_yaml_config(model_dir, manifest))
+                          model_yaml_config=load_model_config(model_dir, manifest))
         entry_point, initialize = load_entry_point(model_dir, handler)
         try:
             initialize(context)
@@ -72,8 +95,9 @@ class Service:
     def run_batch(self, batch_id: int, items: Sequence[tuple[Any, Any]]) -> list:
         """Run one BATCH's (meta, body) items; return the W_REPLY message frames."""
         data: list[dict[str, Any]] = []
-        processors: list[RequestProcessor] = []
-        request_ids: dict[int, str] = {}
+        request_headers: list[dict[str, Any]] = []
+        request_ids: list[str] = []
+        positions: list[int] = []
         rejected: dict[int, tuple] = {}
         for position, (meta, body) in enumerate(items):
             try:
@@ -85,11 +109,14 @@ class Service:
             request_header: dict[str, Any] = {"body": {"content-type": content_type}}
             if headers:
                 request_header.update(headers)
-            request_ids[len(data)] = request_id or f"{batch_id}-{position}"
-            processors.append(RequestProcessor(request_header))
+            request_ids.append(request_id or f"{batch_id}-{position}")
+            request_headers.append(request_header)
+            positions.append(position)
             data.append({"body": decode_body(content_type, body)})
 
-        triples = self._call(data, processors, request_ids) if data else []
+        self._batch_id = batch_id
+        self.context.metrics.reset(None)
+        triples = self._run(data, request_headers, request_ids, positions) if data else []
         frames = [*_REPLY_HEAD, protocol.encode_batch_id(batch_id)]
         if rejected:
             answered = iter(triples)
@@ -100,52 +127,108 @@ class Service:
                 frames.extend(triple)
         return frames
 
-    def _call(self, data: list, processors: list[RequestProcessor],
-              request_ids: dict[int, str]) -> list[tuple]:
+    def _run(self, data: list, request_headers: list[dict], request_ids: list[str],
+             positions: list[int]) -> list[tuple]:
+        """Answer these requests; on a failure, retry them in halves (see the docstring)."""
+        count = len(data)
+        partials_before = self._partials_sent
+        triples, exc = self._call(data, request_headers, request_ids, positions)
+        if exc is None:
+            return triples
+        if count == 1 or not self.retry_failed_batch or self._partials_sent != partials_before:
+            log.error("handler of %s failed on %d request(s) of batch %d (request ids %s)",
+                      self.context.model_name, count, self._batch_id, ", ".join(request_ids),
+                      exc_info=exc if isinstance(exc, BaseException) else None)
+            return triples
+        half = count // 2
+        log.info("batch %d of %s: the handler failed on %d requests (%s); retrying them as "
+                 "%d + %d", self._batch_id, self.context.model_name, count,
+                 _describe(exc), half, count - half)
+        return (self._run(data[:half], request_headers[:half], request_ids[:half],
+                          positions[:half])
+                + self._run(data[half:], request_headers[half:], request_ids[half:],
+                            positions[half:]))
+
+    def _call(self, data: list, request_headers: list[dict], request_ids: list[str],
+              positions: list[int]) -> tuple[list[tuple], Any]:
+        """One handler call: (triples, None) or (error triples, the exception or message)."""
         context = self.context
-        context.request_ids = request_ids
+        processors = [RequestProcessor(header) for header in request_headers]
+        ids = dict(enumerate(request_ids))
+        context.request_ids = ids
         context.request_processor = processors
-        context.metrics.reset(request_ids)
+        context.metrics.request_ids = ids
+        self._positions = positions
         count = len(data)
         start_ns = time.monotonic_ns()
         try:
             results = self.entry_point(data, context)
         except Exception as exc:
-            log.error("handler of %s failed on a batch of %d (request ids %s)",
-                      context.model_name, count, ", ".join(request_ids.values()), exc_info=True)
-            return [_handler_failure(exc)] * count
+            return [_handler_failure(exc)] * count, exc
         if not isinstance(results, list):
-            return [_error(HandlerError.code, f"handler returned {type(results).__name__}, "
-                           f"expected a list with one result for each of {count} requests",
-                           HandlerError.http_status)] * count
+            message = (f"handler returned {type(results).__name__}, expected a list with one "
+                       f"result for each of {count} requests")
+            return [_error(HandlerError.code, message, HandlerError.http_status)] * count, message
         if len(results) != count:
-            return [_error(HandlerError.code, f"handler returned {len(results)} results for "
-                           f"{count} requests", HandlerError.http_status)] * count
+            message = f"handler returned {len(results)} results for {count} requests"
+            return [_error(HandlerError.code, message, HandlerError.http_status)] * count, message
         context.metrics.add_time("PredictionTime", (time.monotonic_ns() - start_ns) / 1e6)
-        return [_reply(index, value, processors[index]) for index, value in enumerate(results)]
+        return [_reply(index, value, processors[index])
+                for index, value in enumerate(results)], None
+
+    def send_partial(self, index: int, value: Any, status: int | None = None) -> None:
+        """Stream `value` now as an intermediate chunk for request `index` of the running call.
+
+        The chunk is encoded like a result, with the request's current response headers and
+        content type; `status` overrides the request's current status.
+        """
+        sink = self.partial_sink
+        if sink is None:
+            raise RuntimeError("this worker cannot stream: no partial sink is installed")
+        positions = self._positions
+        if not 0 <= index < len(positions):
+            raise IndexError(f"request index {index} is not in this batch of {len(positions)}")
+        processor = self.context.request_processor[index]
+        body, meta = _encode(index, value, processor, status)
+        sink([protocol.VERSION, protocol.W_PARTIAL, protocol.encode_batch_id(self._batch_id),
+              protocol.encode_partial_index(positions[index]), meta, body])
+        self._partials_sent += 1
 
 
 def _reply(index: int, value: Any, processor: RequestProcessor) -> tuple:
     try:
+        body, meta = _encode(index, value, processor)
+    except (TypeError, ValueError) as exc:
+        log.warning("result %d of type %s cannot be answered: %s", index,
+                    type(value).__name__, exc)
+        return _error(HandlerError.code, str(exc), HandlerError.http_status)
+    return protocol.REPLY, meta, body
+
+
+def _encode(index: int, value: Any, processor: RequestProcessor,
+            status: int | None = None) -> tuple[Any, bytes]:
+    """(body, reply_meta) for one result or chunk; TypeError/ValueError with the reason."""
+    try:
         body, content_type = encode_value(value)
     except (TypeError, ValueError) as exc:
-        log.warning("result %d of type %s cannot be serialized: %s", index,
-                    type(value).__name__, exc)
-        return _error(HandlerError.code, f"result {index} cannot be serialized: "
-                      f"{type(exc).__name__}: {exc}", HandlerError.http_status)
+        kind = TypeError if isinstance(exc, TypeError) else ValueError
+        raise kind(f"result {index} cannot be serialized: {type(exc).__name__}: {exc}") from exc
     headers = processor.get_response_headers()
     if headers:
         content_type = headers.get("content-type") or content_type
         headers = {str(k): str(v) for k, v in headers.items() if k != "content-type"} or None
     else:
         headers = None
-    meta = protocol.encode_reply_meta(processor.get_response_status_code(), content_type,
-                                      headers)
+    meta = protocol.encode_reply_meta(status or processor.get_response_status_code(),
+                                      content_type, headers)
     if len(meta) > protocol.MAX_HEADER_BYTES:
-        return _error(HandlerError.code, f"response headers of result {index} take "
-                      f"{len(meta)} bytes, more than {protocol.MAX_HEADER_BYTES}",
-                      HandlerError.http_status)
-    return protocol.REPLY, meta, body
+        raise ValueError(f"response headers of result {index} take {len(meta)} bytes, "
+                         f"more than {protocol.MAX_HEADER_BYTES}")
+    return body, meta
+
+
+def _describe(exc: Any) -> str:
+    return f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else str(exc)
 
 
 def _handler_failure(exc: Exception) -> tuple:

@@ -35,6 +35,10 @@ Worker <-> broker (back ROUTER; the worker's identity is its worker id)::
     BATCH      [VERSION, W_BATCH, batch_id, meta_1, body_1, ..., meta_n, body_n]
     W_REPLY    [VERSION, W_REPLY, batch_id, cmd_1, a_1, b_1, ..., cmd_n, a_n, b_n]
                  cmd_i is REPLY (a = reply_meta, b = body) or ERROR (a = error_info, b = b"")
+    W_PARTIAL  [VERSION, W_PARTIAL, batch_id, index, reply_meta, body]
+                 one streamed chunk for request `index` (u32 LE, its position in the BATCH)
+                 of a running batch, sent before the batch's W_REPLY; the broker forwards it
+                 to that request's client as PARTIAL and keeps the request in flight
     HEARTBEAT  [VERSION, W_HEARTBEAT]        both ways
     DISCONNECT [VERSION, W_DISCONNECT]       worker -> broker, before a clean exit
 
@@ -72,9 +76,10 @@ W_BATCH = b"\x12"
 W_REPLY = b"\x13"
 W_HEARTBEAT = b"\x14"
 W_DISCONNECT = b"\x15"
+W_PARTIAL = b"\x16"
 
 CLIENT_COMMANDS = frozenset((REQUEST, CONTROL))
-WORKER_COMMANDS = frozenset((W_READY, W_REPLY, W_HEARTBEAT, W_DISCONNECT))
+WORKER_COMMANDS = frozenset((W_READY, W_REPLY, W_HEARTBEAT, W_DISCONNECT, W_PARTIAL))
 
 HEARTBEAT_SUFFIX = b".hb"
 
@@ -92,6 +97,7 @@ HEARTBEAT_FRAMES = [VERSION, W_HEARTBEAT]
 DISCONNECT_FRAMES = [VERSION, W_DISCONNECT]
 
 _BATCH_ID = struct.Struct("<Q")
+_PARTIAL_INDEX = struct.Struct("<I")
 _UNPACK_LIMITS = dict(
     raw=False,
     max_str_len=MAX_HEADER_BYTES,
@@ -275,3 +281,19 @@ def split_worker_reply(frames: Sequence[Any]) -> tuple[int, list]:
     if len(items) % 3:
         raise ProtocolError("W_REPLY items must come in (cmd, a, b) triples")
     return parse_batch_id(bytes(frames[2])), items
+
+
+def encode_partial_index(index: int) -> bytes:
+    return _PARTIAL_INDEX.pack(index)
+
+
+def parse_worker_partial(frames: Sequence[Any]) -> tuple[int, int, Any, Any]:
+    """Split a W_PARTIAL (after the envelope) into (batch_id, index, reply_meta, body)."""
+    if len(frames) != 6:
+        raise ProtocolError("W_PARTIAL must be [VERSION, W_PARTIAL, batch_id, index, "
+                            "reply_meta, body]")
+    index = bytes(frames[3])
+    if len(index) != _PARTIAL_INDEX.size:
+        raise ProtocolError("W_PARTIAL index must be 4 bytes")
+    return (parse_batch_id(bytes(frames[2])), _PARTIAL_INDEX.unpack(index)[0], frames[4],
+            frames[5])

@@ -6,8 +6,11 @@ serving it starts in a fraction of a second:
 - `echo`: module-level `handle`; returns each body as it came (bytes, str or decoded JSON);
 - `batch_size_reporter`: returns {"batch_size": len(data), "body": <body>} for each request;
 - `slow`: sleeps the largest {"sleep_ms": N} of the batch, returns {"batch_size": len(data)};
-- `failing`: raises ValueError when any body contains "fail", else echoes;
-- `class_handler`: a handler class with `initialize` and `handle`.
+- `failing`: raises ValueError when any body contains "fail", else echoes (header
+  `x-batch-size`: the size of the batch that answered);
+- `class_handler`: a handler class with `initialize` and `handle`;
+- `streaming`: streams three chunks per request (send_intermediate_predict_response), then
+  returns a final one.
 
 `fake_broker.FakeBroker` is a ROUTER that plays the broker's part of the worker protocol for
 tests that run a real worker (in a thread or a process) without the real broker.

@@ -232,3 +232,53 @@ def test_versions_route_to_their_own_queue(core):
     core.on_front(frames, 0)
     assert errors(take_front(core)) == [(b"v3", "model_not_found")]
     assert [m["queued"] for m in core.describe()["models"]] == [1, 1]
+
+
+def partial(core: BrokerCore, batch_id: int, index: int, body: bytes, now_ns: int,
+            identity: bytes = WORKER, status: int = 200) -> None:
+    core.on_back([identity, p.VERSION, p.W_PARTIAL, p.encode_batch_id(batch_id),
+                  p.encode_partial_index(index), p.encode_reply_meta(status, "text/plain"),
+                  body], now_ns)
+
+
+def test_worker_partial_is_forwarded_and_the_request_stays_in_flight(core):
+    add(core)
+    ready(core, 0)
+    other = b"client-2"
+    for i, client in enumerate((CLIENT, other, CLIENT, other)):
+        core.on_front([client] + p.encode_request(
+            b"r%d" % i, p.encode_route("echo", None, 0), p.encode_meta("text/plain"),
+            b"b%d" % i), i * MS)
+    (batch,) = take_back(core)
+    batch_id = p.parse_batch_id(batch[3])
+    partial(core, batch_id, 1, b"chunk-a", 5 * MS)
+    partial(core, batch_id, 1, b"chunk-b", 6 * MS, status=206)
+    partial(core, batch_id, 2, b"chunk-c", 6 * MS)
+    forwarded = take_front(core)
+    assert [(m[0], m[1], m[2], m[3], m[5]) for m in forwarded] == [
+        (other, p.VERSION, p.PARTIAL, b"r1", b"chunk-a"),
+        (other, p.VERSION, p.PARTIAL, b"r1", b"chunk-b"),
+        (CLIENT, p.VERSION, p.PARTIAL, b"r2", b"chunk-c")]
+    assert p.parse_reply_meta(forwarded[1][4]) == (206, "text/plain", None)
+    assert batch_id in core.batches
+    assert core.describe()["models"][0]["workers"][0]["status"] == "BUSY"
+    reply_batch(core, batch, 10 * MS)  # the final W_REPLY ends every request
+    assert [(m[2], m[3]) for m in take_front(core)] == [(p.REPLY, b"r%d" % i) for i in range(4)]
+    assert batch_id not in core.batches
+
+
+def test_bad_worker_partials_are_dropped(core):
+    add(core)
+    ready(core, 0)
+    request(core, b"r0", 0)
+    core.on_tick(100 * MS)
+    (batch,) = [m for m in take_back(core) if m[2] == p.W_BATCH]
+    batch_id = p.parse_batch_id(batch[3])
+    partial(core, batch_id, 1, b"no such request", MS)
+    partial(core, batch_id + 1, 0, b"no such batch", MS)
+    partial(core, batch_id, 0, b"wrong worker", MS, identity=b"stranger")
+    core.on_back([WORKER, p.VERSION, p.W_PARTIAL, p.encode_batch_id(batch_id), b"\0", b"m",
+                  b"b"], MS)
+    core.on_back([WORKER, p.VERSION, p.W_PARTIAL, p.encode_batch_id(batch_id)], MS)
+    assert take_front(core) == []
+    assert batch_id in core.batches

@@ -12,7 +12,7 @@ import pytest
 import api.client_helpers as client_helpers
 import api.http_app as http_app
 from api.http_app import create_app
-from zerobatch import errors
+from zerobatch import errors, protocol
 from zerobatch.config import FrontendConfig
 
 try:
@@ -238,6 +238,8 @@ class _ExplodingClient:
     async def predict(self, *args, **kwargs):
         raise self.exc
 
+    predict_or_stream = predict
+
     async def control(self, *args, **kwargs):
         raise self.exc
 
@@ -262,3 +264,22 @@ def test_each_lifespan_makes_and_closes_its_own_client(echo_broker):
     app = create_app(config_for(echo_broker))
     assert call(app, "GET", "/ping").status_code == 200
     assert call(app, "GET", "/ping").status_code == 200  # a fresh client after a shutdown
+
+
+def test_a_streamed_reply_is_sent_chunked_in_order():
+    brokers = []
+
+    def streaming(msg):
+        fake = brokers[0]
+        for part in (b"one,", b"two,"):
+            fake.send(msg.identity, reply_frames(msg.rid, part, status=200,
+                                                 content_type="text/plain",
+                                                 command=protocol.PARTIAL))
+        fake.send(msg.identity, reply_frames(msg.rid, b"end", content_type="text/plain"))
+
+    with FakeBroker(streaming) as fake:
+        brokers.append(fake)
+        result = call(create_app(config_for(fake)), "POST", "/predictions/m", body=b"x")
+    assert (result.status_code, result.headers["content-type"]) == (200, "text/plain")
+    assert result.content == b"one,two,end"
+    assert "content-length" not in result.headers

@@ -22,11 +22,11 @@ from worker.handlers import (
     text_classifier,
     vision_handler,
 )
-from worker.model_dir import read_model_yaml_config
 from worker.service import Service
 from worker.ts_alias import TS_ALIASES, TsAliasFinder, install_ts_aliases
 from zerobatch.config import ModelConfig
 from zerobatch.errors import ConfigError
+from zerobatch.model_files import load_model_config as read_model_yaml_config
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -128,10 +128,10 @@ def test_ours_wins_over_an_installed_torchserve(tmp_path):
     assert result.returncode == 0, result.stderr
 
 
-def test_send_intermediate_predict_response_is_not_supported_yet():
+def test_send_intermediate_predict_response_needs_a_worker_context():
     install_ts_aliases()
     from ts.handler_utils.utils import send_intermediate_predict_response
-    with pytest.raises(NotImplementedError, match="streaming"):
+    with pytest.raises(RuntimeError, match="running zerobatch worker"):
         send_intermediate_predict_response(["x"], {0: "r"}, "Intermediate", 200, None)
 
 

@@ -8,10 +8,10 @@ import pytest
 from tests.models import model_path, write_model_dir
 from worker.context import Context
 from worker.handler_loader import load_entry_point
-from worker.model_dir import read_manifest
 from worker.service import Service
 from zerobatch.config import ModelConfig
 from zerobatch.errors import ConfigError
+from zerobatch.model_files import read_manifest
 
 
 def resolve(model_dir):

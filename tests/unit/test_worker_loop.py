@@ -128,8 +128,9 @@ def test_a_batch_of_three_is_answered_in_order(thread_worker, broker):
 def test_handler_exception_then_next_batch_works(thread_worker, broker):
     worker = thread_worker(model="failing")
     replies = broker.request(worker.identity, 1, [item('"a"'), item('"fail"'), item('"c"')])
-    assert [(r.kind, r.code, r.status) for r in replies] == [("error", "handler_error", 500)] * 3
-    assert replies[0].message == "ValueError: asked to fail"
+    assert [(r.kind, r.code, r.status) for r in replies] == [
+        ("reply", None, 200), ("error", "handler_error", 500), ("reply", None, 200)]
+    assert replies[1].message == "ValueError: asked to fail"
     [reply] = broker.request(worker.identity, 2, [item('{"fine": true}')])
     assert json.loads(reply.body) == {"fine": True}
 
@@ -137,12 +138,12 @@ def test_handler_exception_then_next_batch_works(thread_worker, broker):
 def test_wrong_result_count_answers_errors(thread_worker, broker, tmp_path):
     path = write_model_dir(str(tmp_path / "short"), """
         def handle(data, context):
-            return None if data is None else data[:1]
+            return None if data is None else []
         """)
     worker = thread_worker(model="short", path=path)
     replies = broker.request(worker.identity, 5, [item("1"), item("2"), item("3")])
     assert [(r.kind, r.code) for r in replies] == [("error", "handler_error")] * 3
-    assert all(r.message == "handler returned 1 results for 3 requests" for r in replies)
+    assert all(r.message == "handler returned 0 results for 1 requests" for r in replies)
 
 
 def test_malformed_messages_are_dropped(thread_worker, broker):

@@ -1,4 +1,7 @@
-"""Raises ValueError when any body of the batch contains "fail"; otherwise echoes."""
+"""Raises ValueError when any body of the batch contains "fail"; otherwise echoes.
+
+Each echoed reply carries the size of the batch it was answered in, as `x-batch-size`.
+"""
 
 import json
 
@@ -17,4 +20,6 @@ def handle(data, context):
     bodies = [row.get("body") for row in data]
     if any(_contains_fail(body) for body in bodies):
         raise ValueError("asked to fail")
+    for index in range(len(data)):
+        context.set_response_header(index, "x-batch-size", str(len(data)))
     return bodies

@@ -1,0 +1,110 @@
+"""The model directory format that the CLI, the broker and the workers all read.
+
+A model directory is laid out as TorchServe's `no-archive` format: `MAR-INF/MANIFEST.json`,
+the handler file, the serialized weights, extra files, and optionally a YAML config
+(`model-config.yaml`, or the file the manifest's `model.configFile` names). This module
+reads and checks those two files once for everyone. Every failure is a ConfigError that names
+the file and says what is wrong. PyYAML is imported only when a model carries a config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from zerobatch.errors import ConfigError
+
+MANIFEST_PATH = os.path.join("MAR-INF", "MANIFEST.json")
+MODEL_CONFIG_FILE = "model-config.yaml"
+MAX_MANIFEST_BYTES = 1 << 20
+MAX_MODEL_CONFIG_BYTES = 1 << 20
+_STRING_KEYS = ("modelName", "serializedFile", "modelFile", "modelVersion")
+
+
+def manifest_file(model_dir: str) -> str:
+    return os.path.join(model_dir, MANIFEST_PATH)
+
+
+def read_manifest(model_dir: str) -> dict[str, Any]:
+    """Load and check the manifest of model_dir."""
+    if not os.path.isdir(model_dir):
+        raise ConfigError(f"model directory {model_dir!r} does not exist or is not a directory")
+    path = manifest_file(model_dir)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_MANIFEST_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: manifest not found; {MANIFEST_PATH} is missing (a model "
+                          "directory needs it, as torch-model-archiver writes it)") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the manifest: {exc}") from None
+    return parse_manifest(data, path)
+
+
+def parse_manifest(data: bytes, path: str) -> dict[str, Any]:
+    """Check a manifest's bytes; errors name path."""
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ConfigError(f"{path}: the manifest is larger than {MAX_MANIFEST_BYTES} bytes")
+    try:
+        manifest = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot read the manifest: not valid JSON ({exc})") from None
+    model = manifest.get("model") if isinstance(manifest, dict) else None
+    if not isinstance(model, dict):
+        raise ConfigError(f'{path}: the manifest needs a "model" object')
+    handler = model.get("handler")
+    if not isinstance(handler, str) or not handler.strip():
+        raise ConfigError(f'{path}: "model.handler" must name the handler file or module')
+    for key in _STRING_KEYS:
+        if model.get(key) is not None and not isinstance(model[key], str):
+            raise ConfigError(f'{path}: "model.{key}" must be a string')
+    runtime = manifest.get("runtime", "python")
+    if runtime not in ("python", "python3"):
+        raise ConfigError(f'{path}: runtime {runtime!r} is not supported; use "python"')
+    return manifest
+
+
+def model_config_path(model_dir: str, manifest: dict[str, Any]) -> str | None:
+    """The model's YAML config file, or None when it has none."""
+    named = manifest["model"].get("configFile")
+    if named:
+        if not isinstance(named, str):
+            raise ConfigError(f'{manifest_file(model_dir)}: "model.configFile" must be a '
+                              "file name")
+        path = os.path.realpath(os.path.join(model_dir, named))
+        if not path.startswith(os.path.realpath(model_dir) + os.sep):
+            raise ConfigError(f'{manifest_file(model_dir)}: "model.configFile" {named!r} lies '
+                              "outside the model directory")
+        if not os.path.isfile(path):
+            raise ConfigError(f'{manifest_file(model_dir)}: "model.configFile" names {named}, '
+                              f"which is not in {model_dir}")
+        return path
+    path = os.path.join(model_dir, MODEL_CONFIG_FILE)
+    return path if os.path.isfile(path) else None
+
+
+def read_model_config(path: str) -> dict[str, Any]:
+    """yaml.safe_load of path: a mapping ({} for an empty file), or a ConfigError."""
+    import yaml  # only models that carry a config pay for the import
+
+    try:
+        with open(path, "rb") as handle:
+            text = handle.read(MAX_MODEL_CONFIG_BYTES + 1)
+        if len(text) > MAX_MODEL_CONFIG_BYTES:
+            raise ConfigError(f"{path}: larger than {MAX_MODEL_CONFIG_BYTES} bytes")
+        data = yaml.safe_load(text)
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read the model config: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the model config must be a YAML mapping, not "
+                          f"{type(data).__name__}")
+    return data
+
+
+def load_model_config(model_dir: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    """The model's YAML config as a dict, {} when it has none (context.model_yaml_config)."""
+    path = model_config_path(model_dir, manifest)
+    return {} if path is None else read_model_config(path)
