@@ -30,6 +30,16 @@ def slow_body(sleep_ms: int, tag: str) -> bytes:
     return json.dumps({"sleep_ms": sleep_ms, "tag": tag}).encode()
 
 
+def wait_busy(server, model: str) -> None:
+    """Wait until the model's (only) worker runs a batch, as the broker reports it."""
+    server.wait_for(lambda: server.workers(model)[0]["status"] == "BUSY",
+                    what=f"a busy {model} worker")
+
+
+def queued(server, model: str) -> int:
+    return next(m["queued"] for m in server.describe()["models"] if m["modelName"] == model)
+
+
 def in_parallel(calls):
     with ThreadPoolExecutor(len(calls)) as pool:
         return list(pool.map(lambda call: call(), calls))
@@ -90,7 +100,7 @@ def test_request_expiring_behind_a_slow_batch_gets_504_and_never_runs(shared_ser
     with shared_server.client() as client:
         busy = [client.submit("slow", {"sleep_ms": 1500, "tag": f"busy{i}"}, timeout_ms=10_000)
                 for i in range(4)]
-        time.sleep(0.1)  # let the busy batch be dispatched before the short request arrives
+        wait_busy(shared_server, "slow")  # the busy batch runs before the short request comes
         started = time.monotonic()
         status, _h, body = shared_server.predict("slow", slow_body(0, "expired"), timeout_ms=300)
         waited = time.monotonic() - started
@@ -109,7 +119,7 @@ def test_zeromq_timeout_becomes_the_broker_deadline(shared_server):
     with shared_server.client() as client:
         busy = [client.submit("slow", {"sleep_ms": 1000, "tag": f"z{i}"}, timeout_ms=10_000)
                 for i in range(4)]
-        time.sleep(0.1)
+        wait_busy(shared_server, "slow")
         with pytest.raises(DeadlineExceeded) as raised:
             client.predict("slow", {"sleep_ms": 0, "tag": "zexpired"}, timeout_ms=200)
         assert "queue" in str(raised.value)  # answered by the broker, not a local timeout
@@ -122,10 +132,10 @@ def test_full_queue_answers_503_at_once(shared_server):
     with shared_server.client() as client:
         running = [client.submit("slow", {"sleep_ms": 800, "tag": f"q{i}"}, timeout_ms=20_000)
                    for i in range(4)]
-        time.sleep(0.1)
+        wait_busy(shared_server, "slow")
         waiting = [client.submit("slow", {"sleep_ms": 0, "tag": f"w{i}"}, timeout_ms=20_000)
                    for i in range(8)]
-        time.sleep(0.1)
+        shared_server.wait_for(lambda: queued(shared_server, "slow") == 8, what="8 queued")
         started = time.monotonic()
         status, _h, body = shared_server.predict("slow", slow_body(0, "refused"))
         assert status == 503 and json_body(body)["type"] == "QueueFull"
@@ -164,8 +174,7 @@ def test_sigkill_worker_mid_batch(shared_server):
     with shared_server.client() as client:
         pending = [client.submit("slow", {"sleep_ms": 5000, "tag": f"k{i}"}, timeout_ms=20_000)
                    for i in range(4)]
-        shared_server.wait_for(
-            lambda: shared_server.workers("slow")[0]["status"] == "BUSY", what="busy worker")
+        wait_busy(shared_server, "slow")
         os.kill(worker["pid"], signal.SIGKILL)
         killed = time.monotonic()
         for handle in pending:
@@ -271,8 +280,7 @@ def test_sigstopped_worker_is_declared_lost_and_replaced(shared_server):
     with shared_server.client() as client:
         pending = [client.submit("slow", {"sleep_ms": 200, "tag": f"s{i}"}, timeout_ms=20_000)
                    for i in range(4)]
-        shared_server.wait_for(
-            lambda: shared_server.workers("slow")[0]["status"] == "BUSY", what="busy worker")
+        wait_busy(shared_server, "slow")
         os.kill(worker["pid"], signal.SIGSTOP)  # alive but silent: only heartbeats can tell
         try:
             stopped = time.monotonic()
