@@ -173,7 +173,9 @@ def start(args: argparse.Namespace) -> int:
         broker = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_file,
                                   stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_until_ready(config, broker, args.startup_timeout)
+        failed = wait_until_ready(config, broker, args.startup_timeout)
+        if failed and len(failed) == len(config.models):
+            raise CliError("no model could be loaded:\n" + "\n".join(failed))
     except CliError:
         if broker.poll() is None:
             broker.terminate()
@@ -182,15 +184,19 @@ def start(args: argparse.Namespace) -> int:
             except subprocess.TimeoutExpired:
                 broker.kill()
         raise
+    for error in failed:
+        print(f"zerobatch: warning: {error} (its requests answer 503 until a worker loads it)",
+              file=sys.stderr)
     http = f"http://{config.host}:{config.http_port}" if config.frontends else "disabled"
     print(f"zerobatch started (pid {broker.pid}): HTTP {http}, ZeroMQ {config.client_address}, "
           f"log {log_path}")
     return 0
 
 
-def wait_until_ready(config: ServerConfig, broker: subprocess.Popen, timeout_s: float) -> None:
-    """Return when every model has a ready worker and HTTP answers; raise CliError if the
-    broker exits or the time runs out."""
+def wait_until_ready(config: ServerConfig, broker: subprocess.Popen,
+                     timeout_s: float) -> list[str]:
+    """Return when every model has a ready worker or failed to load (the load errors are
+    returned) and HTTP answers; raise CliError if the broker exits or the time runs out."""
     from api.client import Client  # the CLI's only use of the client: keep `stop` light
 
     log_path = os.path.join(config.run_dir, LOG_FILE)
@@ -204,22 +210,28 @@ def wait_until_ready(config: ServerConfig, broker: subprocess.Popen, timeout_s: 
             if time.monotonic() > deadline:
                 raise CliError(f"the server was not ready within {timeout_s:.0f} s; its log:\n"
                                f"{log_tail(log_path)}")
-            if models_ready(client, config) and http_ready(config):
-                return
+            failed = models_ready(client, config)
+            if failed is not None and http_ready(config):
+                return failed
             time.sleep(0.05)
 
 
-def models_ready(client, config: ServerConfig) -> bool:
+def models_ready(client, config: ServerConfig) -> list[str] | None:
+    """None while a model still waits for its first worker; once every model has a worker or
+    has failed to load, the load errors (empty when all loaded)."""
     try:
         described = client.control("describe", timeout_ms=500)
     except ServingError:
-        return False
+        return None
+    failed = []
     for model in described["models"]:
         wanted = next((m for m in config.models if m.key == f"{model['modelName']}/"
                        f"{model['modelVersion']}"), None)
-        if wanted and wanted.workers and not model["workers"]:
-            return False
-    return True
+        if model.get("loadError") and not model["workers"]:
+            failed.append(model["loadError"])
+        elif wanted and wanted.workers and not model["workers"]:
+            return None
+    return failed
 
 
 def http_ready(config: ServerConfig) -> bool:

@@ -21,6 +21,7 @@ from zerobatch import protocol as p
 from zerobatch.config import ModelConfig
 from zerobatch.errors import (
     DeadlineExceeded,
+    ModelLoadFailed,
     ModelNotFound,
     ProtocolError,
     QueueFull,
@@ -40,7 +41,7 @@ class ModelQueue:
     """One model version: its aggregator, waiting payloads, and idle workers (LRU first)."""
 
     __slots__ = ("config", "aggregator", "pending", "idle", "workers", "batch_sizes",
-                 "requests_total", "deadline_ns")
+                 "requests_total", "deadline_ns", "load_error")
 
     def __init__(self, config: ModelConfig, aggregator: Any) -> None:
         self.config = config
@@ -52,6 +53,8 @@ class ModelQueue:
         self.batch_sizes: dict[int, int] = {}
         self.requests_total = 0
         self.deadline_ns = config.deadline_ms * _NS_PER_MS
+        #: why the last worker failed to load the model; cleared when a worker says READY
+        self.load_error: str | None = None
 
 
 class WorkerRecord:
@@ -177,6 +180,8 @@ class BrokerCore:
             self._route_cache[route_bytes] = route
         model_name, version, timeout_ms = route
         queue = self.find_model(model_name, version)
+        if queue.load_error is not None and not queue.workers:
+            raise ModelLoadFailed(queue.load_error)
         body = frames[6]
         body_len = len(body.buffer) if hasattr(body, "buffer") else len(body)
         if body_len > self.max_request_bytes:
@@ -274,6 +279,8 @@ class BrokerCore:
                 self._on_ready(identity, worker, frames, now_ns)
             elif command == p.W_HEARTBEAT:
                 pass
+            elif command == p.W_LOAD_FAILED:
+                self._on_load_failed(frames)
             elif command == p.W_DISCONNECT:
                 if worker is not None:
                     self.worker_lost(worker.worker_id, now_ns, "it disconnected")
@@ -300,10 +307,31 @@ class BrokerCore:
                               now_ns + self.worker_ttl_ns)
         self.workers[identity] = worker
         queue.workers[identity] = worker
+        queue.load_error = None
         queue.idle.append(worker)
         log.info("worker %s ready: model %s gpu %s pid %s", worker.worker_id,
                  queue.config.key, worker.gpu_id, worker.pid)
         self._schedule(queue, now_ns)
+
+    def _on_load_failed(self, frames: list) -> None:
+        """A worker could not load its model: say why to everyone waiting, and to every new
+        request while the model has no worker (the supervisor keeps retrying with backoff)."""
+        if len(frames) != 4:
+            raise ProtocolError("LOAD_FAILED must be [VERSION, W_LOAD_FAILED, info]")
+        info = p.parse_load_failed(_as_bytes(frames[3]))
+        try:
+            queue = self.find_model(info["model"], info["version"])
+        except ModelNotFound:
+            return
+        queue.load_error = (f"model {queue.config.key} failed to load in worker "
+                            f"{info['worker_id']}: {info['error']}")
+        log.error("%s", queue.load_error)
+        if queue.workers:
+            return
+        error = ModelLoadFailed(queue.load_error)
+        for request_id in queue.aggregator.drain():
+            identity, rid, _meta, _body = queue.pending.pop(request_id)
+            self.out_front.append([identity] + p.encode_error(rid, *error.to_wire()))
 
     def _on_worker_reply(self, worker: WorkerRecord | None, frames: list, now_ns: int) -> None:
         batch_id, items = p.split_worker_reply(frames[1:])
@@ -425,6 +453,7 @@ class BrokerCore:
                     "queued": len(queue.aggregator),
                     "requests": queue.requests_total,
                     "batchSizes": {str(k): v for k, v in sorted(queue.batch_sizes.items())},
+                    "loadError": queue.load_error,
                     "workers": [
                         {"id": w.worker_id, "pid": w.pid, "gpu": w.gpu_id,
                          "status": "BUSY" if w.batch is not None else "READY"}

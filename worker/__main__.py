@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 
-from worker.loop import STOPPED, WorkerLoop
+from worker.loop import STOPPED, WorkerLoop, report_load_failure
 from worker.model_dir import add_python_path
 from zerobatch.config import WorkerConfig
 from zerobatch.errors import ConfigError
@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         log.error("cannot load model %s from %s: %s", config.model.name, config.model.path, exc,
                   exc_info=exc.__cause__ is not None)
+        report_load_failure(config, str(exc))
         return EXIT_LOAD_FAILED
     threading.Thread(target=_exit_if_stuck, args=(loop,), name="exit-watchdog",
                      daemon=True).start()

@@ -135,3 +135,19 @@ class WorkerLoop:
             send_frames(socket or self._socket, frames)
         except zmq.Again:
             log.warning("broker unreachable: dropped a %r message", frames[1])
+
+
+def report_load_failure(config: WorkerConfig, error: str,
+                        zmq_context: zmq.Context | None = None) -> None:
+    """Tell the broker why the model did not load (W_LOAD_FAILED), best effort, so that it can
+    answer that model's requests with the reason instead of letting them wait."""
+    socket = (zmq_context or zmq.Context.instance()).socket(zmq.DEALER)
+    socket.setsockopt(zmq.IDENTITY, config.worker_id.encode("utf-8"))
+    socket.connect(config.broker_address)
+    try:
+        send_frames(socket, protocol.encode_load_failed(
+            config.model.name, config.model.version, config.worker_id, error))
+    except zmq.Again:
+        log.warning("could not report the load failure to the broker")
+    finally:
+        socket.close(linger=DISCONNECT_LINGER_MS)

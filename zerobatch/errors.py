@@ -107,6 +107,13 @@ class WorkerLost(ServingError, ConnectionError):
     http_status = 503
 
 
+class ModelLoadFailed(ServingError, ConnectionError):
+    """The model's workers could not load it (bad handler, missing file); see the message."""
+
+    code = "model_load_failed"
+    http_status = 503
+
+
 class BrokerUnavailable(ServingError, ConnectionError):
     """The broker did not answer; it may be down or restarting."""
 
@@ -134,6 +141,7 @@ _ALL: tuple[type[ServingError], ...] = (
     HandlerError,
     PredictionError,
     WorkerLost,
+    ModelLoadFailed,
     BrokerUnavailable,
     ShuttingDown,
 )

@@ -41,6 +41,9 @@ Worker <-> broker (back ROUTER; the worker's identity is its worker id)::
                  to that request's client as PARTIAL and keeps the request in flight
     HEARTBEAT  [VERSION, W_HEARTBEAT]        both ways
     DISCONNECT [VERSION, W_DISCONNECT]       worker -> broker, before a clean exit
+    LOAD_FAILED [VERSION, W_LOAD_FAILED, info]  info = msgpack {"model", "version",
+                                            "worker_id", "error"}: the model did not load;
+                                            sent once, then the worker exits
 
     batch_id   8 bytes, little-endian unsigned; the broker's own counter
 
@@ -76,6 +79,7 @@ W_BATCH = b"\x12"
 W_REPLY = b"\x13"
 W_HEARTBEAT = b"\x14"
 W_DISCONNECT = b"\x15"
+W_LOAD_FAILED = b"\x17"
 W_PARTIAL = b"\x16"
 
 CLIENT_COMMANDS = frozenset((REQUEST, CONTROL))
@@ -258,6 +262,21 @@ def parse_ready(data: bytes) -> dict[str, Any]:
     gpu_id = info.get("gpu_id")
     if gpu_id is not None and not isinstance(gpu_id, int):
         raise ProtocolError("READY gpu_id must be an integer or nil")
+    return info
+
+
+def encode_load_failed(model: str, version: str, worker_id: str, error: str) -> list:
+    info = {"model": model, "version": version, "worker_id": worker_id, "error": error[:4000]}
+    return [VERSION, W_LOAD_FAILED, packb(info)]
+
+
+def parse_load_failed(data: bytes) -> dict[str, Any]:
+    info = unpack_header(data)
+    if not isinstance(info, dict):
+        raise ProtocolError("LOAD_FAILED info must be a map")
+    for key in ("model", "version", "worker_id", "error"):
+        if not isinstance(info.get(key), str):
+            raise ProtocolError(f"LOAD_FAILED info needs {key!r} of type str")
     return info
 
 

@@ -326,3 +326,24 @@ def test_killed_front_end_is_restarted_and_http_keeps_answering(shared_server):
 
     shared_server.wait_for(restarted, what="a restarted front end")
     assert all(shared_server.http("GET", "/ping")[0] == 200 for _ in range(8))
+
+
+def test_a_handler_that_does_not_import_is_reported_and_the_rest_is_served(make_server,
+                                                                          tmp_path):
+    broken = tmp_path / "broken"
+    (broken / "MAR-INF").mkdir(parents=True)
+    (broken / "broken_handler.py").write_text("import module_that_does_not_exist\n")
+    (broken / "MAR-INF" / "MANIFEST.json").write_text(json.dumps(
+        {"runtime": "python", "model": {"modelName": "broken", "modelVersion": "1.0",
+                                        "handler": "broken_handler.py"}}))
+    server = make_server({"echo": "echo", "broken": str(broken)})
+    assert "broken" in server.start_output and "module_that_does_not_exist" in \
+        server.start_output
+    status, _h, body = server.predict("echo", b'{"ok": 1}')
+    assert (status, json_body(body)) == (200, {"ok": 1})
+    started = time.monotonic()
+    status, _h, body = server.predict("broken", b"{}")
+    assert status == 503 and time.monotonic() - started < 1.0
+    error = json_body(body)
+    assert error["type"] == "ModelLoadFailed"
+    assert "module_that_does_not_exist" in error["message"]

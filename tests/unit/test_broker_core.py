@@ -282,3 +282,26 @@ def test_bad_worker_partials_are_dropped(core):
     core.on_back([WORKER, p.VERSION, p.W_PARTIAL, p.encode_batch_id(batch_id)], MS)
     assert take_front(core) == []
     assert batch_id in core.batches
+
+
+def test_load_failure_answers_waiting_and_new_requests_until_a_worker_is_ready(core):
+    add(core)
+    request(core, b"waiting", 0)
+    core.on_back([WORKER] + p.encode_load_failed("echo", "1.0", "echo@1.0#0.1",
+                                                 "ConfigError: no module named nope"), 1 * MS)
+    request(core, b"new", 2 * MS)
+    answered = errors(take_front(core))
+    assert answered == [(b"waiting", "model_load_failed"), (b"new", "model_load_failed")]
+    assert "no module named nope" in core.describe()["models"][0]["loadError"]
+    ready(core, 3 * MS)
+    assert core.describe()["models"][0]["loadError"] is None
+    request(core, b"after", 4 * MS)
+    assert errors(take_front(core)) == []
+
+
+def test_load_failed_frames_round_trip_and_garbage_is_dropped(core):
+    add(core)
+    frames = p.encode_load_failed("echo", "1.0", "w", "boom")
+    assert p.parse_load_failed(frames[2])["error"] == "boom"
+    core.on_back([WORKER, p.VERSION, p.W_LOAD_FAILED, p.packb({"model": 1})], 0)
+    assert core.describe()["models"][0]["loadError"] is None
