@@ -1,19 +1,31 @@
 """Streaming end to end: a handler calling send_intermediate_predict_response three times,
-received chunk by chunk over ZeroMQ (Client.stream) and as a chunked HTTP response."""
+packed into a .mar by the real torch-model-archiver, received chunk by chunk over ZeroMQ
+(Client.stream) and as a chunked HTTP response."""
 
 from __future__ import annotations
 
 import http.client
+import os
+import subprocess
+import sys
 
 import pytest
 
-from tests.integration.conftest import finish, json_body, start_server
+from tests.integration.conftest import TEST_MODELS, finish, json_body, start_server
+
+REAL_ARCHIVER = os.path.join(os.path.dirname(sys.executable), "torch-model-archiver")
 
 
 @pytest.fixture(scope="module")
-def streaming_server():
-    server = start_server({"streaming": "streaming", "echo": "echo"}, "--batch-size", "4",
-                          "--max-batch-delay", "20")
+def streaming_server(tmp_path_factory):
+    export = tmp_path_factory.mktemp("export")
+    handler = os.path.join(TEST_MODELS, "streaming", "streaming_handler.py")
+    result = subprocess.run([REAL_ARCHIVER, "--model-name", "streaming", "--version", "1.0",
+                             "--handler", handler, "--export-path", str(export)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    server = start_server({"streaming": str(export / "streaming.mar"), "echo": "echo"},
+                          "--batch-size", "4", "--max-batch-delay", "20")
     yield server
     finish(server)
 
