@@ -305,3 +305,14 @@ def test_load_failed_frames_round_trip_and_garbage_is_dropped(core):
     assert p.parse_load_failed(frames[2])["error"] == "boom"
     core.on_back([WORKER, p.VERSION, p.W_LOAD_FAILED, p.packb({"model": 1})], 0)
     assert core.describe()["models"][0]["loadError"] is None
+
+
+def test_model_default_deadline_applies_and_caps_the_callers(core):
+    add(core, default_timeout_ms=10)  # clientTimeoutInMills in a model-config.yaml
+    request(core, b"default", 0)  # timeout 0: the model's default deadline
+    request(core, b"longer", 0, timeout_ms=60_000)  # never later than the model's
+    core.on_tick(9 * MS)
+    assert errors(take_front(core)) == []
+    core.on_tick(10 * MS)
+    assert errors(take_front(core)) == [(b"default", "deadline_exceeded"),
+                                        (b"longer", "deadline_exceeded")]
