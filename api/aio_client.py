@@ -39,6 +39,7 @@ from api.client_helpers import (
     POLLIN,
     HeaderCache,
     Reply,
+    connect_dealer,
     decode_control,
     decode_reply,
     encode_body,
@@ -116,11 +117,7 @@ class AsyncClient:
         #: the timeout of requests that name none; None/0 means the model's default
         self.timeout_ms = timeout_ms or 0
         self._context = context or zmq.Context.instance()
-        sock = self._context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
-        sock.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
-        sock.connect(address)
+        sock = connect_dealer(self._context, address)
         self._socket = sock
         self._fd: int = sock.getsockopt(zmq.FD)
         self._loop: asyncio.AbstractEventLoop | None = None

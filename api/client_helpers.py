@@ -45,6 +45,16 @@ EVENTS = int(zmq.EVENTS)
 POLLIN = int(zmq.POLLIN)
 
 
+def connect_dealer(context: zmq.Context, address: str) -> zmq.Socket:
+    """The client's one DEALER to the broker: no linger on close, deep queues both ways."""
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
+    sock.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
+    sock.connect(address)
+    return sock
+
+
 class Reply:
     """One answer to a request: HTTP-style status, content type, headers and the raw body."""
 
