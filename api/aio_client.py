@@ -144,14 +144,8 @@ class AsyncClient:
         means the client's default, 0 the model's. Without a reply within timeout_ms plus a
         grace, raises DeadlineExceeded and forgets the request.
         """
-        if timeout_ms is None:
-            timeout_ms = self.timeout_ms
-        payload, ctype = encode_body(body, content_type)
-        route, meta = self._headers.frames(model, version, timeout_ms, ctype, headers,
-                                           request_id)
-        answer = await self._call(protocol.encode_request, route, meta, payload,
-                                  wait_ms(timeout_ms), model)
-        return decode_reply(*answer)
+        return await self._request(model, body, version, timeout_ms, content_type, headers,
+                                   request_id, False)
 
     async def predict_or_stream(self, model: str, body: Any, *, version: str | None = None,
                                 timeout_ms: int | None = None,
@@ -160,13 +154,21 @@ class AsyncClient:
                                 request_id: str | None = None) -> Reply | ReplyStream:
         """As `predict`, but a reply that streams resolves at its first chunk, as a
         ReplyStream (whose `chunks()` must then be consumed)."""
+        return await self._request(model, body, version, timeout_ms, content_type, headers,
+                                   request_id, True)
+
+    async def _request(self, model: str, body: Any, version: str | None,
+                       timeout_ms: int | None, content_type: str | None,
+                       headers: dict[str, str] | None, request_id: str | None,
+                       stream: bool) -> Reply | ReplyStream:
+        """One request: encode, send, await; with stream, the first chunk resolves it."""
         if timeout_ms is None:
             timeout_ms = self.timeout_ms
         payload, ctype = encode_body(body, content_type)
         route, meta = self._headers.frames(model, version, timeout_ms, ctype, headers,
                                            request_id)
         answer = await self._call(protocol.encode_request, route, meta, payload,
-                                  wait_ms(timeout_ms), model, True)
+                                  wait_ms(timeout_ms), model, stream)
         if answer[0] is None:
             return answer[1]
         return decode_reply(*answer)

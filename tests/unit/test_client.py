@@ -9,24 +9,14 @@ import pytest
 
 import api.client_helpers as helpers
 from api.client import Client, PendingReply, Reply
+from tests.unit.test_client_fakebroker import (
+    FakeBroker,
+    control_reply,
+    echo,
+    error_frames,
+    reply_frames,
+)
 from zerobatch import errors, protocol
-
-try:
-    from tests.unit.test_client_fakebroker import (
-        FakeBroker,
-        control_reply,
-        echo,
-        error_frames,
-        reply_frames,
-    )
-except ImportError:  # pytest's rootdir-less import mode puts tests/unit on the path
-    from test_client_fakebroker import (
-        FakeBroker,
-        control_reply,
-        echo,
-        error_frames,
-        reply_frames,
-    )
 
 SHORT_MS = 3000
 

@@ -10,12 +10,8 @@ import uvloop
 
 import api.client_helpers as helpers
 from api.client import AsyncClient
+from tests.unit.test_client_fakebroker import FakeBroker, echo, error_frames, reply_frames
 from zerobatch import errors, protocol
-
-try:
-    from tests.unit.test_client_fakebroker import FakeBroker, echo, error_frames, reply_frames
-except ImportError:  # pytest's rootdir-less import mode puts tests/unit on the path
-    from test_client_fakebroker import FakeBroker, echo, error_frames, reply_frames
 
 WAIT_S = 5.0
 

@@ -11,12 +11,8 @@ import uvloop
 from api.aio_client import ReplyStream
 from api.client import AsyncClient, Client
 from api.client_helpers import Reply
+from tests.unit.test_client_fakebroker import FakeBroker, error_frames, reply_frames
 from zerobatch import errors, protocol
-
-try:
-    from tests.unit.test_client_fakebroker import FakeBroker, error_frames, reply_frames
-except ImportError:  # pytest's rootdir-less import mode puts tests/unit on the path
-    from test_client_fakebroker import FakeBroker, error_frames, reply_frames
 
 WAIT_S = 5.0
 

@@ -12,25 +12,15 @@ import pytest
 import api.client_helpers as client_helpers
 import api.http_app as http_app
 from api.http_app import create_app
+from tests.unit.test_client_fakebroker import (
+    FakeBroker,
+    control_reply,
+    echo,
+    error_frames,
+    reply_frames,
+)
 from zerobatch import errors, protocol
 from zerobatch.config import FrontendConfig
-
-try:
-    from tests.unit.test_client_fakebroker import (
-        FakeBroker,
-        control_reply,
-        echo,
-        error_frames,
-        reply_frames,
-    )
-except ImportError:  # pytest's rootdir-less import mode puts tests/unit on the path
-    from test_client_fakebroker import (
-        FakeBroker,
-        control_reply,
-        echo,
-        error_frames,
-        reply_frames,
-    )
 
 WAIT_S = 10.0
 

@@ -17,12 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.test_client_fakebroker import FakeBroker, echo
 from zerobatch.config import FrontendConfig
-
-try:
-    from tests.unit.test_client_fakebroker import FakeBroker, echo
-except ImportError:  # pytest's rootdir-less import mode puts tests/unit on the path
-    from test_client_fakebroker import FakeBroker, echo
 
 REPO = Path(__file__).resolve().parents[2]
 START_S = 20.0
