@@ -21,6 +21,7 @@ from zerobatch import protocol as p
 from zerobatch.config import ModelConfig
 from zerobatch.errors import (
     DeadlineExceeded,
+    DeadlineUnreachable,
     ModelLoadFailed,
     ModelNotFound,
     ProtocolError,
@@ -190,9 +191,15 @@ class BrokerCore:
         timeout_ns = timeout_ms * _NS_PER_MS
         if not timeout_ns or timeout_ns > queue.deadline_ns:
             timeout_ns = queue.deadline_ns
+        deadline_ns = now_ns + timeout_ns
+        if expected_finish_ns(queue, now_ns) > deadline_ns:
+            raise DeadlineUnreachable(
+                f"Model {queue.config.name} cannot answer before this request's deadline "
+                f"({timeout_ns // _NS_PER_MS} ms): {len(queue.aggregator)} requests wait ahead "
+                "of it; retry later or with a longer timeout")
         request_id = self._next_request_id
         self._next_request_id = request_id + 1
-        if not queue.aggregator.push(request_id, now_ns, now_ns + timeout_ns):
+        if not queue.aggregator.push(request_id, now_ns, deadline_ns):
             raise QueueFull(f"Model {queue.config.name} has {queue.config.max_queue} requests "
                             "waiting, its queue is full; retry later")
         queue.pending[request_id] = (identity, rid, frames[5], body)
@@ -461,6 +468,32 @@ class BrokerCore:
                     ],
                 })
         return {"models": models}
+
+
+def expected_finish_ns(queue: ModelQueue, now_ns: int) -> int:
+    """When a request arriving now at this queue would be answered, as the run times learned
+    from its workers predict; 0 (no refusal) before any batch ran or while no worker serves it.
+
+    The waiting requests run first, batch_size at a time on each of the W workers, after the
+    batches in flight (counted as one whole run when no worker is idle: the estimate errs
+    towards refusing, because a request accepted and then expired costs the caller its whole
+    deadline while a refusal costs it a round trip). A partial batch that does not dispatch at
+    once (policy full_delay) waits up to max_batch_delay first. Admission control like this
+    keeps an overloaded server answering what it accepts in time instead of letting every
+    request wait until it expires."""
+    aggregator = queue.aggregator
+    batch_size = queue.config.batch_size
+    full_run_ns = aggregator.expected_run_ns(batch_size)
+    workers = len(queue.workers)
+    if not full_run_ns or not workers:
+        return 0
+    waiting = len(aggregator)
+    rounds_ahead = waiting // (batch_size * workers) + (0 if queue.idle else 1)
+    finish_ns = (now_ns + rounds_ahead * full_run_ns
+                 + aggregator.expected_run_ns(min(waiting + 1, batch_size)))
+    if not aggregator.adaptive:
+        finish_ns += aggregator.max_batch_delay_ns
+    return finish_ns
 
 
 def _as_bytes(frame: Any) -> bytes:

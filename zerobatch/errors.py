@@ -80,6 +80,15 @@ class QueueFull(ServingError, OverflowError):
     http_status = 503
 
 
+class DeadlineUnreachable(QueueFull):
+    """The requests already queued would keep this one past its deadline: refused at once,
+    rather than answered 504 after waiting in vain. A kind of QueueFull (the queue is full for
+    this deadline), so callers that retry on a full queue retry on this too."""
+
+    code = "deadline_unreachable"
+    http_status = 503
+
+
 class DeadlineExceeded(ServingError, TimeoutError):
     """The request's deadline passed before an answer was ready."""
 
@@ -137,6 +146,7 @@ _ALL: tuple[type[ServingError], ...] = (
     RequestTooLarge,
     ModelNotFound,
     QueueFull,
+    DeadlineUnreachable,
     DeadlineExceeded,
     HandlerError,
     PredictionError,

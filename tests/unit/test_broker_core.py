@@ -316,3 +316,35 @@ def test_model_default_deadline_applies_and_caps_the_callers(core):
     core.on_tick(10 * MS)
     assert errors(take_front(core)) == [(b"default", "deadline_exceeded"),
                                         (b"longer", "deadline_exceeded")]
+
+
+def test_request_that_would_miss_its_deadline_is_refused_at_once(core):
+    """Once a batch is known to take 10 ms, a 25 ms deadline admits what can finish within
+    two rounds (the batch in flight, then the next full batch) and refuses the rest at once."""
+    add(core, batch_size=2, max_queue=100, batch_policy="adaptive")
+    ready(core, 0)
+    request(core, b"warm-a", 0)
+    request(core, b"warm-b", 0)
+    (batch,) = take_back(core)  # adaptive: warm-a left alone at once
+    reply_batch(core, batch, 10 * MS)
+    (batch,) = take_back(core)  # then warm-b; both taught the estimate: 10 ms a batch
+    reply_batch(core, batch, 20 * MS)
+    take_front(core)
+    request(core, b"a", 20 * MS)  # the worker is idle: a runs at once
+    assert len(take_back(core)) == 1
+    for name in (b"b", b"c", b"d", b"e"):
+        request(core, name, 20 * MS, timeout_ms=25)
+    answers = take_front(core)
+    # a in flight (one round), then b and c as one full batch: done by 40 ms < 45 ms.
+    # d and e would need a third round (50 ms).
+    assert errors(answers) == [(b"d", "deadline_unreachable"), (b"e", "deadline_unreachable")]
+    code, message, status = p.parse_error_info(answers[0][4])
+    assert status == 503 and "echo" in message and "25 ms" in message
+
+
+def test_admission_never_refuses_before_a_run_time_is_known(core):
+    add(core, batch_size=2, max_queue=100)
+    ready(core, 0)
+    for i in range(20):
+        request(core, b"r%d" % i, 0, timeout_ms=1)
+    assert errors(take_front(core)) == []
