@@ -16,42 +16,23 @@ import argparse
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import tempfile
-import time
-import urllib.request
 
 from benchmarks.common import (
     BENCH_MODELS,
     ROOT,
+    free_port,
     processes,
     run_record,
+    wait_http,
     write_json,
     zerobatch_server,
 )
 
 PAYLOAD = b"x" * 100
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_http(url: str, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{url} did not answer within {timeout_s} s")
 
 
 def wrk(url: str, connections: int, threads: int, duration_s: int, script: str) -> dict:
