@@ -57,6 +57,8 @@ __all__ = ["AsyncClient", "ReplyStream"]
 log = logging.getLogger(__name__)
 
 _PARTIAL = protocol.PARTIAL
+_VERSION = protocol.VERSION
+_REQUEST = protocol.REQUEST
 
 
 def _expire(future: asyncio.Future, what: str, limit_ms: int) -> None:
@@ -129,6 +131,9 @@ class AsyncClient:
         self._counter = itertools.count(1)
         self._headers = HeaderCache()
         self._drain_scheduled = False
+        #: requests of this loop turn after its first, sent together at its end; None when
+        #: the turn has sent none yet
+        self._outbox: list | None = None
         self._closed = False
 
     # ------------------------------------------------------------------ requests
@@ -167,8 +172,8 @@ class AsyncClient:
         payload, ctype = encode_body(body, content_type)
         route, meta = self._headers.frames(model, version, timeout_ms, ctype, headers,
                                            request_id)
-        answer = await self._call(protocol.encode_request, route, meta, payload,
-                                  wait_ms(timeout_ms), model, stream)
+        answer = await self._call(None, route, meta, payload, wait_ms(timeout_ms), model,
+                                  stream)
         if answer[0] is None:
             return answer[1]
         return decode_reply(*answer)
@@ -221,7 +226,10 @@ class AsyncClient:
         if streams:
             self._stream_rids.add(rid)
         try:
-            self._send(encode(rid, a, b, c))
+            if encode is None:
+                self._post_request(rid, a, b, c)
+            else:
+                self._send(encode(rid, a, b, c))
             answer = await future
             if answer[0] is None:  # a ReplyStream: it needs the rest of the deadline
                 stream = answer[1]
@@ -233,6 +241,30 @@ class AsyncClient:
                 self._stream_rids.discard(rid)
             if pending.pop(rid, None) is not None and self._chunks:
                 self._chunks.pop(rid, None)
+
+    def _post_request(self, rid: bytes, route: bytes, meta: bytes, body: Any) -> None:
+        """Send a request: the first of a loop turn at once (no added latency), the ones after
+        it in the same turn together in one REQUEST message at the turn's end (see
+        "Coalescing" in zerobatch/protocol.py: one message per turn, not one per request)."""
+        outbox = self._outbox
+        if outbox is None:
+            self._send([_VERSION, _REQUEST, rid, route, meta, body])
+            self._outbox = []
+            self._loop.call_soon(self._flush_outbox)
+        else:
+            outbox += (rid, route, meta, body)
+
+    def _flush_outbox(self) -> None:
+        outbox, self._outbox = self._outbox, None
+        if not outbox or self._closed:
+            return
+        try:
+            self._send([_VERSION, _REQUEST, *outbox])
+        except BrokerUnavailable as exc:
+            for rid in outbox[::4]:
+                future = self._pending.get(rid)
+                if future is not None and not future.done():
+                    future.set_exception(BrokerUnavailable(exc.message))
 
     def _send(self, frames: list) -> None:
         sock = self._socket
@@ -270,37 +302,44 @@ class AsyncClient:
             while socket_get(sock, EVENTS) & POLLIN:
                 frames = recv(NOBLOCK)
                 try:
-                    command, rid, meta, body = protocol.parse_client_reply(frames)
+                    replies = protocol.parse_client_replies(frames)
                 except ProtocolError as exc:
                     log.warning("dropped a malformed reply: %s", exc)
                     continue
-                if streams and rid in streams:
-                    self._to_stream(rid, command, meta, body)
-                    continue
-                future = pending.get(rid)
-                if future is None:
-                    log.debug("dropped a late reply for rid %s", rid.hex())
-                    continue
-                if command == _PARTIAL:
-                    if rid in self._stream_rids and not future.done():
-                        del pending[rid]
-                        stream = ReplyStream(meta, self._loop, 0, "a streamed reply",
-                                             lambda rid=rid: streams.pop(rid, None))
-                        stream._push((None, meta, body))
-                        streams[rid] = stream
-                        future.set_result((None, stream))
+                for command, rid, meta, body in replies:
+                    if streams and rid in streams:
+                        self._to_stream(rid, command, meta, body)
                         continue
-                    self._chunks.setdefault(rid, []).append(body)
-                    continue
-                del pending[rid]
-                chunks = self._chunks.pop(rid, None) if self._chunks else None
-                if not future.done():
-                    future.set_result((command, meta, body, chunks))
+                    future = pending.get(rid)
+                    if future is None:
+                        log.debug("dropped a late reply for rid %s", rid.hex())
+                        continue
+                    if command == _PARTIAL:
+                        self._on_partial(rid, future, meta, body)
+                        continue
+                    del pending[rid]
+                    chunks = self._chunks.pop(rid, None) if self._chunks else None
+                    if not future.done():
+                        future.set_result((command, meta, body, chunks))
         except zmq.Again:
             pass
         except zmq.ZMQError as exc:  # the socket was closed under us
             if not self._closed:
                 log.error("the client socket failed: %s", exc)
+
+    def _on_partial(self, rid: bytes, future: asyncio.Future, meta: Any, body: Any) -> None:
+        """A streamed chunk for a request still awaited: it becomes a ReplyStream when the
+        caller takes one, else the chunk is kept for the final reply."""
+        if rid in self._stream_rids and not future.done():
+            streams = self._streams
+            del self._pending[rid]
+            stream = ReplyStream(meta, self._loop, 0, "a streamed reply",
+                                 lambda: streams.pop(rid, None))
+            stream._push((None, meta, body))
+            streams[rid] = stream
+            future.set_result((None, stream))
+            return
+        self._chunks.setdefault(rid, []).append(body)
 
     def _to_stream(self, rid: bytes, command: bytes, meta: Any, body: Any) -> None:
         stream = self._streams[rid]

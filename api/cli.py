@@ -66,8 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
                        metavar="MS", help="longest a partial batch waits (default: 100 ms)")
     start.add_argument("--batch-policy", choices=defaults.BATCH_POLICIES,
                        default=defaults.DEFAULT_BATCH_POLICY,
-                       help="adaptive: a partial batch that cannot fill goes at once; "
+                       help="adaptive: a free worker takes what waits; "
                             "full_delay: always wait max-batch-delay (TorchServe)")
+    start.add_argument("--admission", choices=defaults.ADMISSION_POLICIES,
+                       default=defaults.DEFAULT_ADMISSION,
+                       help="deadline: refuse (503) a request the queue would keep past its "
+                            "deadline; queue: refuse only when the queue is full (TorchServe)")
     start.add_argument("--max-queue", type=int, default=defaults.DEFAULT_MAX_QUEUE,
                        help="requests waiting per model before 503 (default: 100)")
     start.add_argument("--response-timeout", type=int,
@@ -131,7 +135,8 @@ def model_configs(args: argparse.Namespace) -> tuple[ModelConfig, ...]:
             name=name, path=full_path, version=version, workers=args.workers,
             batch_size=args.batch_size, max_batch_delay_ms=args.max_batch_delay,
             response_timeout_s=args.response_timeout, max_queue=args.max_queue,
-            default_timeout_ms=args.default_timeout_ms, batch_policy=args.batch_policy))
+            default_timeout_ms=args.default_timeout_ms, batch_policy=args.batch_policy,
+            admission=args.admission))
     return tuple(models)
 
 

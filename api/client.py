@@ -279,19 +279,21 @@ class Client:
             handle._answer = local_timeout(handle._what, handle._wait_ms)
 
     def _file(self, frames: list) -> None:
-        """File one received message under its rid; late and malformed replies are dropped."""
+        """File each reply of one received message under its rid; late and malformed replies
+        are dropped."""
         try:
-            command, rid, meta, body = protocol.parse_client_reply(frames)
+            replies = protocol.parse_client_replies(frames)
         except ProtocolError as exc:
             log.warning("dropped a malformed reply: %s", exc)
             return
-        if command == _PARTIAL:
-            if rid in self._pending:
-                self._chunks.setdefault(rid, []).append(body)
-            return
-        handle = self._pending.pop(rid, None)
-        if handle is None:
-            log.debug("dropped a late reply for rid %s", rid.hex())
-            return
-        chunks = self._chunks.pop(rid, None) if self._chunks else None
-        handle._answer = (command, meta, body, chunks)
+        for command, rid, meta, body in replies:
+            if command == _PARTIAL:
+                if rid in self._pending:
+                    self._chunks.setdefault(rid, []).append(body)
+                continue
+            handle = self._pending.pop(rid, None)
+            if handle is None:
+                log.debug("dropped a late reply for rid %s", rid.hex())
+                continue
+            chunks = self._chunks.pop(rid, None) if self._chunks else None
+            handle._answer = (command, meta, body, chunks)

@@ -42,7 +42,7 @@ class ModelQueue:
     """One model version: its aggregator, waiting payloads, and idle workers (LRU first)."""
 
     __slots__ = ("config", "aggregator", "pending", "idle", "workers", "batch_sizes",
-                 "requests_total", "deadline_ns", "load_error")
+                 "requests_total", "deadline_ns", "refuses_late", "load_error")
 
     def __init__(self, config: ModelConfig, aggregator: Any) -> None:
         self.config = config
@@ -54,6 +54,8 @@ class ModelQueue:
         self.batch_sizes: dict[int, int] = {}
         self.requests_total = 0
         self.deadline_ns = config.deadline_ms * _NS_PER_MS
+        #: admission "deadline": refuse at arrival what the queue would make late
+        self.refuses_late = config.admission == "deadline"
         #: why the last worker failed to load the model; cleared when a worker says READY
         self.load_error: str | None = None
 
@@ -154,13 +156,11 @@ class BrokerCore:
         except ProtocolError as exc:
             log.warning("dropped a malformed client message: %s", exc)
             return
+        if command == p.REQUEST:
+            self._on_requests(identity, frames, now_ns)
+            return
         try:
-            if command == p.REQUEST:
-                if len(frames) != 7:
-                    raise ProtocolError("REQUEST must be [VERSION, REQUEST, rid, route, "
-                                        "meta, body]")
-                self._on_request(identity, rid, frames, now_ns)
-            elif command == p.CONTROL:
+            if command == p.CONTROL:
                 self._on_control(identity, rid, frames, now_ns)
             else:
                 raise ProtocolError(f"unknown client command {command!r}")
@@ -169,10 +169,37 @@ class BrokerCore:
                 log.warning("bad client message: %s", exc)
             self.out_front.append([identity] + p.encode_error(rid, *exc.to_wire()))
 
-    def _on_request(self, identity: bytes, rid: bytes, frames: list, now_ns: int) -> None:
+    def _on_requests(self, identity: bytes, frames: list, now_ns: int) -> None:
+        """A REQUEST message: one or more (rid, route, meta, body) groups, each answered on its
+        own (an error for one request never touches the others)."""
+        count, extra = divmod(len(frames) - 3, 4)
+        if extra or not 1 <= count <= p.MAX_BATCH_ITEMS:
+            log.warning("bad client message: REQUEST must be [VERSION, REQUEST] and 1 to %d "
+                        "(rid, route, meta, body) groups", p.MAX_BATCH_ITEMS)
+            self.out_front.append([identity] + p.encode_error(
+                _as_bytes(frames[3]), *ProtocolError(
+                    "REQUEST must be [VERSION, REQUEST, rid, route, meta, body, ...]"
+                ).to_wire()))
+            return
+        for base in range(3, len(frames), 4):
+            rid = _as_bytes(frames[base])
+            if len(rid) > p.MAX_RID_BYTES:  # it cannot be echoed: nobody to answer
+                log.warning("dropped a client request with an id longer than %d bytes",
+                            p.MAX_RID_BYTES)
+                continue
+            try:
+                self._on_request(identity, rid, frames[base + 1], frames[base + 2],
+                                 frames[base + 3], now_ns)
+            except ServingError as exc:
+                if isinstance(exc, ProtocolError):
+                    log.warning("bad client request: %s", exc)
+                self.out_front.append([identity] + p.encode_error(rid, *exc.to_wire()))
+
+    def _on_request(self, identity: bytes, rid: bytes, route_frame: Any, meta: Any, body: Any,
+                    now_ns: int) -> None:
         if self.shutting_down:
             raise ShuttingDown("the server is stopping")
-        route_bytes = _as_bytes(frames[4])
+        route_bytes = _as_bytes(route_frame)
         route = self._route_cache.get(route_bytes)
         if route is None:
             route = p.parse_route(route_bytes)
@@ -183,7 +210,6 @@ class BrokerCore:
         queue = self.find_model(model_name, version)
         if queue.load_error is not None and not queue.workers:
             raise ModelLoadFailed(queue.load_error)
-        body = frames[6]
         body_len = len(body.buffer) if hasattr(body, "buffer") else len(body)
         if body_len > self.max_request_bytes:
             raise RequestTooLarge(f"request body of {body_len} bytes exceeds the limit of "
@@ -192,7 +218,7 @@ class BrokerCore:
         if not timeout_ns or timeout_ns > queue.deadline_ns:
             timeout_ns = queue.deadline_ns
         deadline_ns = now_ns + timeout_ns
-        if expected_finish_ns(queue, now_ns) > deadline_ns:
+        if queue.refuses_late and expected_finish_ns(queue, now_ns) > deadline_ns:
             raise DeadlineUnreachable(
                 f"Model {queue.config.name} cannot answer before this request's deadline "
                 f"({timeout_ns // _NS_PER_MS} ms): {len(queue.aggregator)} requests wait ahead "
@@ -202,7 +228,7 @@ class BrokerCore:
         if not queue.aggregator.push(request_id, now_ns, deadline_ns):
             raise QueueFull(f"Model {queue.config.name} has {queue.config.max_queue} requests "
                             "waiting, its queue is full; retry later")
-        queue.pending[request_id] = (identity, rid, frames[5], body)
+        queue.pending[request_id] = (identity, rid, meta, body)
         queue.requests_total += 1
         self._schedule(queue, now_ns)
 

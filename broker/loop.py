@@ -18,6 +18,7 @@ import zmq
 
 from broker.core import BrokerCore
 from broker.supervisor import Supervisor
+from zerobatch.protocol import coalesce_client_messages
 from zerobatch.transport import recv_frames, send_frames
 
 log = logging.getLogger("zerobatch.broker")
@@ -120,7 +121,8 @@ class BrokerLoop:
         core = self.core
         for socket, out in ((self.front, core.out_front), (self.back, core.out_back)):
             if out:
-                for frames in out:
+                messages = coalesce_client_messages(out) if socket is self.front else out
+                for frames in messages:
                     try:
                         send_frames(socket, frames)
                     except zmq.Again:  # a peer's queue is full: it is gone or stuck

@@ -26,10 +26,18 @@ DEFAULT_MAX_QUEUE = 100
 DEFAULT_STARTUP_TIMEOUT_S = 120
 
 #: How the aggregator treats a partial batch while a worker is idle.
-#: "adaptive": dispatch at once when the arrival rate says waiting cannot fill the batch.
+#: "adaptive": a free worker takes what waits (batches fill by themselves under load).
 #: "full_delay": hold a partial batch for the whole max_batch_delay (TorchServe's behaviour).
 BATCH_POLICIES = ("adaptive", "full_delay")
 DEFAULT_BATCH_POLICY = "adaptive"
+
+#: Which requests the broker refuses at arrival (503).
+#: "deadline": those the queue ahead would keep past their deadline (DeadlineUnreachable),
+#:   and any when the queue is full; predicted from the run times the workers showed.
+#: "queue": only when the queue is full (TorchServe's behaviour); a request that cannot make
+#:   its deadline waits and is answered 504 when it passes.
+ADMISSION_POLICIES = ("deadline", "queue")
+DEFAULT_ADMISSION = "deadline"
 
 #: Where a model's workers run: "auto" (round robin over the GPUs, CPU when there are none),
 #: "gpu" (the same; TorchServe's deviceType: gpu), "cpu" (every worker on the CPU).
@@ -63,6 +71,7 @@ class ModelConfig:
     #: default deadline of a request, from its arrival; 0 means response_timeout_s
     default_timeout_ms: int = 0
     batch_policy: str = DEFAULT_BATCH_POLICY
+    admission: str = DEFAULT_ADMISSION
     #: GPUs this model may use (round robin); None means all the server's GPUs
     device_ids: tuple[int, ...] | None = None
     #: "auto", "gpu" or "cpu" (every worker of this model gets gpu_id None)
@@ -89,6 +98,9 @@ class ModelConfig:
         if self.batch_policy not in BATCH_POLICIES:
             raise ConfigError(f"model {self.name}: batch_policy {self.batch_policy!r} must be one "
                               f"of {', '.join(BATCH_POLICIES)}")
+        if self.admission not in ADMISSION_POLICIES:
+            raise ConfigError(f"model {self.name}: admission {self.admission!r} must be one of "
+                              f"{', '.join(ADMISSION_POLICIES)}")
         if self.device_ids is not None:
             object.__setattr__(self, "device_ids", tuple(self.device_ids))
         if self.device_type not in DEVICE_TYPES:

@@ -12,11 +12,21 @@ Every message starts with two frames: ``VERSION`` (``b"ZB1"``) and a one-byte co
 
 Client <-> broker (front ROUTER)::
 
-    REQUEST  [VERSION, REQUEST, rid, route, meta, body]
+    REQUEST  [VERSION, REQUEST, rid, route, meta, body, ...]  one or more requests: the
+                                                 (rid, route, meta, body) group repeats
     CONTROL  [VERSION, CONTROL, rid, control]
     REPLY    [VERSION, REPLY,   rid, reply_meta, body]
     ERROR    [VERSION, ERROR,   rid, error_info, b""]
     PARTIAL  [VERSION, PARTIAL, rid, reply_meta, body]      (a streamed chunk; REPLY ends it)
+    REPLIES  [VERSION, REPLIES, cmd_1, rid_1, a_1, b_1, ..., cmd_n, rid_n, a_n, b_n]
+                 several of the three above, in order, to one client (cmd_i is REPLY, ERROR
+                 or PARTIAL; a_i, b_i its two frames)
+
+Coalescing. Every ZeroMQ message costs a fixed amount of work in each process it crosses (a
+send, a receive, a wake-up of libzmq's I/O thread), more than its bytes cost. So a client with
+many requests in flight may put the requests it makes in one event-loop turn into one REQUEST
+message, and the broker sends what one of its turns has for one client as one REPLIES
+message. A message holds at most MAX_BATCH_ITEMS items.
 
     rid         opaque bytes (at most MAX_RID_BYTES) chosen by the client, echoed verbatim
     route       msgpack [model: str, version: str | None, timeout_ms: int]; 0 = model default.
@@ -72,6 +82,7 @@ REPLY = b"\x02"
 ERROR = b"\x03"
 CONTROL = b"\x04"
 PARTIAL = b"\x05"
+REPLIES = b"\x06"
 
 # Worker commands (back ROUTER).
 W_READY = b"\x11"
@@ -226,12 +237,61 @@ def error_frames(err: Any) -> tuple[bytes, bytes, bytes]:
     return ERROR, encode_error_info(err.code, err.message, err.http_status), b""
 
 
-def parse_client_reply(frames: Sequence[Any]) -> tuple[bytes, bytes, Any, Any]:
-    """Split a reply the client received: (command, rid, a, b), command in REPLY/ERROR/PARTIAL."""
+_CLIENT_REPLY_COMMANDS = frozenset((REPLY, ERROR, PARTIAL))
+
+
+def parse_client_replies(frames: Sequence[Any]) -> list[tuple[bytes, bytes, Any, Any]]:
+    """Split a message the client received into its replies, [(command, rid, a, b), ...] with
+    command in REPLY/ERROR/PARTIAL: one for those commands, one per item for REPLIES."""
     command = check_envelope(frames, 5)
-    if command not in (REPLY, ERROR, PARTIAL):
+    if command in _CLIENT_REPLY_COMMANDS:
+        if len(frames) != 5:
+            raise ProtocolError(f"a reply has 5 frames, this one {len(frames)}")
+        return [(command, bytes(frames[2]), frames[3], frames[4])]
+    if command != REPLIES:
         raise ProtocolError(f"unexpected command {command!r} for a client")
-    return command, bytes(frames[2]), frames[3], frames[4]
+    count, extra = divmod(len(frames) - 2, 4)
+    if extra or count > MAX_BATCH_ITEMS:
+        raise ProtocolError("REPLIES items must come in (cmd, rid, a, b) groups, at most "
+                            f"{MAX_BATCH_ITEMS}")
+    replies = []
+    for base in range(2, len(frames), 4):
+        item_command = bytes(frames[base])
+        if item_command not in _CLIENT_REPLY_COMMANDS:
+            raise ProtocolError(f"unexpected command {item_command!r} in REPLIES")
+        replies.append((item_command, bytes(frames[base + 1]), frames[base + 2],
+                        frames[base + 3]))
+    return replies
+
+
+def coalesce_client_messages(messages: list[list]) -> list[list]:
+    """The broker's outgoing client messages, [identity, VERSION, cmd, rid, a, b] each, with
+    each identity's messages merged into REPLIES messages of at most MAX_BATCH_ITEMS items
+    (order kept within each identity): one send per client per turn instead of one per reply.
+    """
+    if len(messages) < 2:
+        return messages
+    singles: dict[bytes, list] = {}  # identity -> its only message so far
+    merged: dict[bytes, list] = {}   # identity -> its REPLIES message being filled
+    done: list[list] = []
+    for message in messages:
+        identity = message[0]
+        open_replies = merged.get(identity)
+        if open_replies is not None:
+            if len(open_replies) >= 3 + 4 * MAX_BATCH_ITEMS:
+                done.append(open_replies)
+                merged[identity] = [identity, VERSION, REPLIES, *message[2:]]
+            else:
+                open_replies.extend(message[2:])
+            continue
+        first = singles.pop(identity, None)
+        if first is None:
+            singles[identity] = message
+        else:
+            merged[identity] = [identity, VERSION, REPLIES, *first[2:], *message[2:]]
+    done.extend(singles.values())
+    done.extend(merged.values())
+    return done
 
 
 # ---------------------------------------------------------------- worker side

@@ -154,7 +154,7 @@ def shared_server():
         {"echo": "echo", "reporter": "batch_size_reporter", "slow": "slow",
          "failing": "failing"},
         "--batch-size", "4", "--max-batch-delay", "300", "--batch-policy", "full_delay",
-        "--max-queue", "8", "--frontends", "2")
+        "--max-queue", "8", "--frontends", "2", "--admission", "queue")
     yield server
     finish(server)
 

@@ -128,6 +128,27 @@ def test_zeromq_timeout_becomes_the_broker_deadline(shared_server):
             handle.result()
 
 
+def test_request_that_cannot_make_its_deadline_is_refused_at_once(make_server):
+    """Default admission ("deadline"): once the broker has seen a batch take 400 ms, a 150 ms
+    request behind a running batch is refused with 503 at once instead of waiting to expire;
+    the batch it would have waited for is untouched, and a patient request is served."""
+    server = make_server({"slow": "slow"}, "--batch-size", "1", "--max-queue", "8")
+    status, _h, _b = server.predict("slow", slow_body(400, "teach"))
+    assert status == 200
+    with server.client() as client:
+        running = client.submit("slow", {"sleep_ms": 400, "tag": "running"}, timeout_ms=10_000)
+        wait_busy(server, "slow")
+        started = time.monotonic()
+        status, _h, body = server.predict("slow", slow_body(0, "late"), timeout_ms=150)
+        refused_in_s = time.monotonic() - started
+        assert status == 503 and json_body(body)["type"] == "DeadlineUnreachable", body
+        assert "150 ms" in json_body(body)["message"]
+        assert refused_in_s < 0.1  # refused on arrival, not at its deadline
+        assert running.result().status == 200
+    status, _h, _b = server.predict("slow", slow_body(0, "patient"), timeout_ms=5_000)
+    assert status == 200
+
+
 def test_full_queue_answers_503_at_once(shared_server):
     with shared_server.client() as client:
         running = [client.submit("slow", {"sleep_ms": 800, "tag": f"q{i}"}, timeout_ms=20_000)
@@ -198,9 +219,13 @@ def test_garbage_frames_do_not_hurt_the_broker(shared_server):
         for frames in ([b"junk"], [p.VERSION, b"\xff"], [p.VERSION, p.REQUEST, b"r", b"\xc1"],
                        [p.VERSION, p.REQUEST, b"r", b"\xc1", b"", b""]):
             dealer.send_multipart(frames)
-        assert dealer.poll(2000)  # the well-formed envelope with a bad route gets an error
-        reply = dealer.recv_multipart()
-        assert reply[1] == p.ERROR and p.parse_error_info(reply[3])[0] == "protocol_error"
+        # the two well-formed envelopes (a short REQUEST, a bad route) each get an error,
+        # possibly together in one REPLIES message
+        answers = []
+        while len(answers) < 2 and dealer.poll(2000):
+            answers += p.parse_client_replies(dealer.recv_multipart())
+        assert [(command, rid, p.parse_error_info(info)[0])
+                for command, rid, info, _b in answers] == [(p.ERROR, b"r", "protocol_error")] * 2
     finally:
         dealer.close()
     status, _h, _b = shared_server.predict("echo", b"{}")

@@ -348,3 +348,43 @@ def test_admission_never_refuses_before_a_run_time_is_known(core):
     for i in range(20):
         request(core, b"r%d" % i, 0, timeout_ms=1)
     assert errors(take_front(core)) == []
+
+
+def test_admission_queue_lets_a_late_request_wait_and_expire(core):
+    """admission="queue" (TorchServe's behaviour): refused only when the queue is full."""
+    add(core, batch_size=1, max_queue=100, batch_policy="adaptive", admission="queue")
+    ready(core, 0)
+    request(core, b"teach", 0)
+    reply_batch(core, take_back(core)[0], 100 * MS)
+    request(core, b"running", 100 * MS)
+    request(core, b"late", 100 * MS, timeout_ms=50)
+    assert errors(take_front(core)) == []
+    core.on_tick(150 * MS)
+    assert errors(take_front(core)) == [(b"late", "deadline_exceeded")]
+
+
+def test_one_request_message_may_hold_several_requests(core):
+    """Each group of a coalesced REQUEST is its own request: queued, batched and answered on
+    its own; a bad group gets its own error and the others go on."""
+    add(core, batch_size=3, max_queue=8)
+    ready(core, 0)
+    route = p.encode_route("echo", None, 0)
+    meta = p.encode_meta("text/plain")
+    frames = [CLIENT, p.VERSION, p.REQUEST,
+              b"r1", route, meta, b"one",
+              b"bad", p.encode_route("nope", None, 0), meta, b"x",
+              b"r2", route, meta, b"two",
+              b"r3", route, meta, b"three"]
+    core.on_front(frames, 0)
+    assert errors(take_front(core)) == [(b"bad", "model_not_found")]
+    (batch,) = take_back(core)
+    assert batch[5::2] == [b"one", b"two", b"three"]
+    reply_batch(core, batch, MS)
+    assert [m[3] for m in take_front(core)] == [b"r1", b"r2", b"r3"]
+
+
+def test_request_message_with_an_incomplete_group_is_refused(core):
+    add(core)
+    route = p.encode_route("echo", None, 0)
+    core.on_front([CLIENT, p.VERSION, p.REQUEST, b"r1", route, b"meta", b"body", b"r2"], 0)
+    assert errors(take_front(core)) == [(b"r1", "protocol_error")]

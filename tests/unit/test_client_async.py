@@ -179,3 +179,38 @@ def test_close_fails_pending_calls_and_refuses_new_ones(run, broker):
             await client.predict("m", b"x")
         client.close()  # idempotent
     run(main())
+
+
+def test_requests_of_one_loop_turn_share_a_message_after_the_first(run):
+    """The first request of a turn goes out at once; the others of that turn follow together
+    in one REQUEST message, and every one of them is answered (REPLIES in one message too)."""
+    import zmq
+
+    router = zmq.Context.instance().socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+
+    def receive_messages(count: int) -> list[list[bytes]]:
+        messages = []
+        while len(messages) < count and router.poll(int(WAIT_S * 1000)):
+            messages.append(router.recv_multipart())
+        return messages
+
+    async def main():
+        async with AsyncClient(f"tcp://127.0.0.1:{port}", timeout_ms=5000) as client:
+            tasks = [asyncio.ensure_future(client.predict("m", b"%d" % i)) for i in range(5)]
+            first, rest = await asyncio.to_thread(receive_messages, 2)
+            assert len(first) == 1 + 2 + 4 and len(rest) == 1 + 2 + 4 * 4
+            rids = [first[3]] + rest[3::4]
+            replies = [rest[0], protocol.VERSION, protocol.REPLIES]
+            for index, rid in enumerate(rids):
+                replies += [protocol.REPLY, rid, protocol.encode_reply_meta(200, "text/plain"),
+                            b"r%d" % index]
+            router.send_multipart(replies)
+            answers = await asyncio.gather(*tasks)
+            assert [a.body for a in answers] == [b"r%d" % i for i in range(5)]
+
+    try:
+        run(main())
+    finally:
+        router.close()

@@ -126,18 +126,26 @@ class FakeBroker:
             sock.close(linger=0)
 
     def _handle(self, frames: list) -> None:
+        """One message: a CONTROL, or a REQUEST holding one or more requests (each filed and
+        answered on its own, as the real broker does)."""
         identity, envelope = frames[0], frames[1:]
         command = protocol.check_envelope(envelope, 3)
-        rid = envelope[2]
         if command == protocol.REQUEST:
-            content_type, headers, request_id = protocol.parse_meta(envelope[4])
-            msg = Received(identity, command, rid, route=protocol.parse_route(envelope[3]),
-                           content_type=content_type, headers=headers,
-                           request_id=request_id, body=envelope[5])
+            assert (len(envelope) - 2) % 4 == 0, "REQUEST items come in groups of 4"
+            for base in range(2, len(envelope), 4):
+                rid, route, meta, body = envelope[base:base + 4]
+                content_type, headers, request_id = protocol.parse_meta(meta)
+                self._file(Received(identity, command, rid, route=protocol.parse_route(route),
+                                    content_type=content_type, headers=headers,
+                                    request_id=request_id, body=body))
         elif command == protocol.CONTROL:
-            msg = Received(identity, command, rid, control=protocol.parse_control(envelope[3]))
+            self._file(Received(identity, command, envelope[2],
+                                control=protocol.parse_control(envelope[3])))
         else:
             raise AssertionError(f"a client sent command {command!r}")
+
+    def _file(self, msg: Received) -> None:
+        identity = msg.identity
         self.received.put(msg)
         if self.handler is not None:
             answer = self.handler(msg)
@@ -158,7 +166,8 @@ def test_fake_broker_echoes_a_raw_dealer() -> None:
             dealer.send_multipart(protocol.encode_request(
                 b"r1", protocol.encode_route("m", None, 0),
                 protocol.encode_meta("text/plain"), b"hi"))
-            command, rid, meta, body = protocol.parse_client_reply(dealer.recv_multipart())
+            ((command, rid, meta, body),) = protocol.parse_client_replies(
+                dealer.recv_multipart())
         finally:
             dealer.close()
         assert (command, rid, body) == (protocol.REPLY, b"r1", b"hi")
