@@ -5,6 +5,7 @@ Processes started by the benchmarks, each in its own interpreter:
     python -m benchmarks.floor relay FRONT BACK   # Python loop: ROUTER front -> DEALER back
     python -m benchmarks.floor proxy FRONT BACK   # the same in C: libzmq's zmq_proxy
     python -m benchmarks.floor echo BACK          # a DEALER that sends every message back
+    python -m benchmarks.floor zb-echo BACK       # the same, answering in zerobatch's protocol
 
 The client side is a DEALER, so the path is the broker's: client DEALER -> ROUTER -> ... ->
 worker DEALER and back. The relay forwards each message as it comes (no queueing, no
@@ -57,9 +58,30 @@ def echo(back_address: str) -> None:
         socket.send_multipart(socket.recv_multipart())
 
 
+def zb_echo(back_address: str) -> None:
+    """Answer each zerobatch REQUEST (one or more requests) with the bodies, as REPLY or
+    REPLIES: the floor for our own client (api.aio_client), with no broker and no worker."""
+    from zerobatch import protocol as p
+
+    context = zmq.Context()
+    socket = context.socket(zmq.DEALER)
+    socket.connect(back_address)
+    meta = p.encode_reply_meta(200, "application/octet-stream")
+    while True:
+        frames = socket.recv_multipart()  # [client identity, VERSION, REQUEST, groups...]
+        groups = frames[3:]
+        if len(groups) == 4:
+            socket.send_multipart([frames[0], p.VERSION, p.REPLY, groups[0], meta, groups[3]])
+            continue
+        reply = [frames[0], p.VERSION, p.REPLIES]
+        for base in range(0, len(groups), 4):
+            reply += (p.REPLY, groups[base], meta, groups[base + 3])
+        socket.send_multipart(reply)
+
+
 def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    commands = {"relay": relay, "proxy": proxy, "echo": echo}
+    commands = {"relay": relay, "proxy": proxy, "echo": echo, "zb-echo": zb_echo}
     if not argv or argv[0] not in commands:
         print(f"usage: python -m benchmarks.floor {{{','.join(commands)}}} ADDRESS...",
               file=sys.stderr)

@@ -5,7 +5,7 @@ benchmark section, so every published figure traces back to a single recorded ru
 
 The report reads only run.json, never the histograms themselves: a record's "result" (a
 LoadResult.to_dict()) already carries the summaries, and these keys are the contract with the
-load generator: result["latency_ms"] = {"p50", "p90", "p99", "p999", "mean", "max", "count"}
+load generator: result["latency"] = {"p50", "p90", "p99", "p999", "mean", "max", "count"}
 (ms), result["rps"], result["errors"] ({status or error type: count}), result["ok"],
 result["sent"]. Optional run.json keys read when present: "command" (the harness's command
 line), "servers" (the servers the run meant to compare; default SERVERS) and "missing"
@@ -95,7 +95,7 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
 def latency(record: dict | None, key: str):
     if record is None:
         return None
-    return (record.get("result") or {}).get("latency_ms", {}).get(key)
+    return (record.get("result") or {}).get("latency", {}).get(key)
 
 
 def rps(record: dict | None):

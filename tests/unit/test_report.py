@@ -21,7 +21,7 @@ def result(rps: float, p50: float, errors: dict | None = None) -> dict:
     latency_ms = {"p50": p50, "p90": p50 * 2, "p99": p50 * 4, "p999": p50 * 8,
                   "mean": p50 * 1.1, "max": p50 * 10, "count": int(rps * 10)}
     return {"rps": rps, "ok": int(rps * 10), "sent": int(rps * 10) + sum((errors or {}).values()),
-            "errors": errors or {}, "latency_ms": latency_ms}
+            "errors": errors or {}, "latency": latency_ms}
 
 
 def load(scenario, workload, server, concurrency, rps, p50, transport="http", batches=None,

@@ -1,0 +1,398 @@
+"""The benchmark harness: every scenario of the comparison, run against each server in one
+invocation, into one results directory (run.json, report.md, PNG plots).
+
+    python -m benchmarks run [--servers zerobatch,torchserve,litserve] [--quick] ...
+    zerobatch bench run ...          (the same)
+
+One run, in this order (each server started fresh per workload, all with the same settings:
+batch size 8, max batch delay 5 ms, one worker, one torch thread, a 100-byte echo body and a
+49 KB MLP input):
+  ceiling     the model's own speed outside any server (batched_ceiling), per workload
+  startup     spawn -> first successful prediction, taken from every server start
+  latency     concurrency 1 over HTTP (our generator: full HDR percentiles)
+  throughput  concurrency 8, 64, 256 over HTTP (wrk when installed: it costs the shared
+              cores least; our generator otherwise), plus 32 for the MLP; zerobatch also over
+              ZeroMQ at 1 and 64
+  overload    open loop at OVERLOAD_FACTOR x the model's batched ceiling with a 100 ms
+              deadline (zerobatch gets it as its request timeout; the peers have none, so
+              the client waits up to 1 s and counts what came late)
+  floor       a bare Python ZeroMQ relay, libzmq's C proxy (both in front of a protocol
+              echo) and a bare Falcon app, at concurrency 1 and 64
+Targets (issue 4) are checked against the same run's figures and written with them.
+Every load run is bounded in time and count; only 127.0.0.1 is used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterator
+
+from benchmarks.common import ROOT, free_port, processes, wait_http
+from benchmarks.loadgen import HttpTarget, LoadResult, run_http, run_wrk, run_zmq, wrk_available
+from benchmarks.peers import ModelSettings, Peer, Started, get_peer
+
+SERVERS = ("zerobatch", "torchserve", "litserve")
+WORKLOADS = ("echo", "mlp", "sleep")
+CONCURRENCIES = (1, 8, 64, 256)
+EXTRA_CONCURRENCY = {"mlp": (32,)}        # the batching-efficiency figure's concurrency
+ZMQ_CONCURRENCIES = (1, 64)
+OVERLOAD_WORKLOADS = ("mlp", "sleep")
+OVERLOAD_FACTOR = 2.0
+DEADLINE_MS = 100
+OVERLOAD_CLIENT_TIMEOUT_S = 1.0
+SERVER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+WORK_DIR = os.path.join(ROOT, ".bench", "workloads")
+FLOOR_BODY = b"x" * 100
+
+
+@dataclass
+class Plan:
+    """What one harness run measures; the defaults are the issue's comparison."""
+
+    servers: tuple[str, ...] = SERVERS
+    workloads: tuple[str, ...] = WORKLOADS
+    concurrencies: tuple[int, ...] = CONCURRENCIES
+    duration_s: float = 5.0
+    warmup_s: float = 1.0
+    max_requests: int = 500_000
+    settings: ModelSettings = field(default_factory=lambda: ModelSettings(
+        batch_size=8, max_batch_delay_ms=5, workers=1, max_queue=1000))
+    overload: bool = True
+    floor: bool = True
+    zmq: bool = True
+    driver: str = "auto"          # closed loop at concurrency > 1: "wrk", "http", or "auto"
+
+
+# ---------------------------------------------------------------------------- running
+
+
+def run(plan: Plan, out_dir: str, command: list[str] | None = None,
+        say: Callable[[str], None] = print) -> dict:
+    """Run the plan; write out_dir/run.json (and return it). Peers that cannot be installed
+    are listed under "missing" with the reason; the rest still run."""
+    from benchmarks.workloads import batched_ceiling, build
+
+    os.makedirs(out_dir, exist_ok=True)
+    record: dict[str, Any] = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "commit": _commit(), "machine": _machine(), "command": command,
+        "servers": list(plan.servers), "settings": _settings_record(plan),
+        "versions": {"python": platform.python_version()}, "notes": {}, "missing": {},
+        "records": [], "targets": []}
+    records = record["records"]
+    peers = _ready_peers(plan.servers, record, say)
+    workloads = {name: build(name, WORK_DIR) for name in plan.workloads}
+    ceilings = {}
+    for name, workload in workloads.items():
+        if name == "echo":
+            continue
+        say(f"ceiling: {name}")
+        ceiling = batched_ceiling(workload, batch_sizes=(1, plan.settings.batch_size))
+        ceilings[name] = ceiling
+        records.append({"scenario": "ceiling", "workload": name, "server": None,
+                        "forward_ms": ceiling["forward_ms"],
+                        "ceiling_rps": ceiling["ceiling_rps"]})
+    for name, workload in workloads.items():
+        for peer in peers:
+            say(f"{peer.name}: {name}")
+            records.extend(_serve_and_measure(peer, workload, plan, ceilings.get(name),
+                                              record, say))
+            _save(record, out_dir)
+    if plan.floor:
+        records.extend(_floor(plan, say))
+    record["targets"] = check_targets(records, plan)
+    _save(record, out_dir)
+    return record
+
+
+def _ready_peers(names: tuple[str, ...], record: dict, say: Callable[[str], None]) -> list:
+    peers = []
+    for name in names:
+        peer = get_peer(name)
+        why = peer.missing()
+        if why is None:
+            try:
+                say(f"installing {name} (cached after the first run)")
+                peer.install()
+            except Exception as exc:  # a peer that cannot install is reported, not fatal
+                why = f"install failed: {exc}"
+        if why is not None:
+            say(f"{name} will not run: {why}")
+            record["missing"][name] = why
+            continue
+        record["versions"][name] = peer.version()
+        peers.append(peer)
+    return peers
+
+
+def _serve_and_measure(peer: Peer, workload: Any, plan: Plan, ceiling: dict | None,
+                       record: dict, say: Callable[[str], None]) -> list[dict]:
+    out: list[dict] = []
+    base = {"workload": workload.name, "server": peer.name}
+    with peer.serve(workload, plan.settings, SERVER_ENV) as started:
+        record["notes"][peer.name] = started.notes
+        out.append({**base, "scenario": "startup", "startup_s": started.startup_s})
+        say(f"  startup {started.startup_s:.2f} s")
+        levels = sorted(set(plan.concurrencies) | set(EXTRA_CONCURRENCY.get(workload.name, ())))
+        for concurrency in levels:
+            result, batches = _measured(started, lambda c=concurrency: _closed_http(
+                started.target, c, plan))
+            scenario = "latency" if concurrency == 1 else "throughput"
+            out.append({**base, "scenario": scenario, "transport": "http",
+                        "concurrency": concurrency, "result": result.to_dict(),
+                        "batch_sizes": batches})
+            say(f"  http c{concurrency}: {_line(result)}")
+        if plan.zmq and started.zmq_address:
+            for concurrency in ZMQ_CONCURRENCIES:
+                result, batches = _measured(started, lambda c=concurrency: run_zmq(
+                    started.zmq_address, workload.name, workload.payload, concurrency=c,
+                    duration_s=plan.duration_s, max_requests=plan.max_requests,
+                    warmup_s=plan.warmup_s))
+                scenario = "latency" if concurrency == 1 else "throughput"
+                out.append({**base, "scenario": scenario, "transport": "zmq",
+                            "concurrency": concurrency, "result": result.to_dict(),
+                            "batch_sizes": batches})
+                say(f"  zmq c{concurrency}: {_line(result)}")
+        if plan.overload and ceiling and workload.name in OVERLOAD_WORKLOADS:
+            out.append({**base, **_overload(started, ceiling, plan)})
+            say(f"  overload: {_overload_line(out[-1])}")
+    return out
+
+
+def _measured(started: Started, load: Callable[[], LoadResult]
+              ) -> tuple[LoadResult, dict[str, int] | None]:
+    """Run one load and the batch sizes the server formed during it (zerobatch only)."""
+    before = started.batch_sizes()
+    result = load()
+    after = started.batch_sizes()
+    if before is None or after is None:
+        return result, None
+    return result, {str(size): count - before.get(size, 0) for size, count in after.items()
+                    if count > before.get(size, 0)}
+
+
+def _closed_http(target: HttpTarget, concurrency: int, plan: Plan) -> LoadResult:
+    use_wrk = plan.driver == "wrk" or (plan.driver == "auto" and concurrency > 1
+                                       and wrk_available())
+    if use_wrk:
+        run_wrk(target, connections=concurrency, threads=min(2, concurrency),
+                duration_s=max(1, round(plan.warmup_s)))  # warm-up, not measured
+        return run_wrk(target, connections=concurrency, threads=min(2, concurrency),
+                       duration_s=max(1, round(plan.duration_s)))
+    return run_http(target, concurrency=concurrency, duration_s=plan.duration_s,
+                    max_requests=plan.max_requests, warmup_s=plan.warmup_s)
+
+
+def _overload(started: Started, ceiling: dict, plan: Plan) -> dict:
+    """Open-loop arrivals at OVERLOAD_FACTOR x the batched ceiling, 100 ms deadline."""
+    rate = OVERLOAD_FACTOR * ceiling["ceiling_rps"][str(plan.settings.batch_size)]
+    target = started.target
+    if started.zmq_address:  # zerobatch: the deadline travels with the request
+        target = HttpTarget(target.host, target.port, target.path, target.body,
+                            {**target.headers, "x-zerobatch-timeout-ms": str(DEADLINE_MS)})
+    result = run_http(target, rate=rate, duration_s=plan.duration_s,
+                      max_requests=plan.max_requests, warmup_s=plan.warmup_s,
+                      timeout_s=OVERLOAD_CLIENT_TIMEOUT_S, deadline_ms=DEADLINE_MS)
+    return {"scenario": "overload", "transport": "http", "rate": rate,
+            "deadline_ms": DEADLINE_MS, "result": result.to_dict(), **overload_figures(result)}
+
+
+def overload_figures(result: LoadResult) -> dict:
+    """Accepted = answered 2xx, or failed in a way other than a refusal (a 503 or a lost
+    connection at once); of the accepted, the share answered 2xx within the deadline; and the
+    p99 time to a refusal (ms)."""
+    refused = sum(n for key, n in result.errors.items() if key in ("503", "429"))
+    accepted = result.sent - refused
+    within = result.within_deadline or 0
+    return {"accepted": accepted / result.sent if result.sent else 0.0,
+            "within_deadline_of_accepted": within / accepted if accepted else 0.0,
+            "refusal_p99_ms": (result.error_latency.percentile(99) / 1000
+                               if refused else None)}
+
+
+# ---------------------------------------------------------------------------- the floor
+
+
+def _floor(plan: Plan, say: Callable[[str], None]) -> list[dict]:
+    out = []
+    for kind in ("relay", "proxy"):
+        with _zmq_floor(kind) as address:
+            for concurrency in ZMQ_CONCURRENCIES:
+                result = run_zmq(address, "echo", FLOOR_BODY, concurrency=concurrency,
+                                 duration_s=plan.duration_s, max_requests=plan.max_requests,
+                                 warmup_s=plan.warmup_s)
+                out.append({"scenario": "floor", "workload": "echo", "server": f"zmq-{kind}",
+                            "transport": "zmq", "concurrency": concurrency,
+                            "result": result.to_dict()})
+                say(f"floor zmq-{kind} c{concurrency}: {_line(result)}")
+    with _bare_falcon() as target:
+        for concurrency in (1, 64):
+            result = _closed_http(target, concurrency, plan)
+            out.append({"scenario": "floor", "workload": "echo", "server": "bare-falcon",
+                        "transport": "http", "concurrency": concurrency,
+                        "result": result.to_dict()})
+            say(f"floor bare-falcon c{concurrency}: {_line(result)}")
+    return out
+
+
+@contextmanager
+def _zmq_floor(kind: str) -> Iterator[str]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="zbfloor") as tmp:
+        front, back = f"ipc://{tmp}/front", f"ipc://{tmp}/back"
+        with processes(["-m", "benchmarks.floor", kind, front, back],
+                       ["-m", "benchmarks.floor", "zb-echo", back]):
+            time.sleep(0.3)  # both bound and connected
+            yield front
+
+
+@contextmanager
+def _bare_falcon() -> Iterator[HttpTarget]:
+    port = free_port()
+    argv = ["-m", "uvicorn", "benchmarks.bare_falcon:app", "--host", "127.0.0.1", "--port",
+            str(port), "--workers", "1", "--loop", "uvloop", "--http", "httptools",
+            "--no-access-log", "--log-level", "warning"]
+    with processes(argv):
+        wait_http(f"http://127.0.0.1:{port}/ping")
+        yield HttpTarget("127.0.0.1", port, "/predictions/echo", FLOOR_BODY,
+                         {"Content-Type": "application/octet-stream"})
+
+
+# ---------------------------------------------------------------------------- targets
+
+
+def check_targets(records: list[dict], plan: Plan) -> list[dict]:
+    """The issue's figures, each from this run's records: reached, missed, or n/a."""
+    def find(scenario: str, workload: str, server: str | None = "zerobatch",
+             concurrency: int | None = None, transport: str = "http") -> dict | None:
+        for rec in records:
+            if (rec["scenario"] == scenario and rec["workload"] == workload
+                    and rec.get("server") == server
+                    and (concurrency is None or rec.get("concurrency") == concurrency)
+                    and rec.get("transport", transport) == transport):
+                return rec
+        return None
+
+    def rps(rec: dict | None) -> float | None:
+        return rec["result"]["rps"] if rec else None
+
+    targets = []
+
+    def target(figure: str, goal: str, measured: float | None, reached: bool | None,
+               shown: str) -> None:
+        targets.append({"figure": figure, "target": goal,
+                        "measured": shown if measured is not None else "n/a",
+                        "reached": reached if measured is not None else None})
+
+    ours_echo = rps(find("throughput", "echo", concurrency=64))
+    for peer, factor in (("torchserve", 5.0), ("litserve", 7.0)):
+        theirs = rps(find("throughput", "echo", peer, 64))
+        ratio = ours_echo / theirs if ours_echo and theirs else None
+        target(f"echo, HTTP, concurrency 64: zerobatch vs {peer} req/s", f">= {factor:g}x",
+               ratio, ratio is not None and ratio >= factor,
+               f"{ratio:.2f}x ({ours_echo:,.0f} vs {theirs:,.0f})" if ratio else "")
+    ceiling = find("ceiling", "mlp", None)
+    mlp32 = rps(find("throughput", "mlp", concurrency=32))
+    if ceiling and mlp32:
+        ceiling_rps = ceiling["ceiling_rps"][str(plan.settings.batch_size)]
+        share = mlp32 / ceiling_rps
+        target("mlp, batch 8, 5 ms, concurrency 32: share of the batched ceiling", ">= 95%",
+               share, share >= 0.95, f"{share:.1%} ({mlp32:,.0f} of {ceiling_rps:,.0f} req/s)")
+    else:
+        target("mlp, concurrency 32: share of the batched ceiling", ">= 95%", None, None, "")
+    mlp1 = find("latency", "mlp", concurrency=1)
+    if ceiling and mlp1:
+        forward = ceiling["forward_ms"]["1"]
+        p50 = mlp1["result"]["latency"]["p50"]
+        target("mlp, concurrency 1: p50 minus the batch-1 forward", "<= 1 ms", p50,
+               p50 - forward <= 1.0, f"{p50 - forward:.2f} ms (p50 {p50:.2f}, forward "
+                                     f"{forward:.2f})")
+    else:
+        target("mlp, concurrency 1: p50 minus the batch-1 forward", "<= 1 ms", None, None, "")
+    for workload in OVERLOAD_WORKLOADS:
+        over = find("overload", workload)
+        if over:
+            share = over["within_deadline_of_accepted"]
+            target(f"overload ({workload}): accepted answered within 100 ms", ">= 99%", share,
+                   share >= 0.99, f"{share:.2%} (accepted {over['accepted']:.1%})")
+            refusal = over["refusal_p99_ms"]
+            target(f"overload ({workload}): refusal p99", "< 5 ms", refusal,
+                   refusal is not None and refusal < 5.0,
+                   f"{refusal:.2f} ms" if refusal is not None else "")
+    for workload, limit in (("echo", 1.0), ("mlp", 2.0)):
+        start = find("startup", workload)
+        seconds = start["startup_s"] if start else None
+        target(f"startup to the first prediction ({workload})", f"< {limit:g} s", seconds,
+               seconds is not None and seconds < limit,
+               f"{seconds:.2f} s" if seconds is not None else "")
+    return targets
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _line(result: LoadResult) -> str:
+    latency = result.latency.summary_ms()
+    errors = f", errors {result.errors}" if result.errors else ""
+    return (f"{result.rps():,.0f} req/s, p50 {latency['p50']:.2f} ms, "
+            f"p99 {latency['p99']:.2f} ms{errors}")
+
+
+def _overload_line(rec: dict) -> str:
+    refusal = rec["refusal_p99_ms"]
+    return (f"rate {rec['rate']:,.0f}/s: accepted {rec['accepted']:.1%}, within deadline "
+            f"{rec['within_deadline_of_accepted']:.2%}, refusal p99 "
+            + (f"{refusal:.2f} ms" if refusal is not None else "n/a"))
+
+
+def _settings_record(plan: Plan) -> dict:
+    settings = asdict(plan)
+    settings["server_env"] = SERVER_ENV
+    if plan.overload:
+        settings["overload"] = {"factor": OVERLOAD_FACTOR, "deadline_ms": DEADLINE_MS,
+                                "client_timeout_s": OVERLOAD_CLIENT_TIMEOUT_S}
+    return settings
+
+
+def _machine() -> dict:
+    cpu_model = None
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    cpu_model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"cpus": os.cpu_count(), "platform": platform.platform(), "cpu_model": cpu_model}
+
+
+def _commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=5).stdout.strip() or None
+    except OSError:
+        return None
+
+
+def _save(record: dict, out_dir: str) -> None:
+    path = os.path.join(out_dir, "run.json")
+    with open(path + ".tmp", "w") as handle:
+        json.dump(record, handle, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def default_out_dir() -> str:
+    return os.path.join(ROOT, "results", time.strftime("%Y%m%d-%H%M%S"))
+
+
+def python_command() -> list[str]:
+    return [os.path.basename(sys.executable), "-m", "benchmarks", *sys.argv[1:]]
