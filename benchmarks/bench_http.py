@@ -14,11 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import shutil
 import statistics
-import subprocess
-import tempfile
 
 from benchmarks.common import (
     BENCH_MODELS,
@@ -30,52 +26,39 @@ from benchmarks.common import (
     write_json,
     zerobatch_server,
 )
+from benchmarks.loadgen import HttpTarget, run_wrk, wrk_available
 
 PAYLOAD = b"x" * 100
-_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
 
-def wrk(url: str, connections: int, threads: int, duration_s: int, script: str) -> dict:
-    result = subprocess.run(
-        ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration_s}s",
-         "--latency", "-s", script, url],
-        capture_output=True, text=True, timeout=duration_s + 60)
-    out = result.stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)", out)
-    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
-    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": rps,
-            "p50_ms": float(p50.group(1)) * _UNITS[p50.group(2)],
-            "p99_ms": float(p99.group(1)) * _UNITS[p99.group(2)],
-            "errors": int(non_2xx.group(1)) if non_2xx else 0}
+def measure(port: int, duration_s: int) -> dict:
+    target = HttpTarget("127.0.0.1", port, "/predictions/echo", PAYLOAD,
+                        {"Content-Type": "application/octet-stream"})
+    run_wrk(target, connections=64, threads=2, duration_s=2)  # warm up
+    throughput = run_wrk(target, connections=64, threads=2, duration_s=duration_s)
+    latency = run_wrk(target, connections=1, threads=1, duration_s=duration_s)
+    return {"rps_64": throughput.rps(), "p99_ms_64": throughput.latency.percentile(99) / 1000,
+            "p50_ms_1": latency.latency.percentile(50) / 1000,
+            "p99_ms_1": latency.latency.percentile(99) / 1000,
+            "errors": sum(throughput.errors.values()) + sum(latency.errors.values())}
 
 
-def measure(url: str, script: str, duration_s: int) -> dict:
-    wrk(url, 64, 2, 2, script)  # warm up
-    throughput = wrk(url, 64, 2, duration_s, script)
-    latency = wrk(url, 1, 1, duration_s, script)
-    return {"rps_64": throughput["rps"], "p99_ms_64": throughput["p99_ms"],
-            "p50_ms_1": latency["p50_ms"], "p99_ms_1": latency["p99_ms"],
-            "errors": throughput["errors"] + latency["errors"]}
-
-
-def run_bare(script: str, duration_s: int) -> dict:
+def run_bare(duration_s: int) -> dict:
     port = free_port()
     argv = ["-m", "uvicorn", "benchmarks.bare_falcon:app", "--host", "127.0.0.1", "--port",
             str(port), "--workers", "2", "--loop", "uvloop", "--http", "httptools",
             "--no-access-log", "--log-level", "warning"]
     with processes(argv):
         wait_http(f"http://127.0.0.1:{port}/ping")
-        return measure(f"http://127.0.0.1:{port}/predictions/echo", script, duration_s)
+        return measure(port, duration_s)
 
 
-def run_ours(script: str, duration_s: int) -> dict:
+def run_ours(duration_s: int) -> dict:
     port = free_port()
     flags = ["--http-port", str(port), "--frontends", "2", "--batch-size", "8",
              "--max-batch-delay", "5", "--max-queue", "1000"]
     with zerobatch_server({"echo": os.path.join(BENCH_MODELS, "echo")}, *flags):
-        return measure(f"http://127.0.0.1:{port}/predictions/echo", script, duration_s)
+        return measure(port, duration_s)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,23 +67,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=int, default=8, help="seconds per wrk run")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
-    if shutil.which("wrk") is None:
+    if not wrk_available():
         parser.error("wrk is not installed: apt-get install wrk")
 
-    with tempfile.TemporaryDirectory(prefix="zbh") as tmp:
-        script = os.path.join(tmp, "post.lua")
-        with open(script, "w") as handle:
-            handle.write('wrk.method = "POST"\n'
-                         f'wrk.body = "{PAYLOAD.decode()}"\n'
-                         'wrk.headers["Content-Type"] = "application/octet-stream"\n')
-        runs: dict[str, list[dict]] = {"bare": [], "ours": []}
-        for round_index in range(args.rounds):
-            for kind in ("bare", "ours"):
-                figures = (run_bare if kind == "bare" else run_ours)(script, args.duration)
-                runs[kind].append(figures)
-                print(f"round {round_index + 1} {kind}: {figures['rps_64']:,.0f} req/s @64, "
-                      f"p50 {figures['p50_ms_1']:.3f} ms @1, errors {figures['errors']}",
-                      flush=True)
+    runs: dict[str, list[dict]] = {"bare": [], "ours": []}
+    for round_index in range(args.rounds):
+        for kind in ("bare", "ours"):
+            figures = (run_bare if kind == "bare" else run_ours)(args.duration)
+            runs[kind].append(figures)
+            print(f"round {round_index + 1} {kind}: {figures['rps_64']:,.0f} req/s @64, "
+                  f"p50 {figures['p50_ms_1']:.3f} ms @1, errors {figures['errors']}",
+                  flush=True)
     median = {kind: {key: statistics.median(r[key] for r in rows) for key in rows[0]}
               for kind, rows in runs.items()}
     ratio = median["ours"]["rps_64"] / median["bare"]["rps_64"]
