@@ -486,6 +486,9 @@ class BrokerCore:
                     "queued": len(queue.aggregator),
                     "requests": queue.requests_total,
                     "batchSizes": {str(k): v for k, v in sorted(queue.batch_sizes.items())},
+                    # the learned run time (dispatch to reply) of each batch size seen
+                    "batchRunMs": {str(k): queue.aggregator.expected_run_ns(k) / _NS_PER_MS
+                                   for k in sorted(queue.batch_sizes)},
                     "loadError": queue.load_error,
                     "workers": [
                         {"id": w.worker_id, "pid": w.pid, "gpu": w.gpu_id,
@@ -501,12 +504,14 @@ def expected_finish_ns(queue: ModelQueue, now_ns: int) -> int:
     from its workers predict; 0 (no refusal) before any batch ran or while no worker serves it.
 
     The waiting requests run first, batch_size at a time on each of the W workers, after the
-    batches in flight (counted as one whole run when no worker is idle: the estimate errs
-    towards refusing, because a request accepted and then expired costs the caller its whole
-    deadline while a refusal costs it a round trip). A partial batch that does not dispatch at
-    once (policy full_delay) waits up to max_batch_delay first. Admission control like this
-    keeps an overloaded server answering what it accepts in time instead of letting every
-    request wait until it expires."""
+    batches in flight (counted as one whole run when no worker is idle), then its own batch;
+    a partial batch that does not dispatch at once (policy full_delay) waits up to
+    max_batch_delay first. A quarter is added to that wait: run times vary, the error of a
+    sum of rounds grows with their number, and the caller also waits for the front end and
+    the network. The estimate errs towards refusing, because a request accepted and then late
+    costs the caller its whole deadline while a refusal costs it a round trip. Admission
+    control like this keeps an overloaded server answering what it accepts in time instead of
+    letting every request wait until it expires."""
     aggregator = queue.aggregator
     batch_size = queue.config.batch_size
     full_run_ns = aggregator.expected_run_ns(batch_size)
@@ -515,11 +520,11 @@ def expected_finish_ns(queue: ModelQueue, now_ns: int) -> int:
         return 0
     waiting = len(aggregator)
     rounds_ahead = waiting // (batch_size * workers) + (0 if queue.idle else 1)
-    finish_ns = (now_ns + rounds_ahead * full_run_ns
-                 + aggregator.expected_run_ns(min(waiting + 1, batch_size)))
+    wait_ns = (rounds_ahead * full_run_ns
+               + aggregator.expected_run_ns(min(waiting + 1, batch_size)))
     if not aggregator.adaptive:
-        finish_ns += aggregator.max_batch_delay_ns
-    return finish_ns
+        wait_ns += aggregator.max_batch_delay_ns
+    return now_ns + wait_ns + (wait_ns >> 2)
 
 
 def _as_bytes(frame: Any) -> bytes:

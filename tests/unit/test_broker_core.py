@@ -335,8 +335,8 @@ def test_request_that_would_miss_its_deadline_is_refused_at_once(core):
     for name in (b"b", b"c", b"d", b"e"):
         request(core, name, 20 * MS, timeout_ms=25)
     answers = take_front(core)
-    # a in flight (one round), then b and c as one full batch: done by 40 ms < 45 ms.
-    # d and e would need a third round (50 ms).
+    # a in flight (one round), then b and c as one full batch: 20 ms of wait, 25 ms with
+    # the quarter of slack, within the 25 ms deadline. d and e need a third round (37.5 ms).
     assert errors(answers) == [(b"d", "deadline_unreachable"), (b"e", "deadline_unreachable")]
     code, message, status = p.parse_error_info(answers[0][4])
     assert status == 503 and "echo" in message and "25 ms" in message
