@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator
 
 from benchmarks.common import ROOT, free_port, processes, wait_http
+from benchmarks.histogram import Histogram
 from benchmarks.loadgen import HttpTarget, LoadResult, run_http, run_wrk, run_zmq, wrk_available
 from benchmarks.peers import ModelSettings, Peer, Started, get_peer
 
@@ -204,17 +205,25 @@ def _overload(started: Started, ceiling: dict, plan: Plan) -> dict:
             "deadline_ms": DEADLINE_MS, "result": result.to_dict(), **overload_figures(result)}
 
 
+REFUSALS = ("503", "429")
+
+
 def overload_figures(result: LoadResult) -> dict:
-    """Accepted = answered 2xx, or failed in a way other than a refusal (a 503 or a lost
-    connection at once); of the accepted, the share answered 2xx within the deadline; and the
-    p99 time to a refusal (ms)."""
-    refused = sum(n for key, n in result.errors.items() if key in ("503", "429"))
-    accepted = result.sent - refused
+    """Offered = requests that reached the server (the generator's own "backlog" never did);
+    refused = answered 503/429; accepted = the rest (answered, failed late, or timed out); of
+    the accepted, the share answered 2xx within the deadline; the p99 time to a refusal (ms)."""
+    offered = result.sent - result.errors.get("backlog", 0)
+    refused = sum(result.errors.get(key, 0) for key in REFUSALS)
+    accepted = offered - refused
     within = result.within_deadline or 0
-    return {"accepted": accepted / result.sent if result.sent else 0.0,
+    refusal_latency = Histogram()
+    for key in REFUSALS:
+        if key in result.error_latency_by_key:
+            refusal_latency.merge(result.error_latency_by_key[key])
+    return {"offered": offered, "refused": refused,
+            "accepted": accepted / offered if offered else 0.0,
             "within_deadline_of_accepted": within / accepted if accepted else 0.0,
-            "refusal_p99_ms": (result.error_latency.percentile(99) / 1000
-                               if refused else None)}
+            "refusal_p99_ms": refusal_latency.percentile(99) / 1000 if refused else None}
 
 
 # ---------------------------------------------------------------------------- the floor

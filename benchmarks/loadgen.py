@@ -59,27 +59,38 @@ class LoadResult:
     within_deadline: int | None = None   # ok answers with latency <= deadline_ms
     client_cpu_us_per_request: float | None = None  # the generator's own CPU, whole run
     histogram_approximate: bool = False  # True when rebuilt from percentiles (wrk)
+    #: error_latency split by error key, so that e.g. refusals (503) and expiries (504) have
+    #: their own percentiles; empty for wrk
+    error_latency_by_key: dict[str, Histogram] = field(default_factory=dict)
 
     def rps(self) -> float:
         return self.ok / self.duration_s if self.duration_s > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)
-                if f.name not in ("latency", "error_latency")}
+                if f.name not in ("latency", "error_latency", "error_latency_by_key")}
         data["errors"] = dict(self.errors)
         data["rps"] = self.rps()
         data["latency"] = self.latency.summary_ms()
         data["error_latency"] = self.error_latency.summary_ms()
         data["latency_hist"] = self.latency.to_dict()
         data["error_latency_hist"] = self.error_latency.to_dict()
+        data["error_latency_by_key"] = {key: histogram.summary_ms() for key, histogram
+                                        in self.error_latency_by_key.items()}
+        data["error_latency_by_key_hist"] = {key: histogram.to_dict() for key, histogram
+                                             in self.error_latency_by_key.items()}
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LoadResult:
-        names = {f.name for f in fields(cls)} - {"latency", "error_latency"}
+        names = {f.name for f in fields(cls)} - {"latency", "error_latency",
+                                                 "error_latency_by_key"}
+        by_key = {key: Histogram.from_dict(hist) for key, hist
+                  in data.get("error_latency_by_key_hist", {}).items()}
         return cls(**{k: v for k, v in data.items() if k in names},
                    latency=Histogram.from_dict(data["latency_hist"]),
-                   error_latency=Histogram.from_dict(data["error_latency_hist"]))
+                   error_latency=Histogram.from_dict(data["error_latency_hist"]),
+                   error_latency_by_key=by_key)
 
 
 @dataclass(frozen=True)
@@ -143,6 +154,7 @@ class _Meter:
         self.errors: dict[str, int] = {}
         self.latency = Histogram()
         self.error_latency = Histogram()
+        self.error_latency_by_key: dict[str, Histogram] = {}
         self.answered = 0               # every answer of the run, warm-up and drain included
         self.in_flight = 0
         self.stopped = False
@@ -181,6 +193,10 @@ class _Meter:
         else:
             self.errors[key] = self.errors.get(key, 0) + 1
             self.error_latency.record(latency_us)
+            by_key = self.error_latency_by_key.get(key)
+            if by_key is None:
+                by_key = self.error_latency_by_key[key] = Histogram()
+            by_key.record(latency_us)
 
     def fail(self, measured: int, key: str) -> None:
         """Count a request that got no answer (no connection, timed out, no room)."""
@@ -198,7 +214,8 @@ class _Meter:
         return LoadResult(
             driver=driver, mode=self.mode, concurrency=concurrency, rate=rate,
             duration_s=duration_s, sent=self.sent, ok=self.ok, errors=dict(self.errors),
-            latency=self.latency, error_latency=self.error_latency, deadline_ms=deadline_ms,
+            latency=self.latency, error_latency=self.error_latency,
+            error_latency_by_key=self.error_latency_by_key, deadline_ms=deadline_ms,
             within_deadline=None if deadline_ms is None else self.within,
             client_cpu_us_per_request=cpu_s * 1e6 / self.answered if self.answered else None)
 
