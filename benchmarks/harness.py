@@ -4,9 +4,10 @@ invocation, into one results directory (run.json, report.md, PNG plots).
     python -m benchmarks run [--servers zerobatch,torchserve,litserve] [--quick] ...
     zerobatch bench run ...          (the same)
 
-One run, in this order (each server started fresh per workload, all with the same settings:
-batch size 8, max batch delay 5 ms, one worker, one torch thread, a 100-byte echo body and a
-49 KB MLP input):
+One run, in this order (each server started fresh per case, all with the same settings, one
+worker and one torch thread; a case is a workload and its batching: `echo` at batch size 1,
+each server's default, for the pure per-request overhead, and `echo-b8`, `mlp`, `sleep` at
+batch size 8 with a 5 ms delay; a 100-byte echo body, a 49 KB MLP input):
   ceiling     the model's own speed outside any server (batched_ceiling), per workload
   startup     spawn -> first successful prediction, taken from every server start
   latency     concurrency 1 over HTTP (our generator: full HDR percentiles)
@@ -31,7 +32,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterator
 
 from benchmarks.common import ROOT, free_port, processes, wait_http
@@ -40,7 +41,29 @@ from benchmarks.loadgen import HttpTarget, LoadResult, run_http, run_wrk, run_zm
 from benchmarks.peers import ModelSettings, Peer, Started, get_peer
 
 SERVERS = ("zerobatch", "torchserve", "litserve")
-WORKLOADS = ("echo", "mlp", "sleep")
+#: batch size 8, 5 ms delay: the issue's settings wherever batching is compared
+BATCHED = ModelSettings(batch_size=8, max_batch_delay_ms=5, workers=1, max_queue=1000)
+#: each server's default, no batching (TorchServe ignores the delay at batch size 1 and
+#: refuses 0): what an echo measures as pure per-request overhead
+UNBATCHED = ModelSettings(batch_size=1, max_batch_delay_ms=100, workers=1, max_queue=1000)
+
+
+@dataclass(frozen=True)
+class Case:
+    """A workload served with given settings; `name` is how the report calls it."""
+
+    name: str
+    workload: str
+    settings: ModelSettings
+
+
+CASES = {case.name: case for case in (
+    Case("echo", "echo", UNBATCHED),
+    Case("echo-b8", "echo", BATCHED),
+    Case("mlp", "mlp", BATCHED),
+    Case("sleep", "sleep", BATCHED),
+)}
+WORKLOADS = tuple(CASES)
 CONCURRENCIES = (1, 8, 64, 256)
 EXTRA_CONCURRENCY = {"mlp": (32,)}        # the batching-efficiency figure's concurrency
 ZMQ_CONCURRENCIES = (1, 64)
@@ -63,8 +86,6 @@ class Plan:
     duration_s: float = 5.0
     warmup_s: float = 1.0
     max_requests: int = 500_000
-    settings: ModelSettings = field(default_factory=lambda: ModelSettings(
-        batch_size=8, max_batch_delay_ms=5, workers=1, max_queue=1000))
     overload: bool = True
     floor: bool = True
     zmq: bool = True
@@ -89,22 +110,24 @@ def run(plan: Plan, out_dir: str, command: list[str] | None = None,
         "records": [], "targets": []}
     records = record["records"]
     peers = _ready_peers(plan.servers, record, say)
-    workloads = {name: build(name, WORK_DIR) for name in plan.workloads}
+    cases = [CASES[name] for name in plan.workloads]
+    workloads = {case.workload: build(case.workload, WORK_DIR) for case in cases}
     ceilings = {}
-    for name, workload in workloads.items():
-        if name == "echo":
+    for case in cases:
+        if case.workload == "echo" or case.name in ceilings:
             continue
-        say(f"ceiling: {name}")
-        ceiling = batched_ceiling(workload, batch_sizes=(1, plan.settings.batch_size))
-        ceilings[name] = ceiling
-        records.append({"scenario": "ceiling", "workload": name, "server": None,
-                        "forward_ms": ceiling["forward_ms"],
+        say(f"ceiling: {case.name}")
+        batch_size = case.settings.batch_size
+        ceiling = batched_ceiling(workloads[case.workload], batch_sizes=(1, batch_size))
+        ceilings[case.name] = ceiling
+        records.append({"scenario": "ceiling", "workload": case.name, "server": None,
+                        "batch_size": batch_size, "forward_ms": ceiling["forward_ms"],
                         "ceiling_rps": ceiling["ceiling_rps"]})
-    for name, workload in workloads.items():
+    for case in cases:
         for peer in peers:
-            say(f"{peer.name}: {name}")
-            records.extend(_serve_and_measure(peer, workload, plan, ceilings.get(name),
-                                              record, say))
+            say(f"{peer.name}: {case.name}")
+            records.extend(_serve_and_measure(peer, case, workloads[case.workload], plan,
+                                              ceilings.get(case.name), record, say))
             _save(record, out_dir)
     if plan.floor:
         records.extend(_floor(plan, say))
@@ -133,15 +156,16 @@ def _ready_peers(names: tuple[str, ...], record: dict, say: Callable[[str], None
     return peers
 
 
-def _serve_and_measure(peer: Peer, workload: Any, plan: Plan, ceiling: dict | None,
-                       record: dict, say: Callable[[str], None]) -> list[dict]:
+def _serve_and_measure(peer: Peer, case: Case, workload: Any, plan: Plan,
+                       ceiling: dict | None, record: dict,
+                       say: Callable[[str], None]) -> list[dict]:
     out: list[dict] = []
-    base = {"workload": workload.name, "server": peer.name}
-    with peer.serve(workload, plan.settings, SERVER_ENV) as started:
+    base = {"workload": case.name, "server": peer.name}
+    with peer.serve(workload, case.settings, SERVER_ENV) as started:
         record["notes"][peer.name] = started.notes
         out.append({**base, "scenario": "startup", "startup_s": started.startup_s})
         say(f"  startup {started.startup_s:.2f} s")
-        levels = sorted(set(plan.concurrencies) | set(EXTRA_CONCURRENCY.get(workload.name, ())))
+        levels = sorted(set(plan.concurrencies) | set(EXTRA_CONCURRENCY.get(case.name, ())))
         for concurrency in levels:
             result, batches = _measured(started, lambda c=concurrency: _closed_http(
                 started.target, c, plan))
@@ -161,8 +185,8 @@ def _serve_and_measure(peer: Peer, workload: Any, plan: Plan, ceiling: dict | No
                             "concurrency": concurrency, "result": result.to_dict(),
                             "batch_sizes": batches})
                 say(f"  zmq c{concurrency}: {_line(result)}")
-        if plan.overload and ceiling and workload.name in OVERLOAD_WORKLOADS:
-            out.append({**base, **_overload(started, ceiling, plan)})
+        if plan.overload and ceiling and case.name in OVERLOAD_WORKLOADS:
+            out.append({**base, **_overload(started, ceiling, case, plan)})
             say(f"  overload: {_overload_line(out[-1])}")
     return out
 
@@ -191,9 +215,9 @@ def _closed_http(target: HttpTarget, concurrency: int, plan: Plan) -> LoadResult
                     max_requests=plan.max_requests, warmup_s=plan.warmup_s)
 
 
-def _overload(started: Started, ceiling: dict, plan: Plan) -> dict:
+def _overload(started: Started, ceiling: dict, case: Case, plan: Plan) -> dict:
     """Open-loop arrivals at OVERLOAD_FACTOR x the batched ceiling, 100 ms deadline."""
-    rate = OVERLOAD_FACTOR * ceiling["ceiling_rps"][str(plan.settings.batch_size)]
+    rate = OVERLOAD_FACTOR * ceiling["ceiling_rps"][str(case.settings.batch_size)]
     target = started.target
     if started.zmq_address:  # zerobatch: the deadline travels with the request
         target = HttpTarget(target.host, target.port, target.path, target.body,
@@ -311,7 +335,7 @@ def check_targets(records: list[dict], plan: Plan) -> list[dict]:
     ceiling = find("ceiling", "mlp", None)
     mlp32 = rps(find("throughput", "mlp", concurrency=32))
     if ceiling and mlp32:
-        ceiling_rps = ceiling["ceiling_rps"][str(plan.settings.batch_size)]
+        ceiling_rps = ceiling["ceiling_rps"][str(CASES["mlp"].settings.batch_size)]
         share = mlp32 / ceiling_rps
         target("mlp, batch 8, 5 ms, concurrency 32: share of the batched ceiling", ">= 95%",
                share, share >= 0.95, f"{share:.1%} ({mlp32:,.0f} of {ceiling_rps:,.0f} req/s)")
@@ -364,6 +388,7 @@ def _overload_line(rec: dict) -> str:
 
 def _settings_record(plan: Plan) -> dict:
     settings = asdict(plan)
+    settings["cases"] = {name: asdict(CASES[name].settings) for name in plan.workloads}
     settings["server_env"] = SERVER_ENV
     if plan.overload:
         settings["overload"] = {"factor": OVERLOAD_FACTOR, "deadline_ms": DEADLINE_MS,
