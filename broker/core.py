@@ -61,9 +61,11 @@ class ModelQueue:
 
 
 class WorkerRecord:
-    """A connected worker: where it is, what it serves, when it was last heard, what it runs."""
+    """A connected worker: where it is, what it serves, when it was last heard, what it runs,
+    and the full batch sent ahead to it (see `BrokerCore._prefetch`)."""
 
-    __slots__ = ("identity", "worker_id", "model", "gpu_id", "pid", "expiry_ns", "batch")
+    __slots__ = ("identity", "worker_id", "model", "gpu_id", "pid", "expiry_ns", "batch",
+                 "next_batch")
 
     def __init__(self, identity: bytes, worker_id: str, model: ModelQueue,
                  gpu_id: int | None, pid: int, expiry_ns: int) -> None:
@@ -74,6 +76,8 @@ class WorkerRecord:
         self.pid = pid
         self.expiry_ns = expiry_ns
         self.batch: InFlightBatch | None = None
+        #: a full batch sent while `batch` runs; it starts when `batch` is answered
+        self.next_batch: InFlightBatch | None = None
 
 
 class InFlightBatch:
@@ -251,18 +255,45 @@ class BrokerCore:
     # ------------------------------------------------------------------ batching
 
     def _schedule(self, queue: ModelQueue, now_ns: int) -> None:
-        """Answer expired requests and hand batches to idle workers, as the aggregator decides."""
+        """Answer expired requests and hand batches to idle workers, as the aggregator decides;
+        then send full batches ahead to busy workers."""
         aggregator = queue.aggregator
         while True:
             expired, batch = aggregator.poll(now_ns, bool(queue.idle))
             if expired:
                 self._expire(queue, expired, now_ns)
             if not batch:
+                break
+            worker = queue.idle.popleft()
+            worker.batch = self._dispatch(queue, worker, batch, now_ns)
+        if len(aggregator) >= queue.config.batch_size and not queue.idle:
+            self._prefetch(queue, now_ns)
+
+    def _prefetch(self, queue: ModelQueue, now_ns: int) -> None:
+        """Send a full batch to each busy worker that has none queued, so that it starts the
+        moment its running batch ends instead of a broker round trip later (the worker runs
+        batches one at a time; the next one waits in its socket). Only full batches go ahead:
+        a partial one is better left to fill, and a free worker takes it anyway. Only when the
+        earliest deadline waiting is more than two batch runs away: a request sent ahead can
+        no longer expire in the queue (it would run late instead of being answered 504)."""
+        aggregator = queue.aggregator
+        batch_size = queue.config.batch_size
+        earliest_deadline_ns = aggregator.next_wakeup_ns(now_ns, False)
+        if earliest_deadline_ns - now_ns <= 2 * aggregator.expected_run_ns(batch_size):
+            return
+        for worker in queue.workers.values():
+            if len(aggregator) < batch_size:
                 return
-            self._dispatch(queue, queue.idle.popleft(), batch, now_ns)
+            if worker.batch is None or worker.next_batch is not None:
+                continue
+            expired, batch = aggregator.poll(now_ns, True)  # rule 1: a full batch
+            if expired:
+                self._expire(queue, expired, now_ns)
+            if batch:
+                worker.next_batch = self._dispatch(queue, worker, batch, now_ns)
 
     def _dispatch(self, queue: ModelQueue, worker: WorkerRecord, batch: list[int],
-                  now_ns: int) -> None:
+                  now_ns: int) -> InFlightBatch:
         batch_id = self._next_batch_id
         self._next_batch_id = batch_id + 1
         frames = [worker.identity, p.VERSION, p.W_BATCH, p.encode_batch_id(batch_id)]
@@ -274,11 +305,11 @@ class BrokerCore:
             frames.append(body)
             requests.append((identity, rid))
         record = InFlightBatch(batch_id, worker, requests, now_ns)
-        worker.batch = record
         self.batches[batch_id] = record
         size = len(batch)
         queue.batch_sizes[size] = queue.batch_sizes.get(size, 0) + 1
         self.out_back.append(frames)
+        return record
 
     def _expire(self, queue: ModelQueue, expired: list[int], now_ns: int) -> None:
         name = queue.config.name
@@ -369,14 +400,17 @@ class BrokerCore:
     def _on_worker_reply(self, worker: WorkerRecord | None, frames: list, now_ns: int) -> None:
         batch_id, items = p.split_worker_reply(frames[1:])
         batch = self.batches.get(batch_id)
-        if worker is None or batch is None or batch.worker is not worker:
+        if worker is None or batch is None or batch is not worker.batch:
             raise ProtocolError(f"reply for batch {batch_id} that this worker does not run")
         requests = batch.requests
         if len(items) != 3 * len(requests):
             raise ProtocolError(f"batch {batch_id} has {len(requests)} requests but the reply "
                                 f"has {len(items) // 3} items")
         del self.batches[batch_id]
-        worker.batch = None
+        next_batch = worker.batch = worker.next_batch
+        worker.next_batch = None
+        if next_batch is not None:
+            next_batch.dispatched_ns = now_ns  # it starts now: run times count from here
         out = self.out_front
         version = p.VERSION
         for index, (identity, rid) in enumerate(requests):
@@ -390,7 +424,8 @@ class BrokerCore:
             out.append([identity, version, command, rid, items[base + 1], items[base + 2]])
         queue = worker.model
         queue.aggregator.observe(len(requests), now_ns - batch.dispatched_ns)
-        queue.idle.append(worker)
+        if next_batch is None:
+            queue.idle.append(worker)
         self._schedule(queue, now_ns)
 
     def _on_worker_partial(self, worker: WorkerRecord | None, frames: list) -> None:
@@ -419,11 +454,12 @@ class BrokerCore:
             queue.idle.remove(worker)
         except ValueError:
             pass
-        batch = worker.batch
-        if batch is not None:
+        message = (f"worker {worker_id} of model {queue.config.name} was lost while running "
+                   f"this request ({why})")
+        for batch in (worker.batch, worker.next_batch):
+            if batch is None:
+                continue
             del self.batches[batch.batch_id]
-            message = (f"worker {worker_id} of model {queue.config.name} was lost while running "
-                       f"this request ({why})")
             for identity_rid in batch.requests:
                 self.out_front.append([identity_rid[0]] + p.encode_error(
                     identity_rid[1], WorkerLost.code, message, WorkerLost.http_status))
@@ -520,6 +556,8 @@ def expected_finish_ns(queue: ModelQueue, now_ns: int) -> int:
         return 0
     waiting = len(aggregator)
     rounds_ahead = waiting // (batch_size * workers) + (0 if queue.idle else 1)
+    if any(worker.next_batch is not None for worker in queue.workers.values()):
+        rounds_ahead += 1  # full batches sent ahead of the waiting ones
     wait_ns = (rounds_ahead * full_run_ns
                + aggregator.expected_run_ns(min(waiting + 1, batch_size)))
     if not aggregator.adaptive:

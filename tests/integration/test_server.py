@@ -154,8 +154,9 @@ def test_full_queue_answers_503_at_once(shared_server):
         running = [client.submit("slow", {"sleep_ms": 800, "tag": f"q{i}"}, timeout_ms=20_000)
                    for i in range(4)]
         wait_busy(shared_server, "slow")
+        # the first full batch of 4 goes ahead to the busy worker; 8 fill the queue
         waiting = [client.submit("slow", {"sleep_ms": 0, "tag": f"w{i}"}, timeout_ms=20_000)
-                   for i in range(8)]
+                   for i in range(12)]
         shared_server.wait_for(lambda: queued(shared_server, "slow") == 8, what="8 queued")
         started = time.monotonic()
         status, _h, body = shared_server.predict("slow", slow_body(0, "refused"))

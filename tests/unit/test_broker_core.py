@@ -388,3 +388,44 @@ def test_request_message_with_an_incomplete_group_is_refused(core):
     route = p.encode_route("echo", None, 0)
     core.on_front([CLIENT, p.VERSION, p.REQUEST, b"r1", route, b"meta", b"body", b"r2"], 0)
     assert errors(take_front(core)) == [(b"r1", "protocol_error")]
+
+
+def test_a_full_batch_goes_ahead_to_the_busy_worker_and_starts_when_the_first_ends(core):
+    add(core, batch_size=2, max_queue=100)
+    ready(core, 0)
+    for i in range(4):
+        request(core, b"r%d" % i, 0)
+    first, second = take_back(core)  # the second batch went ahead while the first runs
+    assert len(first) == len(second) == 4 + 2 * 2
+    assert core.describe()["models"][0]["workers"][0]["status"] == "BUSY"
+    reply_batch(core, first, 10 * MS)
+    assert take_back(core) == []  # nothing new to send: the worker already has batch two
+    assert [m[3] for m in take_front(core)] == [b"r0", b"r1"]
+    reply_batch(core, second, 25 * MS)  # batch two ran from 10 ms to 25 ms
+    assert [m[3] for m in take_front(core)] == [b"r2", b"r3"]
+    assert core.describe()["models"][0]["batchRunMs"] == {"2": pytest.approx(10 + (15 - 10) / 8)}
+    request(core, b"r4", 30 * MS)
+    request(core, b"r5", 30 * MS)
+    assert len(take_back(core)) == 1  # the worker was idle again: a full batch runs at once
+
+
+def test_lost_worker_fails_its_running_and_its_queued_batch(core):
+    add(core, batch_size=1, max_queue=100, batch_policy="adaptive")
+    ready(core, 0)
+    for i in range(3):
+        request(core, b"r%d" % i, 0)
+    assert len(take_back(core)) == 2  # one running, one sent ahead; r2 waits in the queue
+    core.worker_lost(WORKER.decode(), 5 * MS, "test")
+    assert sorted(errors(take_front(core))) == [(b"r0", "worker_lost"), (b"r1", "worker_lost")]
+
+
+def test_nothing_goes_ahead_when_its_deadline_could_pass_behind_the_running_batch(core):
+    add(core, batch_size=1, max_queue=100, batch_policy="adaptive", admission="queue")
+    ready(core, 0)
+    request(core, b"teach", 0)
+    reply_batch(core, take_back(core)[0], 100 * MS)  # a batch takes 100 ms
+    request(core, b"running", 100 * MS)
+    request(core, b"short", 100 * MS, timeout_ms=150)  # 150 ms < two runs: stays queued
+    assert len(take_back(core)) == 1
+    request(core, b"long", 100 * MS, timeout_ms=10_000)
+    assert len(take_back(core)) == 0  # the earliest waiting deadline (short) is too near
