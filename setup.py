@@ -28,7 +28,7 @@ setup(
     description="A PyTorch model server that serves TorchServe archives on a ZeroMQ core",
     # No `ts` package: inside a worker, worker/ts_alias.py answers TorchServe's `ts.*` imports.
     packages=find_packages(include=["zerobatch", "broker", "worker", "worker.*", "api",
-                                    "benchmarks"]),
+                                    "benchmarks", "benchmarks.*"]),
     ext_modules=[] if os.environ.get("ZEROBATCH_NO_CYTHON") else cython_extensions(),
     python_requires=">=3.10",
     install_requires=[

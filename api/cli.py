@@ -1,4 +1,5 @@
-"""The `zerobatch` command line: `start`, `stop` and `archive` (api/archiver.py).
+"""The `zerobatch` command line: `start`, `stop`, `archive` (api/archiver.py) and `bench` (the
+benchmark harness, benchmarks/__main__.py).
 
 `zerobatch start` checks the flags and the model directories, then runs the broker process
 (`python -m broker`), which supervises the workers and the HTTP front ends. Without
@@ -282,6 +283,9 @@ def stop(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        return bench(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -293,6 +297,17 @@ def main(argv: list[str] | None = None) -> int:
     except (CliError, ConfigError) as exc:
         print(f"zerobatch: error: {exc}", file=sys.stderr)
         return 2
+
+
+def bench(argv: list[str]) -> int:
+    """`zerobatch bench ...` is `python -m benchmarks ...` (a checkout's benchmark harness)."""
+    try:
+        from benchmarks.__main__ import main as bench_main
+    except ImportError as exc:
+        print(f"zerobatch: error: the benchmark harness is not installed ({exc}); run it from "
+              "a checkout: python -m benchmarks", file=sys.stderr)
+        return 2
+    return bench_main(argv)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """`python -m benchmarks` (also `zerobatch bench`): the benchmark harness's command line.
 
-    python -m benchmarks run [--servers zerobatch,torchserve,litserve] [--workloads echo,echo-b8,mlp,sleep]
-                             [--duration 5] [--quick] [--out results/DIR] [--readme]
+    python -m benchmarks run [--servers zerobatch,torchserve,litserve]
+                             [--workloads echo,echo-b8,mlp,sleep] [--duration 5] [--quick]
+                             [--out results/DIR] [--readme]
     python -m benchmarks report RESULTS_DIR [--readme]
     python -m benchmarks install [--servers torchserve,litserve]
 

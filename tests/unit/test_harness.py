@@ -71,3 +71,12 @@ def test_targets_are_checked_against_the_records():
     assert targets["mlp, concurrency 1: p50 minus the batch-1 forward"]["reached"]
     assert targets["startup to the first prediction (echo)"]["reached"]
     assert not targets["startup to the first prediction (mlp)"]["reached"]
+
+
+def test_zerobatch_bench_is_the_harness_command_line(capsys):
+    from api import cli
+
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["bench", "run", "--help"])
+    assert exited.value.code == 0
+    assert "--servers" in capsys.readouterr().out
