@@ -33,5 +33,11 @@ test: demo
 lint: build
 	$(VENV)/bin/ruff check .
 
+# The comparison harness (docs/benchmarks.md): zerobatch, TorchServe, LitServe and the floor.
+# wrk is optional (the harness falls back to its own generator); Debian's package when root.
+bench: build
+	command -v wrk >/dev/null || (test "$$(id -u)" = 0 && apt-get install -y -q wrk) || true
+	$(VPY) -m benchmarks run $(BENCH_ARGS)
+
 clean:
 	rm -rf build *.egg-info csrc/*.c broker/*.so $(DEMO)/digits_cnn.pt
