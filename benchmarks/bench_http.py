@@ -19,10 +19,9 @@ import statistics
 from benchmarks.common import (
     BENCH_MODELS,
     ROOT,
+    bare_falcon,
     free_port,
-    processes,
     run_record,
-    wait_http,
     write_json,
     zerobatch_server,
 )
@@ -44,12 +43,7 @@ def measure(port: int, duration_s: int) -> dict:
 
 
 def run_bare(duration_s: int) -> dict:
-    port = free_port()
-    argv = ["-m", "uvicorn", "benchmarks.bare_falcon:app", "--host", "127.0.0.1", "--port",
-            str(port), "--workers", "2", "--loop", "uvloop", "--http", "httptools",
-            "--no-access-log", "--log-level", "warning"]
-    with processes(argv):
-        wait_http(f"http://127.0.0.1:{port}/ping")
+    with bare_falcon(workers=2) as port:
         return measure(port, duration_s)
 
 

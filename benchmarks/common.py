@@ -113,3 +113,16 @@ def write_json(path: str | None, record: dict) -> None:
     with open(path, "w") as handle:
         json.dump(record, handle, indent=2)
     print(f"wrote {path}")
+
+
+@contextmanager
+def bare_falcon(workers: int) -> Iterator[int]:
+    """The HTTP floor (benchmarks/bare_falcon.py) on uvicorn with uvloop and httptools, as
+    zerobatch's front end runs; yields its port once it answers; always stopped."""
+    port = free_port()
+    argv = ["-m", "uvicorn", "benchmarks.bare_falcon:app", "--host", "127.0.0.1", "--port",
+            str(port), "--workers", str(workers), "--loop", "uvloop", "--http", "httptools",
+            "--no-access-log", "--log-level", "warning"]
+    with processes(argv):
+        wait_http(f"http://127.0.0.1:{port}/ping")
+        yield port

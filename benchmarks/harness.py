@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterator
 
-from benchmarks.common import ROOT, free_port, processes, wait_http
+from benchmarks.common import ROOT, bare_falcon, processes
 from benchmarks.histogram import Histogram
 from benchmarks.loadgen import HttpTarget, LoadResult, run_http, run_wrk, run_zmq, wrk_available
 from benchmarks.peers import ModelSettings, Peer, Started, get_peer
@@ -289,12 +289,8 @@ def _zmq_floor(kind: str) -> Iterator[str]:
 
 @contextmanager
 def _bare_falcon() -> Iterator[HttpTarget]:
-    port = free_port()
-    argv = ["-m", "uvicorn", "benchmarks.bare_falcon:app", "--host", "127.0.0.1", "--port",
-            str(port), "--workers", "1", "--loop", "uvloop", "--http", "httptools",
-            "--no-access-log", "--log-level", "warning"]
-    with processes(argv):
-        wait_http(f"http://127.0.0.1:{port}/ping")
+    """One process, as zerobatch runs one front end in the comparison."""
+    with bare_falcon(workers=1) as port:
         yield HttpTarget("127.0.0.1", port, "/predictions/echo", FLOOR_BODY,
                          {"Content-Type": "application/octet-stream"})
 
