@@ -321,7 +321,7 @@ def test_model_default_deadline_applies_and_caps_the_callers(core):
 def test_request_that_would_miss_its_deadline_is_refused_at_once(core):
     """Once a batch is known to take 10 ms, a 25 ms deadline admits what can finish within
     two rounds (the batch in flight, then the next full batch) and refuses the rest at once."""
-    add(core, batch_size=2, max_queue=100, batch_policy="adaptive")
+    add(core, batch_size=2, max_batch_delay_ms=0, max_queue=100, batch_policy="adaptive")
     ready(core, 0)
     request(core, b"warm-a", 0)
     request(core, b"warm-b", 0)
@@ -429,3 +429,53 @@ def test_nothing_goes_ahead_when_its_deadline_could_pass_behind_the_running_batc
     assert len(take_back(core)) == 1
     request(core, b"long", 100 * MS, timeout_ms=10_000)
     assert len(take_back(core)) == 0  # the earliest waiting deadline (short) is too near
+
+
+def test_a_free_worker_waits_briefly_for_the_callers_of_the_batch_just_answered(core):
+    """Callers that send again on their answer: after a0 is answered, the free worker waits
+    for a0's caller instead of taking the three already waiting alone, so the batch fills."""
+    add(core, batch_size=4, max_batch_delay_ms=5, max_queue=100, batch_policy="adaptive")
+    ready(core, 0)
+    core.on_tick(0)  # the first heartbeats go now, the next in a second
+    take_back(core)
+    for i in range(4):
+        request(core, b"a%d" % i, 0)  # a0 runs alone at once (adaptive); a1-a3 wait
+    (first,) = take_back(core)
+    reply_batch(core, first, 2 * MS)  # a0 answered: its caller is expected back
+    assert take_back(core) == []
+    assert core.next_wakeup_ns(2 * MS) == 7 * MS  # the wait ends within max_batch_delay
+    request(core, b"a4", 2 * MS + 200_000)  # a0's caller is back: a full batch
+    (second,) = take_back(core)
+    assert second[5::2] == [b"x"] * 4 and len(second) == 4 + 2 * 4
+
+
+def test_the_wait_for_returning_callers_ends_with_its_window(core):
+    add(core, batch_size=4, max_batch_delay_ms=5, max_queue=100, batch_policy="adaptive")
+    ready(core, 0)
+    core.on_tick(0)  # the first heartbeats go now, the next in a second
+    take_back(core)
+    request(core, b"a", 0)
+    request(core, b"b", 0)
+    reply_batch(core, take_back(core)[0], MS)  # a answered; its caller never comes back
+    core.on_tick(5 * MS)
+    assert take_back(core) == []
+    core.on_tick(6 * MS)  # max_batch_delay has passed: b goes alone
+    assert len(take_back(core)) == 1
+
+
+def test_a_lone_caller_is_never_held(core):
+    add(core, batch_size=8, max_batch_delay_ms=5, max_queue=100, batch_policy="adaptive")
+    ready(core, 0)
+    for i in range(5):
+        request(core, b"r%d" % i, i * 3 * MS + 100_000)  # it sends again on each answer
+        (batch,) = take_back(core)
+        reply_batch(core, batch, i * 3 * MS + MS)
+
+
+def test_no_wait_for_returning_callers_without_a_batch_delay(core):
+    add(core, batch_size=4, max_batch_delay_ms=0, max_queue=100, batch_policy="adaptive")
+    ready(core, 0)
+    request(core, b"a", 0)
+    request(core, b"b", 0)
+    reply_batch(core, take_back(core)[0], MS)
+    assert len(take_back(core)) == 1  # b at once: max_batch_delay 0 allows no waiting
