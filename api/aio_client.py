@@ -251,8 +251,11 @@ class AsyncClient:
             self._send([_VERSION, _REQUEST, rid, route, meta, body])
             self._outbox = []
             self._loop.call_soon(self._flush_outbox)
-        else:
-            outbox += (rid, route, meta, body)
+            return
+        outbox += (rid, route, meta, body)
+        if len(outbox) >= 4 * protocol.MAX_BATCH_ITEMS:  # a message holds at most that many
+            self._flush_outbox()
+            self._outbox = []  # the turn goes on: its later requests start a new message
 
     def _flush_outbox(self) -> None:
         outbox, self._outbox = self._outbox, None

@@ -214,3 +214,35 @@ def test_requests_of_one_loop_turn_share_a_message_after_the_first(run):
         run(main())
     finally:
         router.close()
+
+
+def test_a_turn_with_more_requests_than_a_message_holds_sends_several(run, monkeypatch):
+    import zmq
+
+    monkeypatch.setattr(protocol, "MAX_BATCH_ITEMS", 3)
+    router = zmq.Context.instance().socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+
+    def receive_rids(count: int) -> list[list[bytes]]:
+        messages = []
+        while sum(len(m[3::4]) for m in messages) < count and router.poll(int(WAIT_S * 1000)):
+            messages.append(router.recv_multipart())
+        return messages
+
+    async def main():
+        async with AsyncClient(f"tcp://127.0.0.1:{port}", timeout_ms=5000) as client:
+            tasks = [asyncio.ensure_future(client.predict("m", b"%d" % i)) for i in range(8)]
+            messages = await asyncio.to_thread(receive_rids, 8)
+            assert [len(m[3::4]) for m in messages] == [1, 3, 3, 1]
+            for message in messages:
+                for rid in message[3::4]:
+                    router.send_multipart([message[0], protocol.VERSION, protocol.REPLY, rid,
+                                           protocol.encode_reply_meta(200, "text/plain"), rid])
+            answers = await asyncio.gather(*tasks)
+            assert len({a.body for a in answers}) == 8
+
+    try:
+        run(main())
+    finally:
+        router.close()
