@@ -286,3 +286,26 @@ def test_header_cache_is_bounded():
 def test_reply_repr_is_short():
     text = repr(Reply(200, "x/y", None, b"z" * 1000))
     assert len(text) < 200 and json.dumps(text)
+
+
+def test_replies_coalesced_in_one_message_reach_each_pending_call():
+    """The broker sends what one of its turns has for a client as one REPLIES message."""
+    import zmq
+
+    router = zmq.Context.instance().socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        with Client(f"tcp://127.0.0.1:{port}", timeout_ms=5000) as client:
+            handles = [client.submit("m", b"%d" % i) for i in range(3)]
+            received = []
+            while len(received) < 3 and router.poll(5000):
+                received.append(router.recv_multipart())
+            replies = [received[0][0], protocol.VERSION, protocol.REPLIES]
+            for message in reversed(received):
+                replies += [protocol.REPLY, message[3],
+                            protocol.encode_reply_meta(200, "text/plain"), b"r" + message[6]]
+            router.send_multipart(replies)
+            assert [h.result(5).body for h in handles] == [b"r0", b"r1", b"r2"]
+    finally:
+        router.close()
