@@ -29,7 +29,6 @@ import json
 import os
 import platform
 import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -422,7 +421,3 @@ def _save(record: dict, out_dir: str) -> None:
 
 def default_out_dir() -> str:
     return os.path.join(ROOT, "results", time.strftime("%Y%m%d-%H%M%S"))
-
-
-def python_command() -> list[str]:
-    return [os.path.basename(sys.executable), "-m", "benchmarks", *sys.argv[1:]]
