@@ -58,12 +58,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_names(parser, args)
     if args.command == "install":
         return _install(args.servers)
     if args.command == "report":
         return _report(args.results_dir, args.readme)
     return _run(args, argv if argv is not None else sys.argv[1:])
+
+
+def _check_names(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Unknown server or workload names are a usage error, not a traceback mid-run."""
+    from benchmarks import harness
+    from benchmarks.peers import PEERS
+
+    for option, given, known in (("--servers", getattr(args, "servers", ()), PEERS),
+                                 ("--workloads", getattr(args, "workloads", ()),
+                                  harness.CASES)):
+        unknown = [name for name in given if name not in known]
+        if unknown:
+            parser.error(f"{option}: unknown {', '.join(unknown)}; known: "
+                         f"{', '.join(sorted(known))}")
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:

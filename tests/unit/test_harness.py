@@ -80,3 +80,13 @@ def test_zerobatch_bench_is_the_harness_command_line(capsys):
         cli.main(["bench", "run", "--help"])
     assert exited.value.code == 0
     assert "--servers" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("option", ["--servers", "--workloads"])
+def test_unknown_names_are_a_usage_error(option, capsys):
+    from benchmarks.__main__ import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["run", option, "nope"])
+    assert exited.value.code == 2
+    assert "unknown nope" in capsys.readouterr().err
