@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 
 from benchmarks.common import (
     BENCH_MODELS,
     ROOT,
     bare_falcon,
     free_port,
+    medians,
     run_record,
     write_json,
     zerobatch_server,
@@ -72,8 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"round {round_index + 1} {kind}: {figures['rps_64']:,.0f} req/s @64, "
                   f"p50 {figures['p50_ms_1']:.3f} ms @1, errors {figures['errors']}",
                   flush=True)
-    median = {kind: {key: statistics.median(r[key] for r in rows) for key in rows[0]}
-              for kind, rows in runs.items()}
+    median = medians(runs)
     ratio = median["ours"]["rps_64"] / median["bare"]["rps_64"]
     print("\nmedians over rounds")
     for kind, figures in median.items():

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import tempfile
 import time
 
@@ -27,6 +26,7 @@ import zmq
 from benchmarks.common import (
     BENCH_MODELS,
     latency_summary_ms,
+    medians,
     processes,
     run_record,
     write_json,
@@ -152,8 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"round {round_index + 1} {kind:5s}: p50 {figures['p50_ms']:.3f} ms  "
                   f"p99 {figures['p99_ms']:.3f} ms  {figures['rps_64']:,.0f} req/s @64",
                   flush=True)
-    median = {kind: {key: statistics.median(r[key] for r in rows) for key in rows[0]}
-              for kind, rows in runs.items()}
+    median = medians(runs)
     ratios = {
         "p50_ours_over_relay": median["ours"]["p50_ms"] / median["relay"]["p50_ms"],
         "rps64_ours_over_relay": median["ours"]["rps_64"] / median["relay"]["rps_64"],

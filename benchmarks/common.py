@@ -46,6 +46,14 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
     return sorted_values[index]
 
 
+def medians(runs: dict[str, list[dict]]) -> dict[str, dict]:
+    """Per system, the median of each figure over its rounds ({system: [figures, ...]})."""
+    import statistics
+
+    return {kind: {key: statistics.median(r[key] for r in rows) for key in rows[0]}
+            for kind, rows in runs.items()}
+
+
 def latency_summary_ms(latencies_s: list[float]) -> dict[str, float]:
     values = sorted(latencies_s)
     return {name: percentile(values, q) * 1000 for name, q in

@@ -282,8 +282,25 @@ def _zmq_floor(kind: str) -> Iterator[str]:
         front, back = f"ipc://{tmp}/front", f"ipc://{tmp}/back"
         with processes(["-m", "benchmarks.floor", kind, front, back],
                        ["-m", "benchmarks.floor", "zb-echo", back]):
-            time.sleep(0.3)  # both bound and connected
+            _wait_answering(front)
             yield front
+
+
+def _wait_answering(address: str, timeout_s: float = 15.0) -> None:
+    """Until the floor answers a request (its processes are up and connected)."""
+    from api.client import Client
+    from zerobatch.errors import ServingError
+
+    deadline = time.monotonic() + timeout_s
+    with Client(address) as client:
+        while True:
+            try:
+                client.predict("echo", FLOOR_BODY, timeout_ms=200)
+                return
+            except ServingError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the floor at {address} did not answer within "
+                                       f"{timeout_s} s") from None
 
 
 @contextmanager

@@ -22,13 +22,6 @@ SHORT_MS = 3000
 
 
 @pytest.fixture
-def broker():
-    fake = FakeBroker()
-    yield fake
-    fake.close()
-
-
-@pytest.fixture
 def echo_broker():
     fake = FakeBroker(echo)
     yield fake

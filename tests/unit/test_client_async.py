@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-import uvloop
 
 import api.client_helpers as helpers
 from api.client import AsyncClient
@@ -14,25 +13,6 @@ from tests.unit.test_client_fakebroker import FakeBroker, echo, error_frames, re
 from zerobatch import errors, protocol
 
 WAIT_S = 5.0
-
-
-@pytest.fixture(params=["asyncio", "uvloop"])
-def run(request):
-    """Run a coroutine to completion on a fresh loop of each kind, bounded in time."""
-    def runner(coro):
-        async def bounded():
-            return await asyncio.wait_for(coro, WAIT_S * 2)
-        if request.param == "uvloop":
-            return uvloop.run(bounded())
-        return asyncio.run(bounded())
-    return runner
-
-
-@pytest.fixture
-def broker():
-    fake = FakeBroker()
-    yield fake
-    fake.close()
 
 
 async def next_msg(broker, count=1):

@@ -6,33 +6,14 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-import uvloop
 
 from api.aio_client import ReplyStream
 from api.client import AsyncClient, Client
 from api.client_helpers import Reply
-from tests.unit.test_client_fakebroker import FakeBroker, error_frames, reply_frames
+from tests.unit.test_client_fakebroker import error_frames, reply_frames
 from zerobatch import errors, protocol
 
 WAIT_S = 5.0
-
-
-@pytest.fixture
-def broker():
-    fake = FakeBroker()
-    yield fake
-    fake.close()
-
-
-@pytest.fixture(params=["asyncio", "uvloop"])
-def run(request):
-    def runner(coro):
-        async def bounded():
-            return await asyncio.wait_for(coro, WAIT_S * 2)
-        if request.param == "uvloop":
-            return uvloop.run(bounded())
-        return asyncio.run(bounded())
-    return runner
 
 
 def chunk(broker, msg, body, status=200, content_type="text/plain"):
