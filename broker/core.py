@@ -37,13 +37,22 @@ log = logging.getLogger("zerobatch.broker")
 _NS_PER_MS = 1_000_000
 _ROUTE_CACHE_MAX = 4096
 
+#: Grouping (see zerobatch.protocol): full batches share one message to a worker while their
+#: expected run together stays within this budget, which bounds how long the first batch's
+#: answers wait for the others. At 1 ms only models whose batches take well under a
+#: millisecond group at all (a cheap handler at batch size 1, where the message costs more
+#: than the work); a batch of real model work goes alone, as before.
+GROUP_RUN_BUDGET_NS = 1_000_000
+#: The most batches in one message, whatever the run time.
+MAX_GROUP_BATCHES = 16
+
 
 class ModelQueue:
     """One model version: its aggregator, waiting payloads, and idle workers (LRU first)."""
 
     __slots__ = ("config", "aggregator", "pending", "idle", "workers", "batch_sizes",
                  "requests_total", "deadline_ns", "refuses_late", "load_error", "returning",
-                 "return_window_ns", "hold_until_ns")
+                 "return_window_ns", "hold_until_ns", "batch_messages")
 
     def __init__(self, config: ModelConfig, aggregator: Any) -> None:
         self.config = config
@@ -52,7 +61,10 @@ class ModelQueue:
         self.pending: dict[int, tuple] = {}
         self.idle: deque[WorkerRecord] = deque()
         self.workers: dict[bytes, WorkerRecord] = {}
+        #: batch size -> batches of that size run (the handler calls), and the messages that
+        #: carried them (fewer when batches were grouped)
         self.batch_sizes: dict[int, int] = {}
+        self.batch_messages = 0
         self.requests_total = 0
         self.deadline_ns = config.deadline_ms * _NS_PER_MS
         #: admission "deadline": refuse at arrival what the queue would make late
@@ -94,16 +106,18 @@ class WorkerRecord:
 
 
 class InFlightBatch:
-    """A batch a worker is running: whom to answer, and since when it runs."""
+    """A batch message a worker is running (one batch, or several grouped): whom to answer,
+    the size of each batch in it, and since when it runs."""
 
-    __slots__ = ("batch_id", "worker", "requests", "dispatched_ns")
+    __slots__ = ("batch_id", "worker", "requests", "sizes", "dispatched_ns")
 
-    def __init__(self, batch_id: int, worker: WorkerRecord, requests: list,
+    def __init__(self, batch_id: int, worker: WorkerRecord, requests: list, sizes: list[int],
                  dispatched_ns: int) -> None:
         self.batch_id = batch_id
         self.worker = worker
         #: [(client identity, rid), ...] in the order the worker answers
         self.requests = requests
+        self.sizes = sizes
         self.dispatched_ns = dispatched_ns
 
 
@@ -281,12 +295,14 @@ class BrokerCore:
             if not batch:
                 break
             worker = queue.idle.popleft()
-            worker.batch = self._dispatch(queue, worker, batch, now_ns)
+            worker.batch = self._dispatch(queue, worker, self._group(queue, batch, now_ns),
+                                          now_ns)
         if len(aggregator) >= queue.config.batch_size and not queue.idle:
             self._prefetch(queue, now_ns)
 
     def _prefetch(self, queue: ModelQueue, now_ns: int) -> None:
-        """Send a full batch to each busy worker that has none queued, so that it starts the
+        """Send a full batch (or a group of them) to each busy worker that has none queued, so
+        that it starts the
         moment its running batch ends instead of a broker round trip later (the worker runs
         batches one at a time; the next one waits in its socket). Only full batches go ahead:
         a partial one is better left to fill, and a free worker takes it anyway. Only when the
@@ -306,24 +322,61 @@ class BrokerCore:
             if expired:
                 self._expire(queue, expired, now_ns)
             if batch:
-                worker.next_batch = self._dispatch(queue, worker, batch, now_ns)
+                worker.next_batch = self._dispatch(queue, worker,
+                                                   self._group(queue, batch, now_ns), now_ns)
 
-    def _dispatch(self, queue: ModelQueue, worker: WorkerRecord, batch: list[int],
+    def _group(self, queue: ModelQueue, first: list[int], now_ns: int) -> list[list[int]]:
+        """`first`, and the full batches that may go in its message (see GROUP_RUN_BUDGET_NS):
+        only after a full first batch, only once a run time has been learned, while full
+        batches wait, while the group's expected run fits the budget, and while the earliest
+        deadline waiting is more than twice the group's run away (a request in a message can
+        no longer expire in the queue)."""
+        batches = [first]
+        aggregator = queue.aggregator
+        batch_size = queue.config.batch_size
+        if len(first) < batch_size or len(aggregator) < batch_size:
+            return batches
+        run_ns = aggregator.expected_run_ns(batch_size)
+        if not run_ns:
+            return batches
+        limit = min(MAX_GROUP_BATCHES, GROUP_RUN_BUDGET_NS // run_ns)
+        while len(batches) < limit and len(aggregator) >= batch_size:
+            earliest_deadline_ns = aggregator.next_wakeup_ns(now_ns, False)
+            if earliest_deadline_ns - now_ns <= 2 * (len(batches) + 1) * run_ns:
+                break
+            expired, batch = aggregator.poll(now_ns, True)  # rule 1: a full batch
+            if expired:
+                self._expire(queue, expired, now_ns)
+            if not batch:
+                break
+            batches.append(batch)
+        return batches
+
+    def _dispatch(self, queue: ModelQueue, worker: WorkerRecord, batches: list[list[int]],
                   now_ns: int) -> InFlightBatch:
+        """Send these batches to the worker in one message: BATCH, or BATCHES for several."""
         batch_id = self._next_batch_id
         self._next_batch_id = batch_id + 1
-        frames = [worker.identity, p.VERSION, p.W_BATCH, p.encode_batch_id(batch_id)]
+        sizes = [len(batch) for batch in batches]
+        if len(batches) == 1:
+            frames = [worker.identity, p.VERSION, p.W_BATCH, p.encode_batch_id(batch_id)]
+        else:
+            frames = [worker.identity, p.VERSION, p.W_BATCHES, p.encode_batch_id(batch_id),
+                      p.encode_batch_sizes(sizes)]
         requests = []
         pending = queue.pending
-        for request_id in batch:
-            identity, rid, meta, body = pending.pop(request_id)
-            frames.append(meta)
-            frames.append(body)
-            requests.append((identity, rid))
-        record = InFlightBatch(batch_id, worker, requests, now_ns)
+        for batch in batches:
+            for request_id in batch:
+                identity, rid, meta, body = pending.pop(request_id)
+                frames.append(meta)
+                frames.append(body)
+                requests.append((identity, rid))
+        record = InFlightBatch(batch_id, worker, requests, sizes, now_ns)
         self.batches[batch_id] = record
-        size = len(batch)
-        queue.batch_sizes[size] = queue.batch_sizes.get(size, 0) + 1
+        counts = queue.batch_sizes
+        for size in sizes:
+            counts[size] = counts.get(size, 0) + 1
+        queue.batch_messages += 1
         self.out_back.append(frames)
         return record
 
@@ -439,7 +492,8 @@ class BrokerCore:
                 continue
             out.append([identity, version, command, rid, items[base + 1], items[base + 2]])
         queue = worker.model
-        queue.aggregator.observe(len(requests), now_ns - batch.dispatched_ns)
+        sizes = batch.sizes  # a group's batches ran one after another: each took a share
+        queue.aggregator.observe(sizes[0], (now_ns - batch.dispatched_ns) // len(sizes))
         if queue.return_window_ns:
             if now_ns >= queue.hold_until_ns:
                 queue.returning = 0
@@ -546,6 +600,8 @@ class BrokerCore:
                     "queued": len(queue.aggregator),
                     "requests": queue.requests_total,
                     "batchSizes": {str(k): v for k, v in sorted(queue.batch_sizes.items())},
+                    # messages that carried those batches: fewer where batches were grouped
+                    "batchMessages": queue.batch_messages,
                     # the learned run time (dispatch to reply) of each batch size seen
                     "batchRunMs": {str(k): queue.aggregator.expected_run_ns(k) / _NS_PER_MS
                                    for k in sorted(queue.batch_sizes)},

@@ -2,9 +2,9 @@
 
 `WorkerLoop.start()` loads the model, connects the data DEALER (identity = worker id) to the
 broker's worker address, says READY and starts the heartbeat thread. `run_once(timeout_ms)`
-waits for one message and answers it: a BATCH runs through the Service and goes back as one
-W_REPLY (chunks the handler streams meanwhile go out as W_PARTIAL, before it); a HEARTBEAT
-only proves the broker alive; anything malformed is logged and dropped.
+waits for one message and answers it: a BATCH (or BATCHES) runs through the Service and goes
+back as one W_REPLY (chunks the handler streams meanwhile go out as W_PARTIAL, before it); a
+HEARTBEAT only proves the broker alive; anything malformed is logged and dropped.
 `run(stop_event)` repeats that until the stop event is set (then it says DISCONNECT) or the
 heartbeat thread declares the broker lost; it returns which of the two happened.
 
@@ -89,14 +89,14 @@ class WorkerLoop:
             return False
         self.heartbeat.touch()
         try:
-            batch_id, items = protocol.parse_batch(frames)
+            batch_id, items, sizes = protocol.parse_batch(frames)
         except ProtocolError as exc:
             if len(frames) == 2 and frames[1].bytes == protocol.W_HEARTBEAT:
                 return True
             log.warning("dropped a malformed message from the broker (%d frames): %s",
                         len(frames), exc)
             return True
-        self._send(self.service.run_batch(batch_id, items))
+        self._send(self.service.run_batch(batch_id, items, sizes))
         return True
 
     def run(self, stop_event: threading.Event) -> str:

@@ -1,8 +1,10 @@
-"""The model service: a loaded handler and its Context, turning one BATCH into one W_REPLY.
+"""The model service: a loaded handler and its Context, turning one BATCH (or BATCHES) message
+into one W_REPLY.
 
 No sockets here. `Service.load` reads the model directory, resolves and initializes the
 handler; `Service.run_batch` decodes the batch's requests, calls the handler with the whole
-list, and builds the W_REPLY frames, one (cmd, a, b) triple per request, in order:
+list (once per batch of a BATCHES message), and builds the W_REPLY frames, one (cmd, a, b)
+triple per request, in order:
 
 - a request whose meta frame is malformed gets ERROR `bad_request` and is left out of the
   list the handler sees (the others still run);
@@ -92,14 +94,30 @@ class Service:
                  model_dir, handler)
         return cls(entry_point, context)
 
-    def run_batch(self, batch_id: int, items: Sequence[tuple[Any, Any]]) -> list:
-        """Run one BATCH's (meta, body) items; return the W_REPLY message frames."""
+    def run_batch(self, batch_id: int, items: Sequence[tuple[Any, Any]],
+                  sizes: Sequence[int] | None = None) -> list:
+        """Run one BATCH's (meta, body) items, or a BATCHES message's batches of `sizes`
+        items, one handler call each, in order; return the one W_REPLY for all of them."""
+        self._batch_id = batch_id
+        frames = [*_REPLY_HEAD, protocol.encode_batch_id(batch_id)]
+        if sizes is None or len(sizes) == 1:
+            self._answer(batch_id, items, 0, frames)
+            return frames
+        start = 0
+        for size in sizes:
+            self._answer(batch_id, items[start:start + size], start, frames)
+            start += size
+        return frames
+
+    def _answer(self, batch_id: int, items: Sequence[tuple[Any, Any]], start: int,
+                frames: list) -> None:
+        """One handler call for items (at `start` in their message); appends their triples."""
         data: list[dict[str, Any]] = []
         request_headers: list[dict[str, Any]] = []
         request_ids: list[str] = []
         positions: list[int] = []
         rejected: dict[int, tuple] = {}
-        for position, (meta, body) in enumerate(items):
+        for position, (meta, body) in enumerate(items, start):
             try:
                 content_type, headers, request_id = protocol.parse_meta(meta)
             except ProtocolError as exc:
@@ -114,18 +132,15 @@ class Service:
             positions.append(position)
             data.append({"body": decode_body(content_type, body)})
 
-        self._batch_id = batch_id
         self.context.metrics.reset(None)
         triples = self._run(data, request_headers, request_ids, positions) if data else []
-        frames = [*_REPLY_HEAD, protocol.encode_batch_id(batch_id)]
         if rejected:
             answered = iter(triples)
-            for position in range(len(items)):
+            for position in range(start, start + len(items)):
                 frames.extend(rejected.get(position) or next(answered))
         else:
             for triple in triples:
                 frames.extend(triple)
-        return frames
 
     def _run(self, data: list, request_headers: list[dict], request_ids: list[str],
              positions: list[int]) -> list[tuple]:

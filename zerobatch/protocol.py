@@ -43,10 +43,15 @@ Worker <-> broker (back ROUTER; the worker's identity is its worker id)::
     READY      [VERSION, W_READY, info]     info = msgpack {"model", "version", "worker_id",
                                                             "gpu_id", "pid"}
     BATCH      [VERSION, W_BATCH, batch_id, meta_1, body_1, ..., meta_n, body_n]
+    BATCHES    [VERSION, W_BATCHES, batch_id, sizes, meta_1, body_1, ..., meta_n, body_n]
+                 several batches in one message (see Grouping below); sizes = u32 LE per
+                 batch, in order, summing to n; each is a separate handler call
     W_REPLY    [VERSION, W_REPLY, batch_id, cmd_1, a_1, b_1, ..., cmd_n, a_n, b_n]
-                 cmd_i is REPLY (a = reply_meta, b = body) or ERROR (a = error_info, b = b"")
+                 cmd_i is REPLY (a = reply_meta, b = body) or ERROR (a = error_info, b = b"");
+                 one W_REPLY answers a whole BATCHES message, its requests in order
     W_PARTIAL  [VERSION, W_PARTIAL, batch_id, index, reply_meta, body]
-                 one streamed chunk for request `index` (u32 LE, its position in the BATCH)
+                 one streamed chunk for request `index` (u32 LE, its position in the
+                 BATCH or BATCHES message)
                  of a running batch, sent before the batch's W_REPLY; the broker forwards it
                  to that request's client as PARTIAL and keeps the request in flight
     HEARTBEAT  [VERSION, W_HEARTBEAT]        both ways
@@ -56,6 +61,14 @@ Worker <-> broker (back ROUTER; the worker's identity is its worker id)::
                                             sent once, then the worker exits
 
     batch_id   8 bytes, little-endian unsigned; the broker's own counter
+
+Grouping. The same fixed cost per message holds between the broker and a worker: a model
+whose batches take microseconds (batch size 1, a cheap handler) would spend more on its
+messages than on its work. So when several full batches wait and the model's learned run
+time is short, the broker sends them in one BATCHES message; the worker runs them one
+handler call each, in order, and answers them all in one W_REPLY. The handler never sees
+more than batch_size requests at once; the first batch's answer waits for the others, which
+the broker bounds (broker.core.GROUP_RUN_BUDGET_NS).
 
 A worker sends its heartbeats from a second DEALER whose identity is its worker id plus
 HEARTBEAT_SUFFIX, owned by a heartbeat thread, so a long forward pass on the data socket's
@@ -87,6 +100,7 @@ REPLIES = b"\x06"
 # Worker commands (back ROUTER).
 W_READY = b"\x11"
 W_BATCH = b"\x12"
+W_BATCHES = b"\x18"
 W_REPLY = b"\x13"
 W_HEARTBEAT = b"\x14"
 W_DISCONNECT = b"\x15"
@@ -113,6 +127,7 @@ DISCONNECT_FRAMES = [VERSION, W_DISCONNECT]
 
 _BATCH_ID = struct.Struct("<Q")
 _PARTIAL_INDEX = struct.Struct("<I")
+_BATCH_SIZE = struct.Struct("<I")
 _UNPACK_LIMITS = dict(
     raw=False,
     max_str_len=MAX_HEADER_BYTES,
@@ -340,16 +355,35 @@ def parse_load_failed(data: bytes) -> dict[str, Any]:
     return info
 
 
-def parse_batch(frames: Sequence[Any]) -> tuple[int, list[tuple[Any, Any]]]:
-    """Split a BATCH message the worker received into (batch_id, [(meta, body), ...])."""
+def encode_batch_sizes(sizes: Sequence[int]) -> bytes:
+    """The sizes frame of a BATCHES message."""
+    return struct.pack(f"<{len(sizes)}I", *sizes)
+
+
+def parse_batch(frames: Sequence[Any]) -> tuple[int, list[tuple[Any, Any]], list[int]]:
+    """Split a BATCH or BATCHES message the worker received into
+    (batch_id, [(meta, body), ...], [size of each batch, in order])."""
     command = check_envelope(frames, 5)
-    if command != W_BATCH:
-        raise ProtocolError(f"expected BATCH, got {command!r}")
-    items = frames[3:]
-    if len(items) % 2:
+    if command == W_BATCH:
+        items = frames[3:]
+    elif command == W_BATCHES:
+        items = frames[4:]
+    else:
+        raise ProtocolError(f"expected BATCH or BATCHES, got {command!r}")
+    if not items or len(items) % 2:
         raise ProtocolError("BATCH items must come in (meta, body) pairs")
     batch_id = parse_batch_id(bytes(frames[2]))
-    return batch_id, [(items[i], items[i + 1]) for i in range(0, len(items), 2)]
+    count = len(items) // 2
+    if command == W_BATCH:
+        sizes = [count]
+    else:
+        sizes_frame = bytes(frames[3])
+        if not sizes_frame or len(sizes_frame) % _BATCH_SIZE.size:
+            raise ProtocolError("BATCHES sizes must be one u32 per batch")
+        sizes = [size for (size,) in _BATCH_SIZE.iter_unpack(sizes_frame)]
+        if min(sizes) < 1 or sum(sizes) != count:
+            raise ProtocolError(f"BATCHES sizes {sizes} do not split its {count} requests")
+    return batch_id, [(items[i], items[i + 1]) for i in range(0, len(items), 2)], sizes
 
 
 def split_worker_reply(frames: Sequence[Any]) -> tuple[int, list]:

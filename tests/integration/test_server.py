@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -92,6 +93,34 @@ def test_concurrent_http_requests_form_batches(shared_server):
     assert all(status == 200 for status, _h, _b in results)
     sizes = sorted(json_body(body)["batch_size"] for _s, _h, body in results)
     assert sizes[-1] > 1, f"no batching happened: {sizes}"
+
+
+def test_cheap_batches_share_messages_and_the_handler_still_sees_one_at_a_time(make_server):
+    """Batch size 1 and a handler that takes microseconds: under a flood the broker groups
+    batches into one message per worker turn (describe's batchMessages falls behind the batch
+    count), and every request still runs in a batch of its own and gets its own answer."""
+    from api.aio_client import AsyncClient
+
+    server = make_server({"reporter": "batch_size_reporter"}, "--batch-size", "1",
+                         "--max-queue", "1000")
+
+    async def flood(count: int):
+        async with AsyncClient(server.client_address) as client:
+            return await asyncio.gather(*(
+                client.predict("reporter", {"i": i}, timeout_ms=30_000) for i in range(count)))
+
+    sent = 0
+    for _wave in range(3):  # grouping needs a queue: the first wave almost always makes one
+        replies = asyncio.run(flood(300))
+        sent += 300
+        assert [reply.json() for reply in replies] == [
+            {"batch_size": 1, "body": {"i": i}} for i in range(300)]
+        (model,) = server.describe()["models"]
+        assert model["batchSizes"] == {"1": sent}
+        if model["batchMessages"] < sent:
+            break
+    else:
+        pytest.fail(f"no two batches ever shared a message: {model}")
 
 
 # ---------------------------------------------------------------------- deadlines and limits

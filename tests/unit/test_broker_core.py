@@ -56,11 +56,11 @@ def errors(messages: list[list]) -> list[tuple[bytes, str]]:
 
 
 def reply_batch(core: BrokerCore, batch_msg: list, now_ns: int, identity: bytes = WORKER):
-    batch_id = p.parse_batch_id(batch_msg[3])
-    n = (len(batch_msg) - 4) // 2
+    """Answer a BATCH or BATCHES message as an echo worker does: each body back, in order."""
+    batch_id, pairs, _sizes = p.parse_batch(batch_msg[1:])
     items = []
-    for i in range(n):
-        items += [p.REPLY, p.encode_reply_meta(200, "text/plain"), batch_msg[5 + 2 * i]]
+    for _meta, body in pairs:
+        items += [p.REPLY, p.encode_reply_meta(200, "text/plain"), body]
     core.on_back([identity, p.VERSION, p.W_REPLY, p.encode_batch_id(batch_id)] + items, now_ns)
 
 
@@ -479,3 +479,84 @@ def test_no_wait_for_returning_callers_without_a_batch_delay(core):
     request(core, b"b", 0)
     reply_batch(core, take_back(core)[0], MS)
     assert len(take_back(core)) == 1  # b at once: max_batch_delay 0 allows no waiting
+
+
+# ---------------------------------------------------------------------- grouping
+
+US = 1_000
+
+
+def queue_behind_a_running_batch(core, timeout_ms=0):
+    """batch size 2: a0,a1 run (sent alone: no run time known yet), b0,b1 go ahead (alone for
+    the same reason), r0..r3 wait. Returns the two messages sent."""
+    add(core, batch_size=2, max_queue=64)
+    ready(core, 0)
+    for i in range(2):
+        request(core, b"a%d" % i, 0)
+    (running,) = take_back(core)
+    for i in range(2):
+        request(core, b"b%d" % i, 10 * US)
+    (ahead,) = take_back(core)
+    for i in range(4):
+        request(core, b"r%d" % i, 10 * US, body=b"body%d" % i, timeout_ms=timeout_ms)
+    assert take_back(core) == []
+    assert [running[2], ahead[2]] == [p.W_BATCH, p.W_BATCH]
+    return running, ahead
+
+
+def test_full_batches_share_one_message_while_their_runs_are_short(core):
+    running, ahead = queue_behind_a_running_batch(core)
+    reply_batch(core, running, 100 * US)  # 0.1 ms a batch: several fit in the budget
+    (group,) = take_back(core)
+    assert group[2] == p.W_BATCHES
+    batch_id, pairs, sizes = p.parse_batch(group[1:])
+    assert sizes == [2, 2]
+    assert [body for _meta, body in pairs] == [b"body0", b"body1", b"body2", b"body3"]
+    reply_batch(core, ahead, 200 * US)
+    reply_batch(core, group, 300 * US)
+    answered = [(m[2], m[3]) for m in take_front(core)]
+    assert answered == [(p.REPLY, rid) for rid in (b"a0", b"a1", b"b0", b"b1", b"r0", b"r1",
+                                                    b"r2", b"r3")]
+    model = core.describe()["models"][0]
+    assert model["batchSizes"] == {"2": 4}  # what the handler saw: four batches of two
+    assert model["batchMessages"] == 3
+    assert not core.batches
+
+
+def test_batches_that_take_long_go_one_per_message(core):
+    running, _ahead = queue_behind_a_running_batch(core)
+    reply_batch(core, running, 600 * US)  # two would take 1.2 ms: over the budget
+    (alone,) = take_back(core)
+    assert alone[2] == p.W_BATCH and p.parse_batch(alone[1:])[2] == [2]
+
+
+def test_a_group_never_risks_a_waiting_deadline(core):
+    # r0..r3 must answer by 2.01 ms; at 0.44 ms a batch, a group of two could end later than
+    # half the time left, so one batch goes ahead alone and the rest may still expire in time
+    running, _ahead = queue_behind_a_running_batch(core, timeout_ms=2)
+    reply_batch(core, running, 450 * US)
+    (alone,) = take_back(core)
+    assert alone[2] == p.W_BATCH and len(p.parse_batch(alone[1:])[1]) == 2
+
+
+def test_a_lost_worker_fails_every_request_of_its_group(core):
+    running, ahead = queue_behind_a_running_batch(core)
+    reply_batch(core, running, 100 * US)
+    (group,) = take_back(core)
+    take_front(core)
+    core.worker_lost(WORKER.decode(), 200 * US, "test")
+    assert sorted(errors(take_front(core))) == sorted(
+        (rid, "worker_lost") for rid in (b"b0", b"b1", b"r0", b"r1", b"r2", b"r3"))
+    assert not core.batches
+
+
+def test_a_group_reply_with_too_few_answers_is_dropped(core):
+    running, ahead = queue_behind_a_running_batch(core)
+    reply_batch(core, running, 100 * US)
+    reply_batch(core, ahead, 150 * US)
+    (group,) = take_back(core)
+    take_front(core)
+    batch_id = p.parse_batch_id(group[3])
+    short = [p.REPLY, p.encode_reply_meta(200, None), b"x"] * 3  # the group holds four
+    core.on_back([WORKER, p.VERSION, p.W_REPLY, p.encode_batch_id(batch_id)] + short, 200 * US)
+    assert take_front(core) == [] and batch_id in core.batches

@@ -76,3 +76,30 @@ def test_coalesce_splits_at_the_item_limit(monkeypatch):
     assert rids == [b"%d" % i for i in range(7)]
     assert all(len(message) <= 3 + 4 * 3 for message in out)
     assert p.coalesce_client_messages(messages[:1]) == messages[:1]
+
+
+# ---------------------------------------------------------------- batches to a worker
+
+def test_batch_and_batches_parse_into_items_and_sizes():
+    one = [p.VERSION, p.W_BATCH, p.encode_batch_id(7), b"m0", b"b0", b"m1", b"b1"]
+    assert p.parse_batch(one) == (7, [(b"m0", b"b0"), (b"m1", b"b1")], [2])
+    grouped = [p.VERSION, p.W_BATCHES, p.encode_batch_id(8), p.encode_batch_sizes([1, 2]),
+               b"m0", b"b0", b"m1", b"b1", b"m2", b"b2"]
+    assert p.parse_batch(grouped) == (8, [(b"m0", b"b0"), (b"m1", b"b1"), (b"m2", b"b2")],
+                                      [1, 2])
+
+
+@pytest.mark.parametrize("sizes", [b"", b"\x01\x00\x00", p.encode_batch_sizes([1, 1]),
+                                   p.encode_batch_sizes([3, 0]), p.encode_batch_sizes([1])])
+def test_batches_whose_sizes_do_not_split_the_items_are_rejected(sizes):
+    frames = [p.VERSION, p.W_BATCHES, p.encode_batch_id(1), sizes, b"m0", b"b0", b"m1", b"b1",
+              b"m2", b"b2"]
+    with pytest.raises(ProtocolError):
+        p.parse_batch(frames)
+
+
+def test_other_commands_are_not_batches():
+    with pytest.raises(ProtocolError):
+        p.parse_batch([p.VERSION, p.W_REPLY, p.encode_batch_id(1), b"m", b"b"])
+    with pytest.raises(ProtocolError):
+        p.parse_batch([p.VERSION, p.W_BATCHES, p.encode_batch_id(1), b"m", b"b"])

@@ -243,3 +243,28 @@ def test_prediction_time_is_recorded():
     run_batch(service, [item("1", request_id="r")])
     [record] = service.context.metrics.records
     assert record["name"] == "PredictionTime" and record["request_id"] == "r"
+
+
+def test_grouped_batches_run_one_handler_call_each_and_answer_in_one_reply(tmp_path):
+    service = handler_model(tmp_path, """
+        calls = []
+
+        def handle(data, context):
+            if data is None:
+                return None
+            calls.append(len(data))
+            if any(row["body"] == "fail" for row in data):
+                raise ValueError("this batch fails")
+            return [{"call": len(calls), "size": len(data),
+                     "id": context.get_request_id(i)} for i in range(len(data))]
+        """)
+    items = [item(json.dumps(body)) for body in ("a", "b", "c", "fail", "d", "e")]
+    frames = service.run_batch(5, items, [2, 1, 1, 2])
+    batch_id, flat = protocol.split_worker_reply(frames)
+    replies = [decode_item(*flat[i:i + 3]) for i in range(0, len(flat), 3)]
+    assert batch_id == 5 and len(replies) == 6
+    answers = [json.loads(r.body) if r.kind == "reply" else r.kind for r in replies]
+    # four handler calls of at most two requests; the failing one fails only its own batch
+    assert answers == [{"call": 1, "size": 2, "id": "5-0"}, {"call": 1, "size": 2, "id": "5-1"},
+                       {"call": 2, "size": 1, "id": "5-2"}, "error",
+                       {"call": 4, "size": 2, "id": "5-4"}, {"call": 4, "size": 2, "id": "5-5"}]
