@@ -35,7 +35,6 @@ from api.client_helpers import (
     DEFAULT_ADDRESS,
     EVENTS,
     HIGH_WATER_MARK,
-    NOBLOCK,
     POLLIN,
     HeaderCache,
     Reply,
@@ -50,7 +49,7 @@ from api.client_helpers import (
 )
 from zerobatch import protocol
 from zerobatch.errors import BrokerUnavailable, ProtocolError, ServingError, ShuttingDown
-from zerobatch.transport import send_frames
+from zerobatch.transport import recv_bytes, send_frames
 
 __all__ = ["AsyncClient", "ReplyStream"]
 
@@ -298,12 +297,11 @@ class AsyncClient:
         if self._closed:
             return
         sock = self._socket
-        recv = sock.recv_multipart
         pending = self._pending
         streams = self._streams
         try:
             while socket_get(sock, EVENTS) & POLLIN:
-                frames = recv(NOBLOCK)
+                frames = recv_bytes(sock, block=False)
                 try:
                     replies = protocol.parse_client_replies(frames)
                 except ProtocolError as exc:

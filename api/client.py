@@ -39,7 +39,7 @@ from api.client_helpers import (
 )
 from zerobatch import protocol
 from zerobatch.errors import BrokerUnavailable, ProtocolError, ServingError, ShuttingDown
-from zerobatch.transport import send_frames
+from zerobatch.transport import recv_bytes, send_frames
 
 __all__ = ["AsyncClient", "Client", "PendingReply", "Reply"]
 
@@ -109,6 +109,7 @@ class Client:
         self._chunks: dict[bytes, list] = {}
         self._counter = itertools.count(1)
         self._headers = HeaderCache()
+        self._rcvtimeo_ms = -1  # the socket's receive timeout, as last set
         self._closed = False
 
     # ------------------------------------------------------------------ requests
@@ -255,14 +256,16 @@ class Client:
             if wait_end < end:
                 end, own_deadline = wait_end, False
         sock = self._socket
-        recv = sock.recv_multipart
         while handle._answer is None:
             remaining_ms = (end - now + 999_999) // 1_000_000
             if remaining_ms < 0:
                 break
-            sock.setsockopt(_RCVTIMEO, min(remaining_ms, _MAX_RCVTIMEO_MS))  # bounded block
+            timeout_ms = min(remaining_ms, _MAX_RCVTIMEO_MS)  # a bounded block
+            if timeout_ms != self._rcvtimeo_ms:  # one option call fewer per message
+                sock.setsockopt(_RCVTIMEO, timeout_ms)
+                self._rcvtimeo_ms = timeout_ms
             try:
-                frames = recv()
+                frames = recv_bytes(sock)
             except zmq.Again:
                 pass
             else:

@@ -9,7 +9,9 @@ the bytes. Measured on this project's machine, a 6-frame request costs 20 us wit
   unless it is ZERO_COPY_MIN_BYTES or larger; a zmq.Frame that was received is sent on as the
   same message, without a copy, whatever its size;
 - frames are received as zmq.Frame objects (no copy of bodies); `frame.bytes` gives the bytes
-  of a small frame when needed;
+  of a small frame when needed; `recv_bytes` copies every frame into bytes, for the clients,
+  whose callers get plain bytes: a third of what `recv_multipart` costs for a 34-frame
+  REPLIES message (21 us against 63), which pays a getsockopt(RCVMORE) per frame;
 - both call the compiled backend's send/recv directly (`zmq.backend.Socket`, the base class of
   every pyzmq socket), skipping the pure-Python wrapper around them: 4 us instead of 7 us
   for a 6-frame send plus receive.
@@ -53,3 +55,8 @@ def recv_frames(socket: zmq.Socket, block: bool = True) -> list[zmq.Frame]:
         frame = _recv(socket, 0, False)
         frames.append(frame)
     return frames
+
+
+def recv_bytes(socket: zmq.Socket, block: bool = True) -> list[bytes]:
+    """Receive one multipart message as bytes, each frame copied (as recv_frames raises)."""
+    return [frame.bytes for frame in recv_frames(socket, block)]
