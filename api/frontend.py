@@ -1,4 +1,5 @@
-"""Entry point of one HTTP front-end process: the inference app on uvicorn (uvloop, httptools).
+"""Entry point of one HTTP front-end process: the inference app on uvicorn (uvloop, httptools,
+writes coalesced per event-loop turn: api/http_protocol.py).
 
     python -m api.frontend --config '<FrontendConfig JSON>' [--fd N]
 
@@ -20,6 +21,7 @@ import sys
 import uvicorn
 
 from api.http_app import create_app
+from api.http_protocol import CoalescingHttpToolsProtocol
 from zerobatch.config import FrontendConfig
 from zerobatch.errors import ConfigError
 
@@ -42,7 +44,7 @@ def build_server(config: FrontendConfig, fd: int | None) -> tuple[uvicorn.Server
         host=config.host,
         port=config.port,
         loop="uvloop",
-        http="httptools",
+        http=CoalescingHttpToolsProtocol,  # httptools, one write per connection per loop turn
         lifespan="on",
         access_log=False,
         log_level=config.log_level.lower(),
