@@ -50,6 +50,7 @@ def build_server(config: FrontendConfig, fd: int | None) -> tuple[uvicorn.Server
         log_level=config.log_level.lower(),
         log_config=None,
         server_header=False,
+        proxy_headers=False,  # nothing here reads the client address: skip that middleware
     )
     sockets = None
     if fd is not None:
