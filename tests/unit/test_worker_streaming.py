@@ -47,6 +47,17 @@ def test_chunks_go_out_in_order_with_batch_positions():
         ("reply", b"a-end"), ("error", b""), ("reply", b"c-end")]
 
 
+def test_chunks_of_grouped_batches_name_positions_in_the_whole_message():
+    service, sent = streaming_service(model_path("streaming"))
+    frames = service.run_batch(8, [item("a", "text/plain"), item("b", "text/plain"),
+                                   item("c", "text/plain")], [1, 2])
+    assert partials(sent) == (
+        [(8, 0, 200, "text/plain", f"a-{step},".encode()) for step in range(3)]
+        + [(8, position, 200, "text/plain", f"{body}-{step},".encode())
+           for step in range(3) for position, body in ((1, "b"), (2, "c"))])
+    assert [r.body for r in replies(frames)] == [b"a-end", b"b-end", b"c-end"]
+
+
 def test_chunks_carry_the_status_and_headers_set_so_far(tmp_path):
     path = write_model_dir(str(tmp_path / "m"), """
         from ts.handler_utils.utils import send_intermediate_predict_response
