@@ -37,6 +37,7 @@ from api.client_helpers import (
     HIGH_WATER_MARK,
     POLLIN,
     HeaderCache,
+    RefusalHints,
     Reply,
     connect_dealer,
     decode_control,
@@ -56,6 +57,7 @@ __all__ = ["AsyncClient", "ReplyStream"]
 log = logging.getLogger(__name__)
 
 _PARTIAL = protocol.PARTIAL
+_ERROR = protocol.ERROR
 _VERSION = protocol.VERSION
 _REQUEST = protocol.REQUEST
 
@@ -129,6 +131,7 @@ class AsyncClient:
         self._streams: dict[bytes, ReplyStream] = {}
         self._counter = itertools.count(1)
         self._headers = HeaderCache()
+        self._refusals = RefusalHints()
         self._drain_scheduled = False
         #: requests of this loop turn after its first, sent together at its end; None when
         #: the turn has sent none yet
@@ -171,10 +174,15 @@ class AsyncClient:
         payload, ctype = encode_body(body, content_type)
         route, meta = self._headers.frames(model, version, timeout_ms, ctype, headers,
                                            request_id)
+        if self._refusals:
+            self._refusals.check(route)  # refused here while the broker's hint holds
         answer = await self._call(None, route, meta, payload, wait_ms(timeout_ms), model,
                                   stream)
-        if answer[0] is None:
+        command = answer[0]
+        if command is None:
             return answer[1]
+        if command == _ERROR:
+            self._refusals.note(route, answer[1])
         return decode_reply(*answer)
 
     async def stream(self, model: str, body: Any, **kwargs: Any) -> AsyncIterator[bytes]:

@@ -28,6 +28,7 @@ from api.client_helpers import (
     DEFAULT_ADDRESS,
     HIGH_WATER_MARK,
     HeaderCache,
+    RefusalHints,
     Reply,
     connect_dealer,
     decode_control,
@@ -46,6 +47,7 @@ __all__ = ["AsyncClient", "Client", "PendingReply", "Reply"]
 log = logging.getLogger(__name__)
 
 _PARTIAL = protocol.PARTIAL
+_ERROR = protocol.ERROR
 _RCVTIMEO = zmq.RCVTIMEO
 _MAX_RCVTIMEO_MS = 3_600_000  # the option is a C int; longer waits loop
 
@@ -53,11 +55,14 @@ _MAX_RCVTIMEO_MS = 3_600_000  # the option is a C int; longer waits loop
 class PendingReply:
     """A request in flight; `result()` waits for its reply (pumping the client's socket)."""
 
-    __slots__ = ("_client", "rid", "_deadline_ns", "_wait_ms", "_what", "_answer")
+    __slots__ = ("_client", "rid", "_deadline_ns", "_wait_ms", "_what", "_answer", "_route")
 
-    def __init__(self, client: Client, rid: bytes, wait_ms_: int, what: str) -> None:
+    def __init__(self, client: Client, rid: bytes, wait_ms_: int, what: str,
+                 route: bytes | None = None) -> None:
         self._client = client
         self.rid = rid
+        #: the request's route frame (None for control calls): the key of refusal hints
+        self._route = route
         self._wait_ms = wait_ms_
         self._deadline_ns = time.monotonic_ns() + wait_ms_ * 1_000_000
         self._what = what
@@ -109,6 +114,7 @@ class Client:
         self._chunks: dict[bytes, list] = {}
         self._counter = itertools.count(1)
         self._headers = HeaderCache()
+        self._refusals = RefusalHints()
         self._rcvtimeo_ms = -1  # the socket's receive timeout, as last set
         self._closed = False
 
@@ -138,8 +144,14 @@ class Client:
         route, meta = self._headers.frames(model, version, timeout_ms, ctype, headers,
                                            request_id)
         rid = new_rid(next(self._counter))
+        handle = PendingReply(self, rid, wait_ms(timeout_ms), model, route)
+        if self._refusals:
+            try:
+                self._refusals.check(route)  # refused here while the broker's hint holds
+            except ServingError as exc:
+                handle._answer = exc
+                return handle
         self._send(protocol.encode_request(rid, route, meta, payload))
-        handle = PendingReply(self, rid, wait_ms(timeout_ms), model)
         self._pending[rid] = handle
         return handle
 
@@ -300,3 +312,5 @@ class Client:
                 continue
             chunks = self._chunks.pop(rid, None) if self._chunks else None
             handle._answer = (command, meta, body, chunks)
+            if command == _ERROR and handle._route is not None:
+                self._refusals.note(handle._route, meta)

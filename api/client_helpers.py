@@ -1,5 +1,6 @@
 """What the sync and asyncio ZeroMQ clients share: the Reply type, body encoding, the cache of
-encoded route/meta frames, reply decoding, request ids and the clients' constants.
+encoded route/meta frames, the broker's refusal hints, reply decoding, request ids and the
+clients' constants.
 
 Frames are built and parsed only through `zerobatch.protocol`; this module decides what a
 Python value becomes on the wire (bytes pass through, str is UTF-8 text, dict/list is JSON)
@@ -10,13 +11,19 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from typing import Any
 
 import msgpack
 import zmq
 
 from zerobatch import protocol
-from zerobatch.errors import DeadlineExceeded, ProtocolError, error_from_wire
+from zerobatch.errors import (
+    DeadlineExceeded,
+    DeadlineUnreachable,
+    ProtocolError,
+    error_from_wire,
+)
 
 DEFAULT_ADDRESS = "tcp://127.0.0.1:9500"
 #: how long a client waits past a request's own timeout before giving up locally
@@ -103,6 +110,51 @@ def encode_body(body: Any, content_type: str | None) -> tuple[Any, str]:
         raise TypeError(f"cannot send a body of type {kind.__name__}; pass bytes, str, "
                         "or a JSON-serializable dict or list") from None
     return body, content_type or OCTET_STREAM
+
+
+class RefusalHints:
+    """Routes the broker is refusing for a while, so that the client refuses them itself.
+
+    When the broker refuses a request as `deadline_unreachable`, it says for how long it
+    expects to refuse requests with that route (model, version, timeout): until its queue has
+    drained by what the request would have been late. Until then this client raises
+    DeadlineUnreachable for that route at once, without sending. Under overload most requests
+    are refused, and a refusal from the broker costs the front end, the broker and their
+    libzmq I/O threads about what an admitted request's trip costs: CPU the admitted requests
+    need, on a machine that has none to spare. The hint only ever delays asking: the first
+    request after it runs out goes to the broker, which decides again.
+    """
+
+    __slots__ = ("_until",)
+
+    def __init__(self) -> None:
+        #: route -> (monotonic ns until which it is refused, the broker's message)
+        self._until: dict[bytes, tuple[int, str]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._until)
+
+    def check(self, route: bytes) -> None:
+        """Raise DeadlineUnreachable while the broker's hint for route holds."""
+        hint = self._until.get(route)
+        if hint is None:
+            return
+        if time.monotonic_ns() < hint[0]:
+            raise DeadlineUnreachable(hint[1])
+        del self._until[route]
+
+    def note(self, route: bytes, error_info: Any) -> None:
+        """Read an ERROR's error_info frame; keep its hint if it is a deadline_unreachable
+        that carries one. Malformed frames are left to the reply decoding to report."""
+        try:
+            code, message, _status, retry_after_ms = protocol.parse_error_info(error_info)
+        except ProtocolError:
+            return
+        if code != DeadlineUnreachable.code or not retry_after_ms:
+            return
+        if len(self._until) >= CACHE_SIZE:
+            self._until.clear()
+        self._until[route] = (time.monotonic_ns() + retry_after_ms * 1_000_000, message)
 
 
 class HeaderCache:

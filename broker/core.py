@@ -52,7 +52,7 @@ class ModelQueue:
 
     __slots__ = ("config", "aggregator", "pending", "idle", "workers", "batch_sizes",
                  "requests_total", "deadline_ns", "refuses_late", "load_error", "returning",
-                 "return_window_ns", "hold_until_ns", "batch_messages")
+                 "return_window_ns", "hold_until_ns", "batch_messages", "refused_late")
 
     def __init__(self, config: ModelConfig, aggregator: Any) -> None:
         self.config = config
@@ -66,6 +66,8 @@ class ModelQueue:
         self.batch_sizes: dict[int, int] = {}
         self.batch_messages = 0
         self.requests_total = 0
+        #: requests refused at arrival because they could not make their deadline
+        self.refused_late = 0
         self.deadline_ns = config.deadline_ms * _NS_PER_MS
         #: admission "deadline": refuse at arrival what the queue would make late
         self.refuses_late = config.admission == "deadline"
@@ -249,11 +251,17 @@ class BrokerCore:
         if not timeout_ns or timeout_ns > queue.deadline_ns:
             timeout_ns = queue.deadline_ns
         deadline_ns = now_ns + timeout_ns
-        if queue.refuses_late and expected_finish_ns(queue, now_ns) > deadline_ns:
+        finish_ns = expected_finish_ns(queue, now_ns) if queue.refuses_late else 0
+        if finish_ns > deadline_ns:
+            queue.refused_late += 1
+            # Until the queue has drained by the excess, a request with this route would be
+            # refused too: the client may refuse those itself meanwhile (protocol: error_info).
+            excess_ms = -(-(finish_ns - deadline_ns) // _NS_PER_MS)
             raise DeadlineUnreachable(
                 f"Model {queue.config.name} cannot answer before this request's deadline "
                 f"({timeout_ns // _NS_PER_MS} ms): {len(queue.aggregator)} requests wait ahead "
-                "of it; retry later or with a longer timeout")
+                "of it; retry later or with a longer timeout",
+                retry_after_ms=min(excess_ms, timeout_ns // _NS_PER_MS))
         request_id = self._next_request_id
         self._next_request_id = request_id + 1
         if not queue.aggregator.push(request_id, now_ns, deadline_ns):
@@ -599,6 +607,7 @@ class BrokerCore:
                     "maxBatchDelay": queue.config.max_batch_delay_ms,
                     "queued": len(queue.aggregator),
                     "requests": queue.requests_total,
+                    "refusedLate": queue.refused_late,
                     "batchSizes": {str(k): v for k, v in sorted(queue.batch_sizes.items())},
                     # messages that carried those batches: fewer where batches were grouped
                     "batchMessages": queue.batch_messages,

@@ -14,11 +14,16 @@ class ServingError(Exception):
 
     code = "internal_error"
     http_status = 500
+    #: how long the sender expects the same request to be refused again (DeadlineUnreachable)
+    retry_after_ms: int | None = None
 
-    def __init__(self, message: str = "", *, status: int | None = None) -> None:
+    def __init__(self, message: str = "", *, status: int | None = None,
+                 retry_after_ms: int | None = None) -> None:
         super().__init__(message or self.__class__.__doc__ or self.code)
         if status is not None:
             self.http_status = status
+        if retry_after_ms is not None:
+            self.retry_after_ms = retry_after_ms
 
     @property
     def message(self) -> str:
@@ -28,8 +33,11 @@ class ServingError(Exception):
     def type_name(self) -> str:
         return type(self).__name__
 
-    def to_wire(self) -> tuple[str, str, int]:
-        return (self.code, self.message, self.http_status)
+    def to_wire(self) -> tuple:
+        """(code, message, status), and retry_after_ms when set."""
+        if self.retry_after_ms is None:
+            return (self.code, self.message, self.http_status)
+        return (self.code, self.message, self.http_status, self.retry_after_ms)
 
 
 class ConfigError(ServingError, ValueError):
@@ -163,10 +171,11 @@ ERROR_BY_CODE: dict[str, type[ServingError]] = {cls.code: cls for cls in _ALL}
 HTTP_STATUS_BY_CODE: dict[str, int] = {cls.code: cls.http_status for cls in _ALL}
 
 
-def error_from_wire(code: str, message: str, status: int | None = None) -> ServingError:
+def error_from_wire(code: str, message: str, status: int | None = None,
+                    retry_after_ms: int | None = None) -> ServingError:
     """Rebuild the typed error a peer sent; unknown codes become a plain ServingError."""
     cls = ERROR_BY_CODE.get(code, ServingError)
-    err = cls(message, status=status)
+    err = cls(message, status=status, retry_after_ms=retry_after_ms)
     if cls is ServingError and code != ServingError.code:
         err.code = code
     return err

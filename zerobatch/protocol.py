@@ -36,7 +36,10 @@ message. A message holds at most MAX_BATCH_ITEMS items.
     body        the raw request body; never decoded or copied by the broker
     control     msgpack {"op": str, ...}: management calls ("ping", "describe", "stop")
     reply_meta  msgpack [status: int, content_type: str | None, headers: {str: str} | None]
-    error_info  msgpack [code: str, message: str, status: int]  (codes: zerobatch.errors)
+    error_info  msgpack [code: str, message: str, status: int] or [..., retry_after_ms: int]
+                (codes: zerobatch.errors). retry_after_ms, on deadline_unreachable: how long
+                the broker expects to keep refusing requests with that route; a client may
+                refuse them itself until then, without a round trip (api.client_helpers)
 
 Worker <-> broker (back ROUTER; the worker's identity is its worker id)::
 
@@ -230,21 +233,31 @@ def parse_reply_meta(data: bytes) -> tuple[int, str | None, dict[str, str] | Non
     return meta[0], meta[1], meta[2]
 
 
-def encode_error_info(code: str, message: str, status: int) -> bytes:
-    return packb((code, message, status))
+def encode_error_info(code: str, message: str, status: int,
+                      retry_after_ms: int | None = None) -> bytes:
+    if retry_after_ms is None:
+        return packb((code, message, status))
+    return packb((code, message, status, retry_after_ms))
 
 
-def parse_error_info(data: bytes) -> tuple[str, str, int]:
+def parse_error_info(data: bytes) -> tuple[str, str, int, int | None]:
+    """(code, message, status, retry_after_ms or None)."""
     info = unpack_header(data)
-    if (not isinstance(info, list) or len(info) != 3 or not isinstance(info[0], str)
+    if (not isinstance(info, list) or len(info) not in (3, 4) or not isinstance(info[0], str)
             or not isinstance(info[1], str) or not isinstance(info[2], int)):
-        raise ProtocolError("error info must be [code, message, status]")
-    return info[0], info[1], info[2]
+        raise ProtocolError("error info must be [code, message, status(, retry_after_ms)]")
+    if len(info) == 3:
+        return info[0], info[1], info[2], None
+    retry_after_ms = info[3]
+    if type(retry_after_ms) is not int or retry_after_ms < 0:
+        raise ProtocolError("error info retry_after_ms must be a non-negative integer")
+    return info[0], info[1], info[2], retry_after_ms
 
 
-def encode_error(rid: bytes, code: str, message: str, status: int) -> list:
+def encode_error(rid: bytes, code: str, message: str, status: int,
+                 retry_after_ms: int | None = None) -> list:
     """A broker-made error reply to a client (the ROUTER identity goes in front)."""
-    return [VERSION, ERROR, rid, encode_error_info(code, message, status), b""]
+    return [VERSION, ERROR, rid, encode_error_info(code, message, status, retry_after_ms), b""]
 
 
 def error_frames(err: Any) -> tuple[bytes, bytes, bytes]:

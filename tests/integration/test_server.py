@@ -22,7 +22,12 @@ from tests.integration.conftest import (
     processes_mentioning,
 )
 from zerobatch import protocol as p
-from zerobatch.errors import DeadlineExceeded, ModelNotFound, WorkerLost
+from zerobatch.errors import (
+    DeadlineExceeded,
+    DeadlineUnreachable,
+    ModelNotFound,
+    WorkerLost,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -176,6 +181,32 @@ def test_request_that_cannot_make_its_deadline_is_refused_at_once(make_server):
         assert running.result().status == 200
     status, _h, _b = server.predict("slow", slow_body(0, "patient"), timeout_ms=5_000)
     assert status == 200
+
+
+def test_a_client_refuses_what_the_broker_said_it_would_refuse(make_server):
+    """The broker's deadline_unreachable carries how long requests like it will be refused;
+    the client refuses them itself meanwhile (the broker counts one refusal, not three), and
+    asks the broker again once that time is over."""
+    server = make_server({"slow": "slow"}, "--batch-size", "1", "--max-queue", "8",
+                         "--frontends", "0")
+    with server.client() as client:
+        client.predict("slow", {"sleep_ms": 300, "tag": "teach"}, timeout_ms=10_000)
+        running = client.submit("slow", {"sleep_ms": 600, "tag": "running"}, timeout_ms=10_000)
+        wait_busy(server, "slow")
+        for _ in range(3):
+            with pytest.raises(DeadlineUnreachable) as refused:
+                client.predict("slow", {"sleep_ms": 0, "tag": "late"}, timeout_ms=200)
+        (model,) = server.describe()["models"]
+        assert model["refusedLate"] == 1
+        assert refused.value.message.startswith("Model slow cannot answer")
+        assert running.result().status == 200  # 600 ms: the hint (at most 200 ms) ran out
+        seen = model["requests"] + model["refusedLate"]
+        try:  # the broker decides again (its estimate may still refuse: both are fine)
+            client.predict("slow", {"sleep_ms": 0, "tag": "later"}, timeout_ms=200)
+        except DeadlineUnreachable:
+            pass
+        (model,) = server.describe()["models"]
+        assert model["requests"] + model["refusedLate"] == seen + 1
 
 
 def test_full_queue_answers_503_at_once(shared_server):

@@ -136,6 +136,6 @@ def decode_item(cmd: bytes, a: bytes, b: bytes) -> Item:
         status, content_type, headers = protocol.parse_reply_meta(a)
         return Item("reply", status, content_type, headers, bytes(b))
     if cmd == protocol.ERROR:
-        code, message, status = protocol.parse_error_info(a)
+        code, message, status, _retry_after_ms = protocol.parse_error_info(a)
         return Item("error", status, code=code, message=message)
     raise AssertionError(f"unknown W_REPLY item command {cmd!r}")

@@ -338,8 +338,12 @@ def test_request_that_would_miss_its_deadline_is_refused_at_once(core):
     # a in flight (one round), then b and c as one full batch: 20 ms of wait, 25 ms with
     # the quarter of slack, within the 25 ms deadline. d and e need a third round (37.5 ms).
     assert errors(answers) == [(b"d", "deadline_unreachable"), (b"e", "deadline_unreachable")]
-    code, message, status = p.parse_error_info(answers[0][4])
+    code, message, status, retry_after_ms = p.parse_error_info(answers[0][4])
     assert status == 503 and "echo" in message and "25 ms" in message
+    # d would finish at 37.5 ms, 12.5 past its deadline: requests like it are refused for
+    # at least that long, which the client may do itself
+    assert retry_after_ms == 13
+    assert core.describe()["models"][0]["refusedLate"] == 2
 
 
 def test_admission_never_refuses_before_a_run_time_is_known(core):

@@ -17,7 +17,9 @@ def test_headers_round_trip():
     assert p.parse_reply_meta(p.encode_reply_meta(201, "a/b", {"h": "v"})) == (201, "a/b",
                                                                                {"h": "v"})
     assert p.parse_error_info(p.encode_error_info("queue_full", "full", 503)) == (
-        "queue_full", "full", 503)
+        "queue_full", "full", 503, None)
+    assert p.parse_error_info(p.encode_error_info("deadline_unreachable", "late", 503, 7)) == (
+        "deadline_unreachable", "late", 503, 7)
     assert p.parse_batch_id(p.encode_batch_id(2**40 + 3)) == 2**40 + 3
     assert p.parse_control(p.encode_control(b"r", "describe")[3]) == {"op": "describe"}
 

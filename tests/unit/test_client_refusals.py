@@ -1,0 +1,87 @@
+"""Refusal hints (api.client_helpers.RefusalHints): after the broker refuses a request as
+deadline_unreachable with retry_after_ms, both clients refuse that route themselves until
+then, without sending; other routes, other errors and expired hints go to the broker."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import time
+
+import pytest
+
+from api.aio_client import AsyncClient
+from api.client import Client
+from api.client_helpers import RefusalHints
+from tests.unit.test_client_fakebroker import reply_frames
+from zerobatch import protocol
+from zerobatch.errors import DeadlineUnreachable, QueueFull
+
+HINT_MS = 300
+
+
+def refuse_with_hint(broker, retry_after_ms=HINT_MS, code="deadline_unreachable"):
+    msg = broker.next()
+    broker.send(msg.identity, protocol.encode_error(msg.rid, code, "too late, 9 ahead", 503,
+                                                    retry_after_ms))
+    return msg
+
+
+def assert_nothing_sent(broker):
+    with pytest.raises(queue.Empty):
+        broker.next(timeout_s=0.1)
+
+
+def test_hints_hold_until_they_run_out_and_ignore_other_errors():
+    hints = RefusalHints()
+    route, other = protocol.encode_route("m", None, 100), protocol.encode_route("m", None, 200)
+    assert not hints
+    hints.note(route, protocol.encode_error_info("queue_full", "full", 503, 50))
+    hints.note(route, protocol.encode_error_info("deadline_unreachable", "late", 503))
+    hints.note(route, b"\xc1 garbage")
+    assert not hints  # none of those is a deadline_unreachable with a hint
+    hints.note(route, protocol.encode_error_info("deadline_unreachable", "late", 503, 30))
+    with pytest.raises(DeadlineUnreachable, match="late"):
+        hints.check(route)
+    hints.check(other)
+    time.sleep(0.04)
+    hints.check(route)  # ran out: the next request asks the broker again
+    assert not hints
+
+
+def test_sync_client_refuses_a_hinted_route_itself(broker):
+    with Client(broker.address) as client:
+        first = client.submit("m", b"x", timeout_ms=100)
+        refuse_with_hint(broker)
+        with pytest.raises(DeadlineUnreachable):
+            first.result()
+        started = time.monotonic()
+        with pytest.raises(QueueFull):  # DeadlineUnreachable is a kind of QueueFull
+            client.predict("m", b"x", timeout_ms=100)
+        assert time.monotonic() - started < 0.05
+        assert_nothing_sent(broker)
+        other = client.submit("m", b"y", timeout_ms=200)  # another deadline: another route
+        msg = broker.next()
+        broker.send(msg.identity, reply_frames(msg.rid, b"ok"))
+        assert other.result().body == b"ok"
+        time.sleep(HINT_MS / 1000)
+        late = client.submit("m", b"z", timeout_ms=100)
+        msg = broker.next()  # the hint ran out: asked again
+        broker.send(msg.identity, reply_frames(msg.rid, b"again"))
+        assert late.result().body == b"again"
+
+
+def test_async_client_refuses_a_hinted_route_itself(broker, run):
+    async def scenario():
+        async with AsyncClient(broker.address) as client:
+            first = asyncio.ensure_future(client.predict("m", b"x", timeout_ms=100))
+            await asyncio.sleep(0)
+            await asyncio.get_running_loop().run_in_executor(None, refuse_with_hint, broker)
+            with pytest.raises(DeadlineUnreachable):
+                await first
+            with pytest.raises(DeadlineUnreachable):
+                await client.predict("m", b"x", timeout_ms=100)
+            return client.in_flight
+
+    assert run(scenario()) == 0
+    assert_nothing_sent(broker)
