@@ -119,6 +119,7 @@ class InFlightBatch:
         self.worker = worker
         #: [(client identity, rid), ...] in the order the worker answers
         self.requests = requests
+        #: the size of each batch in the message, in order (one entry unless grouped)
         self.sizes = sizes
         self.dispatched_ns = dispatched_ns
 
@@ -310,12 +311,12 @@ class BrokerCore:
 
     def _prefetch(self, queue: ModelQueue, now_ns: int) -> None:
         """Send a full batch (or a group of them) to each busy worker that has none queued, so
-        that it starts the
-        moment its running batch ends instead of a broker round trip later (the worker runs
-        batches one at a time; the next one waits in its socket). Only full batches go ahead:
-        a partial one is better left to fill, and a free worker takes it anyway. Only when the
-        earliest deadline waiting is more than two batch runs away: a request sent ahead can
-        no longer expire in the queue (it would run late instead of being answered 504)."""
+        that it starts the moment its running batch ends instead of a broker round trip later
+        (the worker runs batches one at a time; the next one waits in its socket). Only full
+        batches go ahead: a partial one is better left to fill, and a free worker takes it
+        anyway. Only when the earliest deadline waiting is more than two batch runs away: a
+        request sent ahead can no longer expire in the queue (it would run late instead of
+        being answered 504)."""
         aggregator = queue.aggregator
         batch_size = queue.config.batch_size
         earliest_deadline_ns = aggregator.next_wakeup_ns(now_ns, False)
