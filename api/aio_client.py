@@ -18,6 +18,9 @@ status and headers are the first chunk's and whose `chunks()` yields each chunk 
 and the final body last (a reply without chunks resolves as a plain Reply, as `predict`
 does); `stream` is the async generator of those bodies.
 
+Refusal hints: as `Client`, it refuses a route itself while the broker's last
+`deadline_unreachable` for it says the broker would (`api.client_helpers.RefusalHints`).
+
 Create an AsyncClient inside the event loop that will use it (it binds to that loop on first
 use), and close it there: `await client.aclose()` or `async with AsyncClient(...)`.
 """

@@ -7,6 +7,10 @@ streaming handler sends (PARTIAL messages) as they arrive, then the final body; 
 joins them into one body. `AsyncClient` (in
 `api.aio_client`, re-exported here) is the asyncio twin used by the HTTP front ends.
 
+Both keep the broker's refusal hints (`api.client_helpers.RefusalHints`): after a
+`deadline_unreachable` refusal, requests on the same model, version and timeout are refused
+here, without being sent, for as long as the broker said it would refuse them.
+
 A Client is not thread-safe (neither is a ZeroMQ socket): use one per thread.
 
     with Client("tcp://127.0.0.1:9500") as client:
