@@ -190,19 +190,22 @@ def test_a_client_refuses_what_the_broker_said_it_would_refuse(make_server):
     server = make_server({"slow": "slow"}, "--batch-size", "1", "--max-queue", "8",
                          "--frontends", "0")
     with server.client() as client:
-        client.predict("slow", {"sleep_ms": 300, "tag": "teach"}, timeout_ms=10_000)
-        running = client.submit("slow", {"sleep_ms": 600, "tag": "running"}, timeout_ms=10_000)
+        client.predict("slow", {"sleep_ms": 600, "tag": "teach"}, timeout_ms=10_000)
+        running = client.submit("slow", {"sleep_ms": 1200, "tag": "running"},
+                                timeout_ms=10_000)
         wait_busy(server, "slow")
+        # a 500 ms request would finish after about 1.5 s: refused with a hint of its whole
+        # 500 ms, time enough for the two that follow to be refused here
         for _ in range(3):
             with pytest.raises(DeadlineUnreachable) as refused:
-                client.predict("slow", {"sleep_ms": 0, "tag": "late"}, timeout_ms=200)
+                client.predict("slow", {"sleep_ms": 0, "tag": "late"}, timeout_ms=500)
         (model,) = server.describe()["models"]
         assert model["refusedLate"] == 1
         assert refused.value.message.startswith("Model slow cannot answer")
-        assert running.result().status == 200  # 600 ms: the hint (at most 200 ms) ran out
+        assert running.result().status == 200  # 1.2 s: the hint has run out
         seen = model["requests"] + model["refusedLate"]
         try:  # the broker decides again (its estimate may still refuse: both are fine)
-            client.predict("slow", {"sleep_ms": 0, "tag": "later"}, timeout_ms=200)
+            client.predict("slow", {"sleep_ms": 0, "tag": "later"}, timeout_ms=500)
         except DeadlineUnreachable:
             pass
         (model,) = server.describe()["models"]
