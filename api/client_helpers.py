@@ -139,8 +139,9 @@ class RefusalHints:
         hint = self._until.get(route)
         if hint is None:
             return
-        if time.monotonic_ns() < hint[0]:
-            raise DeadlineUnreachable(hint[1])
+        left_ns = hint[0] - time.monotonic_ns()
+        if left_ns > 0:
+            raise DeadlineUnreachable(hint[1], retry_after_ms=-(-left_ns // 1_000_000))
         del self._until[route]
 
     def note(self, route: bytes, error_info: Any) -> None:

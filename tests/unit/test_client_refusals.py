@@ -41,8 +41,9 @@ def test_hints_hold_until_they_run_out_and_ignore_other_errors():
     hints.note(route, b"\xc1 garbage")
     assert not hints  # none of those is a deadline_unreachable with a hint
     hints.note(route, protocol.encode_error_info("deadline_unreachable", "late", 503, 30))
-    with pytest.raises(DeadlineUnreachable, match="late"):
+    with pytest.raises(DeadlineUnreachable, match="late") as refused:
         hints.check(route)
+    assert 0 < refused.value.retry_after_ms <= 30  # what is left of the hint
     hints.check(other)
     time.sleep(0.04)
     hints.check(route)  # ran out: the next request asks the broker again
