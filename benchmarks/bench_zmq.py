@@ -10,8 +10,11 @@ hits all of them alike:
   proxy  libzmq's C zmq_proxy in the relay's place
   ours   a real zerobatch server (broker + one echo worker, batch size 8, adaptive) driven by
          our own `api.client.Client`
-For each: p50/p99 round trip with one request in flight, and requests/s with 64 in flight.
-Figures are medians over the rounds; ratios are ours against the relay.
+For each: p50/p99 round trip with one request in flight, and requests/s with 64 in flight;
+and, during the one-in-flight phase, the CPU time per request of each process (user + system
+from /proc, libzmq I/O threads included; the client is this process). With one request in
+flight every process's CPU is on the critical path, so those figures say where a slower
+round trip goes. Figures are medians over the rounds; ratios are ours against the relay.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from benchmarks.common import (
     write_json,
     zerobatch_server,
 )
+from benchmarks.cpu_per_request import cpu_seconds, processes_of
 
 PAYLOAD = b"x" * 100
 IN_FLIGHT = 64
@@ -83,18 +87,25 @@ class OurClient:
         self.client.close()
 
 
-def measure(client, latency_requests: int, throughput_requests: int) -> dict:
+def measure(client, latency_requests: int, throughput_requests: int,
+            pids: dict[str, int]) -> dict:
+    """The figures of one system; pids names its server-side processes (for cpu_*_us)."""
     for _ in range(200):  # warm up: connections, caches, the worker's first batches
         client.send()
         client.recv()
     latencies = []
     clock = time.perf_counter
+    cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    client_before = time.process_time()
     for _ in range(latency_requests):
         started = clock()
         client.send()
         client.recv()
         latencies.append(clock() - started)
     figures = latency_summary_ms(latencies)
+    for name, pid in pids.items():
+        figures[f"cpu_{name}_us"] = (cpu_seconds(pid) - cpu_before[name]) / latency_requests * 1e6
+    figures["cpu_client_us"] = (time.process_time() - client_before) / latency_requests * 1e6
 
     started = clock()
     deadline = started + MAX_PHASE_S
@@ -117,10 +128,11 @@ def run_floor(kind: str, args: argparse.Namespace) -> dict:
         front, back = f"ipc://{tmp}/front", f"ipc://{tmp}/back"
         server = ["-m", "benchmarks.floor", kind, front, back]
         echo = ["-m", "benchmarks.floor", "echo", back]
-        with processes(server, echo):
+        with processes(server, echo) as (server_process, echo_process):
             client = RawClient(front)
             try:
-                return measure(client, args.latency_requests, args.throughput_requests)
+                return measure(client, args.latency_requests, args.throughput_requests,
+                               {kind: server_process.pid, "echo": echo_process.pid})
             finally:
                 client.close()
 
@@ -129,9 +141,10 @@ def run_ours(args: argparse.Namespace) -> dict:
     flags = ["--frontends", "0", "--batch-size", "8", "--max-batch-delay", "5",
              "--max-queue", "1000"]
     with zerobatch_server({"echo": os.path.join(BENCH_MODELS, "echo")}, *flags) as server:
+        pids = {role: pid for pid, role in processes_of(server["run_dir"]).items()}
         client = OurClient(server["client_address"])
         try:
-            return measure(client, args.latency_requests, args.throughput_requests)
+            return measure(client, args.latency_requests, args.throughput_requests, pids)
         finally:
             client.close()
 
@@ -161,6 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     for kind, figures in median.items():
         print(f"  {kind:5s}  p50 {figures['p50_ms']:.3f}  p99 {figures['p99_ms']:.3f}  "
               f"{figures['rps_64']:,.0f} req/s")
+    print("CPU per request with 1 in flight (µs; client = this process)")
+    for kind, figures in median.items():
+        cpu = ", ".join(f"{key[4:-3]} {value:.0f}" for key, value in figures.items()
+                        if key.startswith("cpu_"))
+        print(f"  {kind:5s}  {cpu}")
     print(f"  ours/relay: p50 x{ratios['p50_ours_over_relay']:.2f} (target <= 1.25), "
           f"throughput x{ratios['rps64_ours_over_relay']:.2f} (target >= 1.0)")
     write_json(args.json, run_record("zmq", vars(args), {"median": median, "ratios": ratios,
