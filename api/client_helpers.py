@@ -44,13 +44,6 @@ new_rid = _RID.pack  # rid = the client's 8-byte little-endian counter
 _REPLY = protocol.REPLY
 _ERROR = protocol.ERROR
 
-# The compiled getsockopt under pyzmq's Python layer, with plain int options (see
-# zerobatch/transport.py for why).
-socket_get = zmq.backend.Socket.get
-NOBLOCK = int(zmq.NOBLOCK)
-EVENTS = int(zmq.EVENTS)
-POLLIN = int(zmq.POLLIN)
-
 
 def connect_dealer(context: zmq.Context, address: str) -> zmq.Socket:
     """The client's one DEALER to the broker: no linger on close, deep queues both ways."""
@@ -220,13 +213,33 @@ def wait_ms(timeout_ms: int) -> int:
     return timeout_ms + GRACE_MS if timeout_ms else DEFAULT_WAIT_MS
 
 
+_reply_metas: dict[bytes, tuple[int, str | None, None]] = {}
+
+
+def parse_reply_meta(meta: bytes) -> tuple[int, str | None, dict[str, str] | None]:
+    """protocol.parse_reply_meta, remembering the metas without headers: a model answers
+    nearly every request with the same few (status, content type) pairs, so their bytes repeat
+    and a dict lookup replaces a msgpack decode per reply. A meta with headers is decoded
+    each time (its dict is the caller's to keep)."""
+    if type(meta) is not bytes:  # a frame or buffer: not a dict key
+        return protocol.parse_reply_meta(meta)
+    parsed = _reply_metas.get(meta)
+    if parsed is None:
+        parsed = protocol.parse_reply_meta(meta)
+        if parsed[2] is None:
+            if len(_reply_metas) >= CACHE_SIZE:
+                _reply_metas.clear()
+            _reply_metas[meta] = parsed
+    return parsed
+
+
 def decode_reply(command: bytes, meta: Any, body: Any, chunks: list | None = None) -> Reply:
     """Turn a REPLY into a Reply, or raise the typed error an ERROR carries.
 
     chunks: bodies of PARTIAL messages that came before the final REPLY, joined in front.
     """
     if command == _REPLY:
-        status, content_type, headers = protocol.parse_reply_meta(meta)
+        status, content_type, headers = parse_reply_meta(meta)
         if chunks:
             body = b"".join([*chunks, body])
         return Reply(status, content_type, headers, body)

@@ -19,7 +19,7 @@ import zmq
 from broker.core import BrokerCore
 from broker.supervisor import Supervisor
 from zerobatch.protocol import coalesce_client_messages
-from zerobatch.transport import recv_frames, send_frames
+from zerobatch.transport import has_message, recv_frames, send_frames
 
 log = logging.getLogger("zerobatch.broker")
 
@@ -110,12 +110,17 @@ class BrokerLoop:
         return min(timeout_ms, _MAX_POLL_MS)
 
     def _drain(self, socket: zmq.Socket, handle, now_ns: int) -> None:
+        """Handle what waits on a socket that poll found readable, at most _DRAIN_LIMIT
+        messages, asking after each whether another waits (`has_message`) rather than
+        ending on a failed receive."""
         for _ in range(_DRAIN_LIMIT):
             try:
                 frames = recv_frames(socket, block=False)
             except zmq.Again:
                 return
             handle(frames, now_ns)
+            if not has_message(socket):
+                return
 
     def _flush(self) -> None:
         core = self.core

@@ -32,8 +32,11 @@ ZERO_COPY_MIN_BYTES = 64 * 1024
 _SEND_MORE = int(zmq.NOBLOCK) | int(zmq.SNDMORE)
 _SEND_LAST = int(zmq.NOBLOCK)
 _NOBLOCK = int(zmq.NOBLOCK)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
 _send = zmq.backend.Socket.send
 _recv = zmq.backend.Socket.recv
+_get = zmq.backend.Socket.get
 
 
 def send_frames(socket: zmq.Socket, frames: list[Any]) -> None:
@@ -55,6 +58,12 @@ def recv_frames(socket: zmq.Socket, block: bool = True) -> list[zmq.Frame]:
         frame = _recv(socket, 0, False)
         frames.append(frame)
     return frames
+
+
+def has_message(socket: zmq.Socket) -> bool:
+    """Whether a whole message waits to be received (ZMQ_EVENTS has POLLIN): 1.2 us, where a
+    receive that finds none costs 2.8 us (pyzmq builds and raises a zmq.Again)."""
+    return bool(_get(socket, _EVENTS) & _POLLIN)
 
 
 def recv_bytes(socket: zmq.Socket, block: bool = True) -> list[bytes]:

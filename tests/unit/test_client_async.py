@@ -7,6 +7,7 @@ import asyncio
 
 import pytest
 
+import api.aio_client as aio_client
 import api.client_helpers as helpers
 from api.client import AsyncClient
 from tests.unit.test_client_fakebroker import FakeBroker, echo, error_frames, reply_frames
@@ -109,6 +110,40 @@ def test_silent_broker_times_out_locally_and_late_reply_is_dropped(run, broker, 
             (msg,) = await next_msg(broker)
             broker.reply(msg, b"fresh")
             assert (await task).body == b"fresh"
+    run(main())
+
+
+def test_local_deadlines_fail_only_the_silent_calls_and_leave_nothing_behind(
+        run, broker, monkeypatch):
+    """One timer serves every call: answered calls leave no entry, silent ones fail in the
+    order of their deadlines, never before, and the timer stops once nothing waits."""
+    monkeypatch.setattr(helpers, "GRACE_MS", 20)
+    monkeypatch.setattr(aio_client, "SWEEP_INTERVAL_S", 0.01)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        async with AsyncClient(broker.address) as client:
+            answered = [asyncio.ensure_future(client.predict("m", b"a", timeout_ms=5000))
+                        for _ in range(20)]
+            started = loop.time()
+            short = asyncio.ensure_future(client.predict("m", b"s", timeout_ms=30))
+            long = asyncio.ensure_future(client.predict("m", b"l", timeout_ms=200))
+            for msg in (await next_msg(broker, 22))[:20]:
+                broker.reply(msg, b"ok")
+            assert [r.body for r in await asyncio.gather(*answered)] == [b"ok"] * 20
+            deadlines = client._deadlines
+            assert len(deadlines._ticks) == 2  # only the two silent calls are left
+            with pytest.raises(errors.DeadlineExceeded):
+                await short
+            assert loop.time() - started >= 0.05  # its 30 ms and the 20 ms grace
+            assert not long.done()
+            with pytest.raises(errors.DeadlineExceeded):
+                await long
+            assert loop.time() - started >= 0.22
+            assert client.in_flight == 0
+            assert not deadlines._ticks and not deadlines._buckets
+            await asyncio.sleep(0.03)
+            assert deadlines._timer is None
     run(main())
 
 
