@@ -55,8 +55,47 @@ def encode_value(value: Any) -> tuple[Any, str]:
         buffer = io.BytesIO()
         torch.save(value, buffer)
         return buffer.getvalue(), OCTET_STREAM
-    return json.dumps(value, indent=JSON_INDENT, default=_json_default).encode("utf-8"), \
-        APPLICATION_JSON
+    return dumps_indented(value).encode("utf-8"), APPLICATION_JSON
+
+
+def dumps_indented(value: Any) -> str:
+    """`json.dumps(value, indent=2)` (with numpy values as Python values), the same text.
+
+    With an indent, the json module falls back to its pure-Python encoder: 19 us for a list
+    of ten floats, against 3 us for the C encoder's compact text, and a classifier answers
+    such a list (or a dict of labels to scores, or a list of such lists) for every request:
+    0.15 ms of an 8-request MLP batch. So for those shapes, a flat list of numbers, a list of
+    non-empty flat lists of numbers, or a dict of string keys to numbers, the compact text is
+    re-spaced into the indented one: its only ", " sequences are the item separators, since
+    numbers hold none and keys with one are left to the general path.
+    """
+    kind = type(value)
+    if kind is list or kind is tuple:
+        if not value:
+            return "[]"
+        if _all_numbers(value):
+            return "[\n  " + json.dumps(value)[1:-1].replace(", ", ",\n  ") + "\n]"
+        if all((type(row) is list or type(row) is tuple) and row and _all_numbers(row)
+               for row in value):
+            return "[\n" + ",\n".join(
+                "  [\n    " + json.dumps(row)[1:-1].replace(", ", ",\n    ") + "\n  ]"
+                for row in value) + "\n]"
+    elif kind is dict:
+        if not value:
+            return "{}"
+        if (_all_numbers(value.values())
+                and all(type(key) is str and ", " not in key for key in value)):
+            return "{\n  " + json.dumps(value)[1:-1].replace(", ", ",\n  ") + "\n}"
+    return json.dumps(value, indent=JSON_INDENT, default=_json_default)
+
+
+def _all_numbers(values: Any) -> bool:
+    """Every value an int or a float itself (bool, subclasses and numpy types excluded)."""
+    for item in values:
+        kind = type(item)
+        if kind is not float and kind is not int:
+            return False
+    return True
 
 
 def _json_default(value: Any) -> Any:
