@@ -317,13 +317,18 @@ class AsyncClient:
                 self._chunks.pop(rid, None)
 
     def _post_request(self, rid: bytes, route: bytes, meta: bytes, body: Any) -> None:
-        """Send a request: the first of a loop turn at once (no added latency), the ones after
-        it in the same turn together in one REQUEST message at the turn's end (see
-        "Coalescing" in zerobatch/protocol.py: one message per turn, not one per request)."""
+        """Send a request in the REQUEST message that goes at the end of this loop turn with
+        every request the turn makes (see "Coalescing" in zerobatch/protocol.py: one message
+        per turn, not one per request), or at once when it is the only request in flight:
+        then the wait for the turn's end would be all its added latency, and under load the
+        requests in flight keep the broker busy meanwhile."""
         outbox = self._outbox
         if outbox is None:
-            self._send([_VERSION, _REQUEST, rid, route, meta, body])
-            self._outbox = []
+            if len(self._pending) == 1:
+                self._send([_VERSION, _REQUEST, rid, route, meta, body])
+                self._outbox = []
+            else:
+                self._outbox = [rid, route, meta, body]
             self._loop.call_soon(self._flush_outbox)
             return
         outbox += (rid, route, meta, body)

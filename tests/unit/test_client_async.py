@@ -197,8 +197,10 @@ def test_close_fails_pending_calls_and_refuses_new_ones(run, broker):
 
 
 def test_requests_of_one_loop_turn_share_a_message_after_the_first(run):
-    """The first request of a turn goes out at once; the others of that turn follow together
-    in one REQUEST message, and every one of them is answered (REPLIES in one message too)."""
+    """The first request of a turn goes out at once when nothing else is in flight; the others
+    of that turn follow together in one REQUEST message; while requests are in flight, a
+    later turn's requests all go in one message; every one is answered (REPLIES in one message
+    too)."""
     import zmq
 
     router = zmq.Context.instance().socket(zmq.ROUTER)
@@ -216,14 +218,18 @@ def test_requests_of_one_loop_turn_share_a_message_after_the_first(run):
             tasks = [asyncio.ensure_future(client.predict("m", b"%d" % i)) for i in range(5)]
             first, rest = await asyncio.to_thread(receive_messages, 2)
             assert len(first) == 1 + 2 + 4 and len(rest) == 1 + 2 + 4 * 4
-            rids = [first[3]] + rest[3::4]
+            tasks += [asyncio.ensure_future(client.predict("m", b"%d" % i)) for i in range(5, 8)]
+            (later,) = await asyncio.to_thread(receive_messages, 1)
+            assert len(later) == 1 + 2 + 4 * 3  # five in flight: the first waits for the others
+            assert client.in_flight == 8
+            rids = [first[3]] + rest[3::4] + later[3::4]
             replies = [rest[0], protocol.VERSION, protocol.REPLIES]
             for index, rid in enumerate(rids):
                 replies += [protocol.REPLY, rid, protocol.encode_reply_meta(200, "text/plain"),
                             b"r%d" % index]
             router.send_multipart(replies)
             answers = await asyncio.gather(*tasks)
-            assert [a.body for a in answers] == [b"r%d" % i for i in range(5)]
+            assert [a.body for a in answers] == [b"r%d" % i for i in range(8)]
 
     try:
         run(main())
