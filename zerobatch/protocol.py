@@ -260,11 +260,6 @@ def encode_error(rid: bytes, code: str, message: str, status: int,
     return [VERSION, ERROR, rid, encode_error_info(code, message, status, retry_after_ms), b""]
 
 
-def error_frames(err: Any) -> tuple[bytes, bytes, bytes]:
-    """(ERROR, error_info, b"") for a ServingError: the per-item triple of a W_REPLY."""
-    return ERROR, encode_error_info(err.code, err.message, err.http_status), b""
-
-
 _CLIENT_REPLY_COMMANDS = frozenset((REPLY, ERROR, PARTIAL))
 
 
