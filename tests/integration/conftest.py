@@ -8,7 +8,6 @@ the broker, a ready worker per model and the HTTP ping; no fixed sleeps.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import shutil
@@ -21,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 
 import pytest
+
+from tests.http_request import http_request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TEST_MODELS = os.path.join(ROOT, "tests", "models")
@@ -68,13 +69,7 @@ class Server:
     # -- HTTP
     def http(self, method: str, path: str, body: bytes | None = None,
              headers: dict | None = None, timeout: float = 30) -> tuple[int, dict, bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=timeout)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            response = conn.getresponse()
-            return response.status, dict(response.getheaders()), response.read()
-        finally:
-            conn.close()
+        return http_request(self.http_port, method, path, body, headers, timeout)
 
     def predict(self, model: str, body: bytes, content_type: str = "application/json",
                 timeout_ms: int | None = None) -> tuple[int, dict, bytes]:

@@ -5,7 +5,6 @@ killed in a finalizer."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import signal
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.http_request import http_request
 from tests.unit.test_client_fakebroker import FakeBroker, echo
 from zerobatch.config import FrontendConfig
 
@@ -32,13 +32,7 @@ class Frontend:
         self.log_path = log_path
 
     def request(self, method: str, path: str, body=None, headers=None, timeout_s: float = 5.0):
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout_s)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            response = conn.getresponse()
-            return response.status, dict(response.getheaders()), response.read()
-        finally:
-            conn.close()
+        return http_request(self.port, method, path, body, headers, timeout_s)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
