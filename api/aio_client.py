@@ -1,11 +1,12 @@
 """The asyncio ZeroMQ client: many concurrent requests on one DEALER, resolved by rid.
 
 One reader, registered with the event loop on the socket's file descriptor, drains every
-message that arrives and resolves the future waiting under its rid; each call sends at once
-and awaits its own future, bounded by its timeout plus a grace, past which it fails with
-DeadlineExceeded (`_Deadlines`: one timer per client, not one per call). Requests are sent
-without blocking: a full send queue means the broker is not reading, and fails the call with
-BrokerUnavailable.
+message that arrives and resolves the future waiting under its rid; each call sends its
+request (at once, or with the others of its event-loop turn at the turn's end: see
+`_post_request`) and awaits its own future, bounded by its timeout plus a grace, past which
+it fails with DeadlineExceeded (`_Deadlines`: one timer per client, not one per call).
+Requests are sent without blocking: a full send queue means the broker is not reading, and
+fails the call with BrokerUnavailable.
 
 Why not `zmq.asyncio`: its sockets allocate a future and several EVENTS queries per send and
 per receive, and wake a handler after every send while a receive waits. A plain socket read
@@ -199,8 +200,8 @@ class AsyncClient:
         self._refusals = RefusalHints()
         self._deadlines: _Deadlines | None = None  # made with the loop, on first use
         self._drain_scheduled = False
-        #: requests of this loop turn after its first, sent together at its end; None when
-        #: the turn has sent none yet
+        #: requests of this loop turn still to be sent, together, at its end; None when the
+        #: turn has made none yet
         self._outbox: list | None = None
         self._closed = False
 
