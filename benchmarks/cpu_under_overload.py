@@ -29,7 +29,8 @@ from benchmarks.harness import (
     WORK_DIR,
     overload_figures,
 )
-from benchmarks.loadgen import HttpTarget, run_http
+from benchmarks.loadgen import HttpTarget
+from benchmarks.loadgen_http import run_http
 
 MAX_REQUESTS = 200_000
 

@@ -36,7 +36,9 @@ from typing import Any, Callable, Iterator
 
 from benchmarks.common import ROOT, bare_falcon, processes
 from benchmarks.histogram import Histogram
-from benchmarks.loadgen import HttpTarget, LoadResult, run_http, run_wrk, run_zmq, wrk_available
+from benchmarks.loadgen import HttpTarget, LoadResult, run_wrk, wrk_available
+from benchmarks.loadgen_http import run_http
+from benchmarks.loadgen_zmq import run_zmq
 from benchmarks.peers import ModelSettings, Peer, Started, get_peer
 
 SERVERS = ("zerobatch", "torchserve", "litserve")

@@ -13,7 +13,9 @@ import threading
 import pytest
 
 from benchmarks.common import BENCH_MODELS, free_port, processes, wait_http, zerobatch_server
-from benchmarks.loadgen import HttpTarget, LoadResult, run_http, run_wrk, run_zmq, wrk_available
+from benchmarks.loadgen import HttpTarget, LoadResult, run_wrk, wrk_available
+from benchmarks.loadgen_http import run_http
+from benchmarks.loadgen_zmq import run_zmq
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from benchmarks import loadgen
+from benchmarks import loadgen, loadgen_http
 from benchmarks.histogram import Histogram
 from benchmarks.loadgen import HttpTarget, LoadResult, wrk_result
 from benchmarks.wrk import PERCENTILES, script_text
@@ -50,7 +50,7 @@ class _Run:
 def parse(stream: bytes, split: int | None = None, close: bool = False) -> _Run:
     """Feed a byte stream to one connection, in pieces of `split` bytes (None: whole)."""
     run = _Run()
-    connection = loadgen._Connection(run)
+    connection = loadgen_http._Connection(run)
     connection.connection_made(_Transport())
     step = split or len(stream)
     for start in range(0, len(stream), step):
@@ -109,24 +109,24 @@ def test_the_request_is_encoded_once_with_length_and_host():
                                     {"rate": 0.0}])
 def test_exactly_one_mode(kwargs):
     with pytest.raises(ValueError):
-        loadgen._check_mode(kwargs.get("concurrency"), kwargs.get("rate"), 10)
+        loadgen.check_mode(kwargs.get("concurrency"), kwargs.get("rate"), 10)
 
 
 def test_the_window_admits_warmup_then_a_bounded_count():
-    meter = loadgen._Meter("closed", duration_s=1.0, warmup_s=1.0, max_requests=2,
+    meter = loadgen.Meter("closed", duration_s=1.0, warmup_s=1.0, max_requests=2,
                            deadline_ms=None)
     start, window = meter.start_ns, meter.window_start_ns
     assert [meter.admit(start), meter.admit(start), meter.admit(start)] == [0, 0, -1]
     assert not meter.stopped  # the warm-up's count is spent, the window has not begun
     assert [meter.admit(window), meter.admit(window)] == [1, 1]
     assert meter.admit(window) == -1 and meter.stopped and meter.count_limited
-    late = loadgen._Meter("open", duration_s=1.0, warmup_s=0.0, max_requests=9,
+    late = loadgen.Meter("open", duration_s=1.0, warmup_s=0.0, max_requests=9,
                           deadline_ms=None)
     assert late.admit(late.window_end_ns) == -1 and late.stopped and not late.count_limited
 
 
 def test_deadline_accounting_counts_ok_answers_in_time():
-    meter = loadgen._Meter("open", duration_s=1.0, warmup_s=0.0, max_requests=9,
+    meter = loadgen.Meter("open", duration_s=1.0, warmup_s=0.0, max_requests=9,
                            deadline_ms=100)
     for latency_us in (50_000, 100_000, 150_000):
         meter.answer(1, None, latency_us, 0)
