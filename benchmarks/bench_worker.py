@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 
 from benchmarks.harness import WORK_DIR
@@ -29,7 +30,6 @@ _REQUEST_ID = "0123456789abcdef0123456789abcdef"
 
 def measure(workload_name: str, batch_size: int, batches: int) -> dict[str, float]:
     """Median ms before, in and after the handler, over `batches` runs after a warm-up."""
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     import zmq
 
     from worker.service import Service
@@ -39,7 +39,7 @@ def measure(workload_name: str, batch_size: int, batches: int) -> dict[str, floa
     workload = build(workload_name, WORK_DIR)
     service = Service.load(ModelConfig(name=workload.name, path=workload.model_dir,
                                        batch_size=batch_size))
-    torch = __import__("sys").modules.get("torch")
+    torch = sys.modules.get("torch")  # only a handler that uses torch has imported it
     if torch is not None:
         torch.set_num_threads(1)
     meta = protocol.encode_meta(CONTENT_TYPE, {**_HEADERS,
@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--batches", type=int, default=200)
     args = parser.parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # before the handler imports torch
     if args.batch_size < 1 or args.batches < 1:
         parser.error("--batch-size and --batches must be at least 1")
     figures = measure(args.workload, args.batch_size, args.batches)
