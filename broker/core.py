@@ -408,8 +408,13 @@ class BrokerCore:
             if worker is not None:
                 worker.expiry_ns = now_ns + self.worker_ttl_ns
             return
+        from_replies = identity.endswith(p.REPLY_SUFFIX)
+        if from_replies:  # the worker's reply socket (see zerobatch.protocol)
+            identity = identity[:-len(p.REPLY_SUFFIX)]
         try:
             command = p.check_envelope(frames[1:], 2)
+            if from_replies and command == p.W_READY:
+                raise ProtocolError("READY must come from the data socket, not the reply one")
             worker = self.workers.get(identity)
             if worker is not None:
                 worker.expiry_ns = now_ns + self.worker_ttl_ns

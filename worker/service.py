@@ -2,9 +2,12 @@
 into one W_REPLY.
 
 No sockets here. `Service.load` reads the model directory, resolves and initializes the
-handler; `Service.run_batch` decodes the batch's requests, calls the handler with the whole
-list (once per batch of a BATCHES message), and builds the W_REPLY frames, one (cmd, a, b)
-triple per request, in order:
+handler; `Service.compute` decodes the batch's requests and calls the handler with the whole
+list (once per batch of a BATCHES message); `Service.encode` turns what it answered into the
+W_REPLY frames, one (cmd, a, b) triple per request, in order (`run_batch` does both). The two
+halves are apart so that the worker loop can encode one batch's answers on its reply thread
+while the handler already runs the next (worker.loop, Overlap); so a handler must not change a
+result after returning it, or its model-config.yaml says `overlapReplies: false`. Per request:
 
 - a request whose meta frame is malformed gets ERROR `bad_request` and is left out of the
   list the handler sees (the others still run);
@@ -51,6 +54,9 @@ OUT_OF_RESOURCES_STATUS = 507
 _REPLY_HEAD = (protocol.VERSION, protocol.W_REPLY)
 #: The model-config.yaml key that turns per-request failure isolation off (default on).
 RETRY_FAILED_BATCH_KEY = "retryFailedBatch"
+#: The model-config.yaml key that keeps a long batch's encoding off the reply thread (default
+#: on): for a handler that changes a result after returning it (worker.loop, Overlap).
+OVERLAP_REPLIES_KEY = "overlapReplies"
 
 
 class Service:
@@ -59,17 +65,16 @@ class Service:
     def __init__(self, entry_point: EntryPoint, context: Context) -> None:
         self.entry_point = entry_point
         self.context = context
-        retry = context.model_yaml_config.get(RETRY_FAILED_BATCH_KEY, True)
-        if not isinstance(retry, bool):
-            raise ConfigError(f"model-config.yaml of {context.model_name}: "
-                              f"{RETRY_FAILED_BATCH_KEY} must be true or false, not {retry!r}")
-        self.retry_failed_batch = retry
+        self.retry_failed_batch = _yaml_flag(context, RETRY_FAILED_BATCH_KEY)
+        self.overlap_replies = _yaml_flag(context, OVERLAP_REPLIES_KEY)
         #: Where W_PARTIAL frames go (set by the worker loop); None: streaming is refused.
         self.partial_sink: Callable[[list], None] | None = None
         #: The batch being run, and each handler index's position in it (for send_partial).
         self._batch_id = 0
         self._positions: list[int] = []
         self._partials_sent = 0
+        #: Nanoseconds spent in successful handler calls, all batches together.
+        self.handler_ns = 0
         context.send_partial = self.send_partial
 
     @classmethod
@@ -98,20 +103,42 @@ class Service:
                   sizes: Sequence[int] | None = None) -> list:
         """Run one BATCH's (meta, body) items, or a BATCHES message's batches of `sizes`
         items, one handler call each, in order; return the one W_REPLY for all of them."""
+        return self.encode(self.compute(batch_id, items, sizes))
+
+    def compute(self, batch_id: int, items: Sequence[tuple[Any, Any]],
+                sizes: Sequence[int] | None = None,
+                before_handler: Callable[[], None] | None = None) -> "Computed":
+        """Decode and run the batch (or batches) like run_batch, without encoding the results.
+
+        before_handler, when given, is called once, after the first batch is decoded and
+        right before its handler call (or after decoding, when no request reached one).
+        """
         self._batch_id = batch_id
-        frames = [*_REPLY_HEAD, protocol.encode_batch_id(batch_id)]
+        computed = Computed(batch_id)
         if sizes is None or len(sizes) == 1:
-            self._answer(batch_id, items, 0, frames)
-            return frames
+            self._answer(batch_id, items, 0, computed, before_handler)
+            return computed
         start = 0
         for size in sizes:
-            self._answer(batch_id, items[start:start + size], start, frames)
+            self._answer(batch_id, items[start:start + size], start, computed, before_handler)
+            before_handler = None
             start += size
+        return computed
+
+    @staticmethod
+    def encode(computed: "Computed") -> list:
+        """The W_REPLY frames for a computed batch: each result encoded as it would be sent."""
+        frames = [*_REPLY_HEAD, protocol.encode_batch_id(computed.batch_id)]
+        for answer in computed.answers:
+            if type(answer) is _Result:
+                frames.extend(_reply(answer.index, answer.value, answer.processor))
+            else:
+                frames.extend(answer)
         return frames
 
     def _answer(self, batch_id: int, items: Sequence[tuple[Any, Any]], start: int,
-                frames: list) -> None:
-        """One handler call for items (at `start` in their message); appends their triples."""
+                computed: "Computed", before_handler: Callable[[], None] | None) -> None:
+        """One handler call for items (at `start` in their message); appends their answers."""
         data: list[dict[str, Any]] = []
         request_headers: list[dict[str, Any]] = []
         request_ids: list[str] = []
@@ -133,17 +160,18 @@ class Service:
             data.append({"body": decode_body(content_type, body)})
 
         self.context.metrics.reset(None)
-        triples = self._run(data, request_headers, request_ids, positions) if data else []
+        if before_handler is not None:
+            before_handler()
+        answers = self._run(data, request_headers, request_ids, positions) if data else []
         if rejected:
-            answered = iter(triples)
-            for position in range(start, start + len(items)):
-                frames.extend(rejected.get(position) or next(answered))
+            answered = iter(answers)
+            computed.answers.extend(rejected.get(position) or next(answered)
+                                    for position in range(start, start + len(items)))
         else:
-            for triple in triples:
-                frames.extend(triple)
+            computed.answers.extend(answers)
 
     def _run(self, data: list, request_headers: list[dict], request_ids: list[str],
-             positions: list[int]) -> list[tuple]:
+             positions: list[int]) -> list:
         """Answer these requests; on a failure, retry them in halves (see the docstring)."""
         count = len(data)
         partials_before = self._partials_sent
@@ -165,8 +193,9 @@ class Service:
                             positions[half:]))
 
     def _call(self, data: list, request_headers: list[dict], request_ids: list[str],
-              positions: list[int]) -> tuple[list[tuple], Any]:
-        """One handler call: (triples, None) or (error triples, the exception or message)."""
+              positions: list[int]) -> tuple[list, Any]:
+        """One handler call: (a _Result per request, None) or (error triples, the exception or
+        message)."""
         context = self.context
         processors = [RequestProcessor(header) for header in request_headers]
         ids = dict(enumerate(request_ids))
@@ -187,8 +216,10 @@ class Service:
         if len(results) != count:
             message = f"handler returned {len(results)} results for {count} requests"
             return [_error(HandlerError.code, message, HandlerError.http_status)] * count, message
-        context.metrics.add_time("PredictionTime", (time.monotonic_ns() - start_ns) / 1e6)
-        return [_reply(index, value, processors[index])
+        elapsed_ns = time.monotonic_ns() - start_ns
+        self.handler_ns += elapsed_ns
+        context.metrics.add_time("PredictionTime", elapsed_ns / 1e6)
+        return [_Result(index, value, processors[index])
                 for index, value in enumerate(results)], None
 
     def send_partial(self, index: int, value: Any, status: int | None = None) -> None:
@@ -208,6 +239,37 @@ class Service:
         sink([protocol.VERSION, protocol.W_PARTIAL, protocol.encode_batch_id(self._batch_id),
               protocol.encode_partial_index(positions[index]), meta, body])
         self._partials_sent += 1
+
+
+def _yaml_flag(context: Context, key: str, default: bool = True) -> bool:
+    value = context.model_yaml_config.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"model-config.yaml of {context.model_name}: {key} must be true or "
+                          f"false, not {value!r}")
+    return value
+
+
+class Computed:
+    """A batch the handler has answered: per request, in order, a ready (cmd, a, b) triple (an
+    error) or a _Result still to encode."""
+
+    __slots__ = ("batch_id", "answers")
+
+    def __init__(self, batch_id: int) -> None:
+        self.batch_id = batch_id
+        self.answers: list = []
+
+
+class _Result:
+    """What the handler returned for request `index` of its call, and that request's
+    response status and headers."""
+
+    __slots__ = ("index", "value", "processor")
+
+    def __init__(self, index: int, value: Any, processor: RequestProcessor) -> None:
+        self.index = index
+        self.value = value
+        self.processor = processor
 
 
 def _reply(index: int, value: Any, processor: RequestProcessor) -> tuple:

@@ -77,6 +77,13 @@ A worker sends its heartbeats from a second DEALER whose identity is its worker 
 HEARTBEAT_SUFFIX, owned by a heartbeat thread, so a long forward pass on the data socket's
 thread never silences it. Any message from either identity counts as a heartbeat.
 
+A worker receives batches on its data DEALER (the identity it says READY from) and sends
+everything else, W_REPLY, W_PARTIAL and DISCONNECT, from a third DEALER whose identity is
+its worker id plus REPLY_SUFFIX, in order on that one connection. Sending from a socket of
+their own lets a worker encode and send one batch's answers on a second thread while its
+handler already runs the next batch (worker.replies); the broker reads the two identities
+as one worker. The broker accepts those commands from the data identity too.
+
 Untrusted frames are parsed defensively: anything malformed raises ProtocolError, which the
 receiver logs and drops; it never takes a process down.
 """
@@ -114,6 +121,7 @@ CLIENT_COMMANDS = frozenset((REQUEST, CONTROL))
 WORKER_COMMANDS = frozenset((W_READY, W_REPLY, W_HEARTBEAT, W_DISCONNECT, W_PARTIAL))
 
 HEARTBEAT_SUFFIX = b".hb"
+REPLY_SUFFIX = b".rp"
 
 # Limits on what a peer may send us.
 MAX_RID_BYTES = 64

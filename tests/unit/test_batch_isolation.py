@@ -159,3 +159,12 @@ def test_bad_metas_keep_their_places_around_a_split(tmp_path):
         ("reply", None), ("error", "bad_request"), ("error", "handler_error"), ("reply", None)]
     assert json.loads(replies[0].body)["echo"] == "ok0"
     assert json.loads(replies[3].body)["echo"] == "ok3"
+
+
+def test_overlap_replies_is_on_by_default_and_must_be_a_bool(tmp_path):
+    service, _ = service_for(tmp_path / "default", BAD_RAISES)
+    assert service.overlap_replies is True
+    service, _ = service_for(tmp_path / "off", BAD_RAISES, "overlapReplies: false\n")
+    assert service.overlap_replies is False
+    with pytest.raises(ConfigError, match="overlapReplies must be true or false"):
+        service_for(tmp_path / "bad", BAD_RAISES, "overlapReplies: 1\n")

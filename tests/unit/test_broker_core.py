@@ -241,6 +241,27 @@ def partial(core: BrokerCore, batch_id: int, index: int, body: bytes, now_ns: in
                   body], now_ns)
 
 
+def test_replies_from_the_reply_identity_count_as_the_workers(core):
+    add(core, batch_size=2)
+    ready(core, 0)
+    request(core, b"r0", 0, body=b"b0")
+    request(core, b"r1", MS, body=b"b1")
+    (batch,) = take_back(core)
+    assert batch[0] == WORKER  # batches go to the data socket the worker said READY from
+    reply_batch(core, batch, 5 * MS, identity=WORKER + p.REPLY_SUFFIX)
+    assert [(m[0], m[2], m[3], m[5]) for m in take_front(core)] == [
+        (CLIENT, p.REPLY, b"r0", b"b0"), (CLIENT, p.REPLY, b"r1", b"b1")]
+    assert core.describe()["models"][0]["workers"][0]["status"] == "READY"
+    core.on_back([WORKER + p.REPLY_SUFFIX] + p.DISCONNECT_FRAMES, 6 * MS)
+    assert core.describe()["models"][0]["workers"] == []
+
+
+def test_ready_from_a_reply_identity_is_refused(core):
+    add(core)
+    ready(core, 0, identity=WORKER + p.REPLY_SUFFIX)
+    assert core.describe()["models"][0]["workers"] == []
+
+
 def test_worker_partial_is_forwarded_and_the_request_stays_in_flight(core):
     add(core)
     ready(core, 0)

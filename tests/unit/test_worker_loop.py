@@ -162,7 +162,7 @@ def test_stop_event_disconnects(thread_worker, broker):
     worker.stop()
     assert worker.reason == STOPPED
     frames = broker.wait_command(protocol.W_DISCONNECT, timeout_s=5)
-    assert frames == [worker.identity, *protocol.DISCONNECT_FRAMES]
+    assert frames == [worker.identity + protocol.REPLY_SUFFIX, *protocol.DISCONNECT_FRAMES]
 
 
 def test_broker_silence_ends_the_loop():

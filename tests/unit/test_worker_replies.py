@@ -1,0 +1,115 @@
+"""The worker's reply socket: order between the reply thread and direct sends, its failures,
+and the worker loop handing long batches' answers to it while the next batch runs.
+
+Real sockets on loopback (a ROUTER standing in for the broker); every wait is bounded."""
+
+import json
+import shutil
+import threading
+
+import pytest
+import zmq
+
+from tests.models import model_path
+from tests.models.fake_broker import FakeBroker, item
+from tests.unit.test_worker_loop import ThreadWorker, worker_config
+from worker.replies import ReplyWriter
+from zerobatch import protocol
+
+IDENTITY = b"w-replies" + protocol.REPLY_SUFFIX
+
+
+@pytest.fixture
+def broker():
+    with FakeBroker() as fake:
+        yield fake
+
+
+@pytest.fixture
+def router(broker):
+    return broker.router
+
+
+@pytest.fixture
+def writer(broker):
+    replies = ReplyWriter(zmq.Context.instance(), broker.address, "w-replies")
+    yield replies
+    replies.close()
+
+
+def receive(router, timeout_ms=5000):
+    assert router.poll(timeout_ms, zmq.POLLIN), "nothing arrived"
+    return router.recv_multipart()
+
+
+def test_a_direct_send_waits_for_what_the_thread_still_holds(router, writer):
+    release = threading.Event()
+
+    def slow_encoding():
+        assert release.wait(5)
+        return [protocol.VERSION, protocol.W_REPLY, b"first"]
+
+    writer.send_later(slow_encoding)
+    sender = threading.Thread(target=writer.send,
+                              args=([protocol.VERSION, protocol.W_PARTIAL, b"second"],))
+    sender.start()
+    assert not router.poll(100, zmq.POLLIN)  # the direct send waits for the held one
+    release.set()
+    sender.join(5)
+    assert receive(router) == [IDENTITY, protocol.VERSION, protocol.W_REPLY, b"first"]
+    assert receive(router) == [IDENTITY, protocol.VERSION, protocol.W_PARTIAL, b"second"]
+    assert writer.sent_later == 1
+
+
+def test_a_failed_encoding_is_raised_to_the_next_caller(router, writer):
+    def broken():
+        raise KeyError("no encoder")
+
+    writer.send_later(broken)
+    writer.send_later(lambda: [b"never sent"])
+    assert writer.wait_sent(5)
+    assert isinstance(writer.error, KeyError)
+    with pytest.raises(RuntimeError, match="reply thread failed"):
+        writer.send([protocol.VERSION, protocol.W_DISCONNECT])
+    with pytest.raises(RuntimeError, match="reply thread failed"):
+        writer.send_later(lambda: [b"nor this"])
+    assert not router.poll(100, zmq.POLLIN)
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_long_batches_are_answered_beside_the_next_one(broker, tmp_path, overlap):
+    """Three batches wait at once; the first two take 20 ms each in the handler, so each has
+    its answers sent by the reply thread while the next runs. The last has nothing after it
+    and is answered at once, by the loop itself. Every answer arrives, in order. With
+    `overlapReplies: false` the loop answers every batch itself."""
+    path = model_path("slow")
+    if not overlap:
+        path = shutil.copytree(path, tmp_path / "slow")
+        (tmp_path / "slow" / "model-config.yaml").write_text("overlapReplies: false\n")
+    worker = ThreadWorker(worker_config(broker, model="slow", path=str(path)))
+    try:
+        identity, _ = broker.wait_ready()
+        for batch_id in (1, 2, 3):
+            broker.send_batch(identity, batch_id,
+                              [item(json.dumps({"sleep_ms": 20, "tag": f"b{batch_id}"}))])
+        # wait_reply drops what it does not match: a reply out of order would time out
+        seen = [json.loads(broker.wait_reply(batch_id)[0].body)["seen"]
+                for batch_id in (1, 2, 3)]
+        assert [tags[-1] for tags in seen] == ["b1", "b2", "b3"]
+        assert seen[2][-3:] == ["b1", "b2", "b3"]
+        assert worker.loop.overlapped == (2 if overlap else 0)
+    finally:
+        worker.stop()
+
+
+def test_short_batches_are_answered_by_the_loop_itself(broker):
+    worker = ThreadWorker(worker_config(broker, model="echo"))
+    try:
+        identity, _ = broker.wait_ready()
+        for batch_id in (1, 2, 3):
+            broker.send_batch(identity, batch_id, [item(f'"{batch_id}"')])
+        assert [broker.wait_reply(batch_id)[0].body for batch_id in (1, 2, 3)] == [
+            b"1", b"2", b"3"]
+        assert worker.loop.overlapped == 0
+    finally:
+        worker.stop()
