@@ -8,7 +8,10 @@ One run, in this order (each server started fresh per case, all with the same se
 worker and one torch thread; a case is a workload and its batching: `echo` at batch size 1,
 each server's default, for the pure per-request overhead, and `echo-b8`, `mlp`, `sleep` at
 batch size 8 with a 5 ms delay; a 100-byte echo body, a 49 KB MLP input):
-  ceiling     the model's own speed outside any server (batched_ceiling), per workload
+  ceiling     the model's own speed outside any server (batched_ceiling), per workload:
+              measured right before the servers run that workload and again right after,
+              and reported as the mean of the two, so that the machine's drift during the
+              servers' runs moves the ceiling with them
   startup     spawn -> first successful prediction, taken from every server start
   latency     concurrency 1 over HTTP (our generator: full HDR percentiles)
   throughput  concurrency 8, 64, 256 over HTTP (wrk when installed: it costs the shared
@@ -113,28 +116,41 @@ def run(plan: Plan, out_dir: str, command: list[str] | None = None,
     peers = _ready_peers(plan.servers, record, say)
     cases = [CASES[name] for name in plan.workloads]
     workloads = {case.workload: build(case.workload, WORK_DIR) for case in cases}
-    ceilings = {}
     for case in cases:
-        if case.workload == "echo" or case.name in ceilings:
-            continue
-        say(f"ceiling: {case.name}")
-        batch_size = case.settings.batch_size
-        ceiling = batched_ceiling(workloads[case.workload], batch_sizes=(1, batch_size))
-        ceilings[case.name] = ceiling
-        records.append({"scenario": "ceiling", "workload": case.name, "server": None,
-                        "batch_size": batch_size, "forward_ms": ceiling["forward_ms"],
-                        "ceiling_rps": ceiling["ceiling_rps"]})
-    for case in cases:
+        ceiling = None
+        if case.workload != "echo":
+            say(f"ceiling: {case.name} (before)")
+            before = batched_ceiling(workloads[case.workload],
+                                     batch_sizes=(1, case.settings.batch_size))
+            ceiling = _ceiling_record(case, [before])
+            records.append(ceiling)
         for peer in peers:
             say(f"{peer.name}: {case.name}")
             records.extend(_serve_and_measure(peer, case, workloads[case.workload], plan,
-                                              ceilings.get(case.name), record, say))
+                                              ceiling, record, say))
+            _save(record, out_dir)
+        if ceiling is not None and peers:
+            say(f"ceiling: {case.name} (after)")
+            after = batched_ceiling(workloads[case.workload],
+                                    batch_sizes=(1, case.settings.batch_size))
+            ceiling.update(_ceiling_record(case, [before, after]))
             _save(record, out_dir)
     if plan.floor:
         records.extend(_floor(plan, say))
     record["targets"] = check_targets(records, plan)
     _save(record, out_dir)
     return record
+
+
+def _ceiling_record(case: Case, measured: list[dict]) -> dict:
+    """The ceiling record of a case: the mean forward time of its measurements, and each."""
+    sizes = measured[0]["forward_ms"].keys()
+    forward_ms = {size: sum(m["forward_ms"][size] for m in measured) / len(measured)
+                  for size in sizes}
+    return {"scenario": "ceiling", "workload": case.name, "server": None,
+            "batch_size": case.settings.batch_size, "forward_ms": forward_ms,
+            "ceiling_rps": {size: int(size) * 1000 / ms for size, ms in forward_ms.items()},
+            "measurements": [m["forward_ms"] for m in measured]}
 
 
 def _ready_peers(names: tuple[str, ...], record: dict, say: Callable[[str], None]) -> list:

@@ -249,7 +249,13 @@ def ceiling_section(run: dict) -> str:
     headers = ["workload", "forward ms (batch 1)", f"forward ms (batch {CEILING_BATCH})",
                f"ceiling req/s (batch {CEILING_BATCH})", "concurrency", "zerobatch req/s",
                *[f"{s} ÷ ceiling" for s in servers]]
-    return "## Batching efficiency (HTTP)\n\n" + table(headers, rows)
+    notes = [f"- {c['workload']}: forward ms at batch {CEILING_BATCH} measured before and after "
+             "the servers ran it: " + ", ".join(fmt_ms(m.get(CEILING_BATCH))
+                                                 for m in c["measurements"])
+             + "; the ceiling uses their mean."
+             for c in ceilings if len(c.get("measurements") or ()) > 1]
+    return ("## Batching efficiency (HTTP)\n\n" + table(headers, rows)
+            + ("\n\n" + "\n".join(notes) if notes else ""))
 
 
 def overload_section(run: dict) -> str:

@@ -90,3 +90,15 @@ def test_unknown_names_are_a_usage_error(option, capsys):
         main(["run", option, "nope"])
     assert exited.value.code == 2
     assert "unknown nope" in capsys.readouterr().err
+
+
+def test_the_ceiling_is_the_mean_of_its_measurements_before_and_after():
+    from benchmarks.harness import CASES, _ceiling_record
+
+    before = {"forward_ms": {"1": 2.0, "8": 6.0}}
+    after = {"forward_ms": {"1": 2.2, "8": 6.5}}
+    record = _ceiling_record(CASES["mlp"], [before, after])
+    assert record["forward_ms"] == pytest.approx({"1": 2.1, "8": 6.25})
+    assert record["ceiling_rps"] == pytest.approx({"1": 1000 / 2.1, "8": 8000 / 6.25})
+    assert record["measurements"] == [before["forward_ms"], after["forward_ms"]]
+    assert _ceiling_record(CASES["mlp"], [before])["ceiling_rps"]["8"] == pytest.approx(8000 / 6)

@@ -45,7 +45,8 @@ def synthetic_run() -> dict:
         load("throughput", "mlp", "zerobatch", 32, 980.0, 30.0, batches={"8": 1225}),
         load("throughput", "mlp", "torchserve", 32, 700.0, 44.0),
         {"scenario": "ceiling", "workload": "mlp", "server": None,
-         "forward_ms": {"1": 2.3, "8": 8.0}, "ceiling_rps": {"1": 434.0, "8": 1000.0}},
+         "forward_ms": {"1": 2.3, "8": 8.0}, "ceiling_rps": {"1": 434.0, "8": 1000.0},
+         "measurements": [{"1": 2.2, "8": 7.9}, {"1": 2.4, "8": 8.1}]},
         {"scenario": "overload", "workload": "mlp", "server": "zerobatch", "transport": "http",
          "rate": 2000.0, "deadline_ms": 100, "result": result(900.0, 40.0, {"503": 1100}),
          "accepted": 0.45, "within_deadline_of_accepted": 0.995, "refusal_p99_ms": 1.2},
@@ -137,6 +138,8 @@ def test_ceiling_overload_startup_floor_and_targets(results_dir, written):
     text = (results_dir / "report.md").read_text()
     [ceiling] = lines_with(text, "| mlp | 2.30 | 8.00 | 1,000 | 32 |")
     assert "| 980 | 98.0% | 70.0% | n/a |" in ceiling
+    assert ("- mlp: forward ms at batch 8 measured before and after the servers ran it: 7.90, "
+            "8.10; the ceiling uses their mean.") in text
     [overload] = lines_with(text, "| mlp | zerobatch | 2,000 |")
     assert "| 45.0% | 99.5% | 1.20 |" in overload and "503: 1,100" in overload
     assert lines_with(text, "| mlp | torchserve |", "| 2.0% | n/a |")
