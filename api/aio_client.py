@@ -63,6 +63,7 @@ _PARTIAL = protocol.PARTIAL
 _ERROR = protocol.ERROR
 _VERSION = protocol.VERSION
 _REQUEST = protocol.REQUEST
+_request_head = protocol.encode_request_head
 
 
 #: The local timeouts of calls are checked this often, so a call fails up to this much past
@@ -324,16 +325,17 @@ class AsyncClient:
         then the wait for the turn's end would be all its added latency, and under load the
         requests in flight keep the broker busy meanwhile."""
         outbox = self._outbox
+        head = _request_head(rid, route, meta)
         if outbox is None:
             if len(self._pending) == 1:
-                self._send([_VERSION, _REQUEST, rid, route, meta, body])
+                self._send([_VERSION, _REQUEST, head, body])
                 self._outbox = []
             else:
-                self._outbox = [rid, route, meta, body]
+                self._outbox = [head, body]
             self._loop.call_soon(self._flush_outbox)
             return
-        outbox += (rid, route, meta, body)
-        if len(outbox) >= 4 * protocol.MAX_BATCH_ITEMS:  # a message holds at most that many
+        outbox += (head, body)
+        if len(outbox) >= 2 * protocol.MAX_BATCH_ITEMS:  # a message holds at most that many
             self._flush_outbox()
             self._outbox = []  # the turn goes on: its later requests start a new message
 
@@ -344,8 +346,8 @@ class AsyncClient:
         try:
             self._send([_VERSION, _REQUEST, *outbox])
         except BrokerUnavailable as exc:
-            for rid in outbox[::4]:
-                future = self._pending.get(rid)
+            for head in outbox[::2]:
+                future = self._pending.get(head[1:1 + head[0]])
                 if future is not None and not future.done():
                     future.set_exception(BrokerUnavailable(exc.message))
 

@@ -59,23 +59,20 @@ def echo(back_address: str) -> None:
 
 
 def zb_echo(back_address: str) -> None:
-    """Answer each zerobatch REQUEST (one or more requests) with the bodies, as REPLY or
-    REPLIES: the floor for our own client (api.aio_client), with no broker and no worker."""
+    """Answer each zerobatch REQUEST (one or more requests) with the bodies, in one REPLIES:
+    the floor for our own client (api.aio_client), with no broker and no worker."""
     from zerobatch import protocol as p
 
     context = zmq.Context()
     socket = context.socket(zmq.DEALER)
     socket.connect(back_address)
-    meta = p.encode_reply_meta(200, "application/octet-stream")
+    answer = p.REPLY + p.encode_reply_meta(200, "application/octet-stream")
     while True:
-        frames = socket.recv_multipart()  # [client identity, VERSION, REQUEST, groups...]
-        groups = frames[3:]
-        if len(groups) == 4:
-            socket.send_multipart([frames[0], p.VERSION, p.REPLY, groups[0], meta, groups[3]])
-            continue
+        frames = socket.recv_multipart()  # [client identity, VERSION, REQUEST, (head, body)...]
         reply = [frames[0], p.VERSION, p.REPLIES]
-        for base in range(0, len(groups), 4):
-            reply += (p.REPLY, groups[base], meta, groups[base + 3])
+        for index in range(3, len(frames), 2):
+            head = frames[index]
+            reply += (head[:1 + head[0]] + answer, frames[index + 1])
         socket.send_multipart(reply)
 
 

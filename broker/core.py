@@ -6,9 +6,9 @@ Each appends what must be sent to `out_front` / `out_back` (lists of frame lists
 first); the socket loop (broker/loop.py) sends them and clears the lists. The clock is always
 passed in, so every timing rule is a deterministic unit test.
 
-Request bodies and meta frames are never decoded here: they are stored as received and handed
-to the worker as they are. Only the small route frame is read (and its decoding is cached,
-since a client usually repeats the same model and timeout).
+Request bodies and metas are never decoded here: they are stored as received and handed to
+the worker as they are. Only the rid and the route of a request head are read (and the
+route's decoding is cached, since a client usually repeats the same model and timeout).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class ModelQueue:
     def __init__(self, config: ModelConfig, aggregator: Any) -> None:
         self.config = config
         self.aggregator = aggregator
-        #: request id -> (client identity, rid, meta frame, body frame)
+        #: request id -> (client identity, rid head, meta, body frame)
         self.pending: dict[int, tuple] = {}
         self.idle: deque[WorkerRecord] = deque()
         self.workers: dict[bytes, WorkerRecord] = {}
@@ -117,7 +117,7 @@ class InFlightBatch:
                  dispatched_ns: int) -> None:
         self.batch_id = batch_id
         self.worker = worker
-        #: [(client identity, rid), ...] in the order the worker answers
+        #: [(client identity, rid head), ...] in the order the worker answers
         self.requests = requests
         #: the size of each batch in the message, in order (one entry unless grouped)
         self.sizes = sizes
@@ -180,18 +180,16 @@ class BrokerCore:
     # ------------------------------------------------------------------ front side
 
     def on_front(self, frames: list, now_ns: int) -> None:
-        """A message from a client or front end: [identity, VERSION, command, rid, ...]."""
+        """A message from a client or front end: [identity, VERSION, command, ...]."""
         identity = _as_bytes(frames[0])
         try:
-            command = p.check_envelope(frames[1:], 3)
-            rid = _as_bytes(frames[3])
-            if len(rid) > p.MAX_RID_BYTES:
-                raise ProtocolError(f"request id longer than {p.MAX_RID_BYTES} bytes")
+            command = p.check_envelope(frames[1:], 4)
+            if command == p.REQUEST:
+                self._on_requests(identity, frames, now_ns)
+                return
+            rid = p.rid_head(_as_bytes(frames[3]))
         except ProtocolError as exc:
             log.warning("dropped a malformed client message: %s", exc)
-            return
-        if command == p.REQUEST:
-            self._on_requests(identity, frames, now_ns)
             return
         try:
             if command == p.CONTROL:
@@ -204,36 +202,35 @@ class BrokerCore:
             self.out_front.append([identity] + p.encode_error(rid, *exc.to_wire()))
 
     def _on_requests(self, identity: bytes, frames: list, now_ns: int) -> None:
-        """A REQUEST message: one or more (rid, route, meta, body) groups, each answered on its
-        own (an error for one request never touches the others)."""
-        count, extra = divmod(len(frames) - 3, 4)
-        if extra or not 1 <= count <= p.MAX_BATCH_ITEMS:
-            log.warning("bad client message: REQUEST must be [VERSION, REQUEST] and 1 to %d "
-                        "(rid, route, meta, body) groups", p.MAX_BATCH_ITEMS)
-            self.out_front.append([identity] + p.encode_error(
-                _as_bytes(frames[3]), *ProtocolError(
-                    "REQUEST must be [VERSION, REQUEST, rid, route, meta, body, ...]"
-                ).to_wire()))
+        """A REQUEST message: one or more (head, body) pairs, each answered on its own (an
+        error for one request never touches the others). A request whose head does not even
+        hold a readable rid is dropped: there is nobody to answer."""
+        count, extra = divmod(len(frames) - 3, 2)
+        if extra or count > p.MAX_BATCH_ITEMS:
+            error = ProtocolError("REQUEST must be [VERSION, REQUEST] and 1 to "
+                                  f"{p.MAX_BATCH_ITEMS} (head, body) pairs")
+            rid = p.split_request_head(_as_bytes(frames[3]))[0]  # else: nobody to answer
+            log.warning("bad client message: %s", error)
+            self.out_front.append([identity] + p.encode_error(rid, *error.to_wire()))
             return
-        for base in range(3, len(frames), 4):
-            rid = _as_bytes(frames[base])
-            if len(rid) > p.MAX_RID_BYTES:  # it cannot be echoed: nobody to answer
-                log.warning("dropped a client request with an id longer than %d bytes",
-                            p.MAX_RID_BYTES)
+        for base in range(3, len(frames), 2):
+            try:
+                rid, route, meta = p.split_request_head(_as_bytes(frames[base]))
+            except ProtocolError as exc:
+                log.warning("dropped a client request: %s", exc)
                 continue
             try:
-                self._on_request(identity, rid, frames[base + 1], frames[base + 2],
-                                 frames[base + 3], now_ns)
+                self._on_request(identity, rid, route, meta, frames[base + 1], now_ns)
             except ServingError as exc:
                 if isinstance(exc, ProtocolError):
                     log.warning("bad client request: %s", exc)
                 self.out_front.append([identity] + p.encode_error(rid, *exc.to_wire()))
 
-    def _on_request(self, identity: bytes, rid: bytes, route_frame: Any, meta: Any, body: Any,
-                    now_ns: int) -> None:
+    def _on_request(self, identity: bytes, rid: bytes, route_bytes: bytes, meta: bytes,
+                    body: Any, now_ns: int) -> None:
+        """One request; rid is its rid head (protocol.rid_head), which every answer starts with."""
         if self.shutting_down:
             raise ShuttingDown("the server is stopping")
-        route_bytes = _as_bytes(route_frame)
         route = self._route_cache.get(route_bytes)
         if route is None:
             route = p.parse_route(route_bytes)
@@ -283,8 +280,9 @@ class BrokerCore:
             raise ProtocolError(f"unknown control op {control['op']!r}; known: "
                                 f"{', '.join(sorted(self.control_handlers))}")
         result = handler(control)
-        self.out_front.append([identity, p.VERSION, p.REPLY, rid,
-                               p.encode_reply_meta(200, "application/msgpack"), p.packb(result)])
+        self.out_front.append([identity, p.VERSION, p.REPLIES,
+                               rid + p.REPLY + p.encode_reply_meta(200, "application/msgpack"),
+                               p.packb(result)])
 
     def _control_stop(self, _args: dict) -> dict:
         self.stop_requested = True
@@ -486,9 +484,9 @@ class BrokerCore:
         if worker is None or batch is None or batch is not worker.batch:
             raise ProtocolError(f"reply for batch {batch_id} that this worker does not run")
         requests = batch.requests
-        if len(items) != 3 * len(requests):
+        if len(items) != 2 * len(requests):
             raise ProtocolError(f"batch {batch_id} has {len(requests)} requests but the reply "
-                                f"has {len(items) // 3} items")
+                                f"has {len(items) // 2} items")
         del self.batches[batch_id]
         next_batch = worker.batch = worker.next_batch
         worker.next_batch = None
@@ -496,15 +494,15 @@ class BrokerCore:
             next_batch.dispatched_ns = now_ns  # it starts now: run times count from here
         out = self.out_front
         version = p.VERSION
+        replies = p.REPLIES
         for index, (identity, rid) in enumerate(requests):
-            base = 3 * index
-            command = _as_bytes(items[base])
+            answer = _as_bytes(items[2 * index])
+            command = answer[:1]
             if command != p.REPLY and command != p.ERROR:
-                command = p.ERROR
                 out.append([identity] + p.encode_error(
                     rid, "internal_error", "the worker sent an unknown reply command", 500))
                 continue
-            out.append([identity, version, command, rid, items[base + 1], items[base + 2]])
+            out.append([identity, version, replies, rid + answer, items[2 * index + 1]])
         queue = worker.model
         sizes = batch.sizes  # a group's batches ran one after another: each took a share
         queue.aggregator.observe(sizes[0], (now_ns - batch.dispatched_ns) // len(sizes))
@@ -527,7 +525,8 @@ class BrokerCore:
             raise ProtocolError(f"chunk for request {index} of batch {batch_id}, which has "
                                 f"{len(batch.requests)}")
         identity, rid = batch.requests[index]
-        self.out_front.append([identity, p.VERSION, p.PARTIAL, rid, meta, body])
+        self.out_front.append([identity, p.VERSION, p.REPLIES, rid + p.PARTIAL + _as_bytes(meta),
+                               body])
 
     # ------------------------------------------------------------------ liveness
 

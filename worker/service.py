@@ -4,7 +4,7 @@ into one W_REPLY.
 No sockets here. `Service.load` reads the model directory, resolves and initializes the
 handler; `Service.compute` decodes the batch's requests and calls the handler with the whole
 list (once per batch of a BATCHES message); `Service.encode` turns what it answered into the
-W_REPLY frames, one (cmd, a, b) triple per request, in order (`run_batch` does both). The two
+W_REPLY frames, one (answer, body) pair per request, in order (`run_batch` does both). The two
 halves are apart so that the worker loop can encode one batch's answers on its reply thread
 while the handler already runs the next (worker.loop, Overlap); so a handler must not change a
 result after returning it, or its model-config.yaml says `overlapReplies: false`. Per request:
@@ -175,14 +175,14 @@ class Service:
         """Answer these requests; on a failure, retry them in halves (see the docstring)."""
         count = len(data)
         partials_before = self._partials_sent
-        triples, exc = self._call(data, request_headers, request_ids, positions)
+        answers, exc = self._call(data, request_headers, request_ids, positions)
         if exc is None:
-            return triples
+            return answers
         if count == 1 or not self.retry_failed_batch or self._partials_sent != partials_before:
             log.error("handler of %s failed on %d request(s) of batch %d (request ids %s)",
                       self.context.model_name, count, self._batch_id, ", ".join(request_ids),
                       exc_info=exc if isinstance(exc, BaseException) else None)
-            return triples
+            return answers
         half = count // 2
         log.info("batch %d of %s: the handler failed on %d requests (%s); retrying them as "
                  "%d + %d", self._batch_id, self.context.model_name, count,
@@ -194,7 +194,7 @@ class Service:
 
     def _call(self, data: list, request_headers: list[dict], request_ids: list[str],
               positions: list[int]) -> tuple[list, Any]:
-        """One handler call: (a _Result per request, None) or (error triples, the exception or
+        """One handler call: (a _Result per request, None) or (error pairs, the exception or
         message)."""
         context = self.context
         processors = [RequestProcessor(header) for header in request_headers]
@@ -250,8 +250,8 @@ def _yaml_flag(context: Context, key: str, default: bool = True) -> bool:
 
 
 class Computed:
-    """A batch the handler has answered: per request, in order, a ready (cmd, a, b) triple (an
-    error) or a _Result still to encode."""
+    """A batch the handler has answered: per request, in order, a ready (answer, body) pair
+    (an error) or a _Result still to encode."""
 
     __slots__ = ("batch_id", "answers")
 
@@ -279,7 +279,7 @@ def _reply(index: int, value: Any, processor: RequestProcessor) -> tuple:
         log.warning("result %d of type %s cannot be answered: %s", index,
                     type(value).__name__, exc)
         return _error(HandlerError.code, str(exc), HandlerError.http_status)
-    return protocol.REPLY, meta, body
+    return protocol.REPLY + meta, body
 
 
 def _encode(index: int, value: Any, processor: RequestProcessor,
@@ -322,4 +322,4 @@ def _handler_failure(exc: Exception) -> tuple:
 def _error(code: str, message: str, status: int) -> tuple:
     if len(message) > MAX_ERROR_MESSAGE_CHARS:
         message = message[:MAX_ERROR_MESSAGE_CHARS] + "... (truncated; see the worker log)"
-    return protocol.ERROR, protocol.encode_error_info(code, message, status), b""
+    return protocol.ERROR + protocol.encode_error_info(code, message, status), b""

@@ -12,15 +12,23 @@ Every message starts with two frames: ``VERSION`` (``b"ZB1"``) and a one-byte co
 
 Client <-> broker (front ROUTER)::
 
-    REQUEST  [VERSION, REQUEST, rid, route, meta, body, ...]  one or more requests: the
-                                                 (rid, route, meta, body) group repeats
+    REQUEST  [VERSION, REQUEST, head_1, body_1, ..., head_n, body_n]   one or more requests
     CONTROL  [VERSION, CONTROL, rid, control]
-    REPLY    [VERSION, REPLY,   rid, reply_meta, body]
-    ERROR    [VERSION, ERROR,   rid, error_info, b""]
-    PARTIAL  [VERSION, PARTIAL, rid, reply_meta, body]      (a streamed chunk; REPLY ends it)
-    REPLIES  [VERSION, REPLIES, cmd_1, rid_1, a_1, b_1, ..., cmd_n, rid_n, a_n, b_n]
-                 several of the three above, in order, to one client (cmd_i is REPLY, ERROR
-                 or PARTIAL; a_i, b_i its two frames)
+    REPLIES  [VERSION, REPLIES, head_1, body_1, ..., head_n, body_n]   one or more answers
+
+    request head  u8 len(rid) | rid | route             (route: u16 LE length, then msgpack)
+                  | meta                                (the rest of the frame)
+    reply head    u8 len(rid) | rid | cmd | a           cmd is one byte:
+                    REPLY    a = reply_meta, body = the answer
+                    ERROR    a = error_info, body = b""
+                    PARTIAL  a = reply_meta, body = one streamed chunk (the REPLY ends it)
+
+Heads. Every frame costs a send and a receive in each process it crosses, and in Python that
+is most of what a small request costs there. So a request's small fields travel in one head
+frame next to its body: two frames per request each way, where they were four (rid, route,
+meta, body and cmd, rid, a, b). The broker reads the rid and the route out of a head and
+forwards the meta to the worker; a reply head is the rid's part of the request head with
+the worker's answer head (cmd | a) after it.
 
 Coalescing. Every ZeroMQ message costs a fixed amount of work in each process it crosses (a
 send, a receive, a wake-up of libzmq's I/O thread), more than its bytes cost. So a client with
@@ -30,7 +38,7 @@ message. A message holds at most MAX_BATCH_ITEMS items.
 
     rid         opaque bytes (at most MAX_RID_BYTES) chosen by the client, echoed verbatim
     route       msgpack [model: str, version: str | None, timeout_ms: int]; 0 = model default.
-                The broker decodes only this frame.
+                The broker decodes only this part of a request.
     meta        msgpack [content_type: str, headers: {str: str} | None, request_id: str | None];
                 opaque to the broker, read by the worker
     body        the raw request body; never decoded or copied by the broker
@@ -49,9 +57,10 @@ Worker <-> broker (back ROUTER; the worker's identity is its worker id)::
     BATCHES    [VERSION, W_BATCHES, batch_id, sizes, meta_1, body_1, ..., meta_n, body_n]
                  several batches in one message (see Grouping below); sizes = u32 LE per
                  batch, in order, summing to n; each is a separate handler call
-    W_REPLY    [VERSION, W_REPLY, batch_id, cmd_1, a_1, b_1, ..., cmd_n, a_n, b_n]
-                 cmd_i is REPLY (a = reply_meta, b = body) or ERROR (a = error_info, b = b"");
-                 one W_REPLY answers a whole BATCHES message, its requests in order
+    W_REPLY    [VERSION, W_REPLY, batch_id, answer_1, body_1, ..., answer_n, body_n]
+                 answer_i = cmd | a: REPLY | reply_meta (body = the answer) or
+                 ERROR | error_info (body = b""); one W_REPLY answers a whole BATCHES
+                 message, its requests in order
     W_PARTIAL  [VERSION, W_PARTIAL, batch_id, index, reply_meta, body]
                  one streamed chunk for request `index` (u32 LE, its position in the
                  BATCH or BATCHES message)
@@ -137,6 +146,8 @@ HEARTBEAT_FRAMES = [VERSION, W_HEARTBEAT]
 DISCONNECT_FRAMES = [VERSION, W_DISCONNECT]
 
 _BATCH_ID = struct.Struct("<Q")
+_ROUTE_LENGTH = struct.Struct("<H")
+_U8 = [bytes((length,)) for length in range(256)]
 _PARTIAL_INDEX = struct.Struct("<I")
 _BATCH_SIZE = struct.Struct("<I")
 _UNPACK_LIMITS = dict(
@@ -173,7 +184,10 @@ def check_envelope(frames: Sequence[bytes], min_frames: int) -> bytes:
 # ---------------------------------------------------------------- client side
 
 def encode_route(model: str, version: str | None, timeout_ms: int) -> bytes:
-    return packb((model, version, int(timeout_ms)))
+    """The route part of a request head: u16 LE length, then msgpack [model, version,
+    timeout_ms]. Clients keep it per route; it also keys their refusal hints."""
+    route = packb((model, version, int(timeout_ms)))
+    return _ROUTE_LENGTH.pack(len(route)) + route
 
 
 def encode_meta(content_type: str, headers: dict[str, str] | None = None,
@@ -181,8 +195,36 @@ def encode_meta(content_type: str, headers: dict[str, str] | None = None,
     return packb((content_type, headers, request_id))
 
 
+def rid_head(rid: bytes) -> bytes:
+    """The rid's part of a head: u8 length, then the rid."""
+    if len(rid) > MAX_RID_BYTES:
+        raise ProtocolError(f"request id longer than {MAX_RID_BYTES} bytes")
+    return _U8[len(rid)] + rid
+
+
+def encode_request_head(rid: bytes, route: bytes, meta: bytes) -> bytes:
+    """A request head from the rid, encode_route()'s route and the meta."""
+    return b"".join((rid_head(rid), route, meta))
+
+
 def encode_request(rid: bytes, route: bytes, meta: bytes, body: Any) -> list:
-    return [VERSION, REQUEST, rid, route, meta, body]
+    return [VERSION, REQUEST, encode_request_head(rid, route, meta), body]
+
+
+def split_request_head(head: bytes) -> tuple[bytes, bytes, bytes]:
+    """(rid head, route, meta) of a request head; the route is the msgpack part, b"" when
+    its length runs past the head (parse_route refuses it, and the rid can be answered).
+    ProtocolError when not even the rid can be read."""
+    if not head or len(head) < 1 + head[0] or head[0] > MAX_RID_BYTES:
+        raise ProtocolError("a request head must start with u8 len(rid) <= "
+                            f"{MAX_RID_BYTES} and the rid")
+    route_at = 3 + head[0]
+    if len(head) < route_at:
+        return head[:route_at - 2], b"", b""
+    meta_at = route_at + (head[route_at - 2] | head[route_at - 1] << 8)
+    if len(head) < meta_at:
+        return head[:route_at - 2], b"", b""
+    return head[:route_at - 2], head[route_at:meta_at], head[meta_at:]
 
 
 def encode_control(rid: bytes, op: str, **args: Any) -> list:
@@ -262,44 +304,44 @@ def parse_error_info(data: bytes) -> tuple[str, str, int, int | None]:
     return info[0], info[1], info[2], retry_after_ms
 
 
-def encode_error(rid: bytes, code: str, message: str, status: int,
+def encode_error(rid_part: bytes, code: str, message: str, status: int,
                  retry_after_ms: int | None = None) -> list:
-    """A broker-made error reply to a client (the ROUTER identity goes in front)."""
-    return [VERSION, ERROR, rid, encode_error_info(code, message, status, retry_after_ms), b""]
+    """A broker-made error reply for the request whose rid head (rid_head()) is rid_part;
+    the ROUTER identity goes in front."""
+    return [VERSION, REPLIES, rid_part + ERROR + encode_error_info(code, message, status,
+                                                                     retry_after_ms), b""]
 
 
 _CLIENT_REPLY_COMMANDS = frozenset((REPLY, ERROR, PARTIAL))
 
 
-def parse_client_replies(frames: Sequence[Any]) -> list[tuple[bytes, bytes, Any, Any]]:
-    """Split a message the client received into its replies, [(command, rid, a, b), ...] with
-    command in REPLY/ERROR/PARTIAL: one for those commands, one per item for REPLIES."""
-    command = check_envelope(frames, 5)
-    if command in _CLIENT_REPLY_COMMANDS:
-        if len(frames) != 5:
-            raise ProtocolError(f"a reply has 5 frames, this one {len(frames)}")
-        return [(command, bytes(frames[2]), frames[3], frames[4])]
+def parse_client_replies(frames: Sequence[Any]) -> list[tuple[bytes, bytes, bytes, Any]]:
+    """Split a REPLIES message the client received into [(command, rid, a, body), ...], with
+    command REPLY, ERROR or PARTIAL (see "reply head" above)."""
+    command = check_envelope(frames, 4)
     if command != REPLIES:
         raise ProtocolError(f"unexpected command {command!r} for a client")
-    count, extra = divmod(len(frames) - 2, 4)
+    count, extra = divmod(len(frames) - 2, 2)
     if extra or count > MAX_BATCH_ITEMS:
-        raise ProtocolError("REPLIES items must come in (cmd, rid, a, b) groups, at most "
+        raise ProtocolError("REPLIES items must come in (head, body) pairs, at most "
                             f"{MAX_BATCH_ITEMS}")
     replies = []
-    for base in range(2, len(frames), 4):
-        item_command = bytes(frames[base])
-        if item_command not in _CLIENT_REPLY_COMMANDS:
-            raise ProtocolError(f"unexpected command {item_command!r} in REPLIES")
-        replies.append((item_command, bytes(frames[base + 1]), frames[base + 2],
-                        frames[base + 3]))
+    for index in range(2, len(frames), 2):
+        head = bytes(frames[index])
+        at = 1 + head[0] if head else 0
+        item_command = head[at:at + 1]
+        if not at or item_command not in _CLIENT_REPLY_COMMANDS:
+            raise ProtocolError("a reply head must be u8 len(rid), rid, REPLY/ERROR/PARTIAL, "
+                                "then its meta")
+        replies.append((item_command, head[1:at], head[at + 1:], frames[index + 1]))
     return replies
 
 
 def coalesce_client_messages(messages: list[list]) -> list[list]:
-    """The broker's outgoing client messages, [identity, VERSION, cmd, rid, a, b] each, with
-    each identity's messages merged into REPLIES messages of at most MAX_BATCH_ITEMS items
-    (order kept within each identity): one send per client per turn instead of one per reply.
-    """
+    """The broker's outgoing client messages, [identity, VERSION, REPLIES, head, body, ...]
+    each, with each identity's messages merged into REPLIES messages of at most
+    MAX_BATCH_ITEMS items (order kept within each identity): one send per client per turn
+    instead of one per reply."""
     if len(messages) < 2:
         return messages
     singles: dict[bytes, list] = {}  # identity -> its only message so far
@@ -309,17 +351,17 @@ def coalesce_client_messages(messages: list[list]) -> list[list]:
         identity = message[0]
         open_replies = merged.get(identity)
         if open_replies is not None:
-            if len(open_replies) >= 3 + 4 * MAX_BATCH_ITEMS:
+            if len(open_replies) + len(message) - 3 > 3 + 2 * MAX_BATCH_ITEMS:
                 done.append(open_replies)
-                merged[identity] = [identity, VERSION, REPLIES, *message[2:]]
+                merged[identity] = message
             else:
-                open_replies.extend(message[2:])
+                open_replies.extend(message[3:])
             continue
         first = singles.pop(identity, None)
         if first is None:
             singles[identity] = message
         else:
-            merged[identity] = [identity, VERSION, REPLIES, *first[2:], *message[2:]]
+            merged[identity] = [*first, *message[3:]]
     done.extend(singles.values())
     done.extend(merged.values())
     return done
@@ -403,12 +445,12 @@ def parse_batch(frames: Sequence[Any]) -> tuple[int, list[tuple[Any, Any]], list
 
 
 def split_worker_reply(frames: Sequence[Any]) -> tuple[int, list]:
-    """Split a W_REPLY (after the envelope) into (batch_id, flat [cmd, a, b, ...] items)."""
+    """Split a W_REPLY (after the envelope) into (batch_id, flat [answer, body, ...] items)."""
     if len(frames) < 3:
         raise ProtocolError("W_REPLY needs a batch id")
     items = frames[3:]
-    if len(items) % 3:
-        raise ProtocolError("W_REPLY items must come in (cmd, a, b) triples")
+    if len(items) % 2:
+        raise ProtocolError("W_REPLY items must come in (answer, body) pairs")
     return parse_batch_id(bytes(frames[2])), items
 
 

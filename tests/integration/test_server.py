@@ -280,11 +280,12 @@ def test_garbage_frames_do_not_hurt_the_broker(shared_server):
     dealer.setsockopt(zmq.LINGER, 0)
     dealer.connect(shared_server.client_address)
     try:
-        for frames in ([b"junk"], [p.VERSION, b"\xff"], [p.VERSION, p.REQUEST, b"r", b"\xc1"],
-                       [p.VERSION, p.REQUEST, b"r", b"\xc1", b"", b""]):
+        for frames in ([b"junk"], [p.VERSION, b"\xff"], [p.VERSION, p.REQUEST, b"", b""],
+                       [p.VERSION, p.REQUEST, b"\x01r", b"body", b"\x01s"],
+                       [p.VERSION, p.REQUEST, b"\x01r\x01\x00\xc1", b""]):
             dealer.send_multipart(frames)
-        # the two well-formed envelopes (a short REQUEST, a bad route) each get an error,
-        # possibly together in one REPLIES message
+        # the two envelopes with a readable rid (an odd REQUEST, a bad route) each get an
+        # error, possibly together in one REPLIES message
         answers = []
         while len(answers) < 2 and dealer.poll(2000):
             answers += p.parse_client_replies(dealer.recv_multipart())

@@ -98,8 +98,7 @@ class FakeBroker:
 
         frames = self.recv(match, timeout_s)
         _, items = protocol.split_worker_reply(frames[1:])
-        return [decode_item(items[i], items[i + 1], items[i + 2])
-                for i in range(0, len(items), 3)]
+        return decode_answers(items)
 
     # ------------------------------------------------------------ sending
 
@@ -129,6 +128,12 @@ def item(body: bytes | str, content_type: str = "application/json",
     if isinstance(body, str):
         body = body.encode("utf-8")
     return protocol.encode_meta(content_type, headers, request_id), body
+
+
+def decode_answers(items: list) -> list[Item]:
+    """The flat [answer, body, ...] items of a W_REPLY, decoded (answer = cmd | a)."""
+    return [decode_item(bytes(items[i][:1]), bytes(items[i][1:]), items[i + 1])
+            for i in range(0, len(items), 2)]
 
 
 def decode_item(cmd: bytes, a: bytes, b: bytes) -> Item:

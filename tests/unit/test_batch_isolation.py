@@ -7,7 +7,7 @@ import os
 import pytest
 
 from tests.models import write_model_dir
-from tests.models.fake_broker import decode_item, item
+from tests.models.fake_broker import decode_answers, item
 from worker.service import Service
 from zerobatch import protocol
 from zerobatch.config import ModelConfig
@@ -59,7 +59,7 @@ def run_batch(service, bodies, batch_id=3):
     frames = service.run_batch(batch_id, [item(json.dumps(b), request_id=f"r{i}")
                                           for i, b in enumerate(bodies)])
     _batch_id, flat = protocol.split_worker_reply(frames)
-    return [decode_item(*flat[i:i + 3]) for i in range(0, len(flat), 3)]
+    return decode_answers(flat)
 
 
 def test_only_the_bad_request_errors(tmp_path, caplog):
@@ -154,7 +154,7 @@ def test_bad_metas_keep_their_places_around_a_split(tmp_path):
     service, _calls = service_for(tmp_path, BAD_RAISES)
     items = [item('"ok0"'), (b"\xc1", b"x"), item('"bad2"'), item('"ok3"')]
     _bid, flat = protocol.split_worker_reply(service.run_batch(9, items))
-    replies = [decode_item(*flat[i:i + 3]) for i in range(0, len(flat), 3)]
+    replies = decode_answers(flat)
     assert [(r.kind, r.code) for r in replies] == [
         ("reply", None), ("error", "bad_request"), ("error", "handler_error"), ("reply", None)]
     assert json.loads(replies[0].body)["echo"] == "ok0"

@@ -12,6 +12,7 @@ from zerobatch.config import ModelConfig
 MS = 1_000_000
 CLIENT = b"client-1"
 WORKER = b"echo@1.0#0.1"
+BAD_ROUTE = p.packb(["m", None, -5])
 
 
 @pytest.fixture(params=["python", "compiled"])
@@ -51,8 +52,19 @@ def take_back(core: BrokerCore) -> list[list]:
     return out
 
 
+def flat(messages: list[list]) -> list[tuple]:
+    """Each answer in the client messages: (identity, command, rid, a, body)."""
+    return [(m[0], command, rid, a, body) for m in messages
+            for command, rid, a, body in p.parse_client_replies(m[1:])]
+
+
+def rids(messages: list[list]) -> list[bytes]:
+    return [rid for _identity, _command, rid, _a, _body in flat(messages)]
+
+
 def errors(messages: list[list]) -> list[tuple[bytes, str]]:
-    return [(m[3], p.parse_error_info(m[4])[0]) for m in messages if m[2] == p.ERROR]
+    return [(rid, p.parse_error_info(a)[0]) for _i, command, rid, a, _b in flat(messages)
+            if command == p.ERROR]
 
 
 def reply_batch(core: BrokerCore, batch_msg: list, now_ns: int, identity: bytes = WORKER):
@@ -60,7 +72,7 @@ def reply_batch(core: BrokerCore, batch_msg: list, now_ns: int, identity: bytes 
     batch_id, pairs, _sizes = p.parse_batch(batch_msg[1:])
     items = []
     for _meta, body in pairs:
-        items += [p.REPLY, p.encode_reply_meta(200, "text/plain"), body]
+        items += [p.REPLY + p.encode_reply_meta(200, "text/plain"), body]
     core.on_back([identity, p.VERSION, p.W_REPLY, p.encode_batch_id(batch_id)] + items, now_ns)
 
 
@@ -80,7 +92,7 @@ def test_full_batch_goes_to_ready_worker_and_replies_route_back(core):
     assert batch[5::2] == [b"body0", b"body1", b"body2", b"body3"]
     reply_batch(core, batch, 10 * MS)
     replies = take_front(core)
-    assert [(m[0], m[2], m[3], m[5]) for m in replies] == [
+    assert [(i, c, r, b) for i, c, r, _a, b in flat(replies)] == [
         (CLIENT, p.REPLY, b"r%d" % i, b"body%d" % i) for i in range(4)]
     assert core.describe()["models"][0]["batchSizes"] == {"4": 1}
 
@@ -174,18 +186,21 @@ def test_reply_for_unknown_batch_is_dropped(core):
 
 @pytest.mark.parametrize("frames", [
     [b"junk"],
-    [b"XX9", p.REQUEST, b"r", b"", b"", b""],
-    [p.VERSION, b"\x7f", b"r"],
-    [p.VERSION, p.REQUEST, b"r", b"\xc1", b"", b""],
-    [p.VERSION, p.REQUEST, b"r", p.packb(["m", None, -5]), b"", b""],
-    [p.VERSION, p.REQUEST, b"r" * 100, p.encode_route("echo", None, 0), b"", b""],
+    [b"XX9", p.REQUEST, b"\x01r", b""],
+    [p.VERSION, b"\x7f", b"r", b""],
+    [p.VERSION, p.REQUEST, b"\x01r\x01\x00\xc1", b""],
+    [p.VERSION, p.REQUEST, b"\x01r" + p.encode_route("m", None, 0)[:2], b""],
+    [p.VERSION, p.REQUEST, b"\x01r" + bytes((len(BAD_ROUTE), 0)) + BAD_ROUTE, b""],
+    [p.VERSION, p.REQUEST, b"\x64" + b"r" * 100 + p.encode_route("echo", None, 0), b""],
+    [p.VERSION, p.REQUEST, b"", b""],
     [p.VERSION, p.CONTROL, b"r", p.packb({"op": "explode"})],
+    [p.VERSION, p.CONTROL, b"r" * 100, p.packb({"op": "ping"})],
 ])
 def test_garbage_from_clients_never_raises(core, frames):
     add(core)
     core.on_front([CLIENT] + frames, 0)
-    for message in take_front(core):
-        assert message[2] == p.ERROR
+    for _identity, command, _rid, _a, _b in flat(take_front(core)):
+        assert command == p.ERROR
 
 
 @pytest.mark.parametrize("frames", [
@@ -205,9 +220,10 @@ def test_control_ping_describe_stop(core):
     add(core)
     core.on_front([CLIENT] + p.encode_control(b"c1", "ping"), 0)
     core.on_front([CLIENT] + p.encode_control(b"c2", "describe"), 0)
-    replies = take_front(core)
-    assert p.unpack_header(replies[0][5]) == {"status": "Healthy"}
-    assert p.unpack_header(replies[1][5])["models"][0]["modelName"] == "echo"
+    replies = flat(take_front(core))
+    assert [rid for _i, _c, rid, _a, _b in replies] == [b"c1", b"c2"]
+    assert p.unpack_header(replies[0][4]) == {"status": "Healthy"}
+    assert p.unpack_header(replies[1][4])["models"][0]["modelName"] == "echo"
     core.on_front([CLIENT] + p.encode_control(b"c3", "stop"), 0)
     assert core.stop_requested
 
@@ -249,7 +265,7 @@ def test_replies_from_the_reply_identity_count_as_the_workers(core):
     (batch,) = take_back(core)
     assert batch[0] == WORKER  # batches go to the data socket the worker said READY from
     reply_batch(core, batch, 5 * MS, identity=WORKER + p.REPLY_SUFFIX)
-    assert [(m[0], m[2], m[3], m[5]) for m in take_front(core)] == [
+    assert [(i, c, r, b) for i, c, r, _a, b in flat(take_front(core))] == [
         (CLIENT, p.REPLY, b"r0", b"b0"), (CLIENT, p.REPLY, b"r1", b"b1")]
     assert core.describe()["models"][0]["workers"][0]["status"] == "READY"
     core.on_back([WORKER + p.REPLY_SUFFIX] + p.DISCONNECT_FRAMES, 6 * MS)
@@ -275,16 +291,17 @@ def test_worker_partial_is_forwarded_and_the_request_stays_in_flight(core):
     partial(core, batch_id, 1, b"chunk-a", 5 * MS)
     partial(core, batch_id, 1, b"chunk-b", 6 * MS, status=206)
     partial(core, batch_id, 2, b"chunk-c", 6 * MS)
-    forwarded = take_front(core)
-    assert [(m[0], m[1], m[2], m[3], m[5]) for m in forwarded] == [
-        (other, p.VERSION, p.PARTIAL, b"r1", b"chunk-a"),
-        (other, p.VERSION, p.PARTIAL, b"r1", b"chunk-b"),
-        (CLIENT, p.VERSION, p.PARTIAL, b"r2", b"chunk-c")]
-    assert p.parse_reply_meta(forwarded[1][4]) == (206, "text/plain", None)
+    forwarded = flat(take_front(core))
+    assert [(i, c, r, b) for i, c, r, _a, b in forwarded] == [
+        (other, p.PARTIAL, b"r1", b"chunk-a"),
+        (other, p.PARTIAL, b"r1", b"chunk-b"),
+        (CLIENT, p.PARTIAL, b"r2", b"chunk-c")]
+    assert p.parse_reply_meta(forwarded[1][3]) == (206, "text/plain", None)
     assert batch_id in core.batches
     assert core.describe()["models"][0]["workers"][0]["status"] == "BUSY"
     reply_batch(core, batch, 10 * MS)  # the final W_REPLY ends every request
-    assert [(m[2], m[3]) for m in take_front(core)] == [(p.REPLY, b"r%d" % i) for i in range(4)]
+    assert [(c, r) for _i, c, r, _a, _b in flat(take_front(core))] == [
+        (p.REPLY, b"r%d" % i) for i in range(4)]
     assert batch_id not in core.batches
 
 
@@ -359,7 +376,7 @@ def test_request_that_would_miss_its_deadline_is_refused_at_once(core):
     # a in flight (one round), then b and c as one full batch: 20 ms of wait, 25 ms with
     # the quarter of slack, within the 25 ms deadline. d and e need a third round (37.5 ms).
     assert errors(answers) == [(b"d", "deadline_unreachable"), (b"e", "deadline_unreachable")]
-    code, message, status, retry_after_ms = p.parse_error_info(answers[0][4])
+    code, message, status, retry_after_ms = p.parse_error_info(flat(answers)[0][3])
     assert status == 503 and "echo" in message and "25 ms" in message
     # d would finish at 37.5 ms, 12.5 past its deadline: requests like it are refused for
     # at least that long, which the client may do itself
@@ -396,22 +413,24 @@ def test_one_request_message_may_hold_several_requests(core):
     route = p.encode_route("echo", None, 0)
     meta = p.encode_meta("text/plain")
     frames = [CLIENT, p.VERSION, p.REQUEST,
-              b"r1", route, meta, b"one",
-              b"bad", p.encode_route("nope", None, 0), meta, b"x",
-              b"r2", route, meta, b"two",
-              b"r3", route, meta, b"three"]
+              p.encode_request_head(b"r1", route, meta), b"one",
+              p.encode_request_head(b"bad", p.encode_route("nope", None, 0), meta), b"x",
+              b"", b"no rid: dropped",
+              p.encode_request_head(b"r2", route, meta), b"two",
+              p.encode_request_head(b"r3", route, meta), b"three"]
     core.on_front(frames, 0)
     assert errors(take_front(core)) == [(b"bad", "model_not_found")]
     (batch,) = take_back(core)
     assert batch[5::2] == [b"one", b"two", b"three"]
     reply_batch(core, batch, MS)
-    assert [m[3] for m in take_front(core)] == [b"r1", b"r2", b"r3"]
+    assert rids(take_front(core)) == [b"r1", b"r2", b"r3"]
 
 
 def test_request_message_with_an_incomplete_group_is_refused(core):
     add(core)
     route = p.encode_route("echo", None, 0)
-    core.on_front([CLIENT, p.VERSION, p.REQUEST, b"r1", route, b"meta", b"body", b"r2"], 0)
+    core.on_front([CLIENT, p.VERSION, p.REQUEST, p.encode_request_head(b"r1", route, b"meta"),
+                   b"body", p.encode_request_head(b"r2", route, b"meta")], 0)
     assert errors(take_front(core)) == [(b"r1", "protocol_error")]
 
 
@@ -425,9 +444,9 @@ def test_a_full_batch_goes_ahead_to_the_busy_worker_and_starts_when_the_first_en
     assert core.describe()["models"][0]["workers"][0]["status"] == "BUSY"
     reply_batch(core, first, 10 * MS)
     assert take_back(core) == []  # nothing new to send: the worker already has batch two
-    assert [m[3] for m in take_front(core)] == [b"r0", b"r1"]
+    assert rids(take_front(core)) == [b"r0", b"r1"]
     reply_batch(core, second, 25 * MS)  # batch two ran from 10 ms to 25 ms
-    assert [m[3] for m in take_front(core)] == [b"r2", b"r3"]
+    assert rids(take_front(core)) == [b"r2", b"r3"]
     assert core.describe()["models"][0]["batchRunMs"] == {"2": pytest.approx(10 + (15 - 10) / 8)}
     request(core, b"r4", 30 * MS)
     request(core, b"r5", 30 * MS)
@@ -539,7 +558,7 @@ def test_full_batches_share_one_message_while_their_runs_are_short(core):
     assert [body for _meta, body in pairs] == [b"body0", b"body1", b"body2", b"body3"]
     reply_batch(core, ahead, 200 * US)
     reply_batch(core, group, 300 * US)
-    answered = [(m[2], m[3]) for m in take_front(core)]
+    answered = [(c, r) for _i, c, r, _a, _b in flat(take_front(core))]
     assert answered == [(p.REPLY, rid) for rid in (b"a0", b"a1", b"b0", b"b1", b"r0", b"r1",
                                                     b"r2", b"r3")]
     model = core.describe()["models"][0]
@@ -582,6 +601,6 @@ def test_a_group_reply_with_too_few_answers_is_dropped(core):
     (group,) = take_back(core)
     take_front(core)
     batch_id = p.parse_batch_id(group[3])
-    short = [p.REPLY, p.encode_reply_meta(200, None), b"x"] * 3  # the group holds four
+    short = [p.REPLY + p.encode_reply_meta(200, None), b"x"] * 3  # the group holds four
     core.on_back([WORKER, p.VERSION, p.W_REPLY, p.encode_batch_id(batch_id)] + short, 200 * US)
     assert take_front(core) == [] and batch_id in core.batches

@@ -211,8 +211,10 @@ def test_malformed_replies_are_dropped(broker, client):
     pending = client.submit("m", b"x")
     msg = broker.next()
     broker.send(msg.identity, [b"garbage"])
-    broker.send(msg.identity, [b"ZB9", protocol.REPLY, msg.rid, b"", b""])
-    broker.send(msg.identity, [protocol.VERSION, protocol.REQUEST, msg.rid, b"", b""])
+    head = protocol.rid_head(msg.rid) + protocol.REPLY
+    broker.send(msg.identity, [b"ZB9", protocol.REPLIES, head, b""])
+    broker.send(msg.identity, [protocol.VERSION, protocol.REQUEST, head, b""])
+    broker.send(msg.identity, [protocol.VERSION, protocol.REPLIES, head])
     broker.reply(msg, b"ok")
     assert pending.result().body == b"ok"
 
@@ -220,7 +222,8 @@ def test_malformed_replies_are_dropped(broker, client):
 def test_undecodable_reply_meta_raises_protocol_error(broker, client):
     pending = client.submit("m", b"x")
     msg = broker.next()
-    broker.send(msg.identity, [protocol.VERSION, protocol.REPLY, msg.rid, b"\xc1", b""])
+    broker.send(msg.identity, [protocol.VERSION, protocol.REPLIES,
+                               protocol.rid_head(msg.rid) + protocol.REPLY + b"\xc1", b""])
     with pytest.raises(errors.ProtocolError):
         pending.result()
 
@@ -272,7 +275,7 @@ def test_header_cache_is_bounded():
     pairs = [cache.pair("m", None, t, "a/b") for t in range(10)]
     assert len(cache._pairs) <= 4 and len(cache._routes) <= 4
     assert cache.pair("m", None, 9, "a/b") is pairs[9]
-    assert protocol.parse_route(pairs[3][0]) == ("m", None, 3)
+    assert protocol.parse_route(pairs[3][0][2:]) == ("m", None, 3)  # after its length
     assert protocol.parse_meta(pairs[3][1]) == ("a/b", None, None)
 
 
@@ -296,8 +299,9 @@ def test_replies_coalesced_in_one_message_reach_each_pending_call():
                 received.append(router.recv_multipart())
             replies = [received[0][0], protocol.VERSION, protocol.REPLIES]
             for message in reversed(received):
-                replies += [protocol.REPLY, message[3],
-                            protocol.encode_reply_meta(200, "text/plain"), b"r" + message[6]]
+                rid, _route, _meta = protocol.split_request_head(message[3])
+                replies += [rid + protocol.REPLY + protocol.encode_reply_meta(200, "text/plain"),
+                            b"r" + message[4]]
             router.send_multipart(replies)
             assert [h.result(5).body for h in handles] == [b"r0", b"r1", b"r2"]
     finally:

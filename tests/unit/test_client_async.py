@@ -20,6 +20,12 @@ async def next_msg(broker, count=1):
     return await asyncio.to_thread(broker.take, count)
 
 
+def reply_head(request_head: bytes) -> bytes:
+    """The head of a REPLY to the request whose head this is."""
+    rid, _route, _meta = protocol.split_request_head(request_head)
+    return rid + protocol.REPLY + protocol.encode_reply_meta(200, "text/plain")
+
+
 def test_fifty_concurrent_predicts_answered_in_reverse_order(run, broker):
     async def main():
         async with AsyncClient(broker.address) as client:
@@ -216,16 +222,15 @@ def test_requests_of_one_loop_turn_share_a_message_after_the_first(run):
         async with AsyncClient(f"tcp://127.0.0.1:{port}", timeout_ms=5000) as client:
             tasks = [asyncio.ensure_future(client.predict("m", b"%d" % i)) for i in range(5)]
             first, rest = await asyncio.to_thread(receive_messages, 2)
-            assert len(first) == 1 + 2 + 4 and len(rest) == 1 + 2 + 4 * 4
+            assert len(first) == 1 + 2 + 2 and len(rest) == 1 + 2 + 2 * 4
             tasks += [asyncio.ensure_future(client.predict("m", b"%d" % i)) for i in range(5, 8)]
             (later,) = await asyncio.to_thread(receive_messages, 1)
-            assert len(later) == 1 + 2 + 4 * 3  # five in flight: the first waits for the others
+            assert len(later) == 1 + 2 + 2 * 3  # five in flight: the first waits for the others
             assert client.in_flight == 8
-            rids = [first[3]] + rest[3::4] + later[3::4]
+            heads = [first[3]] + rest[3::2] + later[3::2]
             replies = [rest[0], protocol.VERSION, protocol.REPLIES]
-            for index, rid in enumerate(rids):
-                replies += [protocol.REPLY, rid, protocol.encode_reply_meta(200, "text/plain"),
-                            b"r%d" % index]
+            for index, head in enumerate(heads):
+                replies += [reply_head(head), b"r%d" % index]
             router.send_multipart(replies)
             answers = await asyncio.gather(*tasks)
             assert [a.body for a in answers] == [b"r%d" % i for i in range(8)]
@@ -246,7 +251,7 @@ def test_a_turn_with_more_requests_than_a_message_holds_sends_several(run, monke
 
     def receive_rids(count: int) -> list[list[bytes]]:
         messages = []
-        while sum(len(m[3::4]) for m in messages) < count and router.poll(int(WAIT_S * 1000)):
+        while sum(len(m[3::2]) for m in messages) < count and router.poll(int(WAIT_S * 1000)):
             messages.append(router.recv_multipart())
         return messages
 
@@ -254,11 +259,11 @@ def test_a_turn_with_more_requests_than_a_message_holds_sends_several(run, monke
         async with AsyncClient(f"tcp://127.0.0.1:{port}", timeout_ms=5000) as client:
             tasks = [asyncio.ensure_future(client.predict("m", b"%d" % i)) for i in range(8)]
             messages = await asyncio.to_thread(receive_rids, 8)
-            assert [len(m[3::4]) for m in messages] == [1, 3, 3, 1]
+            assert [len(m[3::2]) for m in messages] == [1, 3, 3, 1]
             for message in messages:
-                for rid in message[3::4]:
-                    router.send_multipart([message[0], protocol.VERSION, protocol.REPLY, rid,
-                                           protocol.encode_reply_meta(200, "text/plain"), rid])
+                for head in message[3::2]:
+                    router.send_multipart([message[0], protocol.VERSION, protocol.REPLIES,
+                                           reply_head(head), head])
             answers = await asyncio.gather(*tasks)
             assert len({a.body for a in answers}) == 8
 

@@ -47,12 +47,12 @@ class Received:
 def reply_frames(rid: bytes, body: bytes = b"", status: int = 200,
                  content_type: str | None = None, headers: dict | None = None,
                  command: bytes = protocol.REPLY) -> list:
-    return [protocol.VERSION, command, rid,
-            protocol.encode_reply_meta(status, content_type, headers), body]
+    return [protocol.VERSION, protocol.REPLIES, protocol.rid_head(rid) + command
+            + protocol.encode_reply_meta(status, content_type, headers), body]
 
 
 def error_frames(rid: bytes, code: str, message: str, status: int) -> list:
-    return protocol.encode_error(rid, code, message, status)
+    return protocol.encode_error(protocol.rid_head(rid), code, message, status)
 
 
 def control_reply(rid: bytes, answer: dict) -> list:
@@ -131,9 +131,11 @@ class FakeBroker:
         identity, envelope = frames[0], frames[1:]
         command = protocol.check_envelope(envelope, 3)
         if command == protocol.REQUEST:
-            assert (len(envelope) - 2) % 4 == 0, "REQUEST items come in groups of 4"
-            for base in range(2, len(envelope), 4):
-                rid, route, meta, body = envelope[base:base + 4]
+            assert len(envelope) % 2 == 0, "REQUEST items come in (head, body) pairs"
+            for base in range(2, len(envelope), 2):
+                head, body = envelope[base:base + 2]
+                rid_part, route, meta = protocol.split_request_head(head)
+                rid = rid_part[1:]
                 content_type, headers, request_id = protocol.parse_meta(meta)
                 self._file(Received(identity, command, rid, route=protocol.parse_route(route),
                                     content_type=content_type, headers=headers,

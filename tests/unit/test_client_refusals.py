@@ -22,8 +22,8 @@ HINT_MS = 300
 
 def refuse_with_hint(broker, retry_after_ms=HINT_MS, code="deadline_unreachable"):
     msg = broker.next()
-    broker.send(msg.identity, protocol.encode_error(msg.rid, code, "too late, 9 ahead", 503,
-                                                    retry_after_ms))
+    broker.send(msg.identity, protocol.encode_error(protocol.rid_head(msg.rid), code,
+                                                    "too late, 9 ahead", 503, retry_after_ms))
     return msg
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.models.fake_broker import decode_item, item
+from tests.models.fake_broker import decode_answers, item
 from worker.handlers import transforms
 from worker.handlers.text_handler import TextHandler, ngrams_iterator
 from worker.service import Service
@@ -60,7 +60,7 @@ def load(path, batch_size=8):
 
 def run(service, items):
     frames = service.run_batch(1, items)[3:]
-    return [decode_item(*frames[i:i + 3]) for i in range(0, len(frames), 3)]
+    return decode_answers(frames)
 
 
 def answers(service, items):

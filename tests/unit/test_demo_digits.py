@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from examples.digits import make_samples, train
-from tests.models.fake_broker import FakeBroker, decode_item, item
+from tests.models.fake_broker import FakeBroker, decode_answers, item
 from worker.service import Service
 from zerobatch.config import ModelConfig, WorkerConfig
 
@@ -41,7 +41,7 @@ def service(model_dir):
 
 def predict(service, items):
     frames = service.run_batch(1, items)[3:]
-    return [decode_item(*frames[i:i + 3]) for i in range(0, len(frames), 3)]
+    return decode_answers(frames)
 
 
 def top(reply):

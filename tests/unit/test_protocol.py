@@ -1,5 +1,5 @@
-"""The wire protocol: round trips of every header, rejection of malformed frames, and the
-coalesced forms (several requests in one REQUEST, several replies in one REPLIES)."""
+"""The wire protocol: round trips of every header and head, rejection of malformed frames, and
+the coalesced forms (several requests in one REQUEST, several replies in one REPLIES)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ from zerobatch.errors import ProtocolError
 
 
 def test_headers_round_trip():
-    assert p.parse_route(p.encode_route("m", "2.0", 150)) == ("m", "2.0", 150)
-    assert p.parse_route(p.encode_route("m", None, 0)) == ("m", None, 0)
     meta = p.encode_meta("text/plain", {"x-a": "1"}, "req-1")
     assert p.parse_meta(meta) == ("text/plain", {"x-a": "1"}, "req-1")
     assert p.parse_reply_meta(p.encode_reply_meta(201, "a/b", {"h": "v"})) == (201, "a/b",
@@ -24,6 +22,37 @@ def test_headers_round_trip():
     assert p.parse_control(p.encode_control(b"r", "describe")[3]) == {"op": "describe"}
 
 
+def test_a_request_head_splits_into_its_rid_route_and_meta():
+    meta = p.encode_meta("text/plain", {"x-a": "1"}, "req-1")
+    for route in (p.encode_route("m", "2.0", 150), p.encode_route("m" * 300, None, 0)):
+        head = p.encode_request_head(b"rid-1", route, meta)
+        rid, route_part, meta_part = p.split_request_head(head)
+        assert rid == p.rid_head(b"rid-1") == b"\x05rid-1"
+        assert p.parse_route(route_part) == p.parse_route(route[2:])
+        assert meta_part == meta
+    assert p.parse_route(p.encode_route("m", None, 0)[2:]) == ("m", None, 0)
+    frames = p.encode_request(b"r", p.encode_route("m", None, 0), meta, b"body")
+    assert frames[:2] == [p.VERSION, p.REQUEST] and frames[3] == b"body" and len(frames) == 4
+
+
+@pytest.mark.parametrize("head", [b"", b"\x05abc", bytes([p.MAX_RID_BYTES + 1]) + b"r" * 80])
+def test_a_request_head_without_a_readable_rid_is_rejected(head):
+    with pytest.raises(ProtocolError):
+        p.split_request_head(head)
+
+
+@pytest.mark.parametrize("head", [b"\x01r", b"\x01r\x05", b"\x01r\x05\x00abc"])
+def test_a_route_past_the_head_is_empty_so_the_rid_can_be_answered(head):
+    assert p.split_request_head(head) == (b"\x01r", b"", b"")
+    with pytest.raises(ProtocolError):
+        p.parse_route(b"")
+
+
+def test_a_long_rid_has_no_head():
+    with pytest.raises(ProtocolError):
+        p.rid_head(b"r" * (p.MAX_RID_BYTES + 1))
+
+
 @pytest.mark.parametrize("route", [
     p.packb(("m", None)), p.packb(("", None, 0)), p.packb(("m", 3, 0)),
     p.packb(("m", None, -1)), p.packb(("m", None, True)), b"\xc1", b"\x92" * 10,
@@ -34,49 +63,57 @@ def test_malformed_route_is_rejected(route):
         p.parse_route(route)
 
 
+def reply(rid: bytes, command: bytes = p.REPLY, a: bytes = b"meta") -> bytes:
+    return p.rid_head(rid) + command + a
+
+
 @pytest.mark.parametrize("frames", [
-    [b"ZB0", p.REPLY, b"r", b"", b""],                      # unknown version
-    [p.VERSION, p.REPLY, b"r", b""],                        # too short
-    [p.VERSION, p.REPLY, b"r", b"", b"", b""],              # too long for one reply
-    [p.VERSION, p.REQUEST, b"r", b"", b""],                 # not a client reply command
-    [p.VERSION, p.REPLIES, p.REPLY, b"r", b""],             # incomplete group
-    [p.VERSION, p.REPLIES, p.CONTROL, b"r", b"", b""],      # a group with a bad command
+    [b"ZB0", p.REPLIES, reply(b"r"), b""],                  # unknown version
+    [p.VERSION, p.REPLIES, reply(b"r")],                    # too short
+    [p.VERSION, p.REPLY, reply(b"r"), b""],                 # not the client reply command
+    [p.VERSION, p.REPLIES, reply(b"r"), b"", reply(b"s")],  # incomplete pair
+    [p.VERSION, p.REPLIES, reply(b"r", p.CONTROL), b""],    # an item with a bad command
+    [p.VERSION, p.REPLIES, b"", b""],                       # an empty head
+    [p.VERSION, p.REPLIES, b"\x05ab", b""],                 # a rid past the head
 ])
 def test_malformed_client_replies_are_rejected(frames):
     with pytest.raises(ProtocolError):
         p.parse_client_replies(frames)
 
 
-def test_single_reply_and_replies_parse_to_the_same_items():
-    single = [p.VERSION, p.REPLY, b"r1", b"meta", b"body"]
-    assert p.parse_client_replies(single) == [(p.REPLY, b"r1", b"meta", b"body")]
-    merged = [p.VERSION, p.REPLIES, p.REPLY, b"r1", b"m1", b"b1",
-              p.ERROR, b"r2", b"info", b"", p.PARTIAL, b"r3", b"m3", b"b3"]
-    assert p.parse_client_replies(merged) == [
+def test_replies_parse_into_commands_rids_and_metas():
+    frames = [p.VERSION, p.REPLIES, reply(b"r1", a=b"m1"), b"b1",
+              reply(b"r2", p.ERROR, b"info"), b"", reply(b"", p.PARTIAL, b""), b"b3"]
+    assert p.parse_client_replies(frames) == [
         (p.REPLY, b"r1", b"m1", b"b1"), (p.ERROR, b"r2", b"info", b""),
-        (p.PARTIAL, b"r3", b"m3", b"b3")]
+        (p.PARTIAL, b"", b"", b"b3")]
+    [(command, rid, info, body)] = p.parse_client_replies(
+        p.encode_error(p.rid_head(b"r9"), "queue_full", "full", 503))
+    assert (command, rid, body) == (p.ERROR, b"r9", b"")
+    assert p.parse_error_info(info) == ("queue_full", "full", 503, None)
 
 
 def test_coalesce_merges_per_identity_and_keeps_order():
-    def reply(identity: bytes, rid: bytes) -> list:
-        return [identity, p.VERSION, p.REPLY, rid, b"meta", rid + b"-body"]
+    def message(identity: bytes, rid: bytes) -> list:
+        return [identity, p.VERSION, p.REPLIES, reply(rid), rid + b"-body"]
 
-    messages = [reply(b"A", b"1"), reply(b"B", b"2"), reply(b"A", b"3"), reply(b"A", b"4")]
+    messages = [message(b"A", b"1"), message(b"B", b"2"), message(b"A", b"3"),
+                message(b"A", b"4")]
     out = p.coalesce_client_messages(messages)
-    by_identity = {message[0]: message for message in out}
+    by_identity = {m[0]: m for m in out}
     assert set(by_identity) == {b"A", b"B"}
-    assert by_identity[b"B"] == reply(b"B", b"2")  # alone: sent as it was
-    assert [rid for _c, rid, _a, _b in p.parse_client_replies(by_identity[b"A"][1:])] == [
-        b"1", b"3", b"4"]
+    assert by_identity[b"B"] == message(b"B", b"2")  # alone: sent as it was
+    assert [(rid, body) for _c, rid, _a, body in p.parse_client_replies(by_identity[b"A"][1:])
+            ] == [(b"1", b"1-body"), (b"3", b"3-body"), (b"4", b"4-body")]
 
 
 def test_coalesce_splits_at_the_item_limit(monkeypatch):
     monkeypatch.setattr(p, "MAX_BATCH_ITEMS", 3)
-    messages = [[b"A", p.VERSION, p.REPLY, b"%d" % i, b"m", b"b"] for i in range(7)]
+    messages = [[b"A", p.VERSION, p.REPLIES, reply(b"%d" % i), b"b"] for i in range(7)]
     out = p.coalesce_client_messages(messages)
-    rids = [rid for message in out for _c, rid, _a, _b in p.parse_client_replies(message[1:])]
+    rids = [rid for m in out for _c, rid, _a, _b in p.parse_client_replies(m[1:])]
     assert rids == [b"%d" % i for i in range(7)]
-    assert all(len(message) <= 3 + 4 * 3 for message in out)
+    assert all(len(m) <= 3 + 2 * 3 for m in out)
     assert p.coalesce_client_messages(messages[:1]) == messages[:1]
 
 

@@ -14,7 +14,7 @@ import worker.compat.handler_utils
 import worker.compat.util
 import worker.context
 from tests.models import write_model_dir
-from tests.models.fake_broker import decode_item, item
+from tests.models.fake_broker import decode_answers, item
 from worker.handlers import (
     image_classifier,
     image_segmenter,
@@ -33,7 +33,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 
 def run(service, items):
     frames = service.run_batch(1, items)[3:]
-    return [decode_item(*frames[i:i + 3]) for i in range(0, len(frames), 3)]
+    return decode_answers(frames)
 
 
 def save_torchscript(module, path, example):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tests.models import model_path, write_model_dir
-from tests.models.fake_broker import decode_item, item
+from tests.models.fake_broker import decode_answers, item
 from worker.codec import decode_body, encode_value
 from worker.service import MAX_ERROR_MESSAGE_CHARS, Service
 from zerobatch import protocol
@@ -22,7 +22,7 @@ def run_batch(service, items, batch_id=1):
     assert frames[:2] == [protocol.VERSION, protocol.W_REPLY]
     got_batch_id, flat = protocol.split_worker_reply(frames)
     assert got_batch_id == batch_id
-    return [decode_item(*flat[i:i + 3]) for i in range(0, len(flat), 3)]
+    return decode_answers(flat)
 
 
 def handler_model(tmp_path, source):
@@ -261,7 +261,7 @@ def test_grouped_batches_run_one_handler_call_each_and_answer_in_one_reply(tmp_p
     items = [item(json.dumps(body)) for body in ("a", "b", "c", "fail", "d", "e")]
     frames = service.run_batch(5, items, [2, 1, 1, 2])
     batch_id, flat = protocol.split_worker_reply(frames)
-    replies = [decode_item(*flat[i:i + 3]) for i in range(0, len(flat), 3)]
+    replies = decode_answers(flat)
     assert batch_id == 5 and len(replies) == 6
     answers = [json.loads(r.body) if r.kind == "reply" else r.kind for r in replies]
     # four handler calls of at most two requests; the failing one fails only its own batch

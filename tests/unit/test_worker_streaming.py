@@ -6,7 +6,7 @@ import json
 import pytest
 
 from tests.models import model_path, write_model_dir
-from tests.models.fake_broker import decode_item, item
+from tests.models.fake_broker import decode_answers, item
 from worker.compat.handler_utils import send_intermediate_predict_response
 from worker.service import Service
 from zerobatch import protocol
@@ -32,7 +32,7 @@ def partials(sent):
 
 def replies(frames):
     _bid, flat = protocol.split_worker_reply(frames)
-    return [decode_item(*flat[i:i + 3]) for i in range(0, len(flat), 3)]
+    return decode_answers(flat)
 
 
 def test_chunks_go_out_in_order_with_batch_positions():
