@@ -187,6 +187,8 @@ def encode_route(model: str, version: str | None, timeout_ms: int) -> bytes:
     """The route part of a request head: u16 LE length, then msgpack [model, version,
     timeout_ms]. Clients keep it per route; it also keys their refusal hints."""
     route = packb((model, version, int(timeout_ms)))
+    if len(route) > MAX_HEADER_BYTES:
+        raise ProtocolError(f"a route of {len(route)} bytes exceeds {MAX_HEADER_BYTES}")
     return _ROUTE_LENGTH.pack(len(route)) + route
 
 

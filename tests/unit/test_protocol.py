@@ -48,9 +48,11 @@ def test_a_route_past_the_head_is_empty_so_the_rid_can_be_answered(head):
         p.parse_route(b"")
 
 
-def test_a_long_rid_has_no_head():
+def test_a_long_rid_or_route_has_no_head():
     with pytest.raises(ProtocolError):
         p.rid_head(b"r" * (p.MAX_RID_BYTES + 1))
+    with pytest.raises(ProtocolError):
+        p.encode_route("m" * (p.MAX_HEADER_BYTES + 1), None, 0)
 
 
 @pytest.mark.parametrize("route", [
