@@ -4,11 +4,13 @@
                                        [--seconds 3]
 
 With the next batch already waiting, a worker hands a long batch's answers to its reply
-thread and starts the next batch at once (worker.loop, Overlap). This measures that alone:
+thread and starts the next batch at once (worker.loop, Overlap; `overlapReplies: true`).
+This measures that alone:
 one `python -m worker` process, kept busy by this process playing a minimal broker (a ROUTER
 on loopback that takes READY, answers heartbeats, and keeps two batches in flight, a new one
-for each W_REPLY), with no front end and no client in the way. "off" is the same model
-directory with `overlapReplies: false` in its model-config.yaml (its other files are links).
+for each W_REPLY), with no front end and no client in the way. "on" and "off" are copies of
+the model directory with `overlapReplies: true` and `false` in their model-config.yaml (their
+other files are links).
 Each round runs a fresh worker per mode, in alternating order, warms it up for a second and
 counts its replies for `seconds`; the figure is the ratio of the medians, which the
 machine's noise moves much less than either number.
@@ -44,9 +46,9 @@ READY_TIMEOUT_S = 120
 STOP_TIMEOUT_S = 10
 
 
-def overlap_off_copy(model_dir: str, into: str) -> str:
-    """`model_dir` as a directory of links, with `overlapReplies: false` in its config."""
-    copy = os.path.join(into, "overlap-off")
+def overlap_copy(model_dir: str, into: str, overlap: bool) -> str:
+    """`model_dir` as a directory of links, with `overlapReplies: <overlap>` in its config."""
+    copy = os.path.join(into, "overlap-on" if overlap else "overlap-off")
     os.makedirs(copy)
     for name in os.listdir(model_dir):
         if name != MODEL_CONFIG_FILE:
@@ -56,7 +58,7 @@ def overlap_off_copy(model_dir: str, into: str) -> str:
         if os.path.isfile(config):
             with open(config) as existing:
                 out.write(existing.read().rstrip("\n") + "\n")
-        out.write("overlapReplies: false\n")
+        out.write(f"overlapReplies: {'true' if overlap else 'false'}\n")
     return copy
 
 
@@ -131,7 +133,8 @@ def measure(workload_name: str, batch_size: int, rounds: int, seconds: float) ->
     results: dict[str, list[float]] = {"on": [], "off": []}
     scratch = tempfile.mkdtemp(prefix="bench-overlap-")
     try:
-        dirs = {"on": workload.model_dir, "off": overlap_off_copy(workload.model_dir, scratch)}
+        dirs = {mode: overlap_copy(workload.model_dir, scratch, mode == "on")
+                for mode in ("on", "off")}
         for round_index in range(rounds):
             order = ("on", "off") if round_index % 2 == 0 else ("off", "on")
             for mode in order:

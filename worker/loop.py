@@ -9,12 +9,13 @@ anything malformed is logged and dropped. `run(stop_event)` repeats that until t
 is set (then it says DISCONNECT) or the heartbeat thread declares the broker lost; it
 returns which of the two happened.
 
-Overlap: when a batch's handler ran for at least OVERLAP_MIN_HANDLER_NS and the next batch
-already waits in the socket (the broker sends a full batch ahead to a busy worker), its
-answers are held, and handed to the reply thread right before the next handler call, once
-the next batch is decoded: the encoding and sending then run beside that handler instead of
-before it. Otherwise this thread encodes and sends them itself, at once, as it always does for
-a model whose model-config.yaml says `overlapReplies: false`.
+Overlap, for a model whose model-config.yaml says `overlapReplies: true` (it is off by
+default: on the 2-core development machine its gain was within the noise, see
+docs/architecture.md): when a batch's handler ran for at least OVERLAP_MIN_HANDLER_NS and the
+next batch already waits in the socket (the broker sends a full batch ahead to a busy
+worker), its answers are held, and handed to the reply thread right before the next handler
+call, once the next batch is decoded: the encoding and sending then run beside that handler
+instead of before it. Otherwise this thread encodes and sends them itself, at once.
 
 The handler runs on this thread; heartbeats live on their own thread and socket, so a long
 forward pass never silences them. Sends never block: a reply the broker cannot take (it is

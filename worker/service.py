@@ -6,8 +6,9 @@ handler; `Service.compute` decodes the batch's requests and calls the handler wi
 list (once per batch of a BATCHES message); `Service.encode` turns what it answered into the
 W_REPLY frames, one (answer, body) pair per request, in order (`run_batch` does both). The two
 halves are apart so that the worker loop can encode one batch's answers on its reply thread
-while the handler already runs the next (worker.loop, Overlap); so a handler must not change a
-result after returning it, or its model-config.yaml says `overlapReplies: false`. Per request:
+while the handler already runs the next (worker.loop, Overlap), for a model whose
+model-config.yaml says `overlapReplies: true`; its handler must not change a result after
+returning it. Per request:
 
 - a request whose meta frame is malformed gets ERROR `bad_request` and is left out of the
   list the handler sees (the others still run);
@@ -54,8 +55,8 @@ OUT_OF_RESOURCES_STATUS = 507
 _REPLY_HEAD = (protocol.VERSION, protocol.W_REPLY)
 #: The model-config.yaml key that turns per-request failure isolation off (default on).
 RETRY_FAILED_BATCH_KEY = "retryFailedBatch"
-#: The model-config.yaml key that keeps a long batch's encoding off the reply thread (default
-#: on): for a handler that changes a result after returning it (worker.loop, Overlap).
+#: The model-config.yaml key that lets a long batch's answers be encoded on the reply thread
+#: while the next batch runs (worker.loop, Overlap); off unless a model says true.
 OVERLAP_REPLIES_KEY = "overlapReplies"
 
 
@@ -66,7 +67,7 @@ class Service:
         self.entry_point = entry_point
         self.context = context
         self.retry_failed_batch = _yaml_flag(context, RETRY_FAILED_BATCH_KEY)
-        self.overlap_replies = _yaml_flag(context, OVERLAP_REPLIES_KEY)
+        self.overlap_replies = _yaml_flag(context, OVERLAP_REPLIES_KEY, default=False)
         #: Where W_PARTIAL frames go (set by the worker loop); None: streaming is refused.
         self.partial_sink: Callable[[list], None] | None = None
         #: The batch being run, and each handler index's position in it (for send_partial).

@@ -18,15 +18,16 @@ def test_it_counts_batches_of_real_workers_both_ways(capsys):
     assert "echo, batch size 2: overlap on / off = " in out
 
 
-def test_the_off_copy_keeps_the_model_and_adds_the_flag(tmp_path):
+@pytest.mark.parametrize("overlap", [True, False])
+def test_a_copy_keeps_the_model_and_adds_the_flag(tmp_path, overlap):
     model = tmp_path / "model"
     model.mkdir()
     (model / "weights.bin").write_bytes(b"w")
     (model / "model-config.yaml").write_text("batchSize: 4\n")
-    copy = bench_overlap.overlap_off_copy(str(model), str(tmp_path))
+    copy = bench_overlap.overlap_copy(str(model), str(tmp_path), overlap)
     assert os.path.islink(os.path.join(copy, "weights.bin"))
     with open(os.path.join(copy, "model-config.yaml")) as f:
-        assert yaml.safe_load(f) == {"batchSize": 4, "overlapReplies": False}
+        assert yaml.safe_load(f) == {"batchSize": 4, "overlapReplies": overlap}
 
 
 def test_bad_counts_are_a_usage_error():

@@ -79,13 +79,13 @@ def test_a_failed_encoding_is_raised_to_the_next_caller(router, writer):
 @pytest.mark.parametrize("overlap", [True, False])
 def test_long_batches_are_answered_beside_the_next_one(broker, tmp_path, overlap):
     """Three batches wait at once; the first two take 20 ms each in the handler, so each has
-    its answers sent by the reply thread while the next runs. The last has nothing after it
-    and is answered at once, by the loop itself. Every answer arrives, in order. With
-    `overlapReplies: false` the loop answers every batch itself."""
+    its answers sent by the reply thread while the next runs (`overlapReplies: true`). The
+    last has nothing after it and is answered at once, by the loop itself. Every answer
+    arrives, in order. By default the loop answers every batch itself."""
     path = model_path("slow")
-    if not overlap:
+    if overlap:
         path = shutil.copytree(path, tmp_path / "slow")
-        (tmp_path / "slow" / "model-config.yaml").write_text("overlapReplies: false\n")
+        (tmp_path / "slow" / "model-config.yaml").write_text("overlapReplies: true\n")
     worker = ThreadWorker(worker_config(broker, model="slow", path=str(path)))
     try:
         identity, _ = broker.wait_ready()
@@ -102,8 +102,11 @@ def test_long_batches_are_answered_beside_the_next_one(broker, tmp_path, overlap
         worker.stop()
 
 
-def test_short_batches_are_answered_by_the_loop_itself(broker):
-    worker = ThreadWorker(worker_config(broker, model="echo"))
+def test_short_batches_are_answered_by_the_loop_itself(broker, tmp_path):
+    """With the overlap on, batches far shorter than OVERLAP_MIN_HANDLER_NS never take it."""
+    path = shutil.copytree(model_path("echo"), tmp_path / "echo")
+    (tmp_path / "echo" / "model-config.yaml").write_text("overlapReplies: true\n")
+    worker = ThreadWorker(worker_config(broker, model="echo", path=str(path)))
     try:
         identity, _ = broker.wait_ready()
         for batch_id in (1, 2, 3):
