@@ -8,12 +8,13 @@ whose identity is the worker id plus `protocol.REPLY_SUFFIX`, in the order it is
   thread runs it and sends the result, in submission order.
 
 Why a thread: encoding a batch's answers (TorchServe's JSON, float by float) and sending them
-takes the worker about 0.2 ms per MLP batch of 8, and while it does, no handler runs. When the
-next batch already waits and the handler runs for milliseconds, the worker loop hands that
-work here and starts the next batch at once; torch releases the GIL while it computes, so the
-encoding runs beside the forward pass. When nothing waits, or batches are short, the loop
-sends itself: handing work to a thread and back costs about 50 us on a 2-core machine, more
-than a short batch would gain.
+takes the worker about 0.2 ms per MLP batch of 8, and while it does, no handler runs. For a
+model that opts in (`overlapReplies: true`), when the next batch already waits and the handler
+runs for milliseconds, the worker loop hands that work here and starts the next batch at
+once; torch releases the GIL while it computes, so the encoding can run beside the forward
+pass (on the development machine the gain was within the noise: docs/architecture.md).
+Otherwise the loop sends itself: handing work to a thread and back costs about 50 us on a
+2-core machine, more than a short batch would gain.
 
 Order: `send` first waits until everything handed to `send_later` has been sent, so no
 message overtakes one handed over before it. Whichever thread sends holds one lock around
