@@ -129,8 +129,8 @@ class WorkerLoop:
             computed = service.compute(batch_id, items, sizes, self._release_held)
         finally:
             self._release_held()
-        if (service.handler_ns - handler_ns >= OVERLAP_MIN_HANDLER_NS
-                and service.overlap_replies and has_message(socket)):
+        if (service.overlap_replies and service.handler_ns - handler_ns >= OVERLAP_MIN_HANDLER_NS
+                and has_message(socket)):
             self._held = computed
         else:
             self._send(service.encode(computed))

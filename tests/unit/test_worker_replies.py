@@ -21,13 +21,9 @@ IDENTITY = b"w-replies" + protocol.REPLY_SUFFIX
 
 @pytest.fixture
 def broker():
+    """The worker side's fake broker (tests/unit/conftest.py's `broker` is the client side's)."""
     with FakeBroker() as fake:
         yield fake
-
-
-@pytest.fixture
-def router(broker):
-    return broker.router
 
 
 @pytest.fixture
@@ -37,12 +33,12 @@ def writer(broker):
     replies.close()
 
 
-def receive(router, timeout_ms=5000):
-    assert router.poll(timeout_ms, zmq.POLLIN), "nothing arrived"
-    return router.recv_multipart()
+def receive(broker, timeout_ms=5000):
+    assert broker.router.poll(timeout_ms, zmq.POLLIN), "nothing arrived"
+    return broker.router.recv_multipart()
 
 
-def test_a_direct_send_waits_for_what_the_thread_still_holds(router, writer):
+def test_a_direct_send_waits_for_what_the_thread_still_holds(broker, writer):
     release = threading.Event()
 
     def slow_encoding():
@@ -53,15 +49,15 @@ def test_a_direct_send_waits_for_what_the_thread_still_holds(router, writer):
     sender = threading.Thread(target=writer.send,
                               args=([protocol.VERSION, protocol.W_PARTIAL, b"second"],))
     sender.start()
-    assert not router.poll(100, zmq.POLLIN)  # the direct send waits for the held one
+    assert not broker.router.poll(100, zmq.POLLIN)  # the direct send waits for the held one
     release.set()
     sender.join(5)
-    assert receive(router) == [IDENTITY, protocol.VERSION, protocol.W_REPLY, b"first"]
-    assert receive(router) == [IDENTITY, protocol.VERSION, protocol.W_PARTIAL, b"second"]
+    assert receive(broker) == [IDENTITY, protocol.VERSION, protocol.W_REPLY, b"first"]
+    assert receive(broker) == [IDENTITY, protocol.VERSION, protocol.W_PARTIAL, b"second"]
     assert writer.sent_later == 1
 
 
-def test_a_failed_encoding_is_raised_to_the_next_caller(router, writer):
+def test_a_failed_encoding_is_raised_to_the_next_caller(broker, writer):
     def broken():
         raise KeyError("no encoder")
 
@@ -73,7 +69,7 @@ def test_a_failed_encoding_is_raised_to_the_next_caller(router, writer):
         writer.send([protocol.VERSION, protocol.W_DISCONNECT])
     with pytest.raises(RuntimeError, match="reply thread failed"):
         writer.send_later(lambda: [b"nor this"])
-    assert not router.poll(100, zmq.POLLIN)
+    assert not broker.router.poll(100, zmq.POLLIN)
 
 
 @pytest.mark.parametrize("overlap", [True, False])
