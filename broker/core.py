@@ -45,6 +45,13 @@ _ROUTE_CACHE_MAX = 4096
 GROUP_RUN_BUDGET_NS = 1_000_000
 #: The most batches in one message, whatever the run time.
 MAX_GROUP_BATCHES = 16
+#: Admission pads the wait it expects by wait // ADMISSION_SLACK_DIVISOR (see
+#: expected_finish_ns). Measured with `python -m benchmarks.cpu_under_overload` (MLP, twice
+#: its capacity, 100 ms deadline) on a noisy 2-CPU machine: with a quarter, 8 of 11 runs
+#: answered fewer than 99% of the accepted requests in time (97.5% at worst); with a half,
+#: all 4 runs answered 99.0-100%, and accepted about the same share (38-48% against 38-49%:
+#: at twice the capacity most refusals are of requests that no margin would admit).
+ADMISSION_SLACK_DIVISOR = 2
 
 
 class ModelQueue:
@@ -650,12 +657,14 @@ def expected_finish_ns(queue: ModelQueue, now_ns: int) -> int:
     The waiting requests run first, batch_size at a time on each of the W workers, after the
     batches in flight (counted as one whole run when no worker is idle), then its own batch;
     a partial batch that does not dispatch at once (policy full_delay) waits up to
-    max_batch_delay first. A quarter is added to that wait: run times vary, the error of a
-    sum of rounds grows with their number, and the caller also waits for the front end and
-    the network. The estimate errs towards refusing, because a request accepted and then late
-    costs the caller its whole deadline while a refusal costs it a round trip. Admission
-    control like this keeps an overloaded server answering what it accepts in time instead of
-    letting every request wait until it expires."""
+    max_batch_delay first. Half of that wait is added to it (ADMISSION_SLACK_DIVISOR): run
+    times vary, and together when the machine slows down, so the error of a sum of rounds
+    grows with their number; and the caller also waits for the front end and the network,
+    which under overload take milliseconds of their own. The estimate errs towards
+    refusing, because a request accepted and then late costs the caller its whole deadline
+    while a refusal costs it a round trip. Admission control like this keeps an overloaded
+    server answering what it accepts in time instead of letting every request wait until it
+    expires."""
     aggregator = queue.aggregator
     batch_size = queue.config.batch_size
     full_run_ns = aggregator.expected_run_ns(batch_size)
@@ -670,7 +679,7 @@ def expected_finish_ns(queue: ModelQueue, now_ns: int) -> int:
                + aggregator.expected_run_ns(min(waiting + 1, batch_size)))
     if not aggregator.adaptive:
         wait_ns += aggregator.max_batch_delay_ns
-    return now_ns + wait_ns + (wait_ns >> 2)
+    return now_ns + wait_ns + wait_ns // ADMISSION_SLACK_DIVISOR
 
 
 def _as_bytes(frame: Any) -> bytes:

@@ -357,7 +357,7 @@ def test_model_default_deadline_applies_and_caps_the_callers(core):
 
 
 def test_request_that_would_miss_its_deadline_is_refused_at_once(core):
-    """Once a batch is known to take 10 ms, a 25 ms deadline admits what can finish within
+    """Once a batch is known to take 10 ms, a 30 ms deadline admits what can finish within
     two rounds (the batch in flight, then the next full batch) and refuses the rest at once."""
     add(core, batch_size=2, max_batch_delay_ms=0, max_queue=100, batch_policy="adaptive")
     ready(core, 0)
@@ -371,16 +371,16 @@ def test_request_that_would_miss_its_deadline_is_refused_at_once(core):
     request(core, b"a", 20 * MS)  # the worker is idle: a runs at once
     assert len(take_back(core)) == 1
     for name in (b"b", b"c", b"d", b"e"):
-        request(core, name, 20 * MS, timeout_ms=25)
+        request(core, name, 20 * MS, timeout_ms=30)
     answers = take_front(core)
-    # a in flight (one round), then b and c as one full batch: 20 ms of wait, 25 ms with
-    # the quarter of slack, within the 25 ms deadline. d and e need a third round (37.5 ms).
+    # a in flight (one round), then b and c as one full batch: 20 ms of wait, 30 ms with
+    # the half of slack, within the 30 ms deadline. d and e need a third round (45 ms).
     assert errors(answers) == [(b"d", "deadline_unreachable"), (b"e", "deadline_unreachable")]
     code, message, status, retry_after_ms = p.parse_error_info(flat(answers)[0][3])
-    assert status == 503 and "echo" in message and "25 ms" in message
-    # d would finish at 37.5 ms, 12.5 past its deadline: requests like it are refused for
-    # at least that long, which the client may do itself
-    assert retry_after_ms == 13
+    assert status == 503 and "echo" in message and "30 ms" in message
+    # d would finish at 45 ms, 15 past its deadline: requests like it are refused for at
+    # least that long, which the client may do itself
+    assert retry_after_ms == 15
     assert core.describe()["models"][0]["refusedLate"] == 2
 
 
