@@ -43,8 +43,8 @@ from benchmarks.loadgen import HttpTarget, LoadResult, run_wrk, wrk_available
 from benchmarks.loadgen_http import run_http
 from benchmarks.loadgen_zmq import run_zmq
 from benchmarks.peers import ModelSettings, Peer, Started, get_peer
+from benchmarks.records import SERVERS
 
-SERVERS = ("zerobatch", "torchserve", "litserve")
 #: batch size 8, 5 ms delay: the issue's settings wherever batching is compared
 BATCHED = ModelSettings(batch_size=8, max_batch_delay_ms=5, workers=1, max_queue=1000)
 #: each server's default, no batching (TorchServe ignores the delay at batch size 1 and
