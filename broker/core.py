@@ -49,8 +49,9 @@ MAX_GROUP_BATCHES = 16
 #: expected_finish_ns). Measured with `python -m benchmarks.cpu_under_overload` (MLP, twice
 #: its capacity, 100 ms deadline) on a noisy 2-CPU machine: with a quarter, 8 of 11 runs
 #: answered fewer than 99% of the accepted requests in time (97.5% at worst); with a half,
-#: all 4 runs answered 99.0-100%, and accepted about the same share (38-48% against 38-49%:
-#: at twice the capacity most refusals are of requests that no margin would admit).
+#: 3 of 14 did (95.8% at worst, in the machine's worst hour), and the share accepted stayed
+#: about the same (38-48% against 38-49%: at twice the capacity most refusals are of requests
+#: that no margin would admit).
 ADMISSION_SLACK_DIVISOR = 2
 
 
