@@ -9,9 +9,11 @@ worker and one torch thread; a case is a workload and its batching: `echo` at ba
 each server's default, for the pure per-request overhead, and `echo-b8`, `mlp`, `sleep` at
 batch size 8 with a 5 ms delay; a 100-byte echo body, a 49 KB MLP input):
   ceiling     the model's own speed outside any server (batched_ceiling), per workload:
-              measured right before the servers run that workload and again right after,
-              and reported as the mean of the two, so that the machine's drift during the
-              servers' runs moves the ceiling with them
+              measured right before the first server runs that workload and again right
+              after each server; each server's share is against the mean of the two
+              measurements around its own run, so that the machine's drift while the others
+              run does not move it (on 2026-12-01 the MLP's batch-8 forward went from 6.3 to
+              8.2 ms within one run)
   startup     spawn -> first successful prediction, taken from every server start
   latency     concurrency 1 over HTTP (our generator: full HDR percentiles)
   throughput  concurrency 8, 64, 256 over HTTP (wrk when installed: it costs the shared
@@ -117,24 +119,28 @@ def run(plan: Plan, out_dir: str, command: list[str] | None = None,
     cases = [CASES[name] for name in plan.workloads]
     workloads = {case.workload: build(case.workload, WORK_DIR) for case in cases}
     for case in cases:
-        ceiling = None
+        ceiling = first_ceiling = None
+        measured: list[dict] = []
+        ran: list[str] = []
         if case.workload != "echo":
             say(f"ceiling: {case.name} (before)")
-            before = batched_ceiling(workloads[case.workload],
-                                     batch_sizes=(1, case.settings.batch_size))
-            ceiling = _ceiling_record(case, [before])
+            measured.append(batched_ceiling(workloads[case.workload],
+                                            batch_sizes=(1, case.settings.batch_size)))
+            ceiling = _ceiling_record(case, measured)
+            first_ceiling = dict(ceiling)  # every server's overload gets the same rate
             records.append(ceiling)
         for peer in peers:
             say(f"{peer.name}: {case.name}")
             records.extend(_serve_and_measure(peer, case, workloads[case.workload], plan,
-                                              ceiling, record, say))
+                                              first_ceiling, record, say))
             _save(record, out_dir)
-        if ceiling is not None and peers:
-            say(f"ceiling: {case.name} (after)")
-            after = batched_ceiling(workloads[case.workload],
-                                    batch_sizes=(1, case.settings.batch_size))
-            ceiling.update(_ceiling_record(case, [before, after]))
-            _save(record, out_dir)
+            if ceiling is not None:
+                say(f"ceiling: {case.name} (after {peer.name})")
+                measured.append(batched_ceiling(workloads[case.workload],
+                                                batch_sizes=(1, case.settings.batch_size)))
+                ran.append(peer.name)
+                ceiling.update(_ceiling_record(case, measured, ran))
+                _save(record, out_dir)
     if plan.floor:
         records.extend(_floor(plan, say))
     record["targets"] = check_targets(records, plan)
@@ -142,15 +148,27 @@ def run(plan: Plan, out_dir: str, command: list[str] | None = None,
     return record
 
 
-def _ceiling_record(case: Case, measured: list[dict]) -> dict:
-    """The ceiling record of a case: the mean forward time of its measurements, and each."""
+def _ceiling_record(case: Case, measured: list[dict], servers: list[str] | None = None
+                    ) -> dict:
+    """The ceiling record of a case: the mean forward time of all its measurements, each of
+    them, and under "by_server" each server's own ceiling: the mean of the two measurements
+    around its run (measured[i] right before servers[i] ran, measured[i + 1] right after)."""
+    record = {"scenario": "ceiling", "workload": case.name, "server": None,
+              "batch_size": case.settings.batch_size, **_mean_ceiling(measured),
+              "measurements": [m["forward_ms"] for m in measured]}
+    if servers:
+        record["by_server"] = {server: _mean_ceiling(measured[index:index + 2])
+                               for index, server in enumerate(servers)}
+    return record
+
+
+def _mean_ceiling(measured: list[dict]) -> dict:
+    """forward_ms (the mean over the measurements, per batch size) and ceiling_rps."""
     sizes = measured[0]["forward_ms"].keys()
     forward_ms = {size: sum(m["forward_ms"][size] for m in measured) / len(measured)
                   for size in sizes}
-    return {"scenario": "ceiling", "workload": case.name, "server": None,
-            "batch_size": case.settings.batch_size, "forward_ms": forward_ms,
-            "ceiling_rps": {size: int(size) * 1000 / ms for size, ms in forward_ms.items()},
-            "measurements": [m["forward_ms"] for m in measured]}
+    return {"forward_ms": forward_ms,
+            "ceiling_rps": {size: int(size) * 1000 / ms for size, ms in forward_ms.items()}}
 
 
 def _ready_peers(names: tuple[str, ...], record: dict, say: Callable[[str], None]) -> list:
@@ -363,6 +381,8 @@ def check_targets(records: list[dict], plan: Plan) -> list[dict]:
                ratio, ratio is not None and ratio >= factor,
                f"{ratio:.2f}x ({ours_echo:,.0f} vs {theirs:,.0f})" if ratio else "")
     ceiling = find("ceiling", "mlp", None)
+    if ceiling is not None:  # zerobatch's own ceiling, from around its run, where measured
+        ceiling = (ceiling.get("by_server") or {}).get("zerobatch") or ceiling
     mlp32 = rps(find("throughput", "mlp", concurrency=32))
     if ceiling and mlp32:
         ceiling_rps = ceiling["ceiling_rps"][str(CASES["mlp"].settings.batch_size)]

@@ -215,11 +215,12 @@ def ceiling_section(run: dict) -> str:
     for ceiling in ceilings:
         forward, limit = ceiling.get("forward_ms") or {}, ceiling.get("ceiling_rps") or {}
         top = limit.get(CEILING_BATCH)
+        tops = {s: _own_ceiling(ceiling, s) for s in servers}
         load = select(records, scenario="throughput", workload=ceiling["workload"],
                       transport="http")
         for concurrency in ordered(r.get("concurrency") for r in load) or [None]:
             at = select(load, concurrency=concurrency)
-            shares = [fmt_share(divide(rps(find(at, server=s)), top)) for s in servers]
+            shares = [fmt_share(divide(rps(find(at, server=s)), tops[s])) for s in servers]
             rows.append([ceiling["workload"], fmt_ms(forward.get("1")),
                          fmt_ms(forward.get(CEILING_BATCH)), fmt_rps(top),
                          NA if concurrency is None else concurrency,
@@ -227,13 +228,30 @@ def ceiling_section(run: dict) -> str:
     headers = ["workload", "forward ms (batch 1)", f"forward ms (batch {CEILING_BATCH})",
                f"ceiling req/s (batch {CEILING_BATCH})", "concurrency", "zerobatch req/s",
                *[f"{s} ÷ ceiling" for s in servers]]
-    notes = [f"- {c['workload']}: forward ms at batch {CEILING_BATCH} measured before and after "
-             "the servers ran it: " + ", ".join(fmt_ms(m.get(CEILING_BATCH))
-                                                 for m in c["measurements"])
-             + "; the ceiling uses their mean."
-             for c in ceilings if len(c.get("measurements") or ()) > 1]
+    notes = [_ceiling_note(c) for c in ceilings if len(c.get("measurements") or ()) > 1]
     return ("## Batching efficiency (HTTP)\n\n" + table(headers, rows)
             + ("\n\n" + "\n".join(notes) if notes else ""))
+
+
+def _own_ceiling(ceiling: dict, server: str):
+    """A server's ceiling req/s at CEILING_BATCH: from the measurements around its own run
+    where the run recorded them ("by_server"), else the workload's mean."""
+    own = (ceiling.get("by_server") or {}).get(server) or ceiling
+    return (own.get("ceiling_rps") or {}).get(CEILING_BATCH)
+
+
+def _ceiling_note(ceiling: dict) -> str:
+    measured = ", ".join(fmt_ms(m.get(CEILING_BATCH)) for m in ceiling["measurements"])
+    by_server = ceiling.get("by_server")
+    if not by_server:  # runs before 2026-12-02: before and after all the servers
+        return (f"- {ceiling['workload']}: forward ms at batch {CEILING_BATCH} measured before "
+                f"and after the servers ran it: {measured}; the ceiling uses their mean.")
+    own = ", ".join(f"{server} {fmt_rps(_own_ceiling(ceiling, server))}"
+                    for server in by_server)
+    return (f"- {ceiling['workload']}: forward ms at batch {CEILING_BATCH} measured before the "
+            f"first server ran it and after each one: {measured}; each server's share is "
+            f"against the mean of the two around its own run (ceiling req/s: {own}); the "
+            "forward and ceiling columns are the mean of all.")
 
 
 def overload_section(run: dict) -> str:

@@ -36,6 +36,7 @@ def test_quick_run_records_every_scenario_and_writes_the_report(tmp_path):
     assert ("ceiling", "sleep", None, None) in seen
     [ceiling] = [r for r in run["records"] if r["scenario"] == "ceiling"]
     assert len(ceiling["measurements"]) == 2  # before and after the server ran the workload
+    assert set(ceiling["by_server"]) == {"zerobatch"}
     assert ("overload", "sleep", "http", None) in seen
     loads = [r for r in run["records"] if r["scenario"] in ("latency", "throughput")]
     assert all(r["result"]["ok"] > 0 and r["result"]["sent"] >= r["result"]["ok"]

@@ -102,3 +102,35 @@ def test_the_ceiling_is_the_mean_of_its_measurements_before_and_after():
     assert record["ceiling_rps"] == pytest.approx({"1": 1000 / 2.1, "8": 8000 / 6.25})
     assert record["measurements"] == [before["forward_ms"], after["forward_ms"]]
     assert _ceiling_record(CASES["mlp"], [before])["ceiling_rps"]["8"] == pytest.approx(8000 / 6)
+
+
+def test_each_server_gets_the_ceiling_measured_around_its_own_run():
+    """Measured before the first server and after each: a drift while a later server runs
+    moves only that server's ceiling (and the mean of all)."""
+    from benchmarks.harness import CASES, _ceiling_record
+
+    measured = [{"forward_ms": {"1": 2.0, "8": 6.0}}, {"forward_ms": {"1": 2.0, "8": 6.0}},
+                {"forward_ms": {"1": 3.0, "8": 10.0}}]
+    record = _ceiling_record(CASES["mlp"], measured, ["zerobatch", "torchserve"])
+    assert record["by_server"]["zerobatch"]["ceiling_rps"]["8"] == pytest.approx(8000 / 6)
+    assert record["by_server"]["torchserve"]["forward_ms"] == pytest.approx({"1": 2.5, "8": 8.0})
+    assert record["forward_ms"]["8"] == pytest.approx(22 / 3)
+    assert "by_server" not in _ceiling_record(CASES["mlp"], measured[:1])
+
+
+def test_the_targets_use_zerobatchs_own_ceiling_when_the_run_has_one():
+    records = [
+        {"scenario": "ceiling", "workload": "mlp", "server": None,
+         "forward_ms": {"1": 3.0, "8": 8.0}, "ceiling_rps": {"1": 333.0, "8": 1000.0},
+         "by_server": {"zerobatch": {"forward_ms": {"1": 2.0, "8": 6.0},
+                                     "ceiling_rps": {"1": 500.0, "8": 1250.0}}}},
+        {"scenario": "throughput", "workload": "mlp", "server": "zerobatch", "transport": "http",
+         "concurrency": 32, "result": load(1_000)},
+        {"scenario": "latency", "workload": "mlp", "server": "zerobatch", "transport": "http",
+         "concurrency": 1, "result": load(300, p50_ms=3.5)},
+    ]
+    targets = {t["figure"]: t for t in check_targets(records, Plan())}
+    share = targets["mlp, batch 8, 5 ms, concurrency 32: share of the batched ceiling"]
+    assert share["measured"] == "80.0% (1,000 of 1,250 req/s)"  # not 100% of the mean's 1,000
+    latency = targets["mlp, concurrency 1: p50 minus the batch-1 forward"]
+    assert latency["reached"] is False and latency["measured"].startswith("1.50 ms")

@@ -200,3 +200,21 @@ def test_importing_the_report_does_not_import_matplotlib():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                          text=True, timeout=60, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_each_servers_share_is_against_its_own_ceiling(tmp_path):
+    run = synthetic_run()
+    [ceiling] = [r for r in run["records"] if r["scenario"] == "ceiling"]
+    ceiling["measurements"].append({"1": 2.6, "8": 10.0})
+    ceiling["by_server"] = {"zerobatch": {"forward_ms": {"1": 2.3, "8": 8.0},
+                                          "ceiling_rps": {"1": 434.0, "8": 1000.0}},
+                            "torchserve": {"forward_ms": {"1": 2.5, "8": 9.0},
+                                           "ceiling_rps": {"1": 400.0, "8": 875.0}}}
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    report.write_report(str(tmp_path))
+    text = (tmp_path / "report.md").read_text()
+    [row] = lines_with(text, "| mlp | 2.30 | 8.00 | 1,000 | 32 |")
+    assert "| 980 | 98.0% | 80.0% | n/a |" in row  # torchserve: 700 of its own 875
+    assert ("- mlp: forward ms at batch 8 measured before the first server ran it and after "
+            "each one: 7.90, 8.10, 10.0; each server's share is against the mean of the two "
+            "around its own run (ceiling req/s: zerobatch 1,000, torchserve 875)") in text
