@@ -243,7 +243,7 @@ def _own_ceiling(ceiling: dict, server: str):
 def _ceiling_note(ceiling: dict) -> str:
     measured = ", ".join(fmt_ms(m.get(CEILING_BATCH)) for m in ceiling["measurements"])
     by_server = ceiling.get("by_server")
-    if not by_server:  # runs before 2026-12-02: before and after all the servers
+    if not by_server:  # runs before 4e045fd: measured before and after all the servers
         return (f"- {ceiling['workload']}: forward ms at batch {CEILING_BATCH} measured before "
                 f"and after the servers ran it: {measured}; the ceiling uses their mean.")
     own = ", ".join(f"{server} {fmt_rps(_own_ceiling(ceiling, server))}"
