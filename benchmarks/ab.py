@@ -76,6 +76,7 @@ def checkout(base: str, parent: str) -> str:
     built = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
                            cwd=tree, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
     if built.returncode != 0:
+        remove(tree)
         raise RuntimeError(f"building {base}'s compiled core failed:\n{built.stderr}")
     return tree
 
