@@ -33,6 +33,7 @@ import tempfile
 from typing import Callable
 
 from benchmarks.common import ROOT, run_record, write_json
+from benchmarks.wrk import wrk_available
 
 BUILD_TIMEOUT_S = 600
 BENCH_TIMEOUT_S = 900
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
-    if args.bench == "http" and shutil.which("wrk") is None:
+    if args.bench == "http" and not wrk_available():
         parser.error("--bench http needs wrk (Debian: apt-get install wrk)")
     try:
         result = compare(args.base, args.bench, args.rounds, extra)
