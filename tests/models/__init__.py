@@ -1,4 +1,4 @@
-"""Test support: tiny TorchServe `no-archive` model directories, and a fake broker.
+"""Test support: tiny TorchServe `no-archive` model directories, a fake broker, a worker thread.
 
 Each directory holds `MAR-INF/MANIFEST.json` and a handler that imports no torch, so a worker
 serving it starts in a fraction of a second:
@@ -13,7 +13,8 @@ serving it starts in a fraction of a second:
   returns a final one.
 
 `fake_broker.FakeBroker` is a ROUTER that plays the broker's part of the worker protocol for
-tests that run a real worker (in a thread or a process) without the real broker.
+tests that run a real worker (in a thread or a process) without the real broker;
+`thread_worker.ThreadWorker` runs that worker in a thread of the test process.
 """
 
 import json

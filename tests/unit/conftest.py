@@ -1,5 +1,6 @@
-"""Fixtures shared by the client tests: a fake broker thread, and a runner of coroutines on a
-fresh asyncio loop and on uvloop."""
+"""Fixtures shared by the unit tests: the client tests' fake broker thread (`broker`), the
+worker tests' fake broker (`worker_broker`), and a runner of coroutines on a fresh asyncio
+loop and on uvloop."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import asyncio
 import pytest
 import uvloop
 
+from tests.models.fake_broker import FakeBroker as WorkerSideBroker
 from tests.unit.test_client_fakebroker import FakeBroker
 
 #: the longest a client test's coroutine may run (twice the fake broker's own wait)
@@ -19,6 +21,13 @@ def broker():
     fake = FakeBroker()
     yield fake
     fake.close()
+
+
+@pytest.fixture
+def worker_broker():
+    """The broker's side of the worker protocol, for tests that run a real worker."""
+    with WorkerSideBroker() as fake:
+        yield fake
 
 
 @pytest.fixture(params=["asyncio", "uvloop"])

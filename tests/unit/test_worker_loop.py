@@ -10,58 +10,27 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
-from tests.models import model_path, write_model_dir
+from tests.models import write_model_dir
 from tests.models.fake_broker import FakeBroker, item
-from worker.loop import BROKER_LOST, STOPPED, WorkerLoop
+from tests.models.thread_worker import ThreadWorker, worker_config
+from worker.loop import BROKER_LOST, STOPPED
 from zerobatch import protocol
-from zerobatch.config import ModelConfig, WorkerConfig
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def worker_config(broker, model="echo", path=None, interval_ms=1000, worker_id="w-test",
-                  batch_size=8):
-    return WorkerConfig(worker_id, broker.address,
-                        ModelConfig(model, path or model_path(model), batch_size=batch_size),
-                        heartbeat_interval_ms=interval_ms)
-
-
-class ThreadWorker:
-    def __init__(self, config):
-        self.loop = WorkerLoop(config)
-        self.stop_event = threading.Event()
-        self.reason = None
-        self.thread = threading.Thread(target=self._run, name="worker-under-test", daemon=True)
-        self.thread.start()
-
-    def _run(self):
-        self.reason = self.loop.run(self.stop_event)
-
-    def stop(self, timeout_s=5.0):
-        self.stop_event.set()
-        self.thread.join(timeout_s)
-        assert not self.thread.is_alive(), "the worker loop did not stop"
-
-
 @pytest.fixture
-def broker():
-    with FakeBroker() as fake:
-        yield fake
-
-
-@pytest.fixture
-def thread_worker(broker):
+def thread_worker(worker_broker):
     started = []
 
     def start(**kwargs):
-        worker = ThreadWorker(worker_config(broker, **kwargs))
+        worker = ThreadWorker(worker_config(worker_broker, **kwargs))
         started.append(worker)
-        worker.identity, worker.info = broker.wait_ready()
+        worker.identity, worker.info = worker_broker.wait_ready()
         return worker
 
     yield start
@@ -70,7 +39,7 @@ def thread_worker(broker):
 
 
 @pytest.fixture
-def process_worker(broker, tmp_path):
+def process_worker(worker_broker, tmp_path):
     started = []
 
     def spawn(config):
@@ -106,62 +75,63 @@ def test_ready_info(thread_worker):
                            "gpu_id": None, "pid": os.getpid()}
 
 
-def test_echo_json_text_and_binary(thread_worker, broker):
+def test_echo_json_text_and_binary(thread_worker, worker_broker):
     worker = thread_worker()
-    [reply] = broker.request(worker.identity, 1, [item('{"x": [1, 2]}')])
+    [reply] = worker_broker.request(worker.identity, 1, [item('{"x": [1, 2]}')])
     assert (reply.kind, reply.status, reply.content_type) == ("reply", 200, "application/json")
     assert json.loads(reply.body) == {"x": [1, 2]}
-    [reply] = broker.request(worker.identity, 2, [item("plain text", "text/plain")])
+    [reply] = worker_broker.request(worker.identity, 2, [item("plain text", "text/plain")])
     assert (reply.content_type, reply.body) == ("text/plain", b"plain text")
     blob = bytes(range(256)) * 1000
-    [reply] = broker.request(worker.identity, 3, [item(blob, "application/octet-stream")])
+    [reply] = worker_broker.request(worker.identity, 3, [item(blob, "application/octet-stream")])
     assert (reply.content_type, reply.body) == ("application/octet-stream", blob)
 
 
-def test_a_batch_of_three_is_answered_in_order(thread_worker, broker):
+def test_a_batch_of_three_is_answered_in_order(thread_worker, worker_broker):
     worker = thread_worker(model="batch_size_reporter")
-    replies = broker.request(worker.identity, 7, [item(f'"{c}"') for c in "abc"])
+    replies = worker_broker.request(worker.identity, 7, [item(f'"{c}"') for c in "abc"])
     assert [json.loads(r.body) for r in replies] == [
         {"batch_size": 3, "body": c} for c in "abc"]
 
 
-def test_handler_exception_then_next_batch_works(thread_worker, broker):
+def test_handler_exception_then_next_batch_works(thread_worker, worker_broker):
     worker = thread_worker(model="failing")
-    replies = broker.request(worker.identity, 1, [item('"a"'), item('"fail"'), item('"c"')])
+    replies = worker_broker.request(worker.identity, 1, [item('"a"'), item('"fail"'), item('"c"')])
     assert [(r.kind, r.code, r.status) for r in replies] == [
         ("reply", None, 200), ("error", "handler_error", 500), ("reply", None, 200)]
     assert replies[1].message == "ValueError: asked to fail"
-    [reply] = broker.request(worker.identity, 2, [item('{"fine": true}')])
+    [reply] = worker_broker.request(worker.identity, 2, [item('{"fine": true}')])
     assert json.loads(reply.body) == {"fine": True}
 
 
-def test_wrong_result_count_answers_errors(thread_worker, broker, tmp_path):
+def test_wrong_result_count_answers_errors(thread_worker, worker_broker, tmp_path):
     path = write_model_dir(str(tmp_path / "short"), """
         def handle(data, context):
             return None if data is None else []
         """)
     worker = thread_worker(model="short", path=path)
-    replies = broker.request(worker.identity, 5, [item("1"), item("2"), item("3")])
+    replies = worker_broker.request(worker.identity, 5, [item("1"), item("2"), item("3")])
     assert [(r.kind, r.code) for r in replies] == [("error", "handler_error")] * 3
     assert all(r.message == "handler returned 0 results for 1 requests" for r in replies)
 
 
-def test_malformed_messages_are_dropped(thread_worker, broker):
+def test_malformed_messages_are_dropped(thread_worker, worker_broker):
     worker = thread_worker()
-    broker.send_raw(worker.identity, [b"ZB9", protocol.W_BATCH, b"\0" * 8, b"m", b"b"])
-    broker.send_raw(worker.identity, [protocol.VERSION, protocol.W_BATCH, b"short", b"m", b"b"])
-    broker.send_raw(worker.identity, [protocol.VERSION, protocol.W_BATCH, b"\0" * 8, b"m"])
-    broker.send_raw(worker.identity, [protocol.VERSION, protocol.W_READY, b"?"])
-    broker.send_raw(worker.identity, protocol.HEARTBEAT_FRAMES)
-    [reply] = broker.request(worker.identity, 9, [item('"still here"')])
+    send_raw = worker_broker.send_raw
+    send_raw(worker.identity, [b"ZB9", protocol.W_BATCH, b"\0" * 8, b"m", b"b"])
+    send_raw(worker.identity, [protocol.VERSION, protocol.W_BATCH, b"short", b"m", b"b"])
+    send_raw(worker.identity, [protocol.VERSION, protocol.W_BATCH, b"\0" * 8, b"m"])
+    send_raw(worker.identity, [protocol.VERSION, protocol.W_READY, b"?"])
+    send_raw(worker.identity, protocol.HEARTBEAT_FRAMES)
+    [reply] = worker_broker.request(worker.identity, 9, [item('"still here"')])
     assert reply.body == b"still here"
 
 
-def test_stop_event_disconnects(thread_worker, broker):
+def test_stop_event_disconnects(thread_worker, worker_broker):
     worker = thread_worker()
     worker.stop()
     assert worker.reason == STOPPED
-    frames = broker.wait_command(protocol.W_DISCONNECT, timeout_s=5)
+    frames = worker_broker.wait_command(protocol.W_DISCONNECT, timeout_s=5)
     assert frames == [worker.identity + protocol.REPLY_SUFFIX, *protocol.DISCONNECT_FRAMES]
 
 
@@ -179,28 +149,28 @@ def test_broker_silence_ends_the_loop():
 
 # ------------------------------------------------------------------ as a process
 
-def test_process_serves_and_stops_cleanly_on_sigterm(broker, process_worker):
-    proc = process_worker(worker_config(broker, worker_id="w-proc"))
-    identity, info = broker.wait_ready(timeout_s=30)
+def test_process_serves_and_stops_cleanly_on_sigterm(worker_broker, process_worker):
+    proc = process_worker(worker_config(worker_broker, worker_id="w-proc"))
+    identity, info = worker_broker.wait_ready(timeout_s=30)
     assert identity == b"w-proc" and info["pid"] == proc.pid
-    [reply] = broker.request(identity, 1, [item('{"hello": "world"}')])
+    [reply] = worker_broker.request(identity, 1, [item('{"hello": "world"}')])
     assert json.loads(reply.body) == {"hello": "world"}
     proc.send_signal(signal.SIGTERM)
-    broker.wait_command(protocol.W_DISCONNECT, timeout_s=10)
+    worker_broker.wait_command(protocol.W_DISCONNECT, timeout_s=10)
     assert proc.wait(10) == 0
     assert "disconnected" in read_log(proc)
 
 
-def test_heartbeats_continue_during_a_long_batch(broker, process_worker):
-    proc = process_worker(worker_config(broker, model="slow", interval_ms=200))
-    identity, _ = broker.wait_ready(timeout_s=30)
-    broker.send_batch(identity, 1, [item('{"sleep_ms": 2500}'), item('{"sleep_ms": 10}')])
+def test_heartbeats_continue_during_a_long_batch(worker_broker, process_worker):
+    proc = process_worker(worker_config(worker_broker, model="slow", interval_ms=200))
+    identity, _ = worker_broker.wait_ready(timeout_s=30)
+    worker_broker.send_batch(identity, 1, [item('{"sleep_ms": 2500}'), item('{"sleep_ms": 10}')])
     sent_at = time.monotonic()
-    replies = broker.wait_reply(1, timeout_s=20)
+    replies = worker_broker.wait_reply(1, timeout_s=20)
     replied_at = time.monotonic()
     assert [json.loads(r.body)["batch_size"] for r in replies] == [2, 2]
     assert replied_at - sent_at >= 2.4
-    during = [t for ident, t in broker.heartbeats
+    during = [t for ident, t in worker_broker.heartbeats
               if ident == b"w-test" + protocol.HEARTBEAT_SUFFIX and sent_at <= t <= replied_at]
     assert len(during) >= 5, f"only {len(during)} heartbeats during a 2.5 s batch"
     assert proc.poll() is None
@@ -216,8 +186,8 @@ def test_process_exits_when_the_broker_goes_silent(process_worker):
     assert "broker lost: no message from the broker" in read_log(proc)
 
 
-def test_process_reports_a_model_that_cannot_load(broker, process_worker, tmp_path):
-    proc = process_worker(worker_config(broker, model="missing", path=str(tmp_path)))
+def test_process_reports_a_model_that_cannot_load(worker_broker, process_worker, tmp_path):
+    proc = process_worker(worker_config(worker_broker, model="missing", path=str(tmp_path)))
     assert proc.wait(30) == 3
     log = read_log(proc)
     assert "MAR-INF/MANIFEST.json: manifest not found" in log

@@ -1,7 +1,7 @@
 """The worker's reply socket: order between the reply thread and direct sends, its failures,
 and the worker loop handing long batches' answers to it while the next batch runs.
 
-Real sockets on loopback (a ROUTER standing in for the broker); every wait is bounded."""
+Real sockets on loopback (a ROUTER standing in for the worker_broker); every wait is bounded."""
 
 import json
 import shutil
@@ -11,8 +11,8 @@ import pytest
 import zmq
 
 from tests.models import model_path
-from tests.models.fake_broker import FakeBroker, item
-from tests.unit.test_worker_loop import ThreadWorker, worker_config
+from tests.models.fake_broker import item
+from tests.models.thread_worker import ThreadWorker, worker_config
 from worker.replies import ReplyWriter
 from zerobatch import protocol
 
@@ -20,25 +20,18 @@ IDENTITY = b"w-replies" + protocol.REPLY_SUFFIX
 
 
 @pytest.fixture
-def broker():
-    """The worker side's fake broker (tests/unit/conftest.py's `broker` is the client side's)."""
-    with FakeBroker() as fake:
-        yield fake
-
-
-@pytest.fixture
-def writer(broker):
-    replies = ReplyWriter(zmq.Context.instance(), broker.address, "w-replies")
+def writer(worker_broker):
+    replies = ReplyWriter(zmq.Context.instance(), worker_broker.address, "w-replies")
     yield replies
     replies.close()
 
 
-def receive(broker, timeout_ms=5000):
-    assert broker.router.poll(timeout_ms, zmq.POLLIN), "nothing arrived"
-    return broker.router.recv_multipart()
+def receive(worker_broker, timeout_ms=5000):
+    assert worker_broker.router.poll(timeout_ms, zmq.POLLIN), "nothing arrived"
+    return worker_broker.router.recv_multipart()
 
 
-def test_a_direct_send_waits_for_what_the_thread_still_holds(broker, writer):
+def test_a_direct_send_waits_for_what_the_thread_still_holds(worker_broker, writer):
     release = threading.Event()
 
     def slow_encoding():
@@ -49,15 +42,15 @@ def test_a_direct_send_waits_for_what_the_thread_still_holds(broker, writer):
     sender = threading.Thread(target=writer.send,
                               args=([protocol.VERSION, protocol.W_PARTIAL, b"second"],))
     sender.start()
-    assert not broker.router.poll(100, zmq.POLLIN)  # the direct send waits for the held one
+    assert not worker_broker.router.poll(100, zmq.POLLIN)  # the direct send waits for the held one
     release.set()
     sender.join(5)
-    assert receive(broker) == [IDENTITY, protocol.VERSION, protocol.W_REPLY, b"first"]
-    assert receive(broker) == [IDENTITY, protocol.VERSION, protocol.W_PARTIAL, b"second"]
+    assert receive(worker_broker) == [IDENTITY, protocol.VERSION, protocol.W_REPLY, b"first"]
+    assert receive(worker_broker) == [IDENTITY, protocol.VERSION, protocol.W_PARTIAL, b"second"]
     assert writer.sent_later == 1
 
 
-def test_a_failed_encoding_is_raised_to_the_next_caller(broker, writer):
+def test_a_failed_encoding_is_raised_to_the_next_caller(worker_broker, writer):
     def broken():
         raise KeyError("no encoder")
 
@@ -69,11 +62,11 @@ def test_a_failed_encoding_is_raised_to_the_next_caller(broker, writer):
         writer.send([protocol.VERSION, protocol.W_DISCONNECT])
     with pytest.raises(RuntimeError, match="reply thread failed"):
         writer.send_later(lambda: [b"nor this"])
-    assert not broker.router.poll(100, zmq.POLLIN)
+    assert not worker_broker.router.poll(100, zmq.POLLIN)
 
 
 @pytest.mark.parametrize("overlap", [True, False])
-def test_long_batches_are_answered_beside_the_next_one(broker, tmp_path, overlap):
+def test_long_batches_are_answered_beside_the_next_one(worker_broker, tmp_path, overlap):
     """Three batches wait at once; the first two take 20 ms each in the handler, so each has
     its answers sent by the reply thread while the next runs (`overlapReplies: true`). The
     last has nothing after it and is answered at once, by the loop itself. Every answer
@@ -82,14 +75,14 @@ def test_long_batches_are_answered_beside_the_next_one(broker, tmp_path, overlap
     if overlap:
         path = shutil.copytree(path, tmp_path / "slow")
         (tmp_path / "slow" / "model-config.yaml").write_text("overlapReplies: true\n")
-    worker = ThreadWorker(worker_config(broker, model="slow", path=str(path)))
+    worker = ThreadWorker(worker_config(worker_broker, model="slow", path=str(path)))
     try:
-        identity, _ = broker.wait_ready()
+        identity, _ = worker_broker.wait_ready()
         for batch_id in (1, 2, 3):
-            broker.send_batch(identity, batch_id,
+            worker_broker.send_batch(identity, batch_id,
                               [item(json.dumps({"sleep_ms": 20, "tag": f"b{batch_id}"}))])
         # wait_reply drops what it does not match: a reply out of order would time out
-        seen = [json.loads(broker.wait_reply(batch_id)[0].body)["seen"]
+        seen = [json.loads(worker_broker.wait_reply(batch_id)[0].body)["seen"]
                 for batch_id in (1, 2, 3)]
         assert [tags[-1] for tags in seen] == ["b1", "b2", "b3"]
         assert seen[2][-3:] == ["b1", "b2", "b3"]
@@ -98,16 +91,16 @@ def test_long_batches_are_answered_beside_the_next_one(broker, tmp_path, overlap
         worker.stop()
 
 
-def test_short_batches_are_answered_by_the_loop_itself(broker, tmp_path):
+def test_short_batches_are_answered_by_the_loop_itself(worker_broker, tmp_path):
     """With the overlap on, batches far shorter than OVERLAP_MIN_HANDLER_NS never take it."""
     path = shutil.copytree(model_path("echo"), tmp_path / "echo")
     (tmp_path / "echo" / "model-config.yaml").write_text("overlapReplies: true\n")
-    worker = ThreadWorker(worker_config(broker, model="echo", path=str(path)))
+    worker = ThreadWorker(worker_config(worker_broker, model="echo", path=str(path)))
     try:
-        identity, _ = broker.wait_ready()
+        identity, _ = worker_broker.wait_ready()
         for batch_id in (1, 2, 3):
-            broker.send_batch(identity, batch_id, [item(f'"{batch_id}"')])
-        assert [broker.wait_reply(batch_id)[0].body for batch_id in (1, 2, 3)] == [
+            worker_broker.send_batch(identity, batch_id, [item(f'"{batch_id}"')])
+        assert [worker_broker.wait_reply(batch_id)[0].body for batch_id in (1, 2, 3)] == [
             b"1", b"2", b"3"]
         assert worker.loop.overlapped == 0
     finally:
