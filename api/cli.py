@@ -80,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="longest a batch may run before its worker is restarted")
     start.add_argument("--default-timeout-ms", type=int, default=0, metavar="MS",
                        help="default request deadline (default: the response timeout)")
+    start.add_argument("--max-request-size", type=int, default=defaults.DEFAULT_MAX_BODY_BYTES,
+                       metavar="BYTES",
+                       help="largest request body, over HTTP and ZeroMQ; larger ones answer "
+                            "413 (default: 6553500, TorchServe's max_request_size)")
     start.add_argument("--number-of-gpu", type=int, default=None,
                        help="GPUs to use (default: all visible)")
     start.add_argument("--run-dir", default=defaults.DEFAULT_RUN_DIR,
@@ -148,7 +152,8 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         worker_address=args.worker_address, frontends=args.frontends,
         number_of_gpu=args.number_of_gpu, run_dir=os.path.abspath(args.run_dir),
         log_level=args.log_level, aggregator=args.aggregator,
-        install_py_dep_per_model=args.install_py_dep_per_model)
+        install_py_dep_per_model=args.install_py_dep_per_model,
+        max_request_bytes=args.max_request_size)
 
 
 # ---------------------------------------------------------------------- start

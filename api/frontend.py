@@ -13,6 +13,7 @@ shutdown. SIGTERM or SIGINT: stop accepting, finish in-flight requests, exit 0.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import signal
 import socket
@@ -44,7 +45,9 @@ def build_server(config: FrontendConfig, fd: int | None) -> tuple[uvicorn.Server
         host=config.host,
         port=config.port,
         loop="uvloop",
-        http=CoalescingHttpToolsProtocol,  # httptools, one write per connection per loop turn
+        # httptools, one write per connection per loop turn, early 413 for 100-continue
+        http=functools.partial(CoalescingHttpToolsProtocol,
+                               max_body_bytes=config.max_request_bytes),
         lifespan="on",
         access_log=False,
         log_level=config.log_level.lower(),

@@ -67,13 +67,17 @@ async def handle_unexpected(req: falcon.asgi.Request, resp: falcon.asgi.Response
                                                        f"{type(error).__name__}")
 
 
+def body_too_large(length: int, limit: int) -> RequestTooLarge:
+    """The 413 for a body that declares `length` bytes (Content-Length) over `limit`."""
+    return RequestTooLarge(f"request body of {length} bytes exceeds the limit of {limit} bytes")
+
+
 async def read_body(req: falcon.asgi.Request, limit: int) -> bytes:
     """The whole request body, or RequestTooLarge (413) once it passes limit bytes."""
     length = req.content_length
     if length is not None:
         if length > limit:
-            raise RequestTooLarge(f"request body of {length} bytes exceeds the limit of "
-                                  f"{limit} bytes")
+            raise body_too_large(length, limit)
         return await req.stream.readall()
     chunks = []
     total = 0

@@ -26,6 +26,7 @@ from zerobatch.errors import (
     DeadlineExceeded,
     DeadlineUnreachable,
     ModelNotFound,
+    RequestTooLarge,
     WorkerLost,
 )
 
@@ -231,6 +232,20 @@ def test_full_queue_answers_503_at_once(shared_server):
 def test_body_over_the_limit_is_413(shared_server):
     status, _h, body = shared_server.predict("echo", b"x" * 7_000_000, "application/octet-stream")
     assert status == 413, body
+
+
+def test_max_request_size_sets_the_limit_over_http_and_zeromq(make_server):
+    server = make_server({"echo": "echo"}, "--max-request-size", "1000")
+    octets = "application/octet-stream"
+    status, _h, body = server.predict("echo", b"x" * 1000, octets)
+    assert (status, body) == (200, b"x" * 1000)
+    status, _h, body = server.predict("echo", b"x" * 1001, octets)
+    assert status == 413 and json_body(body)["message"] == (
+        "request body of 1001 bytes exceeds the limit of 1000 bytes")
+    with server.client() as client:
+        assert client.predict("echo", b"x" * 1000, timeout_ms=5000).body == b"x" * 1000
+        with pytest.raises(RequestTooLarge):
+            client.predict("echo", b"x" * 1001, timeout_ms=5000)
 
 
 # ---------------------------------------------------------------------- failures

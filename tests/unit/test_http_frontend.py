@@ -1,6 +1,7 @@
 """The real front-end process, `python -m api.frontend`, on loopback against a fake broker
 thread: serving on an inherited socket (--fd) and on its own port, chunked bodies over the
-limit, graceful exit on SIGTERM. Readiness is polled through /ping; the process is always
+limit, uploads over it refused before they are sent (Expect: 100-continue), graceful exit on
+SIGTERM. Readiness is polled through /ping; the process is always
 killed in a finalizer."""
 
 from __future__ import annotations
@@ -148,6 +149,45 @@ def test_binds_its_own_port_without_fd(frontend):
     status, _, body = front.request("PUT", "/predictions/m", body="texte".encode(),
                                     headers={"Content-Type": "text/plain"})
     assert status == 200 and body == b"texte"
+    assert front.stop() == 0, front.log()
+
+
+def read_until_closed(sock: socket.socket, limit_s: float = 5.0) -> bytes:
+    """Everything the server sends on sock until it closes the connection (bounded)."""
+    sock.settimeout(limit_s)
+    received = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return received
+        received += chunk
+
+
+def test_an_upload_over_the_limit_that_expects_100_continue_is_refused_before_it_is_sent(
+        frontend):
+    front = frontend(inherit_socket=False, max_request_bytes=1000)
+    head = (b"POST /predictions/m HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1001\r\n"
+            b"Expect: 100-continue\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", front.port), timeout=5) as sock:
+        sock.sendall(head)  # and no body: the client waits for 100 Continue
+        response = read_until_closed(sock)
+    assert b"100 Continue" not in response
+    status_line, _, rest = response.partition(b"\r\n")
+    headers, _, body = rest.partition(b"\r\n\r\n")
+    assert status_line == b"HTTP/1.1 413 Request Entity Too Large"
+    assert b"connection: close" in headers.lower()
+    assert json.loads(body) == {"code": 413, "type": "RequestTooLarge",
+                                "message": "request body of 1001 bytes exceeds the limit of "
+                                           "1000 bytes"}
+
+    # within the limit, 100-continue goes on as before: Continue, then the answer
+    with socket.create_connection(("127.0.0.1", front.port), timeout=5) as sock:
+        sock.sendall(head.replace(b"1001", b"5").replace(b"\r\n\r\n",
+                                                          b"\r\nConnection: close\r\n\r\n"))
+        assert sock.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(b"hello")
+        response = read_until_closed(sock)
+    assert response.startswith(b"HTTP/1.1 200 OK") and response.endswith(b"\r\n\r\nhello")
     assert front.stop() == 0, front.log()
 
 
