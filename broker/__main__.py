@@ -1,11 +1,12 @@
 """Entry point of the broker process: `python -m broker --config '<ServerConfig JSON>'`.
 
-The only place in the broker that reads argv and the environment. It first prepares the models
-(archives extracted into RUN_DIR/models/, model-config.yaml applied, per-model requirements
-installed into RUN_DIR/deps/ with --install-py-dep-per-model), leaving out any that is refused,
-then binds every endpoint (so a port in use fails fast, before any child starts), writes the
-pid file, starts the supervised children, and runs the loop until SIGTERM/SIGINT or a `stop`
-control call.
+The only place in the broker that reads argv and the environment. It first starts the first
+worker of each model whose archive is worth preloading (broker/preload.py), then prepares the
+models (archives extracted into RUN_DIR/models/, model-config.yaml applied, per-model
+requirements installed into RUN_DIR/deps/ with --install-py-dep-per-model), leaving out any
+that is refused, then binds every endpoint (so a port in use fails fast, before the
+supervised children start; a preloaded worker is killed), writes the pid file, starts the
+supervised children, and runs the loop until SIGTERM/SIGINT or a `stop` control call.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 import sys
 
 import zmq
@@ -23,7 +25,7 @@ from broker import aggregator, archive
 from broker.core import BrokerCore
 from broker.gpus import count_visible_gpus
 from broker.loop import BrokerLoop
-from broker.supervisor import Supervisor
+from broker.supervisor import Supervisor, discard_preloaded, start_preloaded_workers
 from zerobatch.config import ServerConfig
 from zerobatch.errors import ConfigError
 
@@ -51,6 +53,18 @@ def bind_http(host: str, port: int) -> socket.socket:
 
 
 def serve(config: ServerConfig, environ: dict[str, str]) -> int:
+    # first workers that import torch while the archives are extracted (broker/preload.py);
+    # the supervisor hands them their configuration, and whatever is left is killed
+    preloaded = start_preloaded_workers(config.models, config.run_dir,
+                                        config.install_py_dep_per_model)
+    try:
+        return _serve(config, environ, preloaded)
+    finally:
+        discard_preloaded(preloaded)
+
+
+def _serve(config: ServerConfig, environ: dict[str, str],
+           preloaded: dict[str, subprocess.Popen]) -> int:
     models, refused = archive.prepare_models(
         config.models, config.run_dir, install_py_deps=config.install_py_dep_per_model)
     for model, exc in refused:
@@ -97,7 +111,7 @@ def serve(config: ServerConfig, environ: dict[str, str]) -> int:
         gpu_count = min(gpu_count, config.number_of_gpu)
     log.info("GPUs in use: %d", gpu_count)
     supervisor = Supervisor(config, back_ipc, front_ipc, gpu_count,
-                            http_socket.fileno() if http_socket else None)
+                            http_socket.fileno() if http_socket else None, preloaded)
     loop.supervisor = supervisor
     pid_path = os.path.join(config.run_dir, PID_FILE)
     with open(pid_path, "w") as pid_file:

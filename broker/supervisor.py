@@ -4,6 +4,11 @@ Spawns `python -m worker` per worker slot and `python -m api.frontend` per front
 at once when one exits (a pidfd per child sits in the broker's poll set), restarts it with
 exponential backoff, and stops everything on shutdown: SIGTERM, a grace period, then SIGKILL.
 Children get PR_SET_PDEATHSIG, so they die with the broker even if it is SIGKILLed.
+
+A model's first worker may have been started before the supervisor existed, while the model's
+archive was extracted (`start_preloaded_workers`, broker/preload.py): its slot's first spawn
+writes the WorkerConfig to that process's stdin instead of starting a new one, and
+`discard_preloaded` kills the ones no slot took.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import subprocess
 import sys
 import time
 
+from broker import preload
 from broker.gpus import GpuAssigner
 from zerobatch.config import (
     RESTART_BACKOFF_MAX_S,
@@ -40,6 +46,33 @@ def _die_with_parent() -> None:
         pass
 
 
+def start_preloaded_workers(models: tuple[ModelConfig, ...], run_dir: str,
+                            install_py_deps: bool) -> dict[str, subprocess.Popen]:
+    """model key -> a worker importing torch, waiting for its configuration on stdin, for
+    each model that broker.preload says to preload."""
+    started = {}
+    for model in models:
+        if preload.wants_preload(model.path, install_py_deps):
+            started[model.key] = subprocess.Popen(
+                [sys.executable, "-m", "worker", "--preload", preload.PRELOAD_MODULE,
+                 "--config", "-", "--label", f"{model.key} {run_dir}"],
+                stdin=subprocess.PIPE, preexec_fn=_die_with_parent)
+    return started
+
+
+def discard_preloaded(preloaded: dict[str, subprocess.Popen]) -> None:
+    """Kill and reap the preloaded workers that no slot took."""
+    for key, process in preloaded.items():
+        log.info("model %s: its preloaded worker (pid %d) is not needed", key, process.pid)
+        process.kill()
+        process.wait()
+        try:
+            process.stdin.close()
+        except OSError:  # what a failed hand-over left unflushed
+            pass
+    preloaded.clear()
+
+
 class Child:
     """One supervised slot: a worker slot of a model, or a front end."""
 
@@ -60,8 +93,11 @@ class Child:
 
 class Supervisor:
     def __init__(self, config: ServerConfig, worker_address: str, frontend_address: str,
-                 gpu_count: int, http_fd: int | None) -> None:
+                 gpu_count: int, http_fd: int | None,
+                 preloaded: dict[str, subprocess.Popen] | None = None) -> None:
         self.config = config
+        #: model key -> its preloaded first worker, until that model's first spawn takes it
+        self.preloaded = preloaded if preloaded is not None else {}
         self.worker_address = worker_address
         self.frontend_address = frontend_address
         self.http_fd = http_fd
@@ -89,6 +125,7 @@ class Supervisor:
     def start_all(self) -> None:
         for child in self.children:
             self._spawn(child)
+        discard_preloaded(self.preloaded)
         self._plan()
 
     def _spawn(self, child: Child) -> None:
@@ -103,6 +140,10 @@ class Supervisor:
                                          broker_address=self.worker_address,
                                          model=child.model, gpu_id=child.gpu_id,
                                          log_level=self.config.log_level)
+            process = self._hand_over(child.model.key, worker_config)
+            if process is not None:
+                self._started(child, process, "preloaded ")
+                return
             argv = [sys.executable, "-m", "worker", "--config", worker_config.to_json()]
         else:
             frontend_config = FrontendConfig(
@@ -112,15 +153,36 @@ class Supervisor:
             argv = [sys.executable, "-m", "api.frontend", "--config",
                     frontend_config.to_json(), "--fd", str(self.http_fd)]
             pass_fds = (self.http_fd,)
-        child.process = subprocess.Popen(argv, pass_fds=pass_fds, preexec_fn=_die_with_parent,
-                                         stdin=subprocess.DEVNULL)
+        self._started(child, subprocess.Popen(argv, pass_fds=pass_fds,
+                                              preexec_fn=_die_with_parent,
+                                              stdin=subprocess.DEVNULL))
+
+    def _hand_over(self, model_key: str, worker_config: WorkerConfig
+                   ) -> subprocess.Popen | None:
+        """The model's preloaded worker, now given its configuration; None if there is none
+        or it died meanwhile."""
+        process = self.preloaded.pop(model_key, None)
+        if process is None:
+            return None
+        try:
+            process.stdin.write(worker_config.to_json().encode() + b"\n")
+            process.stdin.close()
+        except OSError as exc:  # BrokenPipeError: it exited while torch was imported
+            log.warning("model %s: its preloaded worker (pid %d) is gone (%s); starting "
+                        "another", model_key, process.pid, exc)
+            discard_preloaded({model_key: process})
+            return None
+        return process
+
+    def _started(self, child: Child, process: subprocess.Popen, how: str = "") -> None:
+        child.process = process
         child.started_s = time.monotonic()
         try:
-            child.pidfd = os.pidfd_open(child.process.pid)
+            child.pidfd = os.pidfd_open(process.pid)
         except (AttributeError, OSError):
             child.pidfd = None
-        log.info("started %s %s (pid %d, gpu %s)", child.kind,
-                 child.worker_id or child.slot_name, child.process.pid, child.gpu_id)
+        log.info("started %s%s %s (pid %d, gpu %s)", how, child.kind,
+                 child.worker_id or child.slot_name, process.pid, child.gpu_id)
 
     # ------------------------------------------------------------------ watching
 

@@ -1,10 +1,14 @@
 """Entry point of a worker process: `python -m worker --config '<WorkerConfig JSON>'`.
 
+Or `python -m worker --preload torch --config -`: import torch first, then read the
+configuration from stdin, one line (the broker starts a model's first worker so while it
+extracts the model's archive: broker/preload.py). EOF instead of a configuration exits 0.
+
 The only module of the worker that reads argv and sets up logging and signals. SIGTERM (or
 SIGINT) stops the worker cleanly: it finishes the batch in hand, says DISCONNECT and exits 0.
 
 Exit codes, for the supervisor:
-  0  stopped on request;
+  0  stopped on request (or not needed: EOF on stdin with --config -);
   2  bad command line or configuration;
   3  the model could not be loaded (the log says why);
   4  the broker was lost (silent for HEARTBEAT_LIVENESS intervals, or the parent exited).
@@ -13,6 +17,7 @@ Exit codes, for the supervisor:
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import signal
@@ -40,10 +45,22 @@ log = logging.getLogger("worker")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m worker",
                                      description="Run one zerobatch worker process.")
-    parser.add_argument("--config", required=True, help="the WorkerConfig, as JSON")
+    parser.add_argument("--config", required=True,
+                        help="the WorkerConfig, as JSON; - reads it from stdin (one line), "
+                             "after --preload")
+    parser.add_argument("--preload", action="append", default=[], metavar="MODULE",
+                        help="import MODULE first (the broker starts a model's first worker "
+                             "this way while it extracts the archive: broker/preload.py)")
+    parser.add_argument("--label", default="", help="ignored; names the server in ps")
     args = parser.parse_args(argv)
+    text = args.config
+    if text == "-":
+        preload(args.preload)
+        text = sys.stdin.readline()
+        if not text.strip():  # EOF: the broker no longer needs this worker
+            return EXIT_OK
     try:
-        config = WorkerConfig.from_json(args.config)
+        config = WorkerConfig.from_json(text)
     except (ValueError, TypeError, KeyError) as exc:
         print(f"worker: invalid --config: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -74,6 +91,15 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     log.error("exiting: %s", loop.heartbeat.lost_reason)
     return EXIT_BROKER_LOST
+
+
+def preload(modules: list[str]) -> None:
+    """Import these modules now; one that fails is left for the handler to report."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # the handler's own import will fail with the full story
+            print(f"worker: --preload {name}: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
 def _exit_if_stuck(loop: WorkerLoop) -> None:

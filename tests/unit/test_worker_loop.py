@@ -42,12 +42,19 @@ def thread_worker(worker_broker):
 def process_worker(worker_broker, tmp_path):
     started = []
 
-    def spawn(config):
+    def spawn(config, preload=None):
+        """A worker process for config; with preload (module names), one that imports them
+        and then reads its configuration from stdin (proc.stdin), as the broker starts it."""
         log_file = open(tmp_path / f"worker-{len(started)}.log", "w")
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO_ROOT, env.get("PYTHONPATH")]))
-        proc = subprocess.Popen([sys.executable, "-m", "worker", "--config", config.to_json()],
-                                cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
+        argv = [sys.executable, "-m", "worker", "--config", config.to_json()]
+        stdin = subprocess.DEVNULL
+        if preload is not None:
+            argv = [sys.executable, "-m", "worker", "--config", "-",
+                    *[arg for name in preload for arg in ("--preload", name)]]
+            stdin = subprocess.PIPE
+        proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdin=stdin,
                                 stdout=log_file, stderr=subprocess.STDOUT)
         proc.log_path = log_file.name
         started.append((proc, log_file))
@@ -58,6 +65,8 @@ def process_worker(worker_broker, tmp_path):
         if proc.poll() is None:
             proc.kill()
         proc.wait(10)
+        if proc.stdin is not None:
+            proc.stdin.close()
         log_file.close()
 
 
@@ -159,6 +168,28 @@ def test_process_serves_and_stops_cleanly_on_sigterm(worker_broker, process_work
     worker_broker.wait_command(protocol.W_DISCONNECT, timeout_s=10)
     assert proc.wait(10) == 0
     assert "disconnected" in read_log(proc)
+
+
+def test_a_preloaded_process_reads_its_config_from_stdin(worker_broker, process_worker):
+    config = worker_config(worker_broker, worker_id="w-preloaded")
+    proc = process_worker(config, preload=["json", "no_such_module_zb"])
+    proc.stdin.write(config.to_json().encode() + b"\n")
+    proc.stdin.close()
+    identity, info = worker_broker.wait_ready(timeout_s=30)
+    assert identity == b"w-preloaded" and info["pid"] == proc.pid
+    [reply] = worker_broker.request(identity, 1, [item('"preloaded"')])
+    assert reply.body == b"preloaded"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 0
+    # a module that cannot be preloaded is said once and left for the handler to need
+    assert "--preload no_such_module_zb: ModuleNotFoundError" in read_log(proc)
+
+
+def test_a_preloaded_process_that_gets_no_config_exits_0(worker_broker, process_worker):
+    proc = process_worker(worker_config(worker_broker), preload=["json"])
+    proc.stdin.close()
+    assert proc.wait(30) == 0
+    assert worker_broker.router.poll(200) == 0  # it never said READY
 
 
 def test_heartbeats_continue_during_a_long_batch(worker_broker, process_worker):
