@@ -194,7 +194,11 @@ def encode_route(model: str, version: str | None, timeout_ms: int) -> bytes:
 
 def encode_meta(content_type: str, headers: dict[str, str] | None = None,
                 request_id: str | None = None) -> bytes:
-    return packb((content_type, headers, request_id))
+    try:
+        return packb((content_type, headers, request_id))
+    except (TypeError, ValueError) as exc:  # msgpack's own words name no argument
+        raise TypeError(f"request meta must be strings (content type, headers as a dict of "
+                        f"str to str, request id): {exc}") from None
 
 
 def rid_head(rid: bytes) -> bytes:

@@ -22,6 +22,11 @@ def test_headers_round_trip():
     assert p.parse_control(p.encode_control(b"r", "describe")[3]) == {"op": "describe"}
 
 
+def test_a_meta_that_cannot_be_encoded_says_what_it_must_be():
+    with pytest.raises(TypeError, match="headers as a dict of str to str"):
+        p.encode_meta("text/plain", {"x-a": object()})
+
+
 def test_a_request_head_splits_into_its_rid_route_and_meta():
     meta = p.encode_meta("text/plain", {"x-a": "1"}, "req-1")
     for route in (p.encode_route("m", "2.0", 150), p.encode_route("m" * 300, None, 0)):
