@@ -6,9 +6,9 @@ the way to a model's first answer, and the worker needs the model directory only
 imported. So for such a model the broker starts the first worker before it extracts anything,
 as `python -m worker --preload torch --config -`: the worker imports torch, then reads its
 WorkerConfig from stdin, which the supervisor writes once the directory is ready and
-model-config.yaml is applied (broker.supervisor). A model that ends up refused or with no
-worker slot sends EOF instead, and that process exits 0. Restarts and the other slots start
-the usual way.
+model-config.yaml is applied (broker.supervisor). The preloaded worker of a model that ends
+up refused, or with no worker slot, is killed (and one whose stdin closes before a
+configuration arrives exits 0). Restarts and the other slots start the usual way.
 
 A model is preloaded when it is a zip archive (`.mar`) whose handler mentions torch, or names
 no file of the archive (TorchServe's built-in handlers, which all import torch). Not:

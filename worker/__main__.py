@@ -1,8 +1,9 @@
 """Entry point of a worker process: `python -m worker --config '<WorkerConfig JSON>'`.
 
 Or `python -m worker --preload torch --config -`: import torch first, then read the
-configuration from stdin, one line (the broker starts a model's first worker so while it
-extracts the model's archive: broker/preload.py). EOF instead of a configuration exits 0.
+configuration from stdin, one line. This is how the broker starts a model's first worker
+while it extracts the model's archive (broker/preload.py). EOF instead of a configuration
+exits 0.
 
 The only module of the worker that reads argv and sets up logging and signals. SIGTERM (or
 SIGINT) stops the worker cleanly: it finishes the batch in hand, says DISCONNECT and exits 0.
