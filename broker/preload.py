@@ -20,13 +20,15 @@ without it, and stays that way).
 
 from __future__ import annotations
 
-import json
 import logging
 import zipfile
 
+from broker.archive import MANIFEST_MEMBER
+from zerobatch import model_files
+from zerobatch.errors import ConfigError
+
 log = logging.getLogger("zerobatch.broker.preload")
 
-MANIFEST_MEMBER = "MAR-INF/MANIFEST.json"
 #: The module a preloaded worker imports before it reads its configuration.
 PRELOAD_MODULE = "torch"
 #: Handler files larger than this are not read to decide (they are preloaded).
@@ -40,9 +42,12 @@ def wants_preload(path: str, install_py_deps: bool) -> bool:
         return False
     try:
         with zipfile.ZipFile(path) as archive:
-            handler = _handler_module(json.loads(archive.read(MANIFEST_MEMBER)))
-            if handler is None:
+            member = archive.getinfo(MANIFEST_MEMBER)
+            if member.file_size > model_files.MAX_MANIFEST_BYTES:
                 return False
+            manifest = model_files.parse_manifest(archive.read(member),
+                                                  f"{path}: {MANIFEST_MEMBER}")
+            handler = manifest["model"]["handler"].strip().partition(":")[0]
             member = handler if handler.endswith(".py") else f"{handler}.py"
             try:
                 info = archive.getinfo(member)
@@ -51,15 +56,7 @@ def wants_preload(path: str, install_py_deps: bool) -> bool:
             if info.file_size > MAX_HANDLER_BYTES:
                 return True
             return PRELOAD_MODULE.encode() in archive.read(info)
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, RuntimeError) as exc:
+    except (ConfigError, OSError, KeyError, zipfile.BadZipFile, RuntimeError) as exc:
         log.debug("%s: not preloading a worker: %s", path, exc)
         return False
 
-
-def _handler_module(manifest: object) -> str | None:
-    """The manifest's handler without its `:function`, or None if it names none."""
-    model = manifest.get("model") if isinstance(manifest, dict) else None
-    handler = model.get("handler") if isinstance(model, dict) else None
-    if not isinstance(handler, str) or not handler.strip():
-        return None
-    return handler.strip().partition(":")[0]
