@@ -25,6 +25,7 @@ from api.http_app import create_app
 from api.http_protocol import CoalescingHttpToolsProtocol
 from zerobatch.config import FrontendConfig
 from zerobatch.errors import ConfigError
+from zerobatch.gc_policy import freeze_startup_objects
 
 log = logging.getLogger("zerobatch.frontend")
 
@@ -83,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     # should end with status 0, so the handlers it restores afterwards just ignore it.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _ignore)
+    freeze_startup_objects()  # full collections would stall the event loop (gc_policy)
     server.run(sockets=sockets)
     return 0 if server.started else 1
 

@@ -28,6 +28,7 @@ from broker.loop import BrokerLoop
 from broker.supervisor import Supervisor, discard_preloaded, start_preloaded_workers
 from zerobatch.config import ServerConfig
 from zerobatch.errors import ConfigError
+from zerobatch.gc_policy import freeze_startup_objects
 
 log = logging.getLogger("zerobatch.broker")
 
@@ -120,6 +121,7 @@ def _serve(config: ServerConfig, environ: dict[str, str],
         supervisor.start_all()
         log.info("serving: clients %s, http %s:%s, %d model(s)", config.client_address,
                  config.host, config.http_port if config.frontends else "-", len(config.models))
+        freeze_startup_objects()  # full collections would stall the poll loop (gc_policy)
         loop.run()
     finally:
         supervisor.stop_all()

@@ -28,8 +28,10 @@ import time
 
 from worker.loop import STOPPED, WorkerLoop, report_load_failure
 from worker.model_dir import add_python_path
+from worker.service import Service
 from zerobatch.config import WorkerConfig
 from zerobatch.errors import ConfigError
+from zerobatch.gc_policy import freeze_startup_objects
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -77,14 +79,17 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, request_stop)
 
     add_python_path(config.model.python_path)  # the model's own dependencies come first
-    loop = WorkerLoop(config)
     try:
-        loop.start()
+        service = Service.load(config.model, config.gpu_id)
     except ConfigError as exc:
         log.error("cannot load model %s from %s: %s", config.model.name, config.model.path, exc,
                   exc_info=exc.__cause__ is not None)
         report_load_failure(config, str(exc))
         return EXIT_LOAD_FAILED
+    # before READY: the model stays out of every later collection (gc_policy)
+    freeze_startup_objects()
+    loop = WorkerLoop(config, service=service)
+    loop.start()
     threading.Thread(target=_exit_if_stuck, args=(loop,), name="exit-watchdog",
                      daemon=True).start()
     reason = loop.run(stop_event)
