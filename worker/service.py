@@ -10,8 +10,10 @@ while the handler already runs the next (worker.loop, Overlap), for a model whos
 model-config.yaml says `overlapReplies: true`; its handler must not change a result after
 returning it. Per request:
 
-- a request whose meta frame is malformed gets ERROR `bad_request` and is left out of the
-  list the handler sees (the others still run);
+- a request's row is {"body": the decoded body} (worker.codec), or one key per field for a
+  form body (worker.forms), as TorchServe's front end passes them;
+- a request whose meta frame is malformed, or whose form body does not parse, gets ERROR
+  `bad_request` and is left out of the list the handler sees (the others still run);
 - when the handler raises, or returns something other than a list with one result per
   request, on a batch of n > 1 requests, the batch is retried in two halves, recursively,
   down to single requests (at most 2n - 1 calls), so only the requests that fail on their
@@ -38,6 +40,7 @@ from typing import Any, Callable, Sequence
 
 from worker.codec import decode_body, encode_value
 from worker.context import Context, MetricsCache, RequestProcessor
+from worker.forms import FormError, decode_form
 from worker.handler_loader import EntryPoint, load_entry_point
 from worker.model_dir import add_to_sys_path
 from zerobatch import protocol
@@ -152,13 +155,27 @@ class Service:
                 rejected[position] = _error(BadRequest.code, f"bad request meta: {exc}",
                                             BadRequest.http_status)
                 continue
-            request_header: dict[str, Any] = {"body": {"content-type": content_type}}
+            form = None
+            if "form" in content_type.lower():  # a cheap test first: forms are rare
+                try:
+                    form = decode_form(content_type, body)
+                except FormError as exc:
+                    rejected[position] = _error(BadRequest.code, str(exc),
+                                                BadRequest.http_status)
+                    continue
+            if form is None:
+                request_header: dict[str, Any] = {"body": {"content-type": content_type}}
+                row = {"body": decode_body(content_type, body)}
+            else:  # one key per form field, as TorchServe's front end splits them
+                row, field_types = form
+                request_header = {name: {"content-type": field_type}
+                                  for name, field_type in field_types.items()}
             if headers:
                 request_header.update(headers)
             request_ids.append(request_id or f"{batch_id}-{position}")
             request_headers.append(request_header)
             positions.append(position)
-            data.append({"body": decode_body(content_type, body)})
+            data.append(row)
 
         self.context.metrics.reset(None)
         if before_handler is not None:

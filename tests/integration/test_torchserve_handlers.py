@@ -18,6 +18,8 @@ import warnings
 
 import pytest
 
+from tests.forms import multipart
+
 pytestmark = pytest.mark.integration
 
 torch = pytest.importorskip("torch")
@@ -162,3 +164,23 @@ def test_eager_model_from_model_file_and_state_dict(server):
     status, _h, body = server.predict("affine", b"[1, 2]")
     assert status == 200, body
     assert json.loads(body) == 21.5
+
+
+def test_an_image_sent_as_a_form_file_reaches_the_handler_under_its_field_name(server):
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), (10, 10, 250)).save(buffer, format="PNG")
+    form = multipart("X-BOUNDARY", ("data", "blue.png", "image/png", buffer.getvalue()))
+    # what `curl -F data=@blue.png` sends; ImageClassifier reads row.get("data") first
+    status, _h, body = server.predict("colour", form, "multipart/form-data; boundary=X-BOUNDARY")
+    assert status == 200, body
+    assert list(json.loads(body))[0] == "blue"
+
+
+def test_a_malformed_form_is_400_and_the_model_keeps_serving(server):
+    status, _h, body = server.predict("colour", b"--B\r\nno end", "multipart/form-data; boundary=B")
+    assert status == 400
+    assert json.loads(body) == {
+        "code": 400, "type": "BadRequest",
+        "message": "a part of the multipart body has no end to its headers"}
+    status, _h, body = server.predict("double", b'{"x": [1]}')
+    assert (status, json.loads(body)) == (200, [2.0])

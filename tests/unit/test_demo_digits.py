@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from examples.digits import make_samples, train
+from tests.forms import multipart
 from tests.models.fake_broker import FakeBroker, decode_answers, item
 from worker.service import Service
 from zerobatch.config import ModelConfig, WorkerConfig
@@ -66,6 +67,18 @@ def test_sample_png_is_classified_as_3(service):
         png = f.read()
     [reply] = predict(service, [item(png, "image/png")])
     assert top(reply) == "3"
+
+
+def test_a_form_file_named_data_is_read_and_other_names_are_explained(service):
+    with open(SAMPLE, "rb") as f:
+        png = f.read()
+    form = "multipart/form-data; boundary=b"
+    good, bad = predict(service, [item(multipart("b", ("data", "3.png", "image/png", png)), form),
+                                  item(multipart("b", ("file", "3.png", "image/png", png)), form)])
+    assert top(good) == "3"
+    assert (bad.kind, bad.status) == ("reply", 400)
+    assert json.loads(bad.body) == {"error": "no input: send it as the body or as the form "
+                                             "field 'data' (got the fields ['file'])"}
 
 
 def test_a_mixed_batch_runs_in_one_call(service):

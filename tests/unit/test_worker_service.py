@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from tests.forms import multipart
 from tests.models import model_path, write_model_dir
 from tests.models.fake_broker import decode_answers, item
 from worker.codec import decode_body, encode_value
@@ -268,3 +269,47 @@ def test_grouped_batches_run_one_handler_call_each_and_answer_in_one_reply(tmp_p
     assert answers == [{"call": 1, "size": 2, "id": "5-0"}, {"call": 1, "size": 2, "id": "5-1"},
                        {"call": 2, "size": 1, "id": "5-2"}, "error",
                        {"call": 4, "size": 2, "id": "5-4"}, {"call": 4, "size": 2, "id": "5-5"}]
+
+
+# ------------------------------------------------------------------ form bodies
+
+ECHO_FIELDS = """
+    def handle(data, context):
+        if data is None:
+            return None
+        return [{"keys": sorted(row),
+                 "data": row.get("data") if isinstance(row.get("data"), (str, dict)) else
+                         bytes(row.get("data") or row.get("body")).decode("latin-1"),
+                 "type": context.get_request_header(i, "data")}
+                for i, row in enumerate(data)]
+"""
+
+
+def test_form_requests_reach_the_handler_one_key_per_field(tmp_path):
+    service = handler_model(tmp_path, ECHO_FIELDS)
+    form = multipart("b", ("data", "in.txt", "text/plain", b"from a form"),
+                     ("extra", None, None, b"x"))
+    replies = run_batch(service, [
+        item(form, "multipart/form-data; boundary=b", headers={"x-trace": "t"}),
+        item(b"raw body", "application/octet-stream"),
+        item(b"data=urlencoded", "application/x-www-form-urlencoded"),
+    ])
+    assert [json.loads(reply.body) for reply in replies] == [
+        {"keys": ["data", "extra"], "data": "from a form",
+         "type": {"content-type": "text/plain"}},
+        {"keys": ["body"], "data": "raw body", "type": None},
+        {"keys": ["data"], "data": "urlencoded", "type": {"content-type": ""}},
+    ]
+
+
+def test_a_malformed_form_fails_only_its_request(tmp_path):
+    service = handler_model(tmp_path, ECHO_FIELDS)
+    replies = run_batch(service, [
+        item(b"raw", "application/octet-stream"),
+        item(b"--b\r\ncut short", "multipart/form-data; boundary=b"),
+        item(multipart("b", ("data", None, None, b"ok")), "multipart/form-data; boundary=b"),
+    ])
+    assert [reply.kind for reply in replies] == ["reply", "error", "reply"]
+    assert (replies[1].code, replies[1].status) == ("bad_request", 400)
+    assert replies[1].message == "a part of the multipart body has no end to its headers"
+    assert json.loads(replies[2].body)["data"] == "ok"

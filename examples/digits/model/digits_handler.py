@@ -97,6 +97,9 @@ class DigitsHandler(BaseHandler):
             if body is None:
                 body = row.get("body")
             try:
+                if body is None:  # a form without a "data" field
+                    raise ValueError(f"no input: send it as the body or as the form field "
+                                     f"'data' (got the fields {sorted(row)})")
                 digits.append(body_to_digit(body))
                 positions.append(index)
             except (ValueError, OSError, Image.DecompressionBombError) as exc:
