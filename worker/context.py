@@ -33,7 +33,16 @@ class RequestProcessor:
         self._response_header: dict[str, str] = {}
 
     def get_request_property(self, key: str) -> Any:
-        return self._request_header.get(key)
+        """A request header (or a body part's {"content-type": ...}). HTTP header names arrive
+        lowercased, as ASGI hands them on, while TorchServe kept the client's spelling: so
+        "Content-Type" that is not found as written is looked up as "content-type"."""
+        headers = self._request_header
+        value = headers.get(key)
+        if value is None:
+            lowered = key.lower()
+            if lowered != key:
+                value = headers.get(lowered)
+        return value
 
     def get_request_properties(self) -> dict:
         return self._request_header

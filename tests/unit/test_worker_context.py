@@ -42,6 +42,13 @@ def test_request_ids_and_headers():
     assert context.get_all_request_header(0)["x-trace"] == "t0"
 
 
+def test_header_names_as_a_client_spells_them_find_the_lowercased_ones():
+    context = make_context()
+    # ASGI lowercases names; TorchServe handlers ask with the client's spelling
+    assert context.get_request_header(1, "X-Trace") == "t1"
+    assert context.get_request_header(0, "Missing") is None
+
+
 def test_response_status_defaults_and_setters():
     context = make_context(3)
     assert context.get_response_status(0) == (200, None)
