@@ -3,6 +3,7 @@ parser fed in every possible split, the window's admission, results as JSON, wrk
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 
@@ -10,7 +11,7 @@ import pytest
 
 from benchmarks import loadgen, loadgen_http
 from benchmarks.histogram import Histogram
-from benchmarks.loadgen import HttpTarget, LoadResult, wrk_result
+from benchmarks.loadgen import HttpTarget, LoadResult, run_on_uvloop, wrk_result
 from benchmarks.wrk import PERCENTILES, script_text
 
 
@@ -172,3 +173,12 @@ def test_wrk_script_escapes_any_bytes():
     assert '"/tmp/a \\034b\\034\\092c"' in text
     assert 'wrk.headers["Content-Type"]' in text
     assert "\\034x\\034" in text
+
+
+def test_a_load_runs_with_the_process_heap_frozen_and_thawed_after():
+    async def freeze_count_inside():
+        return gc.get_freeze_count()
+
+    assert gc.get_freeze_count() == 0
+    assert run_on_uvloop(freeze_count_inside()) > 0  # what the process held, frozen
+    assert gc.get_freeze_count() == 0  # and given back to the collector after
