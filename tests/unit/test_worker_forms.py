@@ -66,11 +66,19 @@ def test_urlencoded_fields():
 def test_other_content_types_are_not_forms():
     assert decode_form("application/octet-stream", b"a=1") is None
     assert decode_form("application/vnd.format", b"a=1") is None
+    # no boundary: Netty does not read it as a form, and TorchServe passes the raw body
+    assert decode_form("multipart/form-data", b"--b--") is None
+
+
+def test_a_file_part_reports_its_media_type_without_parameters():
+    body = multipart("b", ("j", "x.json", "application/json; charset=utf-8", b'{"r": 2}'))
+    assert decode_form("multipart/form-data; boundary=b", body) == (
+        {"j": {"r": 2}}, {"j": "application/json"})
 
 
 @pytest.mark.parametrize("content_type, body, message", [
-    ("multipart/form-data", b"--b--", "needs a boundary parameter"),
     ("multipart/form-data; boundary=" + "b" * 71, b"", "needs a boundary parameter"),
+    ('multipart/form-data; boundary=""', b"", "needs a boundary parameter"),
     ("multipart/form-data; boundary=b", b"no boundary here", "no part that begins"),
     ("multipart/form-data; boundary=b",
      b'--b\r\nContent-Disposition: form-data; name="a"\r\n\r\ncut short', "ends before"),
