@@ -20,9 +20,10 @@ parameters, "" for plain fields), for the request's headers: TorchServe's
 multipart/form-data Content-Type without a boundary is not a form to Netty either: such a
 body goes under "body". Checked by hand against TorchServe 0.12.0 with curl on 2026-12-02.
 
-One difference, on purpose: a body that is not the well-formed form it claims to be raises
-FormError, which answers that request 400 with what is wrong (the rest of its batch runs),
-where TorchServe hands the handler an empty dict, or answers 500 for a part without a name.
+One difference, on purpose: a body that is not the well-formed form it claims to be, or
+holds more than MAX_FIELDS fields, raises FormError, which answers that request 400 with
+what is wrong (the rest of its batch runs), where TorchServe hands the handler an empty
+dict, or answers 500 for a part without a name.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ MULTIPART = "multipart/form-data"
 URLENCODED = "application/x-www-form-urlencoded"
 #: RFC 2046: a boundary is 1 to 70 characters
 MAX_BOUNDARY = 70
+#: Fields one form may hold (Django's default too). A 6.5 MB body of "a&a&..." would
+#: otherwise become three million objects, hundreds of MB, in the worker.
+MAX_FIELDS = 1000
 
 _CRLF = b"\r\n"
 _PARAM = re.compile(r';\s*([^\s=;]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)')
@@ -68,8 +72,11 @@ def decode_form(content_type: str, body: Any) -> tuple[dict[str, Any], dict[str,
 
 
 def _urlencoded_fields(body: Any) -> list[tuple[str, bytearray, str]]:
+    text = bytes(body)
+    if text.count(b"&") >= MAX_FIELDS:
+        raise FormError(f"the form has more than {MAX_FIELDS} fields")
     try:
-        pairs = urllib.parse.parse_qsl(bytes(body).decode("ascii"), keep_blank_values=True,
+        pairs = urllib.parse.parse_qsl(text.decode("ascii"), keep_blank_values=True,
                                        encoding="utf-8", errors="strict")
     except (UnicodeDecodeError, ValueError) as exc:
         raise FormError(f"the url-encoded form body is malformed: {exc}") from None
@@ -105,6 +112,8 @@ def _multipart_fields(body: bytes, boundary: str) -> list[tuple[str, Any, str]]:
         content_end = body.find(next_delimiter, content_start)
         if content_end < 0:
             raise FormError("the multipart body ends before its closing boundary")
+        if len(fields) == MAX_FIELDS:
+            raise FormError(f"the form has more than {MAX_FIELDS} fields")
         fields.append(_field(head, body[content_start:content_end]))
         position = content_end + len(next_delimiter)
     return fields

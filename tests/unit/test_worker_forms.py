@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.forms import multipart
-from worker.forms import FormError, decode_form
+from worker.forms import MAX_FIELDS, FormError, decode_form
 
 BOUNDARY = "------------------------d74496d66958873e"
 
@@ -94,3 +94,13 @@ def test_a_file_part_reports_its_media_type_without_parameters():
 def test_malformed_forms_say_what_is_wrong(content_type, body, message):
     with pytest.raises(FormError, match=message):
         decode_form(content_type, body)
+
+
+def test_more_fields_than_the_limit_is_an_error_not_a_memory_spike():
+    with pytest.raises(FormError, match=f"more than {MAX_FIELDS} fields"):
+        decode_form("application/x-www-form-urlencoded", b"a&" * 3_000_000)
+    parts = [("f", None, None, b"")] * (MAX_FIELDS + 1)
+    with pytest.raises(FormError, match=f"more than {MAX_FIELDS} fields"):
+        decode_form("multipart/form-data; boundary=b", multipart("b", *parts))
+    exactly = decode_form("application/x-www-form-urlencoded", b"&".join([b"a=1"] * MAX_FIELDS))
+    assert exactly[0] == {"a": bytearray(b"1")}
