@@ -72,11 +72,11 @@ def decode_form(content_type: str, body: Any) -> tuple[dict[str, Any], dict[str,
 
 
 def _urlencoded_fields(body: Any) -> list[tuple[str, bytearray, str]]:
-    text = bytes(body)
-    if text.count(b"&") >= MAX_FIELDS:
+    raw = bytes(body)
+    if raw.count(b"&") >= MAX_FIELDS:
         raise FormError(f"the form has more than {MAX_FIELDS} fields")
     try:
-        pairs = urllib.parse.parse_qsl(text.decode("ascii"), keep_blank_values=True,
+        pairs = urllib.parse.parse_qsl(raw.decode("ascii"), keep_blank_values=True,
                                        encoding="utf-8", errors="strict")
     except (UnicodeDecodeError, ValueError) as exc:
         raise FormError(f"the url-encoded form body is malformed: {exc}") from None
