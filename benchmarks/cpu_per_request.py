@@ -4,8 +4,9 @@
 
 Serves the echo model, drives it with wrk (100-byte POSTs, concurrency 64, 2 threads) after a
 2 s warm-up, and divides each process's CPU time (user + system, from /proc, its libzmq I/O
-thread included) over the run by the requests answered. The figures docs/architecture.md
-quotes come from this. Needs Debian's wrk.
+thread included) over the run by the requests answered, and gives the share of the run its
+threads spent runnable but waiting for a CPU (schedstat, summed over threads). The figures
+docs/architecture.md quotes come from this. Needs Debian's wrk.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import time
 
 from benchmarks.common import BENCH_MODELS, free_port, zerobatch_server
 from benchmarks.loadgen import HttpTarget, run_wrk
@@ -28,6 +30,25 @@ def cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / _TICKS_PER_S
+
+
+def cpu_wait_seconds(pid: int) -> float:
+    """Time the threads of a process have spent runnable but waiting for a CPU, so far
+    (the second field of each thread's /proc schedstat, in ns). On two cores shared by the
+    worker, the front end, the broker and the load generator, this is where a process's
+    latency goes that its own CPU time does not show."""
+    total_ns = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as handle:
+                total_ns += int(handle.read().split()[1])
+        except (OSError, IndexError, ValueError):  # the thread ended, or no schedstats
+            continue
+    return total_ns / 1e9
 
 
 def processes_of(marker: str) -> dict[int, str]:
@@ -65,8 +86,12 @@ def main(argv: list[str] | None = None) -> int:
         roles = processes_of(server["run_dir"])
         run_wrk(target, connections=64, threads=2, duration_s=2)  # warm-up
         before = {pid: cpu_seconds(pid) for pid in roles}
+        waited_before = {pid: cpu_wait_seconds(pid) for pid in roles}
+        started = time.monotonic()
         result = run_wrk(target, connections=64, threads=2, duration_s=args.duration)
+        wall_s = time.monotonic() - started
         after = {pid: cpu_seconds(pid) for pid in roles}
+        waited = {pid: cpu_wait_seconds(pid) - waited_before[pid] for pid in roles}
     answered = result.ok + sum(result.errors.values())
     print(f"{answered:,} requests, {result.rps():,.0f} req/s, batch size {args.batch_size}, "
           f"{args.frontends} front end(s)")
@@ -74,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     for pid, role in sorted(roles.items(), key=lambda item: item[1]):
         per_request_us = (after[pid] - before[pid]) / answered * 1e6
         total += per_request_us
-        print(f"  {role:14s} {per_request_us:7.1f} µs/request")
+        print(f"  {role:14s} {per_request_us:7.1f} µs/request, its threads waited for a CPU "
+              f"{100 * waited[pid] / wall_s:5.1f}% of the run")
     print(f"  {'total':14s} {total:7.1f} µs/request (wrk's own CPU not counted)")
     return 0
 
