@@ -84,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
                        metavar="BYTES",
                        help="largest request body, over HTTP and ZeroMQ; larger ones answer "
                             "413 (default: 6553500, TorchServe's max_request_size)")
+    start.add_argument("--request-read-timeout", type=float,
+                       default=defaults.DEFAULT_REQUEST_READ_TIMEOUT_S, metavar="S",
+                       help="longest an HTTP client may take to send a whole request; a "
+                            "slower one is answered 408 and closed (default: 60)")
     start.add_argument("--number-of-gpu", type=int, default=None,
                        help="GPUs to use (default: all visible)")
     start.add_argument("--run-dir", default=defaults.DEFAULT_RUN_DIR,
@@ -153,7 +157,8 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         number_of_gpu=args.number_of_gpu, run_dir=os.path.abspath(args.run_dir),
         log_level=args.log_level, aggregator=args.aggregator,
         install_py_dep_per_model=args.install_py_dep_per_model,
-        max_request_bytes=args.max_request_size)
+        max_request_bytes=args.max_request_size,
+        request_read_timeout_s=args.request_read_timeout)
 
 
 # ---------------------------------------------------------------------- start

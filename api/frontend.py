@@ -46,9 +46,11 @@ def build_server(config: FrontendConfig, fd: int | None) -> tuple[uvicorn.Server
         host=config.host,
         port=config.port,
         loop="uvloop",
-        # httptools, one write per connection per loop turn, early 413 for 100-continue
+        # httptools, one write per connection per loop turn, early 413 for 100-continue,
+        # 408 for a client too slow to send its request
         http=functools.partial(CoalescingHttpToolsProtocol,
-                               max_body_bytes=config.max_request_bytes),
+                               max_body_bytes=config.max_request_bytes,
+                               read_timeout_s=config.request_read_timeout_s),
         lifespan="on",
         access_log=False,
         log_level=config.log_level.lower(),

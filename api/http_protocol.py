@@ -16,19 +16,35 @@ upload a body of any size only to be answered 413 after its first chunk. Here, a
 asks for `100-continue` and declares a Content-Length over `max_body_bytes` is answered 413 at
 once, in the front end's JSON shape, and its connection is closed, so nothing it sends
 afterwards is read as a next request. Other requests pay one attribute test.
+
+And it bounds how long a client may take to send a request. uvicorn times out an idle
+keep-alive connection after a response, but nothing else: a connection that never sends a
+byte, or stops halfway through its headers or its body, stays open with its task for good,
+and enough of them exhaust the front end's file descriptors. Here each connection notes the
+loop time since which it waits for (the rest of) a request, from its opening and from each
+response, until that request is fully received. One sweep per front end, every
+SWEEP_INTERVAL_S, closes the connections that waited longer than `read_timeout_s`: with a
+408 in the front end's JSON shape when part of a request came, silently when nothing did. A
+request already received and being answered is never timed out, however long its model takes.
+A request pays three overridden callbacks that store a flag or a time (one read of the
+loop's clock); the sweep costs one pass over the open connections a second.
 """
 
 from __future__ import annotations
 
 import asyncio
+from http import HTTPStatus
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from api.http_helpers import JSON, body_too_large, error_body
-from zerobatch.errors import ServingError
+from zerobatch.errors import RequestTimeout, ServingError
 
 __all__ = ["CoalescingHttpToolsProtocol"]
+
+#: How often a front end looks for clients too slow to send their request.
+SWEEP_INTERVAL_S = 1.0
 
 
 class _TurnWriter:
@@ -85,6 +101,37 @@ def _refusal_app(error: ServingError) -> Any:
     return refuse
 
 
+def _error_response(error: ServingError) -> bytes:
+    """A whole HTTP/1.1 response for `error`, in the front end's JSON shape, that closes."""
+    body = error_body(error.http_status, error.type_name, error.message)
+    reason = HTTPStatus(error.http_status).phrase.encode()
+    return (b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n\r\n" % (error.http_status, reason, JSON.encode(),
+                                              len(body)) + body)
+
+
+class _ReadSweeper:
+    """Every SWEEP_INTERVAL_S, times out the connections of one event loop that have waited
+    too long for their request (see the module docstring). One per loop, started by its
+    first connection; it ends when its loop does."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, connections: set) -> None:
+        self.loop = loop
+        self.connections = connections
+        loop.call_later(SWEEP_INTERVAL_S, self._sweep)
+
+    def _sweep(self) -> None:
+        now = self.loop.time()
+        for protocol in list(self.connections):
+            since = getattr(protocol, "reading_since", None)
+            if since is not None and now - since > protocol.read_timeout_s:
+                protocol.read_timed_out()
+        self.loop.call_later(SWEEP_INTERVAL_S, self._sweep)
+
+
+_sweeper: _ReadSweeper | None = None
+
+
 def _declared_length(headers: list[tuple[bytes, bytes]]) -> int | None:
     """The Content-Length a request declares (httptools has refused a malformed one)."""
     for name, value in headers:
@@ -98,14 +145,57 @@ def _declared_length(headers: list[tuple[bytes, bytes]]) -> int | None:
 
 class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol over a _TurnWriter, refusing a `100-continue` upload
-    over max_body_bytes before it is sent (see the module docstring)."""
+    over max_body_bytes before it is sent, and closing a connection whose request takes
+    longer than read_timeout_s to arrive (see the module docstring)."""
 
-    def __init__(self, *args: Any, max_body_bytes: int | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, max_body_bytes: int | None = None,
+                 read_timeout_s: float | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.max_body_bytes = max_body_bytes
+        self.read_timeout_s = read_timeout_s
+        #: loop time since which this connection waits for (the rest of) a request; None
+        #: once the request is fully received, and always without a read timeout
+        self.reading_since: float | None = None
+        #: part of a request has arrived (its first byte, up to its last)
+        self._request_begun = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        global _sweeper
         super().connection_made(_TurnWriter(transport, self.loop))
+        if self.read_timeout_s is not None:
+            self.reading_since = self.loop.time()
+            if _sweeper is None or _sweeper.loop is not self.loop:
+                _sweeper = _ReadSweeper(self.loop, self.connections)
+
+    def on_message_begin(self) -> None:
+        self._request_begun = True
+        super().on_message_begin()
+
+    def on_message_complete(self) -> None:
+        self._request_begun = False
+        self.reading_since = None
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.read_timeout_s is not None:
+            self.reading_since = self.loop.time()
+
+    def read_timed_out(self) -> None:
+        """The sweep found this connection waiting too long for its request: close it, with
+        a 408 when part of a request came. A request fully received and not yet answered
+        (the next one of a pipeline, once the one before it is answered) is left alone."""
+        self.reading_since = None
+        transport = self.transport
+        if transport.is_closing():
+            return
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete and not cycle.more_body:
+            return
+        if self._request_begun:
+            transport.write(_error_response(RequestTimeout(
+                f"the request was not received within {self.read_timeout_s:g} s")))
+        transport.close()
 
     def on_headers_complete(self) -> None:
         limit = self.max_body_bytes

@@ -149,6 +149,7 @@ class Supervisor:
             frontend_config = FrontendConfig(
                 broker_address=self.frontend_address, host=self.config.host,
                 port=self.config.http_port, max_request_bytes=self.config.max_request_bytes,
+                request_read_timeout_s=self.config.request_read_timeout_s,
                 log_level=self.config.log_level)
             argv = [sys.executable, "-m", "api.frontend", "--config",
                     frontend_config.to_json(), "--fd", str(self.http_fd)]

@@ -24,6 +24,10 @@ DEFAULT_MAX_BATCH_DELAY_MS = 100
 DEFAULT_RESPONSE_TIMEOUT_S = 120
 DEFAULT_MAX_QUEUE = 100
 DEFAULT_STARTUP_TIMEOUT_S = 120
+#: Longest an HTTP client may take to send one whole request, headers and body (nginx's
+#: client_header_timeout and client_body_timeout are 60 s each); a slower one is answered
+#: 408 and its connection closed, so stalled clients cannot hold a front end's connections.
+DEFAULT_REQUEST_READ_TIMEOUT_S = 60.0
 
 #: How the aggregator treats a partial batch while a worker is idle.
 #: "adaptive": a free worker takes what waits (batches fill by themselves under load).
@@ -135,6 +139,7 @@ class ServerConfig:
     number_of_gpu: int | None = None
     run_dir: str = DEFAULT_RUN_DIR
     max_request_bytes: int = DEFAULT_MAX_BODY_BYTES
+    request_read_timeout_s: float = DEFAULT_REQUEST_READ_TIMEOUT_S
     log_level: str = "INFO"
     #: aggregator twin: "auto" (compiled if built), "compiled" (fail if missing), "python"
     aggregator: str = "auto"
@@ -148,6 +153,7 @@ class ServerConfig:
             raise ConfigError(f"model versions registered twice: {sorted(keys)}")
         _positive(self, "frontends", minimum=0)
         _positive(self, "max_request_bytes", minimum=1)
+        _positive_seconds(self, "request_read_timeout_s")
         if not 0 <= self.http_port <= 65535:
             raise ConfigError(f"http_port {self.http_port} must be within 0..65535")
         if self.number_of_gpu is not None and self.number_of_gpu < 0:
@@ -200,6 +206,7 @@ class FrontendConfig:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_HTTP_PORT
     max_request_bytes: int = DEFAULT_MAX_BODY_BYTES
+    request_read_timeout_s: float = DEFAULT_REQUEST_READ_TIMEOUT_S
     #: default deadline of an HTTP request when the model gives none the front end knows
     default_timeout_ms: int = DEFAULT_RESPONSE_TIMEOUT_S * 1000
     log_level: str = "INFO"
@@ -211,6 +218,13 @@ class FrontendConfig:
     @classmethod
     def from_json(cls, text: str) -> "FrontendConfig":
         return cls(**json.loads(text))
+
+
+def _positive_seconds(obj: Any, name: str) -> None:
+    value = getattr(obj, name)
+    if (not isinstance(value, (int, float)) or isinstance(value, bool)
+            or not 0 < value < float("inf")):
+        raise ConfigError(f"{name} must be a number of seconds > 0, got {value!r}")
 
 
 def _positive(obj: Any, name: str, minimum: int) -> None:

@@ -74,6 +74,13 @@ class RequestTooLarge(BadRequest):
     http_status = 413
 
 
+class RequestTimeout(BadRequest):
+    """The client did not send its whole request (headers and body) in time."""
+
+    code = "request_timeout"
+    http_status = 408
+
+
 class ModelNotFound(ServingError, LookupError):
     """No model (or no such version) is registered under that name."""
 
@@ -152,6 +159,7 @@ _ALL: tuple[type[ServingError], ...] = (
     ProtocolError,
     BadRequest,
     RequestTooLarge,
+    RequestTimeout,
     ModelNotFound,
     QueueFull,
     DeadlineUnreachable,

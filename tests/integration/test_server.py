@@ -339,6 +339,29 @@ def test_cli_rejects_a_bad_flag():
     assert result.returncode == 2 and "--batch-size" in result.stderr
 
 
+def test_cli_rejects_a_read_timeout_that_is_not_positive(tmp_path):
+    result = cli("start", "--run-dir", str(tmp_path), "--model-store",
+                 os.path.join(ROOT, "tests", "models"), "--models", "echo=echo",
+                 "--request-read-timeout", "0")
+    assert result.returncode == 2 and "request_read_timeout_s" in result.stderr
+
+
+def test_request_read_timeout_reaches_the_front_ends(make_server):
+    """`--request-read-timeout 1`: a client that stops in the middle of its body is answered
+    408 and closed, by the front ends the CLI started; the server serves on."""
+    server = make_server({"echo": "echo"}, "--request-read-timeout", "1", "--frontends", "2")
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=10) as sock:
+        sock.sendall(b"POST /predictions/echo HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"Content-Length: 10\r\n\r\nabc")
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 408 Request Timeout")
+    assert json_body(received.partition(b"\r\n\r\n")[2])["type"] == "RequestTimeout"
+    status, _h, body = server.predict("echo", b"fine", "application/octet-stream")
+    assert (status, body) == (200, b"fine")
+
+
 def test_cli_rejects_a_missing_model(tmp_path):
     result = cli("start", "--run-dir", str(tmp_path), "--models", f"ghost={tmp_path}/ghost")
     assert result.returncode == 2 and "does not exist" in result.stderr

@@ -191,6 +191,55 @@ def test_an_upload_over_the_limit_that_expects_100_continue_is_refused_before_it
     assert front.stop() == 0, front.log()
 
 
+def held_or_echo(msg):
+    """Fake broker handler: requests to the model "held" get no answer until the test sends
+    one; everything else is echoed."""
+    return None if msg.route is not None and msg.model == "held" else echo(msg)
+
+
+def test_a_client_too_slow_to_send_its_request_is_timed_out_and_nobody_else(tmp_path):
+    """With a 1 s read timeout: a connection that sends nothing is closed silently; one that
+    stops in its headers or in its body gets a 408 in the JSON shape and is closed. A request
+    sent whole is answered however long its answer takes, and other clients are served."""
+    timeout_s = 1.0
+    with FakeBroker(held_or_echo) as broker:
+        front = start_frontend(tmp_path, broker, inherit_socket=False,
+                               request_read_timeout_s=timeout_s)
+        try:
+            front.wait_ready()
+            port = front.port
+            silent = socket.create_connection(("127.0.0.1", port), timeout=5)
+            in_headers = socket.create_connection(("127.0.0.1", port), timeout=5)
+            in_headers.sendall(b"POST /predictions/m HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            in_body = socket.create_connection(("127.0.0.1", port), timeout=5)
+            in_body.sendall(b"POST /predictions/m HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                            b"Content-Length: 100\r\n\r\nonly part")
+            held = socket.create_connection(("127.0.0.1", port), timeout=5)
+            held.sendall(b"POST /predictions/held HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                         b"Content-Length: 2\r\nConnection: close\r\n\r\nhi")
+            request = next(msg for msg in iter(broker.next, None)
+                           if msg.route is not None and msg.model == "held")
+            with silent, in_headers, in_body:
+                assert read_until_closed(silent) == b""
+                for sock in (in_headers, in_body):
+                    status_line, _, rest = read_until_closed(sock).partition(b"\r\n")
+                    assert status_line == b"HTTP/1.1 408 Request Timeout"
+                    assert json.loads(rest.partition(b"\r\n\r\n")[2]) == {
+                        "code": 408, "type": "RequestTimeout",
+                        "message": f"the request was not received within {timeout_s:g} s"}
+            # the held request has waited past the timeout too, received whole: it is kept
+            time.sleep(timeout_s)
+            broker.reply(request, b"late")
+            with held:
+                response = read_until_closed(held)
+            assert response.startswith(b"HTTP/1.1 200 OK") and response.endswith(b"late")
+            status, _, body = front.request("POST", "/predictions/m", body=b"still here")
+            assert (status, body) == (200, b"still here")
+            assert front.stop() == 0, front.log()
+        finally:
+            front.stop()
+
+
 def test_bad_config_exits_with_status_2():
     result = subprocess.run([sys.executable, "-m", "api.frontend", "--config", "{\"nope\": 1}"],
                             cwd=REPO, capture_output=True, timeout=START_S)
