@@ -86,8 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "413 (default: 6553500, TorchServe's max_request_size)")
     start.add_argument("--request-read-timeout", type=float,
                        default=defaults.DEFAULT_REQUEST_READ_TIMEOUT_S, metavar="S",
-                       help="longest an HTTP client may take to send a whole request; a "
-                            "slower one is answered 408 and closed (default: 60)")
+                       help="longest an HTTP client may take to send its headers, and "
+                            "between two pieces of its body; one that stalls is answered "
+                            "408 and closed (default: 60)")
     start.add_argument("--number-of-gpu", type=int, default=None,
                        help="GPUs to use (default: all visible)")
     start.add_argument("--run-dir", default=defaults.DEFAULT_RUN_DIR,

@@ -21,13 +21,16 @@ And it bounds how long a client may take to send a request. uvicorn times out an
 keep-alive connection after a response, but nothing else: a connection that never sends a
 byte, or stops halfway through its headers or its body, stays open with its task for good,
 and enough of them exhaust the front end's file descriptors. Here each connection notes the
-loop time since which it waits for (the rest of) a request, from its opening and from each
-response, until that request is fully received. One sweep per front end, every
-SWEEP_INTERVAL_S, closes the connections that waited longer than `read_timeout_s`: with a
-408 in the front end's JSON shape when part of a request came, silently when nothing did. A
-request already received and being answered is never timed out, however long its model takes.
-A request pays three overridden callbacks that store a flag or a time (one read of the
-loop's clock); the sweep costs one pass over the open connections a second.
+loop time since which it waits for (the rest of) a request: from its opening or the
+response before, and again from each piece of body that arrives, until the request is fully
+received. So, as with nginx's client_header_timeout and client_body_timeout, a client has
+`read_timeout_s` for its request line and headers, and as long between two pieces of its
+body: a large upload over a slow link goes through, a stalled one does not. One sweep per
+front end, every SWEEP_INTERVAL_S, closes the connections that waited longer: with a 408 in
+the front end's JSON shape when part of a request came, silently when nothing did. A request
+already received and being answered is never timed out, however long its model takes. A
+request pays a few overridden callbacks that store a flag or a time (a read of the loop's
+clock); the sweep costs one pass over the open connections a second.
 """
 
 from __future__ import annotations
@@ -171,6 +174,11 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self._request_begun = True
         super().on_message_begin()
 
+    def on_body(self, body: bytes) -> None:
+        if self.read_timeout_s is not None:
+            self.reading_since = self.loop.time()
+        super().on_body(body)
+
     def on_message_complete(self) -> None:
         self._request_begun = False
         self.reading_since = None
@@ -194,7 +202,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             return
         if self._request_begun:
             transport.write(_error_response(RequestTimeout(
-                f"the request was not received within {self.read_timeout_s:g} s")))
+                f"waited {self.read_timeout_s:g} s for the rest of the request")))
         transport.close()
 
     def on_headers_complete(self) -> None:

@@ -24,9 +24,10 @@ DEFAULT_MAX_BATCH_DELAY_MS = 100
 DEFAULT_RESPONSE_TIMEOUT_S = 120
 DEFAULT_MAX_QUEUE = 100
 DEFAULT_STARTUP_TIMEOUT_S = 120
-#: Longest an HTTP client may take to send one whole request, headers and body (nginx's
-#: client_header_timeout and client_body_timeout are 60 s each); a slower one is answered
-#: 408 and its connection closed, so stalled clients cannot hold a front end's connections.
+#: Longest an HTTP client may take to send its request line and headers, and between two
+#: pieces of its body (nginx's client_header_timeout and client_body_timeout are 60 s each);
+#: one that stalls is answered 408 and closed, so stalled clients cannot hold a front end's
+#: connections.
 DEFAULT_REQUEST_READ_TIMEOUT_S = 60.0
 
 #: How the aggregator treats a partial batch while a worker is idle.
