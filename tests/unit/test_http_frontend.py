@@ -237,12 +237,12 @@ def test_a_client_too_slow_to_send_its_request_is_timed_out_and_nobody_else(tmp_
             assert response.startswith(b"HTTP/1.1 200 OK") and response.endswith(b"late")
             status, _, body = front.request("POST", "/predictions/m", body=b"still here")
             assert (status, body) == (200, b"still here")
-            pieces = [b"a" * 10] * 5
+            pieces = [b"a" * 5] * 10
             with socket.create_connection(("127.0.0.1", port), timeout=5) as steady:
                 steady.sendall(b"POST /predictions/m HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                                b"Content-Length: 50\r\nConnection: close\r\n\r\n")
-                for piece in pieces:  # 2 s in all, 0.5 s apart: twice the timeout, slowly
-                    time.sleep(timeout_s / 2)
+                for piece in pieces:  # 0.25 s apart: 2.5 s in all, over twice the timeout
+                    time.sleep(timeout_s / 4)
                     steady.sendall(piece)
                 response = read_until_closed(steady)
             assert response.startswith(b"HTTP/1.1 200 OK") and response.endswith(b"a" * 50)
