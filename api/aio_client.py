@@ -35,8 +35,7 @@ import logging
 from typing import Any, AsyncIterator
 
 import zmq
-
-from api.client_helpers import (
+from zerobatch.api.client_helpers import (
     DEFAULT_ADDRESS,
     HIGH_WATER_MARK,
     HeaderCache,
@@ -51,6 +50,7 @@ from api.client_helpers import (
     parse_reply_meta,
     wait_ms,
 )
+
 from zerobatch import protocol
 from zerobatch.errors import BrokerUnavailable, ProtocolError, ServingError, ShuttingDown
 from zerobatch.transport import has_message, recv_bytes, send_frames

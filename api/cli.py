@@ -1,8 +1,7 @@
-"""The `zerobatch` command line: `start`, `stop`, `archive` (api/archiver.py) and `bench` (the
-benchmark harness, benchmarks/__main__.py).
+"""The `zerobatch` command line: `start`, `stop`, `archive` (api/archiver.py) and `--version`.
 
 `zerobatch start` checks the flags and the model directories, then runs the broker process
-(`python -m broker`), which supervises the workers and the HTTP front ends. Without
+(`python -P -m zerobatch.broker`), which supervises the workers and the HTTP front ends. Without
 `--foreground` the broker runs in the background (its log goes to RUN_DIR/zerobatch.log) and
 `start` returns once every model has a ready worker and the HTTP front end answers, or fails
 with the broker's own error. `zerobatch stop` sends SIGTERM to the broker named by the pid
@@ -19,11 +18,13 @@ import sys
 import time
 import urllib.request
 
-from api import archiver
+from zerobatch.api import archiver
+
+from zerobatch import __version__, model_files
 from zerobatch import config as defaults
-from zerobatch import model_files
 from zerobatch.config import ModelConfig, ServerConfig
 from zerobatch.errors import ConfigError, ServingError
+from zerobatch.launch import module_argv
 
 PID_FILE = "broker.pid"
 LOG_FILE = "zerobatch.log"
@@ -38,6 +39,7 @@ class CliError(Exception):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zerobatch",
                                      description="Serve PyTorch models with dynamic batching.")
+    parser.add_argument("--version", action="version", version=f"zerobatch {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     start = commands.add_parser("start", help="start the server")
@@ -182,7 +184,7 @@ def start(args: argparse.Namespace) -> int:
         raise CliError(f"a server is already running from {config.run_dir} (pid {pid}); "
                        f"stop it with `zerobatch stop --run-dir {config.run_dir}`")
     os.makedirs(config.run_dir, exist_ok=True)
-    argv = [sys.executable, "-m", "broker", "--config", config.to_json()]
+    argv = module_argv("zerobatch.broker", "--config", config.to_json())
     if args.foreground:
         os.execv(sys.executable, argv)
     log_path = os.path.join(config.run_dir, LOG_FILE)
@@ -214,7 +216,7 @@ def wait_until_ready(config: ServerConfig, broker: subprocess.Popen,
                      timeout_s: float) -> list[str]:
     """Return when every model has a ready worker or failed to load (the load errors are
     returned) and HTTP answers; raise CliError if the broker exits or the time runs out."""
-    from api.client import Client  # the CLI's only use of the client: keep `stop` light
+    from zerobatch.api.client import Client  # the CLI's only use of the client: keep `stop` light
 
     log_path = os.path.join(config.run_dir, LOG_FILE)
     deadline = time.monotonic() + timeout_s
@@ -295,8 +297,6 @@ def stop(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["bench"]:
-        return bench(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -308,17 +308,6 @@ def main(argv: list[str] | None = None) -> int:
     except (CliError, ConfigError) as exc:
         print(f"zerobatch: error: {exc}", file=sys.stderr)
         return 2
-
-
-def bench(argv: list[str]) -> int:
-    """`zerobatch bench ...` is `python -m benchmarks ...` (a checkout's benchmark harness)."""
-    try:
-        from benchmarks.__main__ import main as bench_main
-    except ImportError as exc:
-        print(f"zerobatch: error: the benchmark harness is not installed ({exc}); run it from "
-              "a checkout: python -m benchmarks", file=sys.stderr)
-        return 2
-    return bench_main(argv)
 
 
 if __name__ == "__main__":

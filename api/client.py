@@ -26,9 +26,8 @@ import time
 from typing import Any, Callable, Iterator
 
 import zmq
-
-from api.aio_client import AsyncClient
-from api.client_helpers import (
+from zerobatch.api.aio_client import AsyncClient
+from zerobatch.api.client_helpers import (
     DEFAULT_ADDRESS,
     HIGH_WATER_MARK,
     HeaderCache,
@@ -42,6 +41,7 @@ from api.client_helpers import (
     new_rid,
     wait_ms,
 )
+
 from zerobatch import protocol
 from zerobatch.errors import BrokerUnavailable, ProtocolError, ServingError, ShuttingDown
 from zerobatch.transport import recv_bytes, send_frames

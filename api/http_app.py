@@ -27,9 +27,8 @@ import os
 
 import falcon
 import falcon.asgi
-
-from api.aio_client import AsyncClient, ReplyStream
-from api.http_helpers import (
+from zerobatch.api.aio_client import AsyncClient, ReplyStream
+from zerobatch.api.http_helpers import (
     REQUEST_ID_HEADER,
     TIMEOUT_HEADER,
     handle_serving_error,
@@ -38,6 +37,7 @@ from api.http_helpers import (
     read_body,
     timeout_from_header,
 )
+
 from zerobatch.config import FrontendConfig
 from zerobatch.errors import ServingError
 

@@ -22,7 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-from broker import aggregator
+from zerobatch.broker import aggregator
+
 from zerobatch.errors import ConfigError
 
 BATCH_SIZE = 8

@@ -29,20 +29,20 @@ DEMO_MODEL = "examples/digits/model"
 
 _SETUP = {
     "frontend": """
-from api.frontend import build_server
+from zerobatch.api.frontend import build_server
 from zerobatch.config import FrontendConfig
 kept = build_server(FrontendConfig(broker_address="ipc:///tmp/unused.sock"), None)
 """,
     "broker": """
-import broker.__main__
-from broker import aggregator
-from broker.core import BrokerCore
+import zerobatch.broker.__main__
+from zerobatch.broker import aggregator
+from zerobatch.broker.core import BrokerCore
 from zerobatch.config import ModelConfig
 kept = BrokerCore(aggregator.load("auto"))
 kept.add_model(ModelConfig(name="digits", path=DEMO_MODEL))
 """,
     "worker": """
-from worker.service import Service
+from zerobatch.worker.service import Service
 from zerobatch.config import ModelConfig
 kept = Service.load(ModelConfig(name="digits", path=DEMO_MODEL))
 """,

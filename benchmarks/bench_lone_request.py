@@ -92,7 +92,7 @@ def split(sent_ns: int, headers: dict, received_ns: int) -> tuple[int, int, int]
 
 
 def over_zmq(address: str, workload: Workload, requests: int) -> list[tuple[int, int, int]]:
-    from api.client import Client
+    from zerobatch.api.client import Client
 
     legs = []
     with Client(address) as client:

@@ -75,8 +75,8 @@ def batches_per_second(model_dir: str, name: str, batch_size: int, payload: byte
                                 _REQUEST_ID)
     pairs = [meta, payload] * batch_size
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    worker = subprocess.Popen([sys.executable, "-m", "worker", "--config", config.to_json()],
-                              cwd=ROOT, env=env, stdin=subprocess.DEVNULL)
+    worker = subprocess.Popen([sys.executable, "-m", "zerobatch.worker", "--config",
+                               config.to_json()], cwd=ROOT, env=env, stdin=subprocess.DEVNULL)
     try:
         identity = _wait_ready(router, worker)
         next_id = 1

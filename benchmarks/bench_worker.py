@@ -31,8 +31,8 @@ _REQUEST_ID = "0123456789abcdef0123456789abcdef"
 def measure(workload_name: str, batch_size: int, batches: int) -> dict[str, float]:
     """Median ms before, in and after the handler, over `batches` runs after a warm-up."""
     import zmq
+    from zerobatch.worker.service import Service
 
-    from worker.service import Service
     from zerobatch import protocol
     from zerobatch.config import ModelConfig
 

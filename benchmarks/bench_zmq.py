@@ -72,7 +72,7 @@ class OurClient:
     """zerobatch's client, driven the same way."""
 
     def __init__(self, address: str) -> None:
-        from api.client import Client
+        from zerobatch.api.client import Client
 
         self.client = Client(address)
         self.pending: list = []

@@ -82,7 +82,7 @@ def zerobatch_server(models: dict[str, str], *flags: str) -> Iterator[dict]:
     """A real zerobatch server started with the CLI; yields its addresses; always stopped."""
     run_dir = tempfile.mkdtemp(prefix="zbb")
     client_address = f"ipc://{run_dir}/client.sock"
-    argv = [sys.executable, "-m", "api.cli", "start", "--run-dir", run_dir,
+    argv = [sys.executable, "-m", "zerobatch.api.cli", "start", "--run-dir", run_dir,
             "--client-address", client_address, "--log-level", "WARNING",
             "--startup-timeout", "60",
             "--models", *[f"{n}={p}" for n, p in models.items()], *flags]
@@ -92,7 +92,7 @@ def zerobatch_server(models: dict[str, str], *flags: str) -> Iterator[dict]:
             raise RuntimeError(f"zerobatch start failed:\n{result.stdout}{result.stderr}")
         yield {"run_dir": run_dir, "client_address": client_address}
     finally:
-        subprocess.run([sys.executable, "-m", "api.cli", "stop", "--run-dir", run_dir],
+        subprocess.run([sys.executable, "-m", "zerobatch.api.cli", "stop", "--run-dir", run_dir],
                        cwd=ROOT, capture_output=True, timeout=60)
         shutil.rmtree(run_dir, ignore_errors=True)
 

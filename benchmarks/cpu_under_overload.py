@@ -37,7 +37,8 @@ MAX_REQUESTS = 200_000
 
 
 def main(argv: list[str] | None = None) -> int:
-    from api.client import Client
+    from zerobatch.api.client import Client
+
     from benchmarks.workloads import batched_ceiling, build
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.cpu_under_overload")

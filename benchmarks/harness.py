@@ -324,7 +324,8 @@ def _zmq_floor(kind: str) -> Iterator[str]:
 
 def _wait_answering(address: str, timeout_s: float = 15.0) -> None:
     """Until the floor answers a request (its processes are up and connected)."""
-    from api.client import Client
+    from zerobatch.api.client import Client
+
     from zerobatch.errors import ServingError
 
     deadline = time.monotonic() + timeout_s

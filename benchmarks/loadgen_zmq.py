@@ -18,7 +18,7 @@ async def run_zmq_async(address: str, model: str, body: bytes, *,
                         timeout_ms: int = 10000, deadline_ms: float | None = None,
                         max_in_flight: int = 10000) -> LoadResult:
     """run_zmq inside a running event loop."""
-    from api.aio_client import AsyncClient
+    from zerobatch.api.aio_client import AsyncClient
 
     mode = check_mode(concurrency, rate, max_requests)
     meter = Meter(mode, duration_s, warmup_s, max_requests, deadline_ms)

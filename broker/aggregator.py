@@ -12,7 +12,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from broker import _aggregator_py
+from zerobatch.broker import _aggregator_py
+
 from zerobatch.errors import ConfigError
 
 #: Largest time stamp (and max_batch_delay_ns) an aggregator accepts, in nanoseconds.
@@ -28,7 +29,7 @@ _BUILD_HINT = ("build it with `python setup.py build_ext --inplace` (needs Cytho
 
 def _compiled_module() -> ModuleType:
     """The compiled twin's module; ImportError when it was not built."""
-    return importlib.import_module("broker._aggregator")
+    return importlib.import_module("zerobatch.broker._aggregator")
 
 
 def load(preference: str = "auto") -> type:

@@ -33,7 +33,8 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import BinaryIO
 
-from broker import model_yaml, py_deps
+from zerobatch.broker import model_yaml, py_deps
+
 from zerobatch import model_files
 from zerobatch.config import ModelConfig
 from zerobatch.errors import ArchiveError, ConfigError

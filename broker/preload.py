@@ -23,7 +23,8 @@ from __future__ import annotations
 import logging
 import zipfile
 
-from broker.archive import MANIFEST_MEMBER
+from zerobatch.broker.archive import MANIFEST_MEMBER
+
 from zerobatch import model_files
 from zerobatch.errors import ConfigError
 

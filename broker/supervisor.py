@@ -18,11 +18,11 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import time
 
-from broker import preload
-from broker.gpus import GpuAssigner
+from zerobatch.broker import preload
+from zerobatch.broker.gpus import GpuAssigner
+
 from zerobatch.config import (
     RESTART_BACKOFF_MAX_S,
     RESTART_BACKOFF_MIN_S,
@@ -31,6 +31,7 @@ from zerobatch.config import (
     ServerConfig,
     WorkerConfig,
 )
+from zerobatch.launch import module_argv
 
 log = logging.getLogger("zerobatch.supervisor")
 
@@ -54,8 +55,8 @@ def start_preloaded_workers(models: tuple[ModelConfig, ...], run_dir: str,
     for model in models:
         if preload.wants_preload(model.path, install_py_deps):
             started[model.key] = subprocess.Popen(
-                [sys.executable, "-m", "worker", "--preload", preload.PRELOAD_MODULE,
-                 "--config", "-", "--label", f"{model.key} {run_dir}"],
+                module_argv("zerobatch.worker", "--preload", preload.PRELOAD_MODULE,
+                            "--config", "-", "--label", f"{model.key} {run_dir}"),
                 stdin=subprocess.PIPE, preexec_fn=_die_with_parent)
     return started
 
@@ -144,15 +145,15 @@ class Supervisor:
             if process is not None:
                 self._started(child, process, "preloaded ")
                 return
-            argv = [sys.executable, "-m", "worker", "--config", worker_config.to_json()]
+            argv = module_argv("zerobatch.worker", "--config", worker_config.to_json())
         else:
             frontend_config = FrontendConfig(
                 broker_address=self.frontend_address, host=self.config.host,
                 port=self.config.http_port, max_request_bytes=self.config.max_request_bytes,
                 request_read_timeout_s=self.config.request_read_timeout_s,
                 log_level=self.config.log_level)
-            argv = [sys.executable, "-m", "api.frontend", "--config",
-                    frontend_config.to_json(), "--fd", str(self.http_fd)]
+            argv = module_argv("zerobatch.api.frontend", "--config", frontend_config.to_json(),
+                               "--fd", str(self.http_fd))
             pass_fds = (self.http_fd,)
         self._started(child, subprocess.Popen(argv, pass_fds=pass_fds,
                                               preexec_fn=_die_with_parent,

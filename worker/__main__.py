@@ -26,9 +26,10 @@ import sys
 import threading
 import time
 
-from worker.loop import STOPPED, WorkerLoop, report_load_failure
-from worker.model_dir import add_python_path
-from worker.service import Service
+from zerobatch.worker.loop import STOPPED, WorkerLoop, report_load_failure
+from zerobatch.worker.model_dir import add_python_path
+from zerobatch.worker.service import Service
+
 from zerobatch.config import WorkerConfig
 from zerobatch.errors import ConfigError
 from zerobatch.gc_policy import freeze_startup_objects
@@ -42,7 +43,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s worker[%(process)d] %(name)s: %(message)
 #: After the broker is lost, how long a handler still running may delay the exit.
 STUCK_EXIT_GRACE_S = 5.0
 
-log = logging.getLogger("worker")
+log = logging.getLogger("zerobatch.worker")
 
 
 def main(argv: list[str] | None = None) -> int:

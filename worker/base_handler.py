@@ -27,9 +27,8 @@ import warnings
 from typing import Any
 
 import torch
-
-from worker.compat.util import load_label_mapping
-from worker.handler_loader import import_handler_module
+from zerobatch.worker.compat.util import load_label_mapping
+from zerobatch.worker.handler_loader import import_handler_module
 
 log = logging.getLogger(__name__)
 

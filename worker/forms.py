@@ -32,7 +32,7 @@ import re
 import urllib.parse
 from typing import Any
 
-from worker.codec import OCTET_STREAM, decode_body
+from zerobatch.worker.codec import OCTET_STREAM, decode_body
 
 __all__ = ["MULTIPART", "URLENCODED", "FormError", "decode_form"]
 

@@ -30,7 +30,8 @@ import sys
 from types import ModuleType
 from typing import Any, Callable
 
-from worker.ts_alias import install_ts_aliases
+from zerobatch.worker.ts_alias import install_ts_aliases
+
 from zerobatch.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -39,13 +40,13 @@ EntryPoint = Callable[[Any, Any], Any]
 
 #: TorchServe's built-in handlers, named without a file in the archive -> our module.
 DEFAULT_HANDLERS = {
-    "base_handler": "worker.base_handler",
-    "vision_handler": "worker.handlers.vision_handler",
-    "image_classifier": "worker.handlers.image_classifier",
-    "image_segmenter": "worker.handlers.image_segmenter",
-    "object_detector": "worker.handlers.object_detector",
-    "text_handler": "worker.handlers.text_handler",
-    "text_classifier": "worker.handlers.text_classifier",
+    "base_handler": "zerobatch.worker.base_handler",
+    "vision_handler": "zerobatch.worker.handlers.vision_handler",
+    "image_classifier": "zerobatch.worker.handlers.image_classifier",
+    "image_segmenter": "zerobatch.worker.handlers.image_segmenter",
+    "object_detector": "zerobatch.worker.handlers.object_detector",
+    "text_handler": "zerobatch.worker.handlers.text_handler",
+    "text_classifier": "zerobatch.worker.handlers.text_classifier",
 }
 
 

@@ -29,10 +29,10 @@ import os
 import threading
 
 import zmq
+from zerobatch.worker.heartbeat import Heartbeat
+from zerobatch.worker.replies import ReplyWriter
+from zerobatch.worker.service import Computed, Service
 
-from worker.heartbeat import Heartbeat
-from worker.replies import ReplyWriter
-from worker.service import Computed, Service
 from zerobatch import protocol
 from zerobatch.config import WorkerConfig
 from zerobatch.errors import ProtocolError

@@ -38,11 +38,12 @@ import os
 import time
 from typing import Any, Callable, Sequence
 
-from worker.codec import decode_body, encode_value
-from worker.context import Context, MetricsCache, RequestProcessor
-from worker.forms import FormError, decode_form
-from worker.handler_loader import EntryPoint, load_entry_point
-from worker.model_dir import add_to_sys_path
+from zerobatch.worker.codec import decode_body, encode_value
+from zerobatch.worker.context import Context, MetricsCache, RequestProcessor
+from zerobatch.worker.forms import FormError, decode_form
+from zerobatch.worker.handler_loader import EntryPoint, load_entry_point
+from zerobatch.worker.model_dir import add_to_sys_path
+
 from zerobatch import protocol
 from zerobatch.config import ModelConfig
 from zerobatch.errors import BadRequest, ConfigError, HandlerError, PredictionError, ProtocolError

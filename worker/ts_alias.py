@@ -28,17 +28,17 @@ log = logging.getLogger(__name__)
 
 #: `ts` name -> the zerobatch module that answers it.
 TS_ALIASES: dict[str, str] = {
-    "ts.context": "worker.context",
-    "ts.torch_handler.base_handler": "worker.base_handler",
-    "ts.torch_handler.vision_handler": "worker.handlers.vision_handler",
-    "ts.torch_handler.image_classifier": "worker.handlers.image_classifier",
-    "ts.torch_handler.image_segmenter": "worker.handlers.image_segmenter",
-    "ts.torch_handler.object_detector": "worker.handlers.object_detector",
-    "ts.torch_handler.text_handler": "worker.handlers.text_handler",
-    "ts.torch_handler.text_classifier": "worker.handlers.text_classifier",
-    "ts.utils.util": "worker.compat.util",
-    "ts.handler_utils.utils": "worker.compat.handler_utils",
-    "ts.handler_utils.timer": "worker.compat.timer",
+    "ts.context": "zerobatch.worker.context",
+    "ts.torch_handler.base_handler": "zerobatch.worker.base_handler",
+    "ts.torch_handler.vision_handler": "zerobatch.worker.handlers.vision_handler",
+    "ts.torch_handler.image_classifier": "zerobatch.worker.handlers.image_classifier",
+    "ts.torch_handler.image_segmenter": "zerobatch.worker.handlers.image_segmenter",
+    "ts.torch_handler.object_detector": "zerobatch.worker.handlers.object_detector",
+    "ts.torch_handler.text_handler": "zerobatch.worker.handlers.text_handler",
+    "ts.torch_handler.text_classifier": "zerobatch.worker.handlers.text_classifier",
+    "ts.utils.util": "zerobatch.worker.compat.util",
+    "ts.handler_utils.utils": "zerobatch.worker.compat.handler_utils",
+    "ts.handler_utils.timer": "zerobatch.worker.compat.timer",
 }
 
 #: Synthetic packages: they hold the aliased submodules and nothing else.

@@ -38,7 +38,7 @@ class ZerobatchStarted(Started):
 
     def batch_sizes(self) -> dict[int, int] | None:
         """Batches the broker dispatched so far, by size."""
-        from api.client import Client
+        from zerobatch.api.client import Client
 
         with Client(self.zmq_address, timeout_ms=5000) as client:
             described = client.control("describe")
@@ -75,7 +75,7 @@ class ZerobatchPeer(Peer):
             target = HttpTarget(host="127.0.0.1", port=port,
                                 path=f"/predictions/{workload.name}", body=workload.payload,
                                 headers={"Content-Type": workload.content_type})
-            argv = [sys.executable, "-m", "api.cli", "start", "--foreground",
+            argv = [sys.executable, "-m", "zerobatch.api.cli", "start", "--foreground",
                     "--run-dir", run_dir, "--http-port", str(port),
                     "--client-address", zmq_address, "--log-level", "WARNING",
                     "--frontends", str(self.frontends), "--workers", str(settings.workers),

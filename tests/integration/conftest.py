@@ -36,7 +36,7 @@ def free_port() -> int:
 
 
 def cli(*args: str, env: dict | None = None, timeout: float = 90) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "api.cli", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "zerobatch.api.cli", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -80,7 +80,7 @@ class Server:
 
     # -- ZeroMQ
     def client(self):
-        from api.client import Client
+        from zerobatch.api.client import Client
         return Client(self.client_address)
 
     def describe(self) -> dict:

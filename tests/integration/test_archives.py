@@ -14,8 +14,8 @@ import sys
 import zipfile
 
 import pytest
+from zerobatch.api import archiver
 
-from api import archiver
 from tests.integration.conftest import (
     TEST_MODELS,
     cli,

@@ -188,8 +188,8 @@ class foreground_server:
         self.server = Server(run_dir=self.run_dir, http_port=free_port(),
                              client_address=f"tcp://127.0.0.1:{free_port()}")
         self.log_path = os.path.join(self.run_dir, "foreground.log")
-        self.argv = [sys.executable, "-m", "api.cli", "start", "--foreground", "--run-dir",
-                     self.run_dir, "--http-port", str(self.server.http_port),
+        self.argv = [sys.executable, "-m", "zerobatch.api.cli", "start", "--foreground",
+                     "--run-dir", self.run_dir, "--http-port", str(self.server.http_port),
                      "--client-address", self.server.client_address, "--model-store",
                      TEST_MODELS, "--models", *[f"{k}={v}" for k, v in models.items()], *flags]
         self.process: subprocess.Popen | None = None

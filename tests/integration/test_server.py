@@ -105,7 +105,7 @@ def test_cheap_batches_share_messages_and_the_handler_still_sees_one_at_a_time(m
     """Batch size 1 and a handler that takes microseconds: under a flood the broker groups
     batches into one message per worker turn (describe's batchMessages falls behind the batch
     count), and every request still runs in a batch of its own and gets its own answer."""
-    from api.aio_client import AsyncClient
+    from zerobatch.api.aio_client import AsyncClient
 
     server = make_server({"reporter": "batch_size_reporter"}, "--batch-size", "1",
                          "--max-queue", "1000")

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import threading
 
+from zerobatch.worker.loop import WorkerLoop
+
 from tests.models import model_path
-from worker.loop import WorkerLoop
 from zerobatch.config import ModelConfig, WorkerConfig
 
 

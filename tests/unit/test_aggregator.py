@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from zerobatch.broker import _aggregator_py, aggregator
 
-from broker import _aggregator_py, aggregator
 from zerobatch.errors import ConfigError
 
 MAX_TIME_NS = _aggregator_py.MAX_TIME_NS
@@ -425,7 +425,7 @@ def test_load_rejects_unknown_preferences():
 
 
 def test_load_without_the_compiled_twin(monkeypatch):
-    monkeypatch.setitem(sys.modules, "broker._aggregator", None)  # import now fails
+    monkeypatch.setitem(sys.modules, "zerobatch.broker._aggregator", None)  # import now fails
     assert aggregator.load("auto") is _aggregator_py.Aggregator
     with pytest.raises(ConfigError, match="build_ext --inplace"):
         aggregator.load("compiled")

@@ -14,8 +14,7 @@ import tarfile
 import zipfile
 
 import pytest
-
-from api import archiver, cli
+from zerobatch.api import archiver, cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ECHO_HANDLER = os.path.join(ROOT, "tests", "models", "echo", "echo_handler.py")
@@ -241,4 +240,4 @@ def test_cli_refuses_missing_and_non_archives(tmp_path):
 
 def test_console_script_is_declared():
     with open(os.path.join(ROOT, "setup.py")) as handle:
-        assert '"zerobatch-archiver=api.archiver:main"' in handle.read()
+        assert '"zerobatch-archiver=zerobatch.api.archiver:main"' in handle.read()

@@ -5,10 +5,10 @@ import logging
 import os
 
 import pytest
+from zerobatch.worker.service import Service
 
 from tests.models import write_model_dir
 from tests.models.fake_broker import decode_answers, item
-from worker.service import Service
 from zerobatch import protocol
 from zerobatch.config import ModelConfig
 from zerobatch.errors import ConfigError
@@ -64,7 +64,7 @@ def run_batch(service, bodies, batch_id=3):
 
 def test_only_the_bad_request_errors(tmp_path, caplog):
     service, calls = service_for(tmp_path, BAD_RAISES)
-    with caplog.at_level(logging.INFO, logger="worker.service"):
+    with caplog.at_level(logging.INFO, logger="zerobatch.worker.service"):
         replies = run_batch(service, ["ok0", "bad1", "ok2", "ok3"])
     assert [r.kind for r in replies] == ["reply", "error", "reply", "reply"]
     assert (replies[1].code, replies[1].status, replies[1].message) == (

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from zerobatch.broker import aggregator
+from zerobatch.broker.core import BrokerCore
 
-from broker import aggregator
-from broker.core import BrokerCore
 from zerobatch import protocol as p
 from zerobatch.config import ModelConfig
 

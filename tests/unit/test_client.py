@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
+import zerobatch.api.client_helpers as helpers
+from zerobatch.api.client import Client, PendingReply, Reply
 
-import api.client_helpers as helpers
-from api.client import Client, PendingReply, Reply
 from tests.unit.test_client_fakebroker import (
     FakeBroker,
     control_reply,

@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import zerobatch.api.aio_client as aio_client
+import zerobatch.api.client_helpers as helpers
+from zerobatch.api.client import AsyncClient
 
-import api.aio_client as aio_client
-import api.client_helpers as helpers
-from api.client import AsyncClient
 from tests.unit.test_client_fakebroker import FakeBroker, echo, error_frames, reply_frames
 from zerobatch import errors, protocol
 

@@ -9,10 +9,10 @@ import queue
 import time
 
 import pytest
+from zerobatch.api.aio_client import AsyncClient
+from zerobatch.api.client import Client
+from zerobatch.api.client_helpers import RefusalHints
 
-from api.aio_client import AsyncClient
-from api.client import Client
-from api.client_helpers import RefusalHints
 from tests.unit.test_client_fakebroker import reply_frames
 from zerobatch import protocol
 from zerobatch.errors import DeadlineUnreachable, QueueFull

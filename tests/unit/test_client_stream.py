@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from zerobatch.api.aio_client import ReplyStream
+from zerobatch.api.client import AsyncClient, Client
+from zerobatch.api.client_helpers import Reply
 
-from api.aio_client import ReplyStream
-from api.client import AsyncClient, Client
-from api.client_helpers import Reply
 from tests.unit.test_client_fakebroker import error_frames, reply_frames
 from zerobatch import errors, protocol
 

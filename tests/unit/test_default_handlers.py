@@ -10,11 +10,11 @@ import warnings
 import pytest
 import torch
 from PIL import Image
+from zerobatch.worker.handlers import transforms
+from zerobatch.worker.handlers.text_handler import TextHandler, ngrams_iterator
+from zerobatch.worker.service import Service
 
 from tests.models.fake_broker import decode_answers, item
-from worker.handlers import transforms
-from worker.handlers.text_handler import TextHandler, ngrams_iterator
-from worker.service import Service
 from zerobatch.config import ModelConfig
 
 COLORS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}

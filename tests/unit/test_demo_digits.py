@@ -11,11 +11,11 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
+from zerobatch.worker.service import Service
 
 from examples.digits import make_samples, train
 from tests.forms import multipart
 from tests.models.fake_broker import FakeBroker, decode_answers, item
-from worker.service import Service
 from zerobatch.config import ModelConfig, WorkerConfig
 
 DEMO_DIR = os.path.dirname(os.path.abspath(train.__file__))
@@ -121,8 +121,9 @@ def test_a_worker_process_serves_the_demo(model_dir):
         config = WorkerConfig("w-digits", broker.address,
                               ModelConfig("digits", model_dir, batch_size=4))
         env = dict(os.environ, PYTHONPATH=REPO_ROOT)
-        proc = subprocess.Popen([sys.executable, "-m", "worker", "--config", config.to_json()],
-                                cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen([sys.executable, "-m", "zerobatch.worker", "--config",
+                                 config.to_json()], cwd=REPO_ROOT, env=env,
+                                stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             identity, info = broker.wait_ready(timeout_s=60)

@@ -74,7 +74,7 @@ def test_targets_are_checked_against_the_records():
 
 
 def test_zerobatch_bench_is_the_harness_command_line(capsys):
-    from api import cli
+    from zerobatch.api import cli
 
     with pytest.raises(SystemExit) as exited:
         cli.main(["bench", "run", "--help"])

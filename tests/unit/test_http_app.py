@@ -8,10 +8,10 @@ import asyncio
 
 import falcon.testing
 import pytest
+import zerobatch.api.client_helpers as client_helpers
+import zerobatch.api.http_app as http_app
+from zerobatch.api.http_app import create_app
 
-import api.client_helpers as client_helpers
-import api.http_app as http_app
-from api.http_app import create_app
 from tests.unit.test_client_fakebroker import (
     FakeBroker,
     control_reply,

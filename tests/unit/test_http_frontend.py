@@ -78,7 +78,7 @@ def start_frontend(tmp_path: Path, broker: FakeBroker, *, inherit_socket: bool,
             port = probe.getsockname()[1]
     config = FrontendConfig(broker_address=broker.address, host="127.0.0.1", port=port,
                             log_level="WARNING", **overrides)
-    command = [sys.executable, "-m", "api.frontend", "--config", config.to_json()]
+    command = [sys.executable, "-m", "zerobatch.api.frontend", "--config", config.to_json()]
     pass_fds: tuple[int, ...] = ()
     if listener is not None:
         command += ["--fd", str(listener.fileno())]
@@ -252,7 +252,8 @@ def test_a_client_too_slow_to_send_its_request_is_timed_out_and_nobody_else(tmp_
 
 
 def test_bad_config_exits_with_status_2():
-    result = subprocess.run([sys.executable, "-m", "api.frontend", "--config", "{\"nope\": 1}"],
+    result = subprocess.run([sys.executable, "-m", "zerobatch.api.frontend", "--config",
+                             "{\"nope\": 1}"],
                             cwd=REPO, capture_output=True, timeout=START_S)
     assert result.returncode == 2
     assert b"bad --config" in result.stderr

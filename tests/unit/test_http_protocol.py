@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from api.http_protocol import _TurnWriter
+from zerobatch.api.http_protocol import _TurnWriter
 
 
 class RecordingTransport:

@@ -8,22 +8,22 @@ import warnings
 
 import pytest
 import torch
-
-import worker.base_handler
-import worker.compat.handler_utils
-import worker.compat.util
-import worker.context
-from tests.models import write_model_dir
-from tests.models.fake_broker import decode_answers, item
-from worker.handlers import (
+import zerobatch.worker.base_handler
+import zerobatch.worker.compat.handler_utils
+import zerobatch.worker.compat.util
+import zerobatch.worker.context
+from zerobatch.worker.handlers import (
     image_classifier,
     image_segmenter,
     object_detector,
     text_classifier,
     vision_handler,
 )
-from worker.service import Service
-from worker.ts_alias import TS_ALIASES, TsAliasFinder, install_ts_aliases
+from zerobatch.worker.service import Service
+from zerobatch.worker.ts_alias import TS_ALIASES, TsAliasFinder, install_ts_aliases
+
+from tests.models import write_model_dir
+from tests.models.fake_broker import decode_answers, item
 from zerobatch.config import ModelConfig
 from zerobatch.errors import ConfigError
 from zerobatch.model_files import load_model_config as read_model_yaml_config
@@ -63,21 +63,21 @@ def test_aliased_names_are_our_objects():
     from ts.torch_handler.vision_handler import VisionHandler
     from ts.utils.util import PredictionException, load_label_mapping, map_class_to_label
 
-    assert ts.context is worker.context and Context is worker.context.Context
-    assert BaseHandler is worker.base_handler.BaseHandler
+    assert ts.context is zerobatch.worker.context and Context is zerobatch.worker.context.Context
+    assert BaseHandler is zerobatch.worker.base_handler.BaseHandler
     assert VisionHandler is vision_handler.VisionHandler
     assert ImageClassifier is image_classifier.ImageClassifier
     assert ImageSegmenter is image_segmenter.ImageSegmenter
     assert ObjectDetector is object_detector.ObjectDetector
     assert TextClassifier is text_classifier.TextClassifier
-    assert PredictionException is worker.compat.util.PredictionException
-    assert map_class_to_label is worker.compat.util.map_class_to_label
-    assert load_label_mapping is worker.compat.util.load_label_mapping
+    assert PredictionException is zerobatch.worker.compat.util.PredictionException
+    assert map_class_to_label is zerobatch.worker.compat.util.map_class_to_label
+    assert load_label_mapping is zerobatch.worker.compat.util.load_label_mapping
     assert (send_intermediate_predict_response
-            is worker.compat.handler_utils.send_intermediate_predict_response)
+            is zerobatch.worker.compat.handler_utils.send_intermediate_predict_response)
     # the target modules keep their own identity
-    assert worker.base_handler.__spec__.name == "worker.base_handler"
-    assert worker.base_handler.__name__ == "worker.base_handler"
+    assert zerobatch.worker.base_handler.__spec__.name == "zerobatch.worker.base_handler"
+    assert zerobatch.worker.base_handler.__name__ == "zerobatch.worker.base_handler"
 
 
 def test_every_alias_imports():
@@ -121,8 +121,8 @@ def test_ours_wins_over_an_installed_torchserve(tmp_path):
                         "assert ts.context.Context.real\n"  # the real one, before install
                         "from worker.ts_alias import install_ts_aliases\n"
                         "install_ts_aliases()\n"
-                        "import ts, ts.context, worker.context\n"
-                        "assert ts.context is worker.context\n"
+                        "import ts, ts.context, zerobatch.worker.context\n"
+                        "assert ts.context is zerobatch.worker.context\n"
                         "assert not hasattr(ts, 'REAL')\n",
                         extra_path=[str(tmp_path / "site")])
     assert result.returncode == 0, result.stderr
@@ -170,7 +170,7 @@ def test_a_torchserve_base_handler_subclass_runs(tmp_path):
         {"doubled": [6.0, 9.0], "topk": {"topk": 2}},
     ]
     handler = service.entry_point.__self__
-    assert isinstance(handler, worker.base_handler.BaseHandler)
+    assert isinstance(handler, zerobatch.worker.base_handler.BaseHandler)
     assert handler.initialized and handler.device == torch.device("cpu")
     assert handler.model_dir == str(tmp_path)
     assert handler.manifest["model"]["serializedFile"] == "model.pt"
@@ -215,7 +215,7 @@ def test_prediction_exception_answers_the_batch_with_its_status(tmp_path, error_
 
 
 def test_prediction_exception_text():
-    from worker.compat.util import PredictionException
+    from zerobatch.worker.compat.util import PredictionException
     exc = PredictionException("bad input", 422)
     assert (exc.message, exc.error_code, str(exc)) == ("bad input", 422, "bad input : 422")
     assert PredictionException("x").error_code == 500
@@ -274,7 +274,7 @@ def test_bad_model_yaml_config(tmp_path):
 # ------------------------------------------------------------------ ts.utils.util
 
 def test_map_class_to_label():
-    from worker.compat.util import map_class_to_label
+    from zerobatch.worker.compat.util import map_class_to_label
     assert map_class_to_label([[0.1, 0.9]]) == [{"0": 0.1, "1": 0.9}]
     assert map_class_to_label([[0.9, 0.1]], {"0": "cat", "1": "dog"}, [[1, 0]]) == [
         {"dog": 0.9, "cat": 0.1}]
@@ -283,7 +283,7 @@ def test_map_class_to_label():
 
 
 def test_load_label_mapping(tmp_path):
-    from worker.compat.util import load_label_mapping
+    from zerobatch.worker.compat.util import load_label_mapping
     path = tmp_path / "index_to_name.json"
     assert load_label_mapping(str(path)) is None
     path.write_text(json.dumps({"0": ["n01440764", "tench"], "1": "goldfish"}))

@@ -4,11 +4,11 @@ import json
 import os
 
 import pytest
+from zerobatch.worker.context import Context
+from zerobatch.worker.handler_loader import load_entry_point
+from zerobatch.worker.service import Service
 
 from tests.models import model_path, write_model_dir
-from worker.context import Context
-from worker.handler_loader import load_entry_point
-from worker.service import Service
 from zerobatch.config import ModelConfig
 from zerobatch.errors import ConfigError
 from zerobatch.model_files import read_manifest

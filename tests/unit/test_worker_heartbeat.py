@@ -5,9 +5,9 @@ import time
 
 import pytest
 import zmq
+from zerobatch.worker.heartbeat import Heartbeat
 
 from tests.models.fake_broker import FakeBroker
-from worker.heartbeat import Heartbeat
 from zerobatch import protocol
 
 HB_IDENTITY = b"w-hb" + protocol.HEARTBEAT_SUFFIX

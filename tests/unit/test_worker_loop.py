@@ -13,11 +13,11 @@ import sys
 import time
 
 import pytest
+from zerobatch.worker.loop import BROKER_LOST, STOPPED
 
 from tests.models import write_model_dir
 from tests.models.fake_broker import FakeBroker, item
 from tests.models.thread_worker import ThreadWorker, worker_config
-from worker.loop import BROKER_LOST, STOPPED
 from zerobatch import protocol
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -48,10 +48,10 @@ def process_worker(worker_broker, tmp_path):
         log_file = open(tmp_path / f"worker-{len(started)}.log", "w")
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO_ROOT, env.get("PYTHONPATH")]))
-        argv = [sys.executable, "-m", "worker", "--config", config.to_json()]
+        argv = [sys.executable, "-m", "zerobatch.worker", "--config", config.to_json()]
         stdin = subprocess.DEVNULL
         if preload is not None:
-            argv = [sys.executable, "-m", "worker", "--config", "-",
+            argv = [sys.executable, "-m", "zerobatch.worker", "--config", "-",
                     *[arg for name in preload for arg in ("--preload", name)]]
             stdin = subprocess.PIPE
         proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdin=stdin,
@@ -227,7 +227,7 @@ def test_process_reports_a_model_that_cannot_load(worker_broker, process_worker,
 
 def test_process_rejects_a_bad_config():
     env = dict(os.environ, PYTHONPATH=REPO_ROOT)
-    result = subprocess.run([sys.executable, "-m", "worker", "--config", "{not json"],
+    result = subprocess.run([sys.executable, "-m", "zerobatch.worker", "--config", "{not json"],
                             cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert "invalid --config" in result.stderr

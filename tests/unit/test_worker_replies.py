@@ -9,11 +9,11 @@ import threading
 
 import pytest
 import zmq
+from zerobatch.worker.replies import ReplyWriter
 
 from tests.models import model_path
 from tests.models.fake_broker import item
 from tests.models.thread_worker import ThreadWorker, worker_config
-from worker.replies import ReplyWriter
 from zerobatch import protocol
 
 IDENTITY = b"w-replies" + protocol.REPLY_SUFFIX

@@ -4,12 +4,12 @@ import json
 
 import numpy as np
 import pytest
+from zerobatch.worker.codec import decode_body, encode_value
+from zerobatch.worker.service import MAX_ERROR_MESSAGE_CHARS, Service
 
 from tests.forms import multipart
 from tests.models import model_path, write_model_dir
 from tests.models.fake_broker import decode_answers, item
-from worker.codec import decode_body, encode_value
-from worker.service import MAX_ERROR_MESSAGE_CHARS, Service
 from zerobatch import protocol
 from zerobatch.config import ModelConfig
 

@@ -4,11 +4,11 @@ the W_REPLY, each naming its request's position in the BATCH."""
 import json
 
 import pytest
+from zerobatch.worker.compat.handler_utils import send_intermediate_predict_response
+from zerobatch.worker.service import Service
 
 from tests.models import model_path, write_model_dir
 from tests.models.fake_broker import decode_answers, item
-from worker.compat.handler_utils import send_intermediate_predict_response
-from worker.service import Service
 from zerobatch import protocol
 from zerobatch.config import ModelConfig
 

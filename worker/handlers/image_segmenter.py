@@ -11,9 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-
-from worker.handlers.transforms import imagenet_processing
-from worker.handlers.vision_handler import VisionHandler
+from zerobatch.worker.handlers.transforms import imagenet_processing
+from zerobatch.worker.handlers.vision_handler import VisionHandler
 
 
 class ImageSegmenter(VisionHandler):

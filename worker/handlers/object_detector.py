@@ -15,10 +15,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-
-from worker.compat.util import map_class_to_label
-from worker.handlers.transforms import Compose, ConvertRGB, ToTensor
-from worker.handlers.vision_handler import VisionHandler
+from zerobatch.worker.compat.util import map_class_to_label
+from zerobatch.worker.handlers.transforms import Compose, ConvertRGB, ToTensor
+from zerobatch.worker.handlers.vision_handler import VisionHandler
 
 DEFAULT_THRESHOLD = 0.5
 

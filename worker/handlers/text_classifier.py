@@ -13,9 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-
-from worker.compat.util import PredictionException, map_class_to_label
-from worker.handlers.text_handler import TextHandler, ngrams_iterator
+from zerobatch.worker.compat.util import PredictionException, map_class_to_label
+from zerobatch.worker.handlers.text_handler import TextHandler, ngrams_iterator
 
 BAD_REQUEST = 400
 

@@ -27,9 +27,8 @@ import zlib
 from typing import Any, Iterable, Iterator
 
 import torch
-
-from worker.base_handler import BaseHandler
-from worker.compat.util import CLEANUP_REGEX
+from zerobatch.worker.base_handler import BaseHandler
+from zerobatch.worker.compat.util import CLEANUP_REGEX
 
 log = logging.getLogger(__name__)
 

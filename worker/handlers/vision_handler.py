@@ -19,10 +19,9 @@ from typing import Any
 
 import torch
 from PIL import Image, UnidentifiedImageError
-
-from worker.base_handler import BaseHandler
-from worker.compat.util import PredictionException
-from worker.handlers.transforms import ToTensor
+from zerobatch.worker.base_handler import BaseHandler
+from zerobatch.worker.compat.util import PredictionException
+from zerobatch.worker.handlers.transforms import ToTensor
 
 BAD_REQUEST = 400
 

@@ -18,8 +18,7 @@ import json
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-
-from worker.base_handler import BaseHandler
+from zerobatch.worker.base_handler import BaseHandler
 
 SIDE = 8
 MAX_PIXEL = 16.0
