@@ -1,22 +1,30 @@
 # The two commands a newcomer needs: `make serve` and `make test`. Both build everything first.
+# The lab (benchmarks/ and its tests) has its own targets: `make bench`, `make bench-test`.
 PYTHON ?= python3
 VENV   := .venv
 VPY    := $(VENV)/bin/python
 STAMP  := $(VENV)/.deps-installed
 DEMO   := examples/digits/model
-PORT   ?= 8080
 
-.PHONY: all build demo serve test lint bench clean
+# `make serve` settings (docs/configuration.md): the HTTP port, the ZeroMQ client endpoint and
+# the run directory (pid file, log, extracted archives).
+HTTP_PORT ?= 8080
+ZMQ_ADDRESS ?= tcp://127.0.0.1:9500
+RUN_DIR ?= /tmp/zerobatch
+
+.PHONY: all build demo serve test lint bench bench-test package-test clean
 
 all: build
 
-$(STAMP): requirements-dev.txt setup.py
+$(STAMP): requirements-dev.txt setup.py pyproject.toml
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip setuptools wheel
 	$(VPY) -m pip install -q torch==2.13.0
 	$(VPY) -m pip install -q -r requirements-dev.txt
 	touch $@
 
+# An editable install: the repository's broker/, worker/ and api/ are zerobatch.broker,
+# zerobatch.worker and zerobatch.api (setup.py maps them), with the compiled aggregator in place.
 build: $(STAMP)
 	$(VPY) setup.py -q build_ext --inplace
 	$(VPY) -m pip install -q --no-build-isolation --no-deps -e .
@@ -25,7 +33,8 @@ demo: build
 	$(VPY) -m examples.digits.train --out $(DEMO)
 
 serve: demo
-	$(VENV)/bin/zerobatch start --foreground --models digits=$(DEMO) --http-port $(PORT)
+	$(VENV)/bin/zerobatch start --foreground --models digits=$(DEMO) --http-port $(HTTP_PORT) \
+		--client-address $(ZMQ_ADDRESS) --run-dir $(RUN_DIR)
 
 test: demo
 	ZEROBATCH_REQUIRE_COMPILED=1 $(VPY) -m pytest
@@ -33,11 +42,21 @@ test: demo
 lint: build
 	$(VENV)/bin/ruff check .
 
+# Build a wheel from a clean copy of the committed tree with pip's own isolated build, install
+# it in a fresh venv and serve the demo from a hostile directory (tests/package/check_wheel.sh).
+package-test: demo
+	bash tests/package/check_wheel.sh
+
 # The comparison harness (docs/benchmarks.md): zerobatch, TorchServe, LitServe and the floor.
 # wrk is optional (the harness falls back to its own generator); Debian's package when root.
 bench: build
 	command -v wrk >/dev/null || (test "$$(id -u)" = 0 && apt-get install -y -q wrk) || true
 	$(VPY) -m benchmarks run $(BENCH_ARGS)
+
+# The lab's own tests: the harness, the load generators, the peers (installs TorchServe and
+# LitServe into .bench/), the A/B runner (git worktrees). Slow, and not part of `make test`.
+bench-test: demo
+	$(VPY) -m pytest tests/bench
 
 clean:
 	rm -rf build *.egg-info csrc/*.c broker/*.so $(DEMO)/digits_cnn.pt
