@@ -12,7 +12,7 @@ import sys
 
 from benchmarks import harness
 from benchmarks.common import ROOT
-from tests.integration.conftest import processes_mentioning
+from tests.support.servers import processes_mentioning
 
 RUN_TIMEOUT_S = 300
 

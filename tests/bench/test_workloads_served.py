@@ -10,7 +10,7 @@ import math
 import pytest
 
 from benchmarks.workloads import NAMES, build
-from tests.integration.conftest import finish, start_server
+from tests.support.servers import finish, start_server
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ import zipfile
 import pytest
 from zerobatch.api import archiver
 
-from tests.integration.conftest import (
+from tests.support.servers import (
     TEST_MODELS,
     cli,
     free_port,

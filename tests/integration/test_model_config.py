@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.integration.conftest import (
+from tests.support.servers import (
     ROOT,
     TEST_MODELS,
     Server,

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import zmq
 
-from tests.integration.conftest import (
+from tests.support.servers import (
     ROOT,
     cli,
     free_port,

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tests.integration.conftest import TEST_MODELS, finish, json_body, start_server
+from tests.support.servers import TEST_MODELS, finish, json_body, start_server
 
 REAL_ARCHIVER = os.path.join(os.path.dirname(sys.executable), "torch-model-archiver")
 

@@ -18,7 +18,7 @@ import warnings
 
 import pytest
 
-from tests.forms import multipart
+from tests.support.forms import multipart
 
 pytestmark = pytest.mark.integration
 
@@ -137,7 +137,7 @@ def torchserve_archives(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(torchserve_archives):
-    from tests.integration.conftest import finish, start_server
+    from tests.support.servers import finish, start_server
 
     started = start_server(torchserve_archives, "--batch-size", "4", "--max-batch-delay", "50")
     yield started

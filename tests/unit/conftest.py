@@ -9,8 +9,8 @@ import asyncio
 import pytest
 import uvloop
 
-from tests.models.fake_broker import FakeBroker as WorkerSideBroker
-from tests.unit.test_client_fakebroker import FakeBroker
+from tests.support.fake_client_broker import FakeBroker
+from tests.support.fake_worker_broker import FakeBroker as WorkerSideBroker
 
 #: the longest a client test's coroutine may run (twice the fake broker's own wait)
 RUN_LIMIT_S = 10.0

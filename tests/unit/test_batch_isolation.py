@@ -8,7 +8,7 @@ import pytest
 from zerobatch.worker.service import Service
 
 from tests.models import write_model_dir
-from tests.models.fake_broker import decode_answers, item
+from tests.support.fake_worker_broker import decode_answers, item
 from zerobatch import protocol
 from zerobatch.config import ModelConfig
 from zerobatch.errors import ConfigError

@@ -9,7 +9,7 @@ import pytest
 import zerobatch.api.client_helpers as helpers
 from zerobatch.api.client import Client, PendingReply, Reply
 
-from tests.unit.test_client_fakebroker import (
+from tests.support.fake_client_broker import (
     FakeBroker,
     control_reply,
     echo,

@@ -10,7 +10,7 @@ import zerobatch.api.aio_client as aio_client
 import zerobatch.api.client_helpers as helpers
 from zerobatch.api.client import AsyncClient
 
-from tests.unit.test_client_fakebroker import FakeBroker, echo, error_frames, reply_frames
+from tests.support.fake_client_broker import FakeBroker, echo, error_frames, reply_frames
 from zerobatch import errors, protocol
 
 WAIT_S = 5.0

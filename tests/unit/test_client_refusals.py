@@ -13,7 +13,7 @@ from zerobatch.api.aio_client import AsyncClient
 from zerobatch.api.client import Client
 from zerobatch.api.client_helpers import RefusalHints
 
-from tests.unit.test_client_fakebroker import reply_frames
+from tests.support.fake_client_broker import reply_frames
 from zerobatch import protocol
 from zerobatch.errors import DeadlineUnreachable, QueueFull
 

@@ -10,7 +10,7 @@ from zerobatch.api.aio_client import ReplyStream
 from zerobatch.api.client import AsyncClient, Client
 from zerobatch.api.client_helpers import Reply
 
-from tests.unit.test_client_fakebroker import error_frames, reply_frames
+from tests.support.fake_client_broker import error_frames, reply_frames
 from zerobatch import errors, protocol
 
 WAIT_S = 5.0

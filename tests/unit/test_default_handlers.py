@@ -14,7 +14,7 @@ from zerobatch.worker.handlers import transforms
 from zerobatch.worker.handlers.text_handler import TextHandler, ngrams_iterator
 from zerobatch.worker.service import Service
 
-from tests.models.fake_broker import decode_answers, item
+from tests.support.fake_worker_broker import decode_answers, item
 from zerobatch.config import ModelConfig
 
 COLORS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}

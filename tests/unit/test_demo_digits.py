@@ -14,8 +14,8 @@ from PIL import Image
 from zerobatch.worker.service import Service
 
 from examples.digits import make_samples, train
-from tests.forms import multipart
-from tests.models.fake_broker import FakeBroker, decode_answers, item
+from tests.support.fake_worker_broker import FakeBroker, decode_answers, item
+from tests.support.forms import multipart
 from zerobatch.config import ModelConfig, WorkerConfig
 
 DEMO_DIR = os.path.dirname(os.path.abspath(train.__file__))

@@ -12,7 +12,7 @@ import zerobatch.api.client_helpers as client_helpers
 import zerobatch.api.http_app as http_app
 from zerobatch.api.http_app import create_app
 
-from tests.unit.test_client_fakebroker import (
+from tests.support.fake_client_broker import (
     FakeBroker,
     control_reply,
     echo,

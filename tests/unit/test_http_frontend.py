@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.http_request import http_request
-from tests.unit.test_client_fakebroker import FakeBroker, echo
+from tests.support.fake_client_broker import FakeBroker, echo
+from tests.support.http_request import http_request
 from zerobatch.config import FrontendConfig
 
 REPO = Path(__file__).resolve().parents[2]

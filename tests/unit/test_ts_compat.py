@@ -23,7 +23,7 @@ from zerobatch.worker.service import Service
 from zerobatch.worker.ts_alias import TS_ALIASES, TsAliasFinder, install_ts_aliases
 
 from tests.models import write_model_dir
-from tests.models.fake_broker import decode_answers, item
+from tests.support.fake_worker_broker import decode_answers, item
 from zerobatch.config import ModelConfig
 from zerobatch.errors import ConfigError
 from zerobatch.model_files import load_model_config as read_model_yaml_config

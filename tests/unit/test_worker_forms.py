@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from zerobatch.worker.forms import MAX_FIELDS, FormError, decode_form
 
-from tests.forms import multipart
+from tests.support.forms import multipart
 
 BOUNDARY = "------------------------d74496d66958873e"
 

@@ -7,7 +7,7 @@ import pytest
 import zmq
 from zerobatch.worker.heartbeat import Heartbeat
 
-from tests.models.fake_broker import FakeBroker
+from tests.support.fake_worker_broker import FakeBroker
 from zerobatch import protocol
 
 HB_IDENTITY = b"w-hb" + protocol.HEARTBEAT_SUFFIX

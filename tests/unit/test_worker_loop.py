@@ -1,6 +1,6 @@
 """The worker loop against a fake broker: READY, BATCH -> W_REPLY, errors, stop, exit codes.
 
-The test binds the ROUTER (tests.models.fake_broker) on a random loopback port and runs the
+The test binds the ROUTER (tests.support.fake_worker_broker) on a random loopback port and runs the
 worker either in a thread (WorkerLoop.run) or as a real `python -m worker` process that a
 finalizer always kills. Every wait is a bounded poll on the socket; nothing sleeps.
 """
@@ -16,8 +16,8 @@ import pytest
 from zerobatch.worker.loop import BROKER_LOST, STOPPED
 
 from tests.models import write_model_dir
-from tests.models.fake_broker import FakeBroker, item
-from tests.models.thread_worker import ThreadWorker, worker_config
+from tests.support.fake_worker_broker import FakeBroker, item
+from tests.support.thread_worker import ThreadWorker, worker_config
 from zerobatch import protocol
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

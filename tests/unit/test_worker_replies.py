@@ -12,8 +12,8 @@ import zmq
 from zerobatch.worker.replies import ReplyWriter
 
 from tests.models import model_path
-from tests.models.fake_broker import item
-from tests.models.thread_worker import ThreadWorker, worker_config
+from tests.support.fake_worker_broker import item
+from tests.support.thread_worker import ThreadWorker, worker_config
 from zerobatch import protocol
 
 IDENTITY = b"w-replies" + protocol.REPLY_SUFFIX

@@ -8,7 +8,7 @@ from zerobatch.worker.compat.handler_utils import send_intermediate_predict_resp
 from zerobatch.worker.service import Service
 
 from tests.models import model_path, write_model_dir
-from tests.models.fake_broker import decode_answers, item
+from tests.support.fake_worker_broker import decode_answers, item
 from zerobatch import protocol
 from zerobatch.config import ModelConfig
 

@@ -2,11 +2,8 @@
 
 Each received message is parsed with the protocol module and queued (`next()` takes it);
 a handler, when set, answers at once; otherwise the test answers later, in any order, with
-`send()`. The tests at the bottom check the fake itself, so its mistakes are not blamed on
-the clients.
-
-Import it as `from test_client_fakebroker import FakeBroker` (pytest puts tests/unit on the
-path) or from `tests.unit.test_client_fakebroker`.
+`send()`. tests/integration/test_fake_client_broker.py checks the fake itself, so its
+mistakes are not blamed on the clients.
 """
 
 from __future__ import annotations
@@ -157,22 +154,3 @@ class FakeBroker:
 
 
 # ---------------------------------------------------------------- the fake's own tests
-
-def test_fake_broker_echoes_a_raw_dealer() -> None:
-    with FakeBroker(echo) as broker:
-        dealer = zmq.Context.instance().socket(zmq.DEALER)
-        dealer.setsockopt(zmq.LINGER, 0)
-        dealer.setsockopt(zmq.RCVTIMEO, int(WAIT_S * 1000))
-        dealer.connect(broker.address)
-        try:
-            dealer.send_multipart(protocol.encode_request(
-                b"r1", protocol.encode_route("m", None, 0),
-                protocol.encode_meta("text/plain"), b"hi"))
-            ((command, rid, meta, body),) = protocol.parse_client_replies(
-                dealer.recv_multipart())
-        finally:
-            dealer.close()
-        assert (command, rid, body) == (protocol.REPLY, b"r1", b"hi")
-        assert protocol.parse_reply_meta(meta) == (200, "text/plain", None)
-        msg = broker.next()
-        assert msg.route == ("m", None, 0) and msg.content_type == "text/plain"

@@ -1,4 +1,4 @@
-"""A real worker loop run in a thread of the test process, against tests.models.fake_broker.
+"""A real worker loop run in a thread of the test process, against tests.support.fake_worker_broker.
 
 The worker tests that need no separate process (tests/unit/test_worker_loop.py and
 test_worker_replies.py) share this: `worker_config` builds the WorkerConfig of a test model

@@ -1,0 +1,141 @@
+"""Real zerobatch servers (broker, workers, front ends) on loopback, for integration tests.
+
+Every server gets free ports and its own short run directory; its finalizer runs
+`zerobatch stop` and then SIGKILLs any process still naming that run directory, so a failing
+test never leaves processes behind. Readiness is `zerobatch start` returning, which waits for
+the broker, a ready worker per model and the HTTP ping; no fixed sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+from tests.support.http_request import http_request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TEST_MODELS = os.path.join(ROOT, "tests", "models")
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def cli(*args: str, env: dict | None = None, timeout: float = 90) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "zerobatch.api.cli", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Pids whose command line contains text (our children carry the run dir in theirs)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                cmdline = handle.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{entry}/stat") as handle:
+                state = handle.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if text in cmdline and state != "Z":
+            pids.append(int(entry))
+    return pids
+
+
+@dataclass
+class Server:
+    run_dir: str
+    http_port: int
+    client_address: str
+    start_output: str = ""
+    env: dict = field(default_factory=dict)
+
+    # -- HTTP
+    def http(self, method: str, path: str, body: bytes | None = None,
+             headers: dict | None = None, timeout: float = 30) -> tuple[int, dict, bytes]:
+        return http_request(self.http_port, method, path, body, headers, timeout)
+
+    def predict(self, model: str, body: bytes, content_type: str = "application/json",
+                timeout_ms: int | None = None) -> tuple[int, dict, bytes]:
+        headers = {"Content-Type": content_type}
+        if timeout_ms is not None:
+            headers["x-zerobatch-timeout-ms"] = str(timeout_ms)
+        return self.http("POST", f"/predictions/{model}", body, headers)
+
+    # -- ZeroMQ
+    def client(self):
+        from zerobatch.api.client import Client
+        return Client(self.client_address)
+
+    def describe(self) -> dict:
+        with self.client() as client:
+            return client.control("describe", timeout_ms=2000)
+
+    def workers(self, model: str) -> list[dict]:
+        for entry in self.describe()["models"]:
+            if entry["modelName"] == model:
+                return entry["workers"]
+        raise KeyError(model)
+
+    def wait_for(self, predicate, timeout_s: float = 20, what: str = "condition"):
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(0.05)
+        raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+    def stop(self) -> subprocess.CompletedProcess:
+        return cli("stop", "--run-dir", self.run_dir, env=self.env)
+
+    def kill_leftovers(self) -> list[int]:
+        leftovers = processes_mentioning(self.run_dir)
+        for pid in leftovers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return leftovers
+
+
+def start_server(models: dict[str, str], *flags: str, env: dict | None = None) -> Server:
+    run_dir = tempfile.mkdtemp(prefix="zb")
+    server = Server(run_dir=run_dir, http_port=free_port(),
+                    client_address=f"tcp://127.0.0.1:{free_port()}",
+                    env=dict(os.environ if env is None else env))
+    args = ["start", "--run-dir", run_dir, "--http-port", str(server.http_port),
+            "--client-address", server.client_address, "--startup-timeout", "60",
+            "--model-store", TEST_MODELS, "--models",
+            *[f"{name}={path}" for name, path in models.items()], *flags]
+    result = cli(*args, env=server.env)
+    server.start_output = result.stdout + result.stderr
+    if result.returncode != 0:
+        server.kill_leftovers()
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise AssertionError(f"zerobatch start failed ({result.returncode}):\n"
+                             f"{server.start_output}")
+    return server
+
+
+def finish(server: Server) -> None:
+    try:
+        server.stop()
+    finally:
+        server.kill_leftovers()
+        shutil.rmtree(server.run_dir, ignore_errors=True)
+
+
+def json_body(raw: bytes):
+    return json.loads(raw.decode())
