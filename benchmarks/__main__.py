@@ -1,4 +1,4 @@
-"""`python -m benchmarks` (also `zerobatch bench`): the benchmark harness's command line.
+"""`python -m benchmarks` (`make bench`): the benchmark harness's command line.
 
     python -m benchmarks run [--servers zerobatch,torchserve,litserve]
                              [--workloads echo,echo-b8,mlp,sleep] [--duration 5] [--quick]

@@ -22,7 +22,6 @@ whatever happens.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -32,7 +31,7 @@ import sys
 import tempfile
 from typing import Callable
 
-from benchmarks.common import ROOT, run_record, write_json
+from benchmarks.common import ROOT, at_least, bench_parser, run_record, write_json
 from benchmarks.wrk import wrk_available
 
 BUILD_TIMEOUT_S = 600
@@ -136,15 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     if "--" in argv:
         at = argv.index("--")
         argv, extra = argv[:at], argv[at + 1:]
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.ab")
+    parser = bench_parser("benchmarks.ab")
     parser.add_argument("base", help="the commit, branch or tag to compare this tree with")
     parser.add_argument("--bench", choices=sorted(BENCHES), default="zmq")
-    parser.add_argument("--rounds", type=int, default=4,
+    parser.add_argument("--rounds", type=at_least(1), default=4,
                         help="rounds; each runs the benchmark once on each side")
-    parser.add_argument("--json", help="also write every round and the medians here")
     args = parser.parse_args(argv)
-    if args.rounds < 1:
-        parser.error("--rounds must be at least 1")
     if args.bench == "http" and not wrk_available():
         parser.error("--bench http needs wrk (Debian: apt-get install wrk)")
     try:

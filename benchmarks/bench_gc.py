@@ -16,14 +16,13 @@ broker, every request in flight waits that long. Needs the demo model (`make dem
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
 import subprocess
 import sys
 
-from benchmarks.common import ROOT, run_record, write_json
+from benchmarks.common import ROOT, at_least, bench_parser, run_record, write_json
 
 DEMO_MODEL = "examples/digits/model"
 
@@ -80,13 +79,10 @@ def measure(kind: str, repeat: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_gc")
-    parser.add_argument("--repeat", type=int, default=3,
+    parser = bench_parser("benchmarks.bench_gc")
+    parser.add_argument("--repeat", type=at_least(2), default=3,
                         help="timed collections per case (at least 2: the first, then again)")
-    parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args(argv)
-    if args.repeat < 2:
-        parser.error("--repeat must be at least 2")
     figures = {}
     for kind in _SETUP:
         figures[kind] = found = measure(kind, args.repeat)

@@ -25,7 +25,6 @@ every call, so its legs show what that adds.
 
 from __future__ import annotations
 
-import argparse
 import http.client
 import json
 import os
@@ -34,7 +33,14 @@ import statistics
 import tempfile
 import time
 
-from benchmarks.common import free_port, run_record, write_json, zerobatch_server
+from benchmarks.common import (
+    at_least,
+    bench_parser,
+    free_port,
+    run_record,
+    write_json,
+    zerobatch_server,
+)
 from benchmarks.harness import BATCHED, SERVER_ENV, WORK_DIR
 from benchmarks.workloads.archive import build
 from benchmarks.workloads.spec import NAMES, Workload
@@ -174,14 +180,11 @@ def measure(names: list[str], requests: int) -> dict[str, dict[str, dict]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_lone_request")
+    parser = bench_parser("benchmarks.bench_lone_request")
     parser.add_argument("--workloads", nargs="+", choices=NAMES, default=list(NAMES))
-    parser.add_argument("--requests", type=int, default=1000,
+    parser.add_argument("--requests", type=at_least(1), default=1000,
                         help="requests per workload and transport (after a warm-up)")
-    parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
-    if args.requests < 1:
-        parser.error("--requests must be at least 1")
     results = measure(args.workloads, args.requests)
     print("medians, ms: to the handler | handler | back to the client | round trip")
     for name, transports in results.items():

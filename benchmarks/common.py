@@ -3,6 +3,7 @@ test, latency summaries, and the JSON record of a run (commit, versions, config,
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -95,6 +96,24 @@ def zerobatch_server(models: dict[str, str], *flags: str) -> Iterator[dict]:
         subprocess.run([sys.executable, "-m", "zerobatch.api.cli", "stop", "--run-dir", run_dir],
                        cwd=ROOT, capture_output=True, timeout=60)
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def bench_parser(module: str) -> argparse.ArgumentParser:
+    """The command line every benchmark starts from: its prog name and `--json PATH`, where
+    `finish_run` writes the run's record."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}")
+    parser.add_argument("--json", help="also write the run's record (config, figures) here")
+    return parser
+
+
+def at_least(minimum: int):
+    """An argparse type: an int no smaller than minimum, else a usage error naming it."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    return parse
 
 
 def run_record(name: str, config: dict, figures: dict) -> dict:

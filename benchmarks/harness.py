@@ -2,7 +2,7 @@
 invocation, into one results directory (run.json, report.md, PNG plots).
 
     python -m benchmarks run [--servers zerobatch,torchserve,litserve] [--quick] ...
-    zerobatch bench run ...          (the same)
+    make bench BENCH_ARGS="..."      (the same, after building)
 
 One run, in this order (each server started fresh per case, all with the same settings, one
 worker and one torch thread; a case is a workload and its batching: `echo` at batch size 1,

@@ -1,9 +1,9 @@
 """The aggregator, by its public name: picks the compiled twin or the pure-Python one.
 
-Both twins define `Aggregator` with the same calls and the same decisions:
-`broker._aggregator_py` is the specification, `broker._aggregator` (built from
-`csrc/_aggregator.pyx` by `python setup.py build_ext --inplace`) the fast one. Callers ask
-`load(preference)` for a class once, at startup, and log `implementation_name(cls)`.
+Both twins define `Aggregator` with the same calls and the same decisions: `_aggregator_py`
+is the specification, `_aggregator` (built from `csrc/_aggregator.pyx` with the package) the
+fast one, typed by `_aggregator.pyi`. Callers ask `load(preference)` for a class once, at
+startup, and log `implementation_name(cls)`.
 This module reads no environment variables: the entry point turns flags into a preference.
 """
 
@@ -23,8 +23,8 @@ MAX_QUEUE_LIMIT = _aggregator_py.MAX_QUEUE_LIMIT
 
 PREFERENCES = ("auto", "compiled", "python")
 
-_BUILD_HINT = ("build it with `python setup.py build_ext --inplace` (needs Cython and a C "
-               "compiler), or choose the pure-Python twin with aggregator 'auto' or 'python'")
+_BUILD_HINT = ("reinstall zerobatch with Cython and a C compiler (`make build` in a checkout), "
+               "or choose the pure-Python twin with aggregator 'auto' or 'python'")
 
 
 def _compiled_module() -> ModuleType:
@@ -49,8 +49,8 @@ def load(preference: str = "auto") -> type:
         try:
             return _compiled_module().Aggregator
         except ImportError as exc:
-            raise ConfigError(f"the compiled aggregator (broker._aggregator) does not import "
-                              f"({exc}); {_BUILD_HINT}") from exc
+            raise ConfigError("the compiled aggregator (zerobatch.broker._aggregator) does not "
+                              f"import ({exc}); {_BUILD_HINT}") from exc
     raise ConfigError(f"aggregator preference {preference!r} must be one of "
                       f"{', '.join(PREFERENCES)}")
 

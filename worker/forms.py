@@ -18,7 +18,7 @@ decoded as TorchServe's Python worker decodes its parameters:
 parameters, "" for plain fields), for the request's headers: TorchServe's
 `context.get_request_header(i, name)` answers {"content-type": ...} for each field. A
 multipart/form-data Content-Type without a boundary is not a form to Netty either: such a
-body goes under "body". Checked by hand against TorchServe 0.12.0 with curl on 2026-12-02.
+body goes under "body". Checked against TorchServe 0.12.0 with curl.
 
 One difference, on purpose: a body that is not the well-formed form it claims to be, or
 holds more than MAX_FIELDS fields, raises FormError, which answers that request 400 with

@@ -73,16 +73,6 @@ def test_targets_are_checked_against_the_records():
     assert not targets["startup to the first prediction (mlp)"]["reached"]
 
 
-def test_zerobatch_bench_is_the_harness_command_line(capsys):
-    from zerobatch.api import cli
-
-    with pytest.raises(SystemExit) as exited:
-        cli.main(["bench", "run", "--help"])
-    assert exited.value.code == 0
-    assert "--servers" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("option", ["--servers", "--workloads"])
 def test_unknown_names_are_a_usage_error(option, capsys):
     from benchmarks.__main__ import main
 
