@@ -1,12 +1,17 @@
-"""The asyncio ZeroMQ client: many concurrent requests on one DEALER, resolved by rid.
+"""The asyncio ZeroMQ client: many concurrent requests on one DEALER, a thin pump over the
+sans-IO `api.client_core.ClientCore` (which owns rids, encoding, replies, refusal hints and
+local deadlines).
 
 One reader, registered with the event loop on the socket's file descriptor, drains every
-message that arrives and resolves the future waiting under its rid; each call sends its
-request (at once, or with the others of its event-loop turn at the turn's end: see
-`_post_request`) and awaits its own future, bounded by its timeout plus a grace, past which
-it fails with DeadlineExceeded (`_Deadlines`: one timer per client, not one per call).
-Requests are sent without blocking: a full send queue means the broker is not reading, and
-fails the call with BrokerUnavailable.
+message that arrives into the core and wakes the future of each call the core finished;
+each call awaits its own future. Requests are coalesced: the requests one event-loop turn
+makes go out together at the turn's end, in as few REQUEST messages as the core makes of
+them (see "Coalescing" in zerobatch/protocol.py), except a request made while nothing else is
+in flight, which goes at once: the wait for the turn's end would be all its added latency,
+and under load the requests in flight keep the broker busy meanwhile. One timer per client,
+every SWEEP_INTERVAL_S while calls wait, has the core fail the calls past their local
+deadline (their timeout plus a grace) with DeadlineExceeded. Sends never block: a full send
+queue means the broker is not reading, and fails the calls with BrokerUnavailable.
 
 Why not `zmq.asyncio`: its sockets allocate a future and several EVENTS queries per send and
 per receive, and wake a handler after every send while a receive waits. A plain socket read
@@ -20,9 +25,6 @@ status and headers are the first chunk's and whose `chunks()` yields each chunk 
 and the final body last (a reply without chunks resolves as a plain Reply, as `predict`
 does); `stream` is the async generator of those bodies.
 
-Refusal hints: as `Client`, it refuses a route itself while the broker's last
-`deadline_unreachable` for it says the broker would (`api.client_helpers.RefusalHints`).
-
 Create an AsyncClient inside the event loop that will use it (it binds to that loop on first
 use), and close it there: `await client.aclose()` or `async with AsyncClient(...)`.
 """
@@ -30,152 +32,63 @@ use), and close it there: `await client.aclose()` or `async with AsyncClient(...
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
+import time
 from typing import Any, AsyncIterator
 
 import zmq
-from zerobatch.api.client_helpers import (
-    DEFAULT_ADDRESS,
-    HIGH_WATER_MARK,
-    HeaderCache,
-    RefusalHints,
-    Reply,
-    connect_dealer,
-    decode_control,
-    decode_reply,
-    encode_body,
-    local_timeout,
-    new_rid,
-    parse_reply_meta,
-    wait_ms,
-)
+from zerobatch.api.client_core import Call, ClientCore
+from zerobatch.api.client_helpers import DEFAULT_ADDRESS, HIGH_WATER_MARK, Reply, connect_dealer
 
-from zerobatch import protocol
-from zerobatch.errors import BrokerUnavailable, ProtocolError, ServingError, ShuttingDown
+from zerobatch.errors import BrokerUnavailable, ServingError, ShuttingDown
 from zerobatch.transport import has_message, recv_bytes, send_frames
 
 __all__ = ["AsyncClient", "ReplyStream"]
 
 log = logging.getLogger(__name__)
 
-_PARTIAL = protocol.PARTIAL
-_ERROR = protocol.ERROR
-_VERSION = protocol.VERSION
-_REQUEST = protocol.REQUEST
-_request_head = protocol.encode_request_head
-
-
-#: The local timeouts of calls are checked this often, so a call fails up to this much past
+#: How often the local deadlines of calls are checked, so a call fails up to this much past
 #: its own deadline. That deadline already holds a grace past the timeout the broker
 #: enforces (client_helpers.GRACE_MS): it only matters when the broker is silent.
 SWEEP_INTERVAL_S = 0.05
-
-
-class _Deadlines:
-    """The local deadlines of the calls in flight, checked by one timer for the whole client.
-
-    A loop timer per call costs about 1.8 us to set and cancel (uvloop), a few per cent of
-    what a front end spends on a request. Instead each call goes into the bucket of the sweep
-    tick (every SWEEP_INTERVAL_S) at or after its deadline, and leaves it when it is answered;
-    while any call waits, one periodic timer fails the calls of every tick that has passed.
-    """
-
-    __slots__ = ("_loop", "_buckets", "_ticks", "_swept", "_timer")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        #: sweep tick -> {rid: (future, what, limit_ms)} of the calls that expire at it
-        self._buckets: dict[int, dict[bytes, tuple[asyncio.Future, str, int]]] = {}
-        #: rid -> its sweep tick, for every call still waiting
-        self._ticks: dict[bytes, int] = {}
-        self._swept = 0  # the last tick whose calls were failed
-        self._timer: asyncio.TimerHandle | None = None
-
-    def add(self, rid: bytes, future: asyncio.Future, what: str, limit_ms: int) -> float:
-        """Fail `future` with DeadlineExceeded unless `discard(rid)` comes first; returns its
-        deadline (loop time)."""
-        deadline = self._loop.time() + limit_ms / 1000
-        tick = -int(-deadline // SWEEP_INTERVAL_S)  # the first tick at or after the deadline
-        bucket = self._buckets.get(tick)
-        if bucket is None:
-            bucket = self._buckets[tick] = {}
-        bucket[rid] = (future, what, limit_ms)
-        self._ticks[rid] = tick
-        if self._timer is None:
-            self._swept = int(self._loop.time() // SWEEP_INTERVAL_S)
-            self._timer = self._loop.call_later(SWEEP_INTERVAL_S, self._sweep)
-        return deadline
-
-    def discard(self, rid: bytes) -> None:
-        tick = self._ticks.pop(rid, None)
-        if tick is not None:
-            bucket = self._buckets[tick]
-            del bucket[rid]
-            if not bucket:
-                del self._buckets[tick]
-
-    def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._buckets.clear()
-        self._ticks.clear()
-
-    def _sweep(self) -> None:
-        now_tick = int(self._loop.time() // SWEEP_INTERVAL_S)
-        buckets, ticks = self._buckets, self._ticks
-        for tick in range(self._swept + 1, now_tick + 1):
-            for rid, (future, what, limit_ms) in buckets.pop(tick, {}).items():
-                del ticks[rid]
-                if not future.done():
-                    future.set_exception(local_timeout(what, limit_ms))
-        self._swept = now_tick
-        self._timer = self._loop.call_later(SWEEP_INTERVAL_S, self._sweep) if ticks else None
 
 
 class ReplyStream:
     """A reply being streamed: status, content type and headers of its first chunk, and
     `chunks()`, which yields each chunk's body as it arrives, then the final body."""
 
-    __slots__ = ("status", "content_type", "headers", "_queue", "_deadline", "_what",
-                 "_limit_ms", "_forget")
+    __slots__ = ("status", "content_type", "headers", "_client", "_call")
 
-    def __init__(self, meta: Any, loop: asyncio.AbstractEventLoop, limit_ms: int, what: str,
-                 forget: Any) -> None:
-        status, content_type, headers = parse_reply_meta(meta)
+    def __init__(self, client: AsyncClient, call: Call) -> None:
+        status, content_type, headers = ClientCore.stream_head(call)
         self.status = status
         self.content_type = content_type
         self.headers = headers if headers is not None else {}
-        self._queue: asyncio.Queue = asyncio.Queue()
-        self._deadline = loop.time() + limit_ms / 1000
-        self._what = what
-        self._limit_ms = limit_ms
-        self._forget = forget
-
-    def _push(self, item: tuple) -> None:
-        self._queue.put_nowait(item)
+        self._client = client
+        self._call = call
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """Each chunk's body, then the final body; an ERROR raises its typed error."""
-        loop = asyncio.get_running_loop()
+        """Each chunk's body, then the final body; an ERROR raises its typed error, and so
+        does the request's local deadline (DeadlineExceeded)."""
+        call = self._call
+        take_chunks = ClientCore.take_chunks
         try:
             while True:
-                try:
-                    command, meta, body = await asyncio.wait_for(
-                        self._queue.get(), max(0.0, self._deadline - loop.time()))
-                except asyncio.TimeoutError:
-                    raise local_timeout(self._what, self._limit_ms) from None
-                if command is None:
-                    yield bytes(body)
+                chunks = take_chunks(call)
+                if chunks:
+                    for chunk in chunks:
+                        yield chunk
                     continue
-                yield decode_reply(command, meta, body).body
-                return
+                if call.outcome is not None:
+                    yield ClientCore.reply(call).body
+                    return
+                await self._client._wait(call)
         finally:
-            self._forget()
+            if call.outcome is None:  # the caller stopped early: forget the request
+                self._client._core.forget(call)
 
     def __repr__(self) -> str:
-        return f"<ReplyStream status={self.status} {self._what}>"
+        return f"<ReplyStream status={self.status} {self._call.what}>"
 
 
 class AsyncClient:
@@ -184,27 +97,24 @@ class AsyncClient:
     def __init__(self, address: str = DEFAULT_ADDRESS, *, timeout_ms: int | None = None,
                  context: zmq.Context | None = None) -> None:
         self.address = address
-        #: the timeout of requests that name none; None/0 means the model's default
-        self.timeout_ms = timeout_ms or 0
+        self._core = ClientCore(timeout_ms)
         self._context = context or zmq.Context.instance()
         sock = connect_dealer(self._context, address)
         self._socket = sock
         self._fd: int = sock.getsockopt(zmq.FD)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._pending: dict[bytes, asyncio.Future] = {}
-        self._chunks: dict[bytes, list] = {}
-        #: rids whose caller takes a ReplyStream at the first chunk; the streams under way
-        self._stream_rids: set[bytes] = set()
-        self._streams: dict[bytes, ReplyStream] = {}
-        self._counter = itertools.count(1)
-        self._headers = HeaderCache()
-        self._refusals = RefusalHints()
-        self._deadlines: _Deadlines | None = None  # made with the loop, on first use
         self._drain_scheduled = False
-        #: requests of this loop turn still to be sent, together, at its end; None when the
-        #: turn has made none yet
-        self._outbox: list | None = None
-        self._closed = False
+        self._flush_scheduled = False  # the requests of this loop turn go at its end
+        self._sweeper: asyncio.TimerHandle | None = None  # runs while calls wait
+
+    @property
+    def timeout_ms(self) -> int:
+        """The timeout of requests that name none; 0 means the model's default."""
+        return self._core.timeout_ms
+
+    @timeout_ms.setter
+    def timeout_ms(self, timeout_ms: int | None) -> None:
+        self._core.timeout_ms = timeout_ms or 0
 
     # ------------------------------------------------------------------ requests
 
@@ -235,23 +145,21 @@ class AsyncClient:
     async def _request(self, model: str, body: Any, version: str | None,
                        timeout_ms: int | None, content_type: str | None,
                        headers: dict[str, str] | None, request_id: str | None,
-                       stream: bool) -> Reply | ReplyStream:
-        """One request: encode, send, await; with stream, the first chunk resolves it."""
-        if timeout_ms is None:
-            timeout_ms = self.timeout_ms
-        payload, ctype = encode_body(body, content_type)
-        route, meta = self._headers.frames(model, version, timeout_ms, ctype, headers,
-                                           request_id)
-        if self._refusals:
-            self._refusals.check(route)  # refused here while the broker's hint holds
-        answer = await self._call(None, route, meta, payload, wait_ms(timeout_ms), model,
-                                  stream)
-        command = answer[0]
-        if command is None:
-            return answer[1]
-        if command == _ERROR:
-            self._refusals.note(route, answer[1])
-        return decode_reply(*answer)
+                       streams: bool) -> Reply | ReplyStream:
+        """One request: made by the core, sent with its turn, awaited; with streams, the
+        first chunk resolves it."""
+        if self._loop is None:
+            self._start()
+        core = self._core
+        call = core.request(model, body, time.monotonic_ns(), version=version,
+                            timeout_ms=timeout_ms, content_type=content_type,
+                            headers=headers, request_id=request_id, streams=streams)
+        if call.outcome is None:  # else refused here, per the broker's hint
+            self._post_request()
+            await self._wait(call)
+        if streams and call.chunk_meta is not None:
+            return ReplyStream(self, call)
+        return core.reply(call)
 
     async def stream(self, model: str, body: Any, **kwargs: Any) -> AsyncIterator[bytes]:
         """Send one request; yield each streamed chunk as it arrives, then the final body
@@ -269,9 +177,17 @@ class AsyncClient:
 
         timeout_ms is how long to wait here (it is not sent); None means the client's default.
         """
-        limit_ms = timeout_ms or wait_ms(self.timeout_ms)
-        answer = await self._call(_encode_control, op, args, None, limit_ms, f"control {op!r}")
-        return decode_control(*answer[:3])
+        if self._loop is None:
+            self._start()
+        core = self._core
+        call, frames = core.control(op, args, time.monotonic_ns(), timeout_ms)
+        try:
+            self._send(frames)
+        except BrokerUnavailable:
+            core.forget(call)
+            raise
+        await self._wait(call)
+        return core.control_answer(call)
 
     async def ping(self, timeout_ms: int = 1000) -> bool:
         """True if the broker answers a ping within timeout_ms."""
@@ -284,72 +200,63 @@ class AsyncClient:
     @property
     def in_flight(self) -> int:
         """Requests sent and not yet answered or given up."""
-        return len(self._pending)
+        return self._core.in_flight
 
-    async def _call(self, encode: Any, a: Any, b: Any, c: Any, limit_ms: int,
-                    what: str, streams: bool = False) -> tuple:
-        loop = self._loop
-        if loop is None:
-            loop = self._start()
-        if self._closed:
-            raise ShuttingDown("the client is closed")
-        rid = new_rid(next(self._counter))
-        future = loop.create_future()
-        pending = self._pending
-        pending[rid] = future
-        deadlines = self._deadlines
-        deadline = deadlines.add(rid, future, what, limit_ms)
-        if streams:
-            self._stream_rids.add(rid)
+    # ------------------------------------------------------------------ waiting
+
+    async def _wait(self, call: Call) -> None:
+        """Until the core finishes call, or gives a streaming call a chunk; a caller that
+        stops waiting (cancelled) forgets the call."""
+        if call.outcome is not None:  # failed before the wait began (not sent)
+            return
+        future = call.waiter = self._loop.create_future()
+        if self._sweeper is None:
+            self._sweeper = self._loop.call_later(SWEEP_INTERVAL_S, self._sweep)
         try:
-            if encode is None:
-                self._post_request(rid, a, b, c)
-            else:
-                self._send(encode(rid, a, b, c))
-            answer = await future
-            if answer[0] is None:  # a ReplyStream: it needs the rest of the deadline
-                stream = answer[1]
-                stream._deadline, stream._limit_ms, stream._what = deadline, limit_ms, what
-            return answer
+            await future
+        except BaseException:
+            self._core.forget(call)
+            raise
         finally:
-            deadlines.discard(rid)
-            if streams:
-                self._stream_rids.discard(rid)
-            if pending.pop(rid, None) is not None and self._chunks:
-                self._chunks.pop(rid, None)
+            call.waiter = None
 
-    def _post_request(self, rid: bytes, route: bytes, meta: bytes, body: Any) -> None:
-        """Send a request in the REQUEST message that goes at the end of this loop turn with
-        every request the turn makes (see "Coalescing" in zerobatch/protocol.py: one message
-        per turn, not one per request), or at once when it is the only request in flight:
-        then the wait for the turn's end would be all its added latency, and under load the
-        requests in flight keep the broker busy meanwhile."""
-        outbox = self._outbox
-        head = _request_head(rid, route, meta)
-        if outbox is None:
-            if len(self._pending) == 1:
-                self._send([_VERSION, _REQUEST, head, body])
-                self._outbox = []
-            else:
-                self._outbox = [head, body]
-            self._loop.call_soon(self._flush_outbox)
-            return
-        outbox += (head, body)
-        if len(outbox) >= 2 * protocol.MAX_BATCH_ITEMS:  # a message holds at most that many
-            self._flush_outbox()
-            self._outbox = []  # the turn goes on: its later requests start a new message
+    def _wake(self, calls: list[Call]) -> None:
+        for call in calls:
+            future = call.waiter
+            if future is not None and not future.done():
+                future.set_result(None)
 
-    def _flush_outbox(self) -> None:
-        outbox, self._outbox = self._outbox, None
-        if not outbox or self._closed:
+    def _sweep(self) -> None:
+        """Fail the calls past their local deadline; again later while any call waits."""
+        core = self._core
+        self._wake(core.expire(time.monotonic_ns()))
+        self._sweeper = (self._loop.call_later(SWEEP_INTERVAL_S, self._sweep)
+                         if core.in_flight else None)
+
+    # ------------------------------------------------------------------ sending
+
+    def _post_request(self) -> None:
+        """Have the core's new request sent at this loop turn's end, with the others the turn
+        makes, or at once when it is the only request in flight."""
+        if self._flush_scheduled:
             return
-        try:
-            self._send([_VERSION, _REQUEST, *outbox])
-        except BrokerUnavailable as exc:
-            for head in outbox[::2]:
-                future = self._pending.get(head[1:1 + head[0]])
-                if future is not None and not future.done():
-                    future.set_exception(BrokerUnavailable(exc.message))
+        self._flush_scheduled = True
+        self._loop.call_soon(self._flush)
+        if self._core.in_flight == 1:
+            self._send_requests()  # later requests of this turn go at its end
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._core.closed:
+            self._send_requests()
+
+    def _send_requests(self) -> None:
+        core = self._core
+        for message in core.messages():
+            try:
+                self._send(message)
+            except BrokerUnavailable as exc:
+                self._wake(core.fail_unsent(message, exc))
 
     def _send(self, frames: list) -> None:
         sock = self._socket
@@ -365,97 +272,48 @@ class AsyncClient:
 
     # ------------------------------------------------------------------ reader
 
-    def _start(self) -> asyncio.AbstractEventLoop:
-        if self._closed:
+    def _start(self) -> None:
+        if self._core.closed:
             raise ShuttingDown("the client is closed")
         loop = self._loop = asyncio.get_running_loop()
-        self._deadlines = _Deadlines(loop)
         loop.add_reader(self._fd, self._drain)
         self._drain_scheduled = True
         loop.call_soon(self._drain)  # messages may have arrived before the reader existed
-        return loop
 
     def _drain(self) -> None:
-        """Receive every waiting message and resolve its future (the loop's reader)."""
+        """Give every waiting message to the core and wake its calls (the loop's reader)."""
         self._drain_scheduled = False
-        if self._closed:
+        core = self._core
+        if core.closed:
             return
         sock = self._socket
-        pending = self._pending
-        streams = self._streams
         try:
             while has_message(sock):
                 frames = recv_bytes(sock, block=False)
-                try:
-                    replies = protocol.parse_client_replies(frames)
-                except ProtocolError as exc:
-                    log.warning("dropped a malformed reply: %s", exc)
-                    continue
-                for command, rid, meta, body in replies:
-                    if streams and rid in streams:
-                        self._to_stream(rid, command, meta, body)
-                        continue
-                    future = pending.get(rid)
-                    if future is None:
-                        log.debug("dropped a late reply for rid %s", rid.hex())
-                        continue
-                    if command == _PARTIAL:
-                        self._on_partial(rid, future, meta, body)
-                        continue
-                    del pending[rid]
-                    chunks = self._chunks.pop(rid, None) if self._chunks else None
-                    if not future.done():
-                        future.set_result((command, meta, body, chunks))
+                for call in core.receive(frames, time.monotonic_ns()):
+                    future = call.waiter
+                    if future is not None and not future.done():
+                        future.set_result(None)
         except zmq.Again:
             pass
         except zmq.ZMQError as exc:  # the socket was closed under us
-            if not self._closed:
+            if not core.closed:
                 log.error("the client socket failed: %s", exc)
-
-    def _on_partial(self, rid: bytes, future: asyncio.Future, meta: Any, body: Any) -> None:
-        """A streamed chunk for a request still awaited: it becomes a ReplyStream when the
-        caller takes one, else the chunk is kept for the final reply."""
-        if rid in self._stream_rids and not future.done():
-            streams = self._streams
-            del self._pending[rid]
-            stream = ReplyStream(meta, self._loop, 0, "a streamed reply",
-                                 lambda: streams.pop(rid, None))
-            stream._push((None, meta, body))
-            streams[rid] = stream
-            future.set_result((None, stream))
-            return
-        self._chunks.setdefault(rid, []).append(body)
-
-    def _to_stream(self, rid: bytes, command: bytes, meta: Any, body: Any) -> None:
-        stream = self._streams[rid]
-        if command == _PARTIAL:
-            stream._push((None, meta, body))
-        else:
-            del self._streams[rid]
-            stream._push((command, meta, body))
 
     # ------------------------------------------------------------------ lifecycle
 
     def close(self) -> None:
         """Stop the reader, fail every waiting call with ShuttingDown, close the socket."""
-        if self._closed:
+        core = self._core
+        if core.closed:
             return
-        self._closed = True
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.remove_reader(self._fd)
-        for future in self._pending.values():
-            if not future.done():
-                future.set_exception(ShuttingDown("the client was closed before the reply "
-                                                  "came"))
-        self._pending.clear()
-        self._chunks.clear()
-        if self._deadlines is not None:
-            self._deadlines.close()
-        for stream in self._streams.values():
-            stream._push((protocol.ERROR, protocol.encode_error_info(
-                ShuttingDown.code, "the client was closed before the reply ended",
-                ShuttingDown.http_status), b""))
-        self._streams.clear()
+        self._wake(core.close())
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.remove_reader(self._fd)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         self._socket.close(linger=0)
 
     async def aclose(self) -> None:
@@ -464,7 +322,7 @@ class AsyncClient:
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        return self._core.closed
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -473,8 +331,4 @@ class AsyncClient:
         await self.aclose()
 
     def __repr__(self) -> str:
-        return f"<AsyncClient {self.address} in_flight={len(self._pending)}>"
-
-
-def _encode_control(rid: bytes, op: str, args: dict[str, Any], _unused: Any) -> list:
-    return protocol.encode_control(rid, op, **args)
+        return f"<AsyncClient {self.address} in_flight={self._core.in_flight}>"

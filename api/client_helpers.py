@@ -1,29 +1,23 @@
-"""What the sync and asyncio ZeroMQ clients share: the Reply type, body encoding, the cache of
-encoded route/meta frames, the broker's refusal hints, reply decoding, request ids and the
-clients' constants.
+"""The values the client core works with, and the one socket both client pumps open: the
+Reply type, body encoding, the cache of encoded route/meta frames, the broker's refusal
+hints, reply decoding and the clients' constants.
 
 Frames are built and parsed only through `zerobatch.protocol`; this module decides what a
 Python value becomes on the wire (bytes pass through, str is UTF-8 text, dict/list is JSON)
-and turns what comes back into a `Reply` or the typed error from `zerobatch.errors`.
+and turns what comes back into a `Reply` or the typed error from `zerobatch.errors`. Nothing
+here reads a clock: times come in as monotonic `now_ns`.
 """
 
 from __future__ import annotations
 
 import json
-import struct
-import time
 from typing import Any
 
 import msgpack
 import zmq
 
 from zerobatch import protocol
-from zerobatch.errors import (
-    DeadlineExceeded,
-    DeadlineUnreachable,
-    ProtocolError,
-    error_from_wire,
-)
+from zerobatch.errors import DeadlineUnreachable, ProtocolError, error_from_wire
 
 DEFAULT_ADDRESS = "tcp://127.0.0.1:9500"
 #: how long a client waits past a request's own timeout before giving up locally
@@ -39,8 +33,6 @@ OCTET_STREAM = "application/octet-stream"
 TEXT_PLAIN = "text/plain; charset=utf-8"
 APPLICATION_JSON = "application/json"
 
-_RID = struct.Struct("<Q")
-new_rid = _RID.pack  # rid = the client's 8-byte little-endian counter
 _REPLY = protocol.REPLY
 _ERROR = protocol.ERROR
 
@@ -115,7 +107,8 @@ class RefusalHints:
     are refused, and a refusal from the broker costs the front end, the broker and their
     libzmq I/O threads about what an admitted request's trip costs: CPU the admitted requests
     need, on a machine that has none to spare. The hint only ever delays asking: the first
-    request after it runs out goes to the broker, which decides again.
+    request after it runs out goes to the broker, which decides again. Times are monotonic
+    nanoseconds, passed in.
     """
 
     __slots__ = ("_until",)
@@ -127,17 +120,20 @@ class RefusalHints:
     def __bool__(self) -> bool:
         return bool(self._until)
 
-    def check(self, route: bytes) -> None:
-        """Raise DeadlineUnreachable while the broker's hint for route holds."""
+    def refusal(self, route: bytes, now_ns: int) -> DeadlineUnreachable | None:
+        """The DeadlineUnreachable to answer a request on route with while the broker's hint
+        holds at now_ns; None once it ran out (or there was none)."""
         hint = self._until.get(route)
         if hint is None:
-            return
-        left_ns = hint[0] - time.monotonic_ns()
+            return None
+        until_ns, message = hint
+        left_ns = until_ns - now_ns
         if left_ns > 0:
-            raise DeadlineUnreachable(hint[1], retry_after_ms=-(-left_ns // 1_000_000))
+            return DeadlineUnreachable(message, retry_after_ms=-(-left_ns // 1_000_000))
         del self._until[route]
+        return None
 
-    def note(self, route: bytes, error_info: Any) -> None:
+    def note(self, route: bytes, error_info: Any, now_ns: int) -> None:
         """Read an ERROR's error_info frame; keep its hint if it is a deadline_unreachable
         that carries one. Malformed frames are left to the reply decoding to report."""
         try:
@@ -148,7 +144,7 @@ class RefusalHints:
             return
         if len(self._until) >= CACHE_SIZE:
             self._until.clear()
-        self._until[route] = (time.monotonic_ns() + retry_after_ms * 1_000_000, message)
+        self._until[route] = (now_ns + retry_after_ms * 1_000_000, message)
 
 
 class HeaderCache:
@@ -261,6 +257,3 @@ def decode_control(command: bytes, meta: Any, body: Any) -> dict[str, Any]:
         raise ProtocolError("a control reply must be a msgpack map")
     return result
 
-
-def local_timeout(what: str, waited_ms: int) -> DeadlineExceeded:
-    return DeadlineExceeded(f"no reply to {what} from the broker within {waited_ms} ms")

@@ -2,13 +2,14 @@
 
     python -m benchmarks run [--servers zerobatch,torchserve,litserve]
                              [--workloads echo,echo-b8,mlp,sleep] [--duration 5] [--quick]
-                             [--out results/DIR] [--readme]
-    python -m benchmarks report RESULTS_DIR [--readme]
+                             [--out results/DIR] [--docs]
+    python -m benchmarks report RESULTS_DIR [--docs]
     python -m benchmarks install [--servers torchserve,litserve]
 
 `run` measures every scenario (see benchmarks/harness.py), writes RESULTS_DIR/run.json, then
-the report (report.md and PNG plots); with --readme it also puts the table and a plot in
-README.md. `install` prepares the peers' virtual environments (.bench/venvs) ahead of a run.
+the report (report.md and PNG plots); with --docs it also puts the table and a plot in
+docs/benchmarks.md's latest-run section. `install` prepares the peers' virtual environments
+(.bench/venvs) ahead of a run.
 """
 
 from __future__ import annotations
@@ -48,10 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quick", action="store_true",
                      help="a smoke run: 1 s loads, concurrency 1 and 8, no floor")
     run.add_argument("--out", default=None, help="results directory (default: results/<time>)")
-    run.add_argument("--readme", action="store_true", help="also update README.md's table")
+    run.add_argument("--docs", action="store_true",
+                     help="also update docs/benchmarks.md's latest-run table")
     report = commands.add_parser("report", help="write report.md and plots of a run")
     report.add_argument("results_dir")
-    report.add_argument("--readme", action="store_true", help="also update README.md's table")
+    report.add_argument("--docs", action="store_true",
+                        help="also update docs/benchmarks.md's latest-run table")
     install = commands.add_parser("install", help="install the peers' environments")
     install.add_argument("--servers", type=_names, default=("torchserve", "litserve"))
     return parser
@@ -64,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "install":
         return _install(args.servers)
     if args.command == "report":
-        return _report(args.results_dir, args.readme)
+        return _report(args.results_dir, args.docs)
     return _run(args, argv if argv is not None else sys.argv[1:])
 
 
@@ -95,17 +98,18 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     out_dir = os.path.abspath(args.out or harness.default_out_dir())
     harness.run(plan, out_dir, command=["python", "-m", "benchmarks", *argv],
                 say=lambda line: print(line, flush=True))
-    return _report(out_dir, args.readme)
+    return _report(out_dir, args.docs)
 
 
-def _report(results_dir: str, readme: bool) -> int:
+def _report(results_dir: str, docs: bool) -> int:
     from benchmarks import report
 
     for path in report.write_report(results_dir):
         print(f"wrote {path}")
-    if readme:
-        report.update_readme(results_dir, os.path.join(ROOT, "README.md"))
-        print("updated README.md")
+    if docs:
+        report.update_readme(results_dir, os.path.join(ROOT, "docs", "benchmarks.md"),
+                             plot_dir=os.path.join(ROOT, "docs", "bench"))
+        print("updated docs/benchmarks.md")
     return 0
 
 

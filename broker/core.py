@@ -9,6 +9,11 @@ passed in, so every timing rule is a deterministic unit test.
 Request bodies and metas are never decoded here: they are stored as received and handed to
 the worker as they are. Only the rid and the route of a request head are read (and the
 route's decoding is cached, since a client usually repeats the same model and timeout).
+
+The batching policy is not here: the aggregator twins form batches, and each model's
+`BatchingPolicy` (broker/batching_policy.py) says when a free worker waits, what goes ahead or
+together, and what is refused at arrival. This module routes, tracks, and acts on their
+decisions; every frame it sends is built by zerobatch.protocol.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from __future__ import annotations
 import logging
 from collections import deque
 from typing import Any, Callable
+
+from zerobatch.broker.batching_policy import BatchingPolicy
 
 from zerobatch import protocol as p
 from zerobatch.config import ModelConfig
@@ -37,34 +44,19 @@ log = logging.getLogger("zerobatch.broker")
 _NS_PER_MS = 1_000_000
 _ROUTE_CACHE_MAX = 4096
 
-#: Grouping (see zerobatch.protocol): full batches share one message to a worker while their
-#: expected run together stays within this budget, which bounds how long the first batch's
-#: answers wait for the others. At 1 ms only models whose batches take well under a
-#: millisecond group at all (a cheap handler at batch size 1, where the message costs more
-#: than the work); a batch of real model work goes alone, as before.
-GROUP_RUN_BUDGET_NS = 1_000_000
-#: The most batches in one message, whatever the run time.
-MAX_GROUP_BATCHES = 16
-#: Admission pads the wait it expects by wait // ADMISSION_SLACK_DIVISOR (see
-#: expected_finish_ns). Measured with `python -m benchmarks.cpu_under_overload` (MLP, twice
-#: its capacity, 100 ms deadline) on a noisy 2-CPU machine: with a quarter, 8 of 11 runs
-#: answered fewer than 99% of the accepted requests in time (97.5% at worst); with a half,
-#: 4 of 17 did (87.2% at worst, in a run where the whole machine stalled: its refusals had a
-#: p99 of 318 ms). The share accepted stayed about the same (34-48% against 38-49%): at twice
-#: the capacity, most refusals are of requests that no margin would admit.
-ADMISSION_SLACK_DIVISOR = 2
-
 
 class ModelQueue:
-    """One model version: its aggregator, waiting payloads, and idle workers (LRU first)."""
+    """One model version: its aggregator and batching policy, waiting payloads, and idle
+    workers (LRU first)."""
 
-    __slots__ = ("config", "aggregator", "pending", "idle", "workers", "batch_sizes",
-                 "requests_total", "deadline_ns", "refuses_late", "load_error", "returning",
-                 "return_window_ns", "hold_until_ns", "batch_messages", "refused_late")
+    __slots__ = ("config", "aggregator", "policy", "pending", "idle", "workers", "batch_sizes",
+                 "requests_total", "deadline_ns", "load_error", "batch_messages")
 
     def __init__(self, config: ModelConfig, aggregator: Any) -> None:
         self.config = config
         self.aggregator = aggregator
+        self.policy = BatchingPolicy(aggregator, config.key,
+                                     refuses_late=config.admission == "deadline")
         #: request id -> (client identity, rid head, meta, body frame)
         self.pending: dict[int, tuple] = {}
         self.idle: deque[WorkerRecord] = deque()
@@ -74,25 +66,9 @@ class ModelQueue:
         self.batch_sizes: dict[int, int] = {}
         self.batch_messages = 0
         self.requests_total = 0
-        #: requests refused at arrival because they could not make their deadline
-        self.refused_late = 0
         self.deadline_ns = config.deadline_ms * _NS_PER_MS
-        #: admission "deadline": refuse at arrival what the queue would make late
-        self.refuses_late = config.admission == "deadline"
         #: why the last worker failed to load the model; cleared when a worker says READY
         self.load_error: str | None = None
-        #: requests answered lately whose callers have not sent a new one yet. Callers often
-        #: send their next request as soon as they have an answer (a client at concurrency N,
-        #: a pipeline). With the adaptive policy a free worker would take a partial batch of
-        #: those already waiting, and the batches of such callers would stay split in two for
-        #: good (3 + 5 instead of 8: twice the fixed cost per batch); so a free worker waits
-        #: for them until hold_until_ns (max_batch_delay after the answer: the wait the
-        #: model's owner allows). Each arrival counts one
-        #: back, and the wait ends as soon as all are back or the batch is full. A lone
-        #: caller is never held: its own next request is the one that returns.
-        self.returning = 0
-        self.return_window_ns = config.max_batch_delay_ms * _NS_PER_MS
-        self.hold_until_ns = 0
 
 
 class WorkerRecord:
@@ -257,27 +233,37 @@ class BrokerCore:
         if not timeout_ns or timeout_ns > queue.deadline_ns:
             timeout_ns = queue.deadline_ns
         deadline_ns = now_ns + timeout_ns
-        finish_ns = expected_finish_ns(queue, now_ns) if queue.refuses_late else 0
-        if finish_ns > deadline_ns:
-            queue.refused_late += 1
+        policy = queue.policy
+        late_ns = policy.lateness_ns(now_ns, deadline_ns, len(queue.workers), len(queue.idle),
+                                     self._sent_ahead(queue)) if policy.refuses_late else 0
+        if late_ns:
+            policy.refusals.add(DeadlineUnreachable.code, now_ns)
             # Until the queue has drained by the excess, a request with this route would be
             # refused too: the client may refuse those itself meanwhile (protocol: error_info).
-            excess_ms = -(-(finish_ns - deadline_ns) // _NS_PER_MS)
             raise DeadlineUnreachable(
                 f"Model {queue.config.name} cannot answer before this request's deadline "
                 f"({timeout_ns // _NS_PER_MS} ms): {len(queue.aggregator)} requests wait ahead "
-                "of it; retry later or with a longer timeout",
-                retry_after_ms=min(excess_ms, timeout_ns // _NS_PER_MS))
+                "of it, behind the batches its workers run; retry later or with a longer "
+                "timeout",
+                retry_after_ms=min(-(-late_ns // _NS_PER_MS), timeout_ns // _NS_PER_MS))
         request_id = self._next_request_id
         self._next_request_id = request_id + 1
         if not queue.aggregator.push(request_id, now_ns, deadline_ns):
+            policy.refusals.add(QueueFull.code, now_ns)
             raise QueueFull(f"Model {queue.config.name} has {queue.config.max_queue} requests "
                             "waiting, its queue is full; retry later")
         queue.pending[request_id] = (identity, rid, meta, body)
         queue.requests_total += 1
-        if queue.returning:
-            queue.returning -= 1
+        policy.arrived()
         self._schedule(queue, now_ns)
+
+    @staticmethod
+    def _sent_ahead(queue: ModelQueue) -> bool:
+        """Whether a batch waits in one of the model's workers behind its running one."""
+        for worker in queue.workers.values():
+            if worker.next_batch is not None:
+                return True
+        return False
 
     def _on_control(self, identity: bytes, rid: bytes, frames: list, now_ns: int) -> None:
         if len(frames) != 5:
@@ -287,10 +273,7 @@ class BrokerCore:
         if handler is None:
             raise ProtocolError(f"unknown control op {control['op']!r}; known: "
                                 f"{', '.join(sorted(self.control_handlers))}")
-        result = handler(control)
-        self.out_front.append([identity, p.VERSION, p.REPLIES,
-                               rid + p.REPLY + p.encode_reply_meta(200, "application/msgpack"),
-                               p.packb(result)])
+        self.out_front.append(p.encode_control_reply(identity, rid, handler(control)))
 
     def _control_stop(self, _args: dict) -> dict:
         self.stop_requested = True
@@ -299,12 +282,12 @@ class BrokerCore:
     # ------------------------------------------------------------------ batching
 
     def _schedule(self, queue: ModelQueue, now_ns: int) -> None:
-        """Answer expired requests and hand batches to idle workers, as the aggregator decides;
-        then send full batches ahead to busy workers."""
+        """Answer expired requests and hand batches to idle workers, as the aggregator and the
+        policy decide; then send full batches ahead to busy workers."""
         aggregator = queue.aggregator
+        policy = queue.policy
         while True:
-            worker_free = bool(queue.idle) and not _holds_for_returns(queue, now_ns)
-            expired, batch = aggregator.poll(now_ns, worker_free)
+            expired, batch = aggregator.poll(now_ns, policy.worker_free(len(queue.idle), now_ns))
             if expired:
                 self._expire(queue, expired, now_ns)
             if not batch:
@@ -312,27 +295,20 @@ class BrokerCore:
             worker = queue.idle.popleft()
             worker.batch = self._dispatch(queue, worker, self._group(queue, batch, now_ns),
                                           now_ns)
-        if len(aggregator) >= queue.config.batch_size and not queue.idle:
-            self._prefetch(queue, now_ns)
+        if not queue.idle and policy.may_send_ahead(now_ns):
+            self._send_ahead(queue, now_ns)
 
-    def _prefetch(self, queue: ModelQueue, now_ns: int) -> None:
+    def _send_ahead(self, queue: ModelQueue, now_ns: int) -> None:
         """Send a full batch (or a group of them) to each busy worker that has none queued, so
         that it starts the moment its running batch ends instead of a broker round trip later
-        (the worker runs batches one at a time; the next one waits in its socket). Only full
-        batches go ahead: a partial one is better left to fill, and a free worker takes it
-        anyway. Only when the earliest deadline waiting is more than two batch runs away: a
-        request sent ahead can no longer expire in the queue (it would run late instead of
-        being answered 504)."""
+        (the worker runs batches one at a time; the next one waits in its socket)."""
         aggregator = queue.aggregator
-        batch_size = queue.config.batch_size
-        earliest_deadline_ns = aggregator.next_wakeup_ns(now_ns, False)
-        if earliest_deadline_ns - now_ns <= 2 * aggregator.expected_run_ns(batch_size):
-            return
+        policy = queue.policy
         for worker in queue.workers.values():
-            if len(aggregator) < batch_size:
-                return
             if worker.batch is None or worker.next_batch is not None:
                 continue
+            if not policy.may_send_ahead(now_ns):
+                return
             expired, batch = aggregator.poll(now_ns, True)  # rule 1: a full batch
             if expired:
                 self._expire(queue, expired, now_ns)
@@ -341,24 +317,11 @@ class BrokerCore:
                                                    self._group(queue, batch, now_ns), now_ns)
 
     def _group(self, queue: ModelQueue, first: list[int], now_ns: int) -> list[list[int]]:
-        """`first`, and the full batches that may go in its message (see GROUP_RUN_BUDGET_NS):
-        only after a full first batch, only once a run time has been learned, while full
-        batches wait, while the group's expected run fits the budget, and while the earliest
-        deadline waiting is more than twice the group's run away (a request in a message can
-        no longer expire in the queue)."""
+        """`first`, and the full batches the policy lets join it in one message."""
         batches = [first]
         aggregator = queue.aggregator
-        batch_size = queue.config.batch_size
-        if len(first) < batch_size or len(aggregator) < batch_size:
-            return batches
-        run_ns = aggregator.expected_run_ns(batch_size)
-        if not run_ns:
-            return batches
-        limit = min(MAX_GROUP_BATCHES, GROUP_RUN_BUDGET_NS // run_ns)
-        while len(batches) < limit and len(aggregator) >= batch_size:
-            earliest_deadline_ns = aggregator.next_wakeup_ns(now_ns, False)
-            if earliest_deadline_ns - now_ns <= 2 * (len(batches) + 1) * run_ns:
-                break
+        policy = queue.policy
+        while policy.may_grow_group(now_ns, len(first), len(batches)):
             expired, batch = aggregator.poll(now_ns, True)  # rule 1: a full batch
             if expired:
                 self._expire(queue, expired, now_ns)
@@ -373,18 +336,14 @@ class BrokerCore:
         batch_id = self._next_batch_id
         self._next_batch_id = batch_id + 1
         sizes = [len(batch) for batch in batches]
-        if len(batches) == 1:
-            frames = [worker.identity, p.VERSION, p.W_BATCH, p.encode_batch_id(batch_id)]
-        else:
-            frames = [worker.identity, p.VERSION, p.W_BATCHES, p.encode_batch_id(batch_id),
-                      p.encode_batch_sizes(sizes)]
+        items = []
         requests = []
         pending = queue.pending
         for batch in batches:
             for request_id in batch:
                 identity, rid, meta, body = pending.pop(request_id)
-                frames.append(meta)
-                frames.append(body)
+                items.append(meta)
+                items.append(body)
                 requests.append((identity, rid))
         record = InFlightBatch(batch_id, worker, requests, sizes, now_ns)
         self.batches[batch_id] = record
@@ -392,7 +351,7 @@ class BrokerCore:
         for size in sizes:
             counts[size] = counts.get(size, 0) + 1
         queue.batch_messages += 1
-        self.out_back.append(frames)
+        self.out_back.append(p.encode_batch(worker.identity, batch_id, sizes, items))
         return record
 
     def _expire(self, queue: ModelQueue, expired: list[int], now_ns: int) -> None:
@@ -414,13 +373,8 @@ class BrokerCore:
             if worker is not None:
                 worker.expiry_ns = now_ns + self.worker_ttl_ns
             return
-        from_replies = identity.endswith(p.REPLY_SUFFIX)
-        if from_replies:  # the worker's reply socket (see zerobatch.protocol)
-            identity = identity[:-len(p.REPLY_SUFFIX)]
         try:
             command = p.check_envelope(frames[1:], 2)
-            if from_replies and command == p.W_READY:
-                raise ProtocolError("READY must come from the data socket, not the reply one")
             worker = self.workers.get(identity)
             if worker is not None:
                 worker.expiry_ns = now_ns + self.worker_ttl_ns
@@ -454,7 +408,7 @@ class BrokerCore:
         except ModelNotFound:
             log.warning("worker %s serves unknown model %s/%s; told to disconnect",
                         info["worker_id"], info["model"], info["version"])
-            self.out_back.append([identity, p.VERSION, p.W_DISCONNECT])
+            self.out_back.append(p.encode_disconnect_for(identity))
             return
         worker = WorkerRecord(identity, info["worker_id"], queue, info["gpu_id"], info["pid"],
                               now_ns + self.worker_ttl_ns)
@@ -501,24 +455,16 @@ class BrokerCore:
         if next_batch is not None:
             next_batch.dispatched_ns = now_ns  # it starts now: run times count from here
         out = self.out_front
-        version = p.VERSION
-        replies = p.REPLIES
+        encode_client_reply = p.encode_client_reply
         for index, (identity, rid) in enumerate(requests):
-            answer = _as_bytes(items[2 * index])
-            command = answer[:1]
-            if command != p.REPLY and command != p.ERROR:
+            try:
+                out.append(encode_client_reply(identity, rid, _as_bytes(items[2 * index]),
+                                               items[2 * index + 1]))
+            except ProtocolError:
                 out.append([identity] + p.encode_error(
                     rid, "internal_error", "the worker sent an unknown reply command", 500))
-                continue
-            out.append([identity, version, replies, rid + answer, items[2 * index + 1]])
         queue = worker.model
-        sizes = batch.sizes  # a group's batches ran one after another: each took a share
-        queue.aggregator.observe(sizes[0], (now_ns - batch.dispatched_ns) // len(sizes))
-        if queue.return_window_ns:
-            if now_ns >= queue.hold_until_ns:
-                queue.returning = 0
-            queue.returning += len(requests)
-            queue.hold_until_ns = now_ns + queue.return_window_ns
+        queue.policy.answered(batch.sizes, now_ns - batch.dispatched_ns, now_ns)
         if next_batch is None:
             queue.idle.append(worker)
         self._schedule(queue, now_ns)
@@ -533,8 +479,7 @@ class BrokerCore:
             raise ProtocolError(f"chunk for request {index} of batch {batch_id}, which has "
                                 f"{len(batch.requests)}")
         identity, rid = batch.requests[index]
-        self.out_front.append([identity, p.VERSION, p.REPLIES, rid + p.PARTIAL + _as_bytes(meta),
-                               body])
+        self.out_front.append(p.encode_client_partial(identity, rid, _as_bytes(meta), body))
 
     # ------------------------------------------------------------------ liveness
 
@@ -567,6 +512,7 @@ class BrokerCore:
         for versions in self.models.values():
             for queue in versions.values():
                 self._schedule(queue, now_ns)
+                queue.policy.refusals.log_due(now_ns)
         for worker in list(self.workers.values()):
             if worker.expiry_ns <= now_ns:
                 self.worker_lost(worker.worker_id, now_ns, "it stopped sending heartbeats")
@@ -578,17 +524,14 @@ class BrokerCore:
         if now_ns >= self._next_heartbeat_ns:
             self._next_heartbeat_ns = now_ns + self.heartbeat_interval_ns
             for identity in self.workers:
-                self.out_back.append([identity + p.HEARTBEAT_SUFFIX, p.VERSION, p.W_HEARTBEAT])
+                self.out_back.append(p.encode_heartbeat_for(identity))
 
     def next_wakeup_ns(self, now_ns: int) -> int:
         """The time of the next timer; the loop polls its sockets until then."""
         wakeup = self._next_heartbeat_ns
         for versions in self.models.values():
             for queue in versions.values():
-                holds = _holds_for_returns(queue, now_ns)
-                at = queue.aggregator.next_wakeup_ns(now_ns, bool(queue.idle) and not holds)
-                if holds and queue.hold_until_ns < at:
-                    at = queue.hold_until_ns
+                at = queue.policy.next_wakeup_ns(now_ns, len(queue.idle))
                 if 0 <= at < wakeup:
                     wakeup = at
         for worker in self.workers.values():
@@ -620,7 +563,9 @@ class BrokerCore:
                     "maxBatchDelay": queue.config.max_batch_delay_ms,
                     "queued": len(queue.aggregator),
                     "requests": queue.requests_total,
-                    "refusedLate": queue.refused_late,
+                    # refused at arrival: late (deadline_unreachable), or the queue full
+                    "refusedLate": queue.policy.refusals.counts[DeadlineUnreachable.code],
+                    "refusedQueueFull": queue.policy.refusals.counts[QueueFull.code],
                     "batchSizes": {str(k): v for k, v in sorted(queue.batch_sizes.items())},
                     # messages that carried those batches: fewer where batches were grouped
                     "batchMessages": queue.batch_messages,
@@ -635,52 +580,6 @@ class BrokerCore:
                     ],
                 })
         return {"models": models}
-
-
-def _holds_for_returns(queue: ModelQueue, now_ns: int) -> bool:
-    """Whether a free worker should wait for the callers of a batch just answered (see
-    `ModelQueue.returning`): some are expected, the window is open, the waiting requests do
-    not fill a batch, and the earliest deadline leaves time to wait and then run."""
-    if not queue.returning or now_ns >= queue.hold_until_ns:
-        return False
-    aggregator = queue.aggregator
-    waiting = len(aggregator)
-    if not waiting or waiting >= queue.config.batch_size or not aggregator.adaptive:
-        return False
-    earliest_deadline_ns = aggregator.next_wakeup_ns(now_ns, False)
-    return earliest_deadline_ns - aggregator.expected_run_ns(waiting) > queue.hold_until_ns
-
-
-def expected_finish_ns(queue: ModelQueue, now_ns: int) -> int:
-    """When a request arriving now at this queue would be answered, as the run times learned
-    from its workers predict; 0 (no refusal) before any batch ran or while no worker serves it.
-
-    The waiting requests run first, batch_size at a time on each of the W workers, after the
-    batches in flight (counted as one whole run when no worker is idle), then its own batch;
-    a partial batch that does not dispatch at once (policy full_delay) waits up to
-    max_batch_delay first. Half of that wait is added to it (ADMISSION_SLACK_DIVISOR): run
-    times vary, and together when the machine slows down, so the error of a sum of rounds
-    grows with their number; and the caller also waits for the front end and the network,
-    which under overload take milliseconds of their own. The estimate errs towards
-    refusing, because a request accepted and then late costs the caller its whole deadline
-    while a refusal costs it a round trip. Admission control like this keeps an overloaded
-    server answering what it accepts in time instead of letting every request wait until it
-    expires."""
-    aggregator = queue.aggregator
-    batch_size = queue.config.batch_size
-    full_run_ns = aggregator.expected_run_ns(batch_size)
-    workers = len(queue.workers)
-    if not full_run_ns or not workers:
-        return 0
-    waiting = len(aggregator)
-    rounds_ahead = waiting // (batch_size * workers) + (0 if queue.idle else 1)
-    if any(worker.next_batch is not None for worker in queue.workers.values()):
-        rounds_ahead += 1  # full batches sent ahead of the waiting ones
-    wait_ns = (rounds_ahead * full_run_ns
-               + aggregator.expected_run_ns(min(waiting + 1, batch_size)))
-    if not aggregator.adaptive:
-        wait_ns += aggregator.max_batch_delay_ns
-    return now_ns + wait_ns + wait_ns // ADMISSION_SLACK_DIVISOR
 
 
 def _as_bytes(frame: Any) -> bytes:

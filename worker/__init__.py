@@ -2,8 +2,8 @@
 
 Modules, each owning one thing:
 
-- `__main__`: the entry point (`python -m worker --config '<WorkerConfig JSON>'`), logging,
-  signals, exit codes;
+- `__main__`: the entry point (`python -m zerobatch.worker --config '<WorkerConfig JSON>'`),
+  logging, signals, exit codes;
 - `loop`: the data DEALER socket, READY, BATCH in and W_REPLY out, clean stop;
 - `heartbeat`: the heartbeat thread and its own DEALER, broker-loss detection;
 - `service`: a loaded model (handler + Context) turning one batch into one reply, no sockets;

@@ -1,9 +1,10 @@
-"""Entry point of a worker process: `python -m worker --config '<WorkerConfig JSON>'`.
+"""Entry point of a worker process: `python -m zerobatch.worker --config '<WorkerConfig JSON>'`.
 
-Or `python -m worker --preload torch --config -`: import torch first, then read the
+Or `python -m zerobatch.worker --preload torch --config -`: import torch first, then read the
 configuration from stdin, one line. This is how the broker starts a model's first worker
 while it extracts the model's archive (broker/preload.py). EOF instead of a configuration
-exits 0.
+exits 0. A module that is not installed is skipped: the handler that needs it says so when
+the model loads (for torch, in one line: worker.handler_loader.torch_missing_error).
 
 The only module of the worker that reads argv and sets up logging and signals. SIGTERM (or
 SIGINT) stops the worker cleanly: it finishes the batch in hand, says DISCONNECT and exits 0.
@@ -47,7 +48,7 @@ log = logging.getLogger("zerobatch.worker")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m worker",
+    parser = argparse.ArgumentParser(prog="python -m zerobatch.worker",
                                      description="Run one zerobatch worker process.")
     parser.add_argument("--config", required=True,
                         help="the WorkerConfig, as JSON; - reads it from stdin (one line), "
@@ -101,12 +102,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def preload(modules: list[str]) -> None:
-    """Import these modules now; one that fails is left for the handler to report."""
+    """Import these modules now. One that is not installed is skipped quietly, one that fails
+    otherwise is said once; either way the handler that needs it reports it when it loads."""
     for name in modules:
         try:
             importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not (name == exc.name or name.startswith(exc.name + ".")):
+                _say_preload_failed(name, exc)
         except Exception as exc:  # the handler's own import will fail with the full story
-            print(f"worker: --preload {name}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            _say_preload_failed(name, exc)
+
+
+def _say_preload_failed(name: str, exc: Exception) -> None:
+    print(f"worker: --preload {name}: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
 def _exit_if_stuck(loop: WorkerLoop) -> None:

@@ -17,6 +17,10 @@ so two models with a `handler.py` each do not share a module), then as one of To
 default handlers by name (`image_classifier`, ... : `DEFAULT_HANDLERS`), then as an
 importable module. Before any handler or model file is imported, `install_ts_aliases()`
 makes TorchServe's `ts.*` imports resolve to zerobatch's modules (see `worker.ts_alias`).
+
+torch is not an install requirement of zerobatch (users install the build for their
+hardware): a handler that needs it where it is missing fails to load with one line that says
+so (`torch_missing_error`), not a traceback.
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ from zerobatch.errors import ConfigError
 log = logging.getLogger(__name__)
 
 EntryPoint = Callable[[Any, Any], Any]
+
+#: Where a user picks the torch build for their hardware.
+TORCH_INSTALL_URL = "https://pytorch.org/get-started/locally/"
 
 #: TorchServe's built-in handlers, named without a file in the archive -> our module.
 DEFAULT_HANDLERS = {
@@ -93,6 +100,21 @@ def import_handler_module(model_dir: str, module_spec: str) -> ModuleType:
         raise _import_failed(name, exc) from exc
     except Exception as exc:
         raise _import_failed(name, exc) from exc
+
+
+def torch_missing_error(model_name: str, exc: BaseException) -> ConfigError | None:
+    """The one-line error for a model whose handler needs torch where torch is not installed,
+    when exc (or an exception it was raised from) is torch failing to import; else None."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, ModuleNotFoundError) and cause.name == "torch":
+            return ConfigError(f"model {model_name}: its handler needs torch, which is not "
+                               f"installed in this Python ({sys.executable}); install the "
+                               f"build for your hardware: {TORCH_INSTALL_URL}")
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def _exec_file(name: str, path: str) -> ModuleType:

@@ -2,13 +2,9 @@
 into one W_REPLY.
 
 No sockets here. `Service.load` reads the model directory, resolves and initializes the
-handler; `Service.compute` decodes the batch's requests and calls the handler with the whole
-list (once per batch of a BATCHES message); `Service.encode` turns what it answered into the
-W_REPLY frames, one (answer, body) pair per request, in order (`run_batch` does both). The two
-halves are apart so that the worker loop can encode one batch's answers on its reply thread
-while the handler already runs the next (worker.loop, Overlap), for a model whose
-model-config.yaml says `overlapReplies: true`; its handler must not change a result after
-returning it. Per request:
+handler; `Service.run_batch` decodes the batch's requests, calls the handler with the whole
+list (once per batch of a BATCHES message), and builds the W_REPLY frames, one (answer, body)
+pair per request, in order. Per request:
 
 - a request's row is {"body": the decoded body} (worker.codec), or one key per field for a
   form body (worker.forms), as TorchServe's front end passes them;
@@ -41,7 +37,7 @@ from typing import Any, Callable, Sequence
 from zerobatch.worker.codec import decode_body, encode_value
 from zerobatch.worker.context import Context, MetricsCache, RequestProcessor
 from zerobatch.worker.forms import FormError, decode_form
-from zerobatch.worker.handler_loader import EntryPoint, load_entry_point
+from zerobatch.worker.handler_loader import EntryPoint, load_entry_point, torch_missing_error
 from zerobatch.worker.model_dir import add_to_sys_path
 
 from zerobatch import protocol
@@ -56,12 +52,8 @@ MAX_ERROR_MESSAGE_CHARS = 4000
 #: TorchServe's status for out-of-memory failures ("Out of resources").
 OUT_OF_RESOURCES_STATUS = 507
 
-_REPLY_HEAD = (protocol.VERSION, protocol.W_REPLY)
 #: The model-config.yaml key that turns per-request failure isolation off (default on).
 RETRY_FAILED_BATCH_KEY = "retryFailedBatch"
-#: The model-config.yaml key that lets a long batch's answers be encoded on the reply thread
-#: while the next batch runs (worker.loop, Overlap); off unless a model says true.
-OVERLAP_REPLIES_KEY = "overlapReplies"
 
 
 class Service:
@@ -70,16 +62,17 @@ class Service:
     def __init__(self, entry_point: EntryPoint, context: Context) -> None:
         self.entry_point = entry_point
         self.context = context
-        self.retry_failed_batch = _yaml_flag(context, RETRY_FAILED_BATCH_KEY)
-        self.overlap_replies = _yaml_flag(context, OVERLAP_REPLIES_KEY, default=False)
+        retry = context.model_yaml_config.get(RETRY_FAILED_BATCH_KEY, True)
+        if not isinstance(retry, bool):
+            raise ConfigError(f"model-config.yaml of {context.model_name}: "
+                              f"{RETRY_FAILED_BATCH_KEY} must be true or false, not {retry!r}")
+        self.retry_failed_batch = retry
         #: Where W_PARTIAL frames go (set by the worker loop); None: streaming is refused.
         self.partial_sink: Callable[[list], None] | None = None
         #: The batch being run, and each handler index's position in it (for send_partial).
         self._batch_id = 0
         self._positions: list[int] = []
         self._partials_sent = 0
-        #: Nanoseconds spent in successful handler calls, all batches together.
-        self.handler_ns = 0
         context.send_partial = self.send_partial
 
     @classmethod
@@ -92,12 +85,15 @@ class Service:
         context = Context(model.name, model_dir, manifest, model.batch_size, gpu_id,
                           metrics=MetricsCache(model.name),
                           model_yaml_config=load_model_config(model_dir, manifest))
-        entry_point, initialize = load_entry_point(model_dir, handler)
         try:
+            entry_point, initialize = load_entry_point(model_dir, handler)
             initialize(context)
-        except ConfigError:
-            raise
         except Exception as exc:
+            missing = torch_missing_error(model.name, exc)
+            if missing is not None:
+                raise missing from None
+            if isinstance(exc, ConfigError):
+                raise
             raise ConfigError(f"handler {handler!r} of {manifest_file(model_dir)} failed to "
                               f"initialize: {type(exc).__name__}: {exc}") from exc
         log.info("model %s/%s loaded from %s (handler %s)", model.name, model.version,
@@ -108,42 +104,21 @@ class Service:
                   sizes: Sequence[int] | None = None) -> list:
         """Run one BATCH's (meta, body) items, or a BATCHES message's batches of `sizes`
         items, one handler call each, in order; return the one W_REPLY for all of them."""
-        return self.encode(self.compute(batch_id, items, sizes))
-
-    def compute(self, batch_id: int, items: Sequence[tuple[Any, Any]],
-                sizes: Sequence[int] | None = None,
-                before_handler: Callable[[], None] | None = None) -> "Computed":
-        """Decode and run the batch (or batches) like run_batch, without encoding the results.
-
-        before_handler, when given, is called once, after the first batch is decoded and
-        right before its handler call (or after decoding, when no request reached one).
-        """
         self._batch_id = batch_id
-        computed = Computed(batch_id)
+        answers: list[tuple] = []
         if sizes is None or len(sizes) == 1:
-            self._answer(batch_id, items, 0, computed, before_handler)
-            return computed
-        start = 0
-        for size in sizes:
-            self._answer(batch_id, items[start:start + size], start, computed, before_handler)
-            before_handler = None
-            start += size
-        return computed
-
-    @staticmethod
-    def encode(computed: "Computed") -> list:
-        """The W_REPLY frames for a computed batch: each result encoded as it would be sent."""
-        frames = [*_REPLY_HEAD, protocol.encode_batch_id(computed.batch_id)]
-        for answer in computed.answers:
-            if type(answer) is _Result:
-                frames.extend(_reply(answer.index, answer.value, answer.processor))
-            else:
-                frames.extend(answer)
-        return frames
+            self._answer(batch_id, items, 0, answers)
+        else:
+            start = 0
+            for size in sizes:
+                self._answer(batch_id, items[start:start + size], start, answers)
+                start += size
+        return protocol.encode_worker_reply(batch_id, answers)
 
     def _answer(self, batch_id: int, items: Sequence[tuple[Any, Any]], start: int,
-                computed: "Computed", before_handler: Callable[[], None] | None) -> None:
-        """One handler call for items (at `start` in their message); appends their answers."""
+                answers: list[tuple]) -> None:
+        """One handler call for items (at `start` in their message); appends their
+        (answer, body) pairs to answers."""
         data: list[dict[str, Any]] = []
         request_headers: list[dict[str, Any]] = []
         request_ids: list[str] = []
@@ -179,18 +154,16 @@ class Service:
             data.append(row)
 
         self.context.metrics.reset(None)
-        if before_handler is not None:
-            before_handler()
-        answers = self._run(data, request_headers, request_ids, positions) if data else []
+        answered = self._run(data, request_headers, request_ids, positions) if data else []
         if rejected:
-            answered = iter(answers)
-            computed.answers.extend(rejected.get(position) or next(answered)
-                                    for position in range(start, start + len(items)))
+            answered_iter = iter(answered)
+            answers.extend(rejected.get(position) or next(answered_iter)
+                           for position in range(start, start + len(items)))
         else:
-            computed.answers.extend(answers)
+            answers.extend(answered)
 
     def _run(self, data: list, request_headers: list[dict], request_ids: list[str],
-             positions: list[int]) -> list:
+             positions: list[int]) -> list[tuple]:
         """Answer these requests; on a failure, retry them in halves (see the docstring)."""
         count = len(data)
         partials_before = self._partials_sent
@@ -212,9 +185,9 @@ class Service:
                             positions[half:]))
 
     def _call(self, data: list, request_headers: list[dict], request_ids: list[str],
-              positions: list[int]) -> tuple[list, Any]:
-        """One handler call: (a _Result per request, None) or (error pairs, the exception or
-        message)."""
+              positions: list[int]) -> tuple[list[tuple], Any]:
+        """One handler call: ((answer, body) per request, None) or (error pairs, the exception
+        or message)."""
         context = self.context
         processors = [RequestProcessor(header) for header in request_headers]
         ids = dict(enumerate(request_ids))
@@ -235,10 +208,8 @@ class Service:
         if len(results) != count:
             message = f"handler returned {len(results)} results for {count} requests"
             return [_error(HandlerError.code, message, HandlerError.http_status)] * count, message
-        elapsed_ns = time.monotonic_ns() - start_ns
-        self.handler_ns += elapsed_ns
-        context.metrics.add_time("PredictionTime", elapsed_ns / 1e6)
-        return [_Result(index, value, processors[index])
+        context.metrics.add_time("PredictionTime", (time.monotonic_ns() - start_ns) / 1e6)
+        return [_reply(index, value, processors[index])
                 for index, value in enumerate(results)], None
 
     def send_partial(self, index: int, value: Any, status: int | None = None) -> None:
@@ -255,40 +226,8 @@ class Service:
             raise IndexError(f"request index {index} is not in this batch of {len(positions)}")
         processor = self.context.request_processor[index]
         body, meta = _encode(index, value, processor, status)
-        sink([protocol.VERSION, protocol.W_PARTIAL, protocol.encode_batch_id(self._batch_id),
-              protocol.encode_partial_index(positions[index]), meta, body])
+        sink(protocol.encode_worker_partial(self._batch_id, positions[index], meta, body))
         self._partials_sent += 1
-
-
-def _yaml_flag(context: Context, key: str, default: bool = True) -> bool:
-    value = context.model_yaml_config.get(key, default)
-    if not isinstance(value, bool):
-        raise ConfigError(f"model-config.yaml of {context.model_name}: {key} must be true or "
-                          f"false, not {value!r}")
-    return value
-
-
-class Computed:
-    """A batch the handler has answered: per request, in order, a ready (answer, body) pair
-    (an error) or a _Result still to encode."""
-
-    __slots__ = ("batch_id", "answers")
-
-    def __init__(self, batch_id: int) -> None:
-        self.batch_id = batch_id
-        self.answers: list = []
-
-
-class _Result:
-    """What the handler returned for request `index` of its call, and that request's
-    response status and headers."""
-
-    __slots__ = ("index", "value", "processor")
-
-    def __init__(self, index: int, value: Any, processor: RequestProcessor) -> None:
-        self.index = index
-        self.value = value
-        self.processor = processor
 
 
 def _reply(index: int, value: Any, processor: RequestProcessor) -> tuple:
@@ -298,7 +237,7 @@ def _reply(index: int, value: Any, processor: RequestProcessor) -> tuple:
         log.warning("result %d of type %s cannot be answered: %s", index,
                     type(value).__name__, exc)
         return _error(HandlerError.code, str(exc), HandlerError.http_status)
-    return protocol.REPLY + meta, body
+    return protocol.encode_reply_answer(meta, body)
 
 
 def _encode(index: int, value: Any, processor: RequestProcessor,
@@ -341,4 +280,4 @@ def _handler_failure(exc: Exception) -> tuple:
 def _error(code: str, message: str, status: int) -> tuple:
     if len(message) > MAX_ERROR_MESSAGE_CHARS:
         message = message[:MAX_ERROR_MESSAGE_CHARS] + "... (truncated; see the worker log)"
-    return protocol.ERROR + protocol.encode_error_info(code, message, status), b""
+    return protocol.encode_error_answer(code, message, status)

@@ -80,18 +80,11 @@ messages than on its work. So when several full batches wait and the model's lea
 time is short, the broker sends them in one BATCHES message; the worker runs them one
 handler call each, in order, and answers them all in one W_REPLY. The handler never sees
 more than batch_size requests at once; the first batch's answer waits for the others, which
-the broker bounds (broker.core.GROUP_RUN_BUDGET_NS).
+the broker bounds (broker.batching_policy.GROUP_RUN_BUDGET_NS).
 
 A worker sends its heartbeats from a second DEALER whose identity is its worker id plus
 HEARTBEAT_SUFFIX, owned by a heartbeat thread, so a long forward pass on the data socket's
 thread never silences it. Any message from either identity counts as a heartbeat.
-
-A worker receives batches on its data DEALER (the identity it says READY from) and sends
-everything else, W_REPLY, W_PARTIAL and DISCONNECT, from a third DEALER whose identity is
-its worker id plus REPLY_SUFFIX, in order on that one connection. Sending from a socket of
-their own lets a worker encode and send one batch's answers on a second thread while its
-handler already runs the next batch (worker.replies); the broker reads the two identities
-as one worker. The broker accepts those commands from the data identity too.
 
 Untrusted frames are parsed defensively: anything malformed raises ProtocolError, which the
 receiver logs and drops; it never takes a process down.
@@ -126,11 +119,7 @@ W_DISCONNECT = b"\x15"
 W_LOAD_FAILED = b"\x17"
 W_PARTIAL = b"\x16"
 
-CLIENT_COMMANDS = frozenset((REQUEST, CONTROL))
-WORKER_COMMANDS = frozenset((W_READY, W_REPLY, W_HEARTBEAT, W_DISCONNECT, W_PARTIAL))
-
 HEARTBEAT_SUFFIX = b".hb"
-REPLY_SUFFIX = b".rp"
 
 # Limits on what a peer may send us.
 MAX_RID_BYTES = 64
@@ -215,6 +204,22 @@ def encode_request_head(rid: bytes, route: bytes, meta: bytes) -> bytes:
 
 def encode_request(rid: bytes, route: bytes, meta: bytes, body: Any) -> list:
     return [VERSION, REQUEST, encode_request_head(rid, route, meta), body]
+
+
+def encode_requests(items: list) -> list[list]:
+    """The REQUEST messages that carry items, a flat [head_1, body_1, ..., head_n, body_n]
+    (heads from encode_request_head), in order, at most MAX_BATCH_ITEMS requests each (see
+    "Coalescing" above)."""
+    per_message = 2 * MAX_BATCH_ITEMS
+    if len(items) <= per_message:
+        return [[VERSION, REQUEST, *items]]
+    return [[VERSION, REQUEST, *items[start:start + per_message]]
+            for start in range(0, len(items), per_message)]
+
+
+def request_rid(head: bytes) -> bytes:
+    """The rid of a request head (ProtocolError when it has none)."""
+    return split_request_head(head)[0][1:]
 
 
 def split_request_head(head: bytes) -> tuple[bytes, bytes, bytes]:
@@ -373,6 +378,50 @@ def coalesce_client_messages(messages: list[list]) -> list[list]:
     return done
 
 
+# ---------------------------------------------------------------- broker side
+# What the broker's ROUTERs send: each message with its peer's identity frame first.
+
+def encode_batch(identity: bytes, batch_id: int, sizes: Sequence[int], items: list) -> list:
+    """A BATCH message to a worker, or BATCHES when sizes holds several batches; items are
+    meta_1, body_1, ..., meta_n, body_n of all of them, in order."""
+    if len(sizes) == 1:
+        return [identity, VERSION, W_BATCH, _BATCH_ID.pack(batch_id), *items]
+    return [identity, VERSION, W_BATCHES, _BATCH_ID.pack(batch_id), encode_batch_sizes(sizes),
+            *items]
+
+
+def encode_heartbeat_for(worker_identity: bytes) -> list:
+    """A HEARTBEAT to a worker's heartbeat socket."""
+    return [worker_identity + HEARTBEAT_SUFFIX, VERSION, W_HEARTBEAT]
+
+
+def encode_disconnect_for(worker_identity: bytes) -> list:
+    """A DISCONNECT to a worker: it exits."""
+    return [worker_identity, VERSION, W_DISCONNECT]
+
+
+def encode_client_reply(identity: bytes, rid_part: bytes, answer: bytes, body: Any) -> list:
+    """A worker's answer (a W_REPLY item: REPLY | reply_meta, or ERROR | error_info) as the
+    REPLIES message to the client whose request has this rid head; ProtocolError for an
+    answer with any other command."""
+    command = answer[:1]
+    if command != REPLY and command != ERROR:
+        raise ProtocolError(f"a worker answer must start with REPLY or ERROR, not {command!r}")
+    return [identity, VERSION, REPLIES, rid_part + answer, body]
+
+
+def encode_client_partial(identity: bytes, rid_part: bytes, reply_meta: Any,
+                          body: Any) -> list:
+    """A worker's streamed chunk (W_PARTIAL) as a PARTIAL reply to the request's client."""
+    return [identity, VERSION, REPLIES, rid_part + PARTIAL + bytes(reply_meta), body]
+
+
+def encode_control_reply(identity: bytes, rid_part: bytes, result: Any) -> list:
+    """The answer to a CONTROL call: a REPLY with the result as a msgpack body."""
+    return [identity, VERSION, REPLIES,
+            rid_part + REPLY + encode_reply_meta(200, "application/msgpack"), packb(result)]
+
+
 # ---------------------------------------------------------------- worker side
 
 def encode_batch_id(batch_id: int) -> bytes:
@@ -460,8 +509,35 @@ def split_worker_reply(frames: Sequence[Any]) -> tuple[int, list]:
     return parse_batch_id(bytes(frames[2])), items
 
 
-def encode_partial_index(index: int) -> bytes:
-    return _PARTIAL_INDEX.pack(index)
+def encode_reply_answer(reply_meta: bytes, body: Any) -> tuple[bytes, Any]:
+    """One W_REPLY item for an answered request: (REPLY | reply_meta, body)."""
+    return REPLY + reply_meta, body
+
+
+def encode_error_answer(code: str, message: str, status: int) -> tuple[bytes, bytes]:
+    """One W_REPLY item for a failed request: (ERROR | error_info, b"")."""
+    return ERROR + encode_error_info(code, message, status), b""
+
+
+def encode_worker_reply(batch_id: int, answers: Sequence[tuple[bytes, Any]]) -> list:
+    """The W_REPLY for a BATCH or BATCHES message: one (answer, body) pair per request, in
+    order (encode_reply_answer, encode_error_answer)."""
+    frames = [VERSION, W_REPLY, _BATCH_ID.pack(batch_id)]
+    for answer in answers:
+        frames.extend(answer)
+    return frames
+
+
+def encode_worker_partial(batch_id: int, index: int, reply_meta: bytes, body: Any) -> list:
+    """A W_PARTIAL: one streamed chunk for request `index` of the running batch."""
+    return [VERSION, W_PARTIAL, _BATCH_ID.pack(batch_id), _PARTIAL_INDEX.pack(index),
+            reply_meta, body]
+
+
+def is_heartbeat(frames: Sequence[Any]) -> bool:
+    """Whether a message is a HEARTBEAT ([VERSION, W_HEARTBEAT])."""
+    return (len(frames) == 2 and bytes(frames[0]) == VERSION
+            and bytes(frames[1]) == W_HEARTBEAT)
 
 
 def parse_worker_partial(frames: Sequence[Any]) -> tuple[int, int, Any, Any]:

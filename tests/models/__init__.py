@@ -1,4 +1,4 @@
-"""Test support: tiny TorchServe `no-archive` model directories, a fake broker, a worker thread.
+"""Test models: tiny TorchServe `no-archive` model directories that import no torch.
 
 Each directory holds `MAR-INF/MANIFEST.json` and a handler that imports no torch, so a worker
 serving it starts in a fraction of a second:
@@ -12,9 +12,7 @@ serving it starts in a fraction of a second:
 - `streaming`: streams three chunks per request (send_intermediate_predict_response), then
   returns a final one.
 
-`fake_broker.FakeBroker` is a ROUTER that plays the broker's part of the worker protocol for
-tests that run a real worker (in a thread or a process) without the real broker;
-`thread_worker.ThreadWorker` runs that worker in a thread of the test process.
+The fakes that serve them without the real broker live in tests/support/.
 """
 
 import json

@@ -151,6 +151,3 @@ class FakeBroker:
             if answer is not None:
                 sock = self._socket
                 sock.send_multipart([identity, *answer])
-
-
-# ---------------------------------------------------------------- the fake's own tests

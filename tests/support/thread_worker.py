@@ -1,9 +1,8 @@
 """A real worker loop run in a thread of the test process, against tests.support.fake_worker_broker.
 
-The worker tests that need no separate process (tests/unit/test_worker_loop.py and
-test_worker_replies.py) share this: `worker_config` builds the WorkerConfig of a test model
-for a fake broker, and `ThreadWorker` runs `WorkerLoop.run` until `stop()`, which fails the
-test if the loop does not return in time.
+The worker tests (tests/integration/test_worker_loop.py) share this: `worker_config` builds
+the WorkerConfig of a test model for a fake broker, and `ThreadWorker` runs `WorkerLoop.run`
+until `stop()`, which fails the test if the loop does not return in time.
 """
 
 from __future__ import annotations

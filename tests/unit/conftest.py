@@ -1,42 +1,33 @@
-"""Fixtures shared by the unit tests: the client tests' fake broker thread (`broker`), the
-worker tests' fake broker (`worker_broker`), and a runner of coroutines on a fresh asyncio
-loop and on uvloop."""
+"""Unit tests open no sockets and start no processes: this fence makes that a rule.
+
+Every unit test runs with a socket's `bind` and `connect`, `subprocess.Popen` and ZeroMQ's
+`Context.socket` replaced by a stand-in that fails the test with where it belongs; tests that
+need them live in tests/integration. (An event loop's own self-pipe, a socketpair that binds
+and connects nothing, stays allowed.)
+"""
 
 from __future__ import annotations
 
-import asyncio
+import socket
+import subprocess
 
 import pytest
-import uvloop
-
-from tests.support.fake_client_broker import FakeBroker
-from tests.support.fake_worker_broker import FakeBroker as WorkerSideBroker
-
-#: the longest a client test's coroutine may run (twice the fake broker's own wait)
-RUN_LIMIT_S = 10.0
+import zmq
 
 
-@pytest.fixture
-def broker():
-    fake = FakeBroker()
-    yield fake
-    fake.close()
+class FencedOff(AssertionError):
+    """A unit test reached for a socket or a process."""
 
 
-@pytest.fixture
-def worker_broker():
-    """The broker's side of the worker protocol, for tests that run a real worker."""
-    with WorkerSideBroker() as fake:
-        yield fake
+def _fenced(what: str):
+    def refuse(*_args, **_kwargs):
+        raise FencedOff(f"unit tests do not {what}: move this test to tests/integration")
+    return refuse
 
 
-@pytest.fixture(params=["asyncio", "uvloop"])
-def run(request):
-    """Run a coroutine to completion on a fresh loop of each kind, bounded in time."""
-    def runner(coro):
-        async def bounded():
-            return await asyncio.wait_for(coro, RUN_LIMIT_S)
-        if request.param == "uvloop":
-            return uvloop.run(bounded())
-        return asyncio.run(bounded())
-    return runner
+@pytest.fixture(autouse=True)
+def no_sockets_or_processes(monkeypatch):
+    for method in ("bind", "connect", "connect_ex"):
+        monkeypatch.setattr(socket.socket, method, _fenced("open sockets"))
+    monkeypatch.setattr(subprocess, "Popen", _fenced("start processes"))
+    monkeypatch.setattr(zmq.Context, "socket", _fenced("open ZeroMQ sockets"))

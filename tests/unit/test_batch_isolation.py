@@ -160,11 +160,3 @@ def test_bad_metas_keep_their_places_around_a_split(tmp_path):
     assert json.loads(replies[0].body)["echo"] == "ok0"
     assert json.loads(replies[3].body)["echo"] == "ok3"
 
-
-def test_overlap_replies_is_off_by_default_and_must_be_a_bool(tmp_path):
-    service, _ = service_for(tmp_path / "default", BAD_RAISES)
-    assert service.overlap_replies is False
-    service, _ = service_for(tmp_path / "on", BAD_RAISES, "overlapReplies: true\n")
-    assert service.overlap_replies is True
-    with pytest.raises(ConfigError, match="overlapReplies must be true or false"):
-        service_for(tmp_path / "bad", BAD_RAISES, "overlapReplies: 1\n")

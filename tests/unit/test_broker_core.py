@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from zerobatch.broker import aggregator
 from zerobatch.broker.core import BrokerCore
@@ -121,11 +123,15 @@ def test_expired_request_is_answered_and_never_dispatched(core):
     assert take_back(core) == []
 
 
-def test_full_queue_refuses_at_once(core):
+def test_full_queue_refuses_at_once(core, caplog):
     add(core, max_queue=4)
-    for i in range(5):
-        request(core, b"r%d" % i, 0)
+    with caplog.at_level(logging.INFO, logger="zerobatch.broker"):
+        for i in range(5):
+            request(core, b"r%d" % i, 0)
     assert errors(take_front(core)) == [(b"r4", "queue_full")]
+    assert core.describe()["models"][0]["refusedQueueFull"] == 1
+    assert [r.getMessage() for r in caplog.records if "refused" in r.getMessage()] == [
+        "model echo/1.0 refused 1 request in 0.0 s: 1 queue_full (max_queue requests waited)"]
 
 
 def test_body_over_limit_is_refused(core):
@@ -252,30 +258,8 @@ def test_versions_route_to_their_own_queue(core):
 
 def partial(core: BrokerCore, batch_id: int, index: int, body: bytes, now_ns: int,
             identity: bytes = WORKER, status: int = 200) -> None:
-    core.on_back([identity, p.VERSION, p.W_PARTIAL, p.encode_batch_id(batch_id),
-                  p.encode_partial_index(index), p.encode_reply_meta(status, "text/plain"),
-                  body], now_ns)
-
-
-def test_replies_from_the_reply_identity_count_as_the_workers(core):
-    add(core, batch_size=2)
-    ready(core, 0)
-    request(core, b"r0", 0, body=b"b0")
-    request(core, b"r1", MS, body=b"b1")
-    (batch,) = take_back(core)
-    assert batch[0] == WORKER  # batches go to the data socket the worker said READY from
-    reply_batch(core, batch, 5 * MS, identity=WORKER + p.REPLY_SUFFIX)
-    assert [(i, c, r, b) for i, c, r, _a, b in flat(take_front(core))] == [
-        (CLIENT, p.REPLY, b"r0", b"b0"), (CLIENT, p.REPLY, b"r1", b"b1")]
-    assert core.describe()["models"][0]["workers"][0]["status"] == "READY"
-    core.on_back([WORKER + p.REPLY_SUFFIX] + p.DISCONNECT_FRAMES, 6 * MS)
-    assert core.describe()["models"][0]["workers"] == []
-
-
-def test_ready_from_a_reply_identity_is_refused(core):
-    add(core)
-    ready(core, 0, identity=WORKER + p.REPLY_SUFFIX)
-    assert core.describe()["models"][0]["workers"] == []
+    core.on_back([identity] + p.encode_worker_partial(
+        batch_id, index, p.encode_reply_meta(status, "text/plain"), body), now_ns)
 
 
 def test_worker_partial_is_forwarded_and_the_request_stays_in_flight(core):
@@ -382,6 +366,24 @@ def test_request_that_would_miss_its_deadline_is_refused_at_once(core):
     # least that long, which the client may do itself
     assert retry_after_ms == 15
     assert core.describe()["models"][0]["refusedLate"] == 2
+
+
+def test_after_a_cold_first_batch_a_lone_request_and_then_a_burst_are_admitted(core):
+    """The README's first request right after start: the worker's first batch runs cold
+    (10 s here), which the learned estimate remembers for long after. A lone request on the
+    idle worker is still admitted, and once it ran warm (2 ms) a burst of 32 with a 500 ms
+    deadline is too."""
+    add(core, batch_size=1, max_queue=100, batch_policy="adaptive")
+    ready(core, 0)
+    request(core, b"cold", 0, timeout_ms=60_000)
+    reply_batch(core, take_back(core)[0], 10_000 * MS)
+    request(core, b"lone", 10_000 * MS, timeout_ms=500)
+    (batch,) = take_back(core)
+    reply_batch(core, batch, 10_002 * MS)
+    for i in range(32):
+        request(core, b"burst%d" % i, 10_002 * MS, timeout_ms=500)
+    assert errors(take_front(core)) == []
+    assert core.describe()["models"][0]["refusedLate"] == 0
 
 
 def test_admission_never_refuses_before_a_run_time_is_known(core):

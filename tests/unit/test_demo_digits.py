@@ -4,9 +4,6 @@ import io
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,14 +11,13 @@ from PIL import Image
 from zerobatch.worker.service import Service
 
 from examples.digits import make_samples, train
-from tests.support.fake_worker_broker import FakeBroker, decode_answers, item
+from tests.support.fake_worker_broker import decode_answers, item
 from tests.support.forms import multipart
-from zerobatch.config import ModelConfig, WorkerConfig
+from zerobatch.config import ModelConfig
 
 DEMO_DIR = os.path.dirname(os.path.abspath(train.__file__))
 MODEL_DIR = os.path.join(DEMO_DIR, "model")
 SAMPLE = os.path.join(DEMO_DIR, "sample_3.png")
-REPO_ROOT = os.path.dirname(os.path.dirname(DEMO_DIR))
 
 
 @pytest.fixture(scope="module")
@@ -115,25 +111,3 @@ def test_sample_is_reproducible(tmp_path):
     assert committed.shape == (32, 32)
     assert np.array_equal(regenerated, committed)
 
-
-def test_a_worker_process_serves_the_demo(model_dir):
-    with FakeBroker() as broker:
-        config = WorkerConfig("w-digits", broker.address,
-                              ModelConfig("digits", model_dir, batch_size=4))
-        env = dict(os.environ, PYTHONPATH=REPO_ROOT)
-        proc = subprocess.Popen([sys.executable, "-m", "zerobatch.worker", "--config",
-                                 config.to_json()], cwd=REPO_ROOT, env=env,
-                                stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            identity, info = broker.wait_ready(timeout_s=60)
-            assert (info["model"], info["pid"]) == ("digits", proc.pid)
-            with open(SAMPLE, "rb") as f:
-                replies = broker.request(identity, 1, [item(f.read(), "image/png")] * 2)
-            assert [top(r) for r in replies] == ["3", "3"]
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(30) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(10)

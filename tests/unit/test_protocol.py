@@ -149,3 +149,48 @@ def test_other_commands_are_not_batches():
         p.parse_batch([p.VERSION, p.W_REPLY, p.encode_batch_id(1), b"m", b"b"])
     with pytest.raises(ProtocolError):
         p.parse_batch([p.VERSION, p.W_BATCHES, p.encode_batch_id(1), b"m", b"b"])
+
+
+# ---------------------------------------------------------------- what the broker sends
+
+def test_the_broker_batch_messages_parse_back_in_the_worker():
+    items = [b"m0", b"b0", b"m1", b"b1", b"m2", b"b2"]
+    one = p.encode_batch(b"w1", 7, [3], items)
+    assert one[:3] == [b"w1", p.VERSION, p.W_BATCH]
+    assert p.parse_batch(one[1:]) == (7, [(b"m0", b"b0"), (b"m1", b"b1"), (b"m2", b"b2")], [3])
+    grouped = p.encode_batch(b"w1", 8, [1, 2], items)
+    assert grouped[:3] == [b"w1", p.VERSION, p.W_BATCHES]
+    assert p.parse_batch(grouped[1:])[0::2] == (8, [1, 2])
+
+
+def test_the_broker_heartbeat_and_disconnect_go_to_the_workers_sockets():
+    assert p.encode_heartbeat_for(b"w1") == [b"w1" + p.HEARTBEAT_SUFFIX, *p.HEARTBEAT_FRAMES]
+    assert p.encode_disconnect_for(b"w1") == [b"w1", *p.DISCONNECT_FRAMES]
+
+
+def test_the_broker_forwards_worker_answers_and_chunks_to_the_client():
+    rid = p.rid_head(b"r1")
+    meta = p.encode_reply_meta(200, "text/plain")
+    error = p.encode_error_info("handler_error", "boom", 500)
+    messages = [p.encode_client_reply(b"c", rid, p.REPLY + meta, b"answer"),
+                p.encode_client_reply(b"c", rid, p.ERROR + error, b""),
+                p.encode_client_partial(b"c", rid, meta, b"chunk")]
+    assert [m[0] for m in messages] == [b"c"] * 3
+    assert [p.parse_client_replies(m[1:]) for m in messages] == [
+        [(p.REPLY, b"r1", meta, b"answer")], [(p.ERROR, b"r1", error, b"")],
+        [(p.PARTIAL, b"r1", meta, b"chunk")]]
+
+
+@pytest.mark.parametrize("answer", [b"", p.PARTIAL + b"meta", b"\x7fmeta"])
+def test_a_worker_answer_that_is_neither_reply_nor_error_is_not_forwarded(answer):
+    with pytest.raises(ProtocolError):
+        p.encode_client_reply(b"c", p.rid_head(b"r1"), answer, b"")
+
+
+def test_a_control_reply_carries_its_result_as_msgpack():
+    (reply,) = p.parse_client_replies(p.encode_control_reply(b"c", p.rid_head(b"c1"),
+                                                             {"status": "Healthy"})[1:])
+    command, rid, meta, body = reply
+    assert (command, rid) == (p.REPLY, b"c1")
+    assert p.parse_reply_meta(meta) == (200, "application/msgpack", None)
+    assert p.unpack_header(body) == {"status": "Healthy"}

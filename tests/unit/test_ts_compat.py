@@ -1,8 +1,6 @@
 """TorchServe handler files run unchanged: `ts.*` imports resolve to zerobatch's modules."""
 
 import json
-import os
-import subprocess
 import sys
 import warnings
 
@@ -28,8 +26,6 @@ from zerobatch.config import ModelConfig
 from zerobatch.errors import ConfigError
 from zerobatch.model_files import load_model_config as read_model_yaml_config
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 
 def run(service, items):
     frames = service.run_batch(1, items)[3:]
@@ -40,12 +36,6 @@ def save_torchscript(module, path, example):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"`torch\.jit\.", category=DeprecationWarning)
         torch.jit.save(torch.jit.trace(module, example), path)
-
-
-def run_python(code, cwd=REPO_ROOT, extra_path=()):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([*extra_path, REPO_ROOT]))
-    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=60)
 
 
 # ------------------------------------------------------------------ the aliases
@@ -98,34 +88,6 @@ def test_unknown_ts_names_are_not_found():
     install_ts_aliases()
     with pytest.raises(ModuleNotFoundError):
         import ts.model_service_worker  # noqa: F401
-
-
-def test_ts_context_does_not_load_torch():
-    result = run_python("import sys\n"
-                        "from worker.ts_alias import install_ts_aliases\n"
-                        "install_ts_aliases()\n"
-                        "from ts.context import Context\n"
-                        "from ts.utils.util import PredictionException\n"
-                        "from ts.handler_utils.utils import send_intermediate_predict_response\n"
-                        "assert 'torch' not in sys.modules, 'torch was imported'\n")
-    assert result.returncode == 0, result.stderr
-
-
-def test_ours_wins_over_an_installed_torchserve(tmp_path):
-    fake = tmp_path / "site" / "ts"
-    (fake / "torch_handler").mkdir(parents=True)
-    (fake / "__init__.py").write_text("REAL = True\n")
-    (fake / "context.py").write_text("class Context: real = True\n")
-    (fake / "torch_handler" / "__init__.py").write_text("")
-    result = run_python("import ts.context\n"
-                        "assert ts.context.Context.real\n"  # the real one, before install
-                        "from worker.ts_alias import install_ts_aliases\n"
-                        "install_ts_aliases()\n"
-                        "import ts, ts.context, zerobatch.worker.context\n"
-                        "assert ts.context is zerobatch.worker.context\n"
-                        "assert not hasattr(ts, 'REAL')\n",
-                        extra_path=[str(tmp_path / "site")])
-    assert result.returncode == 0, result.stderr
 
 
 def test_send_intermediate_predict_response_needs_a_worker_context():

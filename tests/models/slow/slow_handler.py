@@ -20,5 +20,4 @@ def handle(data, context):
     SEEN.extend(row["body"]["tag"] for row in data
                 if isinstance(row.get("body"), dict) and "tag" in row["body"])
     time.sleep(max(_sleep_ms(row.get("body")) for row in data) / 1000.0)
-    # a snapshot: a result must not change after it is returned (worker.service)
     return [{"batch_size": len(data), "seen": list(SEEN)} for _ in data]

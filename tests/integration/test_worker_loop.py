@@ -1,15 +1,14 @@
 """The worker loop against a fake broker: READY, BATCH -> W_REPLY, errors, stop, exit codes.
 
 The test binds the ROUTER (tests.support.fake_worker_broker) on a random loopback port and runs the
-worker either in a thread (WorkerLoop.run) or as a real `python -m worker` process that a
-finalizer always kills. Every wait is a bounded poll on the socket; nothing sleeps.
+worker either in a thread (WorkerLoop.run) or as a real `python -m zerobatch.worker` process
+that a finalizer always kills. Every wait is a bounded poll on the socket; nothing sleeps.
 """
 
 import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -19,8 +18,9 @@ from tests.models import write_model_dir
 from tests.support.fake_worker_broker import FakeBroker, item
 from tests.support.thread_worker import ThreadWorker, worker_config
 from zerobatch import protocol
+from zerobatch.launch import module_argv
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
@@ -42,19 +42,20 @@ def thread_worker(worker_broker):
 def process_worker(worker_broker, tmp_path):
     started = []
 
-    def spawn(config, preload=None):
+    def spawn(config, preload=None, python_path=()):
         """A worker process for config; with preload (module names), one that imports them
-        and then reads its configuration from stdin (proc.stdin), as the broker starts it."""
+        and then reads its configuration from stdin (proc.stdin), as the broker starts it.
+        python_path: folders put first on its PYTHONPATH."""
         log_file = open(tmp_path / f"worker-{len(started)}.log", "w")
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO_ROOT, env.get("PYTHONPATH")]))
-        argv = [sys.executable, "-m", "zerobatch.worker", "--config", config.to_json()]
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [*python_path, env.get("PYTHONPATH")]))
+        argv = module_argv("zerobatch.worker", "--config", config.to_json())
         stdin = subprocess.DEVNULL
         if preload is not None:
-            argv = [sys.executable, "-m", "zerobatch.worker", "--config", "-",
-                    *[arg for name in preload for arg in ("--preload", name)]]
+            argv = module_argv("zerobatch.worker", "--config", "-",
+                               *[arg for name in preload for arg in ("--preload", name)])
             stdin = subprocess.PIPE
-        proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdin=stdin,
+        proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdin=stdin,
                                 stdout=log_file, stderr=subprocess.STDOUT)
         proc.log_path = log_file.name
         started.append((proc, log_file))
@@ -141,7 +142,7 @@ def test_stop_event_disconnects(thread_worker, worker_broker):
     worker.stop()
     assert worker.reason == STOPPED
     frames = worker_broker.wait_command(protocol.W_DISCONNECT, timeout_s=5)
-    assert frames == [worker.identity + protocol.REPLY_SUFFIX, *protocol.DISCONNECT_FRAMES]
+    assert frames == [worker.identity, *protocol.DISCONNECT_FRAMES]
 
 
 def test_broker_silence_ends_the_loop():
@@ -181,8 +182,8 @@ def test_a_preloaded_process_reads_its_config_from_stdin(worker_broker, process_
     assert reply.body == b"preloaded"
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(10) == 0
-    # a module that cannot be preloaded is said once and left for the handler to need
-    assert "--preload no_such_module_zb: ModuleNotFoundError" in read_log(proc)
+    # a module that is not installed is skipped quietly: a handler that needs it says so
+    assert "no_such_module_zb" not in read_log(proc)
 
 
 def test_a_preloaded_process_that_gets_no_config_exits_0(worker_broker, process_worker):
@@ -225,9 +226,36 @@ def test_process_reports_a_model_that_cannot_load(worker_broker, process_worker,
     assert "worker[" in log  # the log format names the process
 
 
-def test_process_rejects_a_bad_config():
-    env = dict(os.environ, PYTHONPATH=REPO_ROOT)
-    result = subprocess.run([sys.executable, "-m", "zerobatch.worker", "--config", "{not json"],
-                            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=30)
+def test_a_worker_without_torch_says_so_in_one_line(worker_broker, process_worker, tmp_path):
+    """torch blocked in the process (as if not installed): the preload skips it quietly, the
+    handler's `import torch` becomes the model's load error, one line, sent to the broker."""
+    blocker = tmp_path / "no_torch"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text("import sys\nsys.modules['torch'] = None\n")
+    path = write_model_dir(str(tmp_path / "needs_torch"), """
+        import torch
+
+        def handle(data, context):
+            return data
+        """)
+    config = worker_config(worker_broker, model="needs_torch", path=path)
+    proc = process_worker(config, preload=["torch"], python_path=[str(blocker)])
+    proc.stdin.write(config.to_json().encode() + b"\n")
+    proc.stdin.close()
+    frames = worker_broker.wait_command(protocol.W_LOAD_FAILED, timeout_s=30)
+    assert proc.wait(30) == 3
+    error = protocol.parse_load_failed(frames[3])["error"]
+    assert error.startswith("model needs_torch: its handler needs torch, which is not "
+                            "installed in this Python (")
+    assert error.endswith("; install the build for your hardware: "
+                          "https://pytorch.org/get-started/locally/")
+    log = read_log(proc)
+    assert error in log
+    assert "Traceback" not in log and "--preload" not in log
+
+
+def test_process_rejects_a_bad_config(tmp_path):
+    result = subprocess.run(module_argv("zerobatch.worker", "--config", "{not json"),
+                            cwd=tmp_path, capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert "invalid --config" in result.stderr

@@ -1,6 +1,7 @@
-"""Refusal hints (api.client_helpers.RefusalHints): after the broker refuses a request as
-deadline_unreachable with retry_after_ms, both clients refuse that route themselves until
-then, without sending; other routes, other errors and expired hints go to the broker."""
+"""Refusal hints on the wire: after the broker refuses a request as deadline_unreachable with
+retry_after_ms, both clients refuse that route themselves until then, without sending; other
+routes and expired hints go to the broker. The hints' rules, clock passed in, are tested in
+tests/unit/test_client_core.py."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import time
 import pytest
 from zerobatch.api.aio_client import AsyncClient
 from zerobatch.api.client import Client
-from zerobatch.api.client_helpers import RefusalHints
 
 from tests.support.fake_client_broker import reply_frames
 from zerobatch import protocol
@@ -30,24 +30,6 @@ def refuse_with_hint(broker, retry_after_ms=HINT_MS, code="deadline_unreachable"
 def assert_nothing_sent(broker):
     with pytest.raises(queue.Empty):
         broker.next(timeout_s=0.1)
-
-
-def test_hints_hold_until_they_run_out_and_ignore_other_errors():
-    hints = RefusalHints()
-    route, other = protocol.encode_route("m", None, 100), protocol.encode_route("m", None, 200)
-    assert not hints
-    hints.note(route, protocol.encode_error_info("queue_full", "full", 503, 50))
-    hints.note(route, protocol.encode_error_info("deadline_unreachable", "late", 503))
-    hints.note(route, b"\xc1 garbage")
-    assert not hints  # none of those is a deadline_unreachable with a hint
-    hints.note(route, protocol.encode_error_info("deadline_unreachable", "late", 503, 30))
-    with pytest.raises(DeadlineUnreachable, match="late") as refused:
-        hints.check(route)
-    assert 0 < refused.value.retry_after_ms <= 30  # what is left of the hint
-    hints.check(other)
-    time.sleep(0.04)
-    hints.check(route)  # ran out: the next request asks the broker again
-    assert not hints
 
 
 def test_sync_client_refuses_a_hinted_route_itself(broker):

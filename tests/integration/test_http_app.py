@@ -122,9 +122,9 @@ def test_version_path_and_put(echo_broker):
     first, second = simulate(app, ("POST", "/predictions/m/2.0", {"body": b"a"}),
                              ("PUT", "/predictions/m", {"body": b"b"}))
     assert first.status_code == 200 and second.status_code == 200
-    a, b = echo_broker.take(2)
-    assert a.route[:2] == ("m", "2.0") and b.route[:2] == ("m", None)
-    assert b.body == b"b"
+    versioned, unversioned = echo_broker.take(2)
+    assert versioned.route[:2] == ("m", "2.0") and unversioned.route[:2] == ("m", None)
+    assert unversioned.body == b"b"
 
 
 def test_reply_status_type_and_headers_come_back():

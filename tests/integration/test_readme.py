@@ -1,0 +1,252 @@
+"""The README runs as written: its code blocks are extracted and run against real servers.
+
+Which blocks run (the marker rule):
+
+- A ```sh block runs when every command in it starts with one of RUNNABLE (`curl`,
+  `zerobatch`, `torch-model-archiver`, `mkdir`, `python -c`). A block with any other command
+  (`make`, `pip`, `git`, the venv's activation) shows how to install or build, and is not run.
+  A command is a line that starts in the first column, with the lines after it that are
+  indented or follow a trailing backslash; lines starting with `#` are comments.
+- A ```python block whose first line is a comment naming a file (`# echo_handler.py`) is that
+  file: it is written into the directory the handler tutorial runs in, never run itself.
+- Every other ```python block is a script, run as a file with the repository root as cwd.
+
+Where they run, by the README section that holds them: the blocks of "A first request", "The
+Python client" and "Errors" against one server of the demo model (examples/digits/model), from
+the repository root; the blocks of "Serving your own TorchServe model" in order, in a fresh
+directory holding the README's files, so the three handler forms are archived by the real
+torch-model-archiver, served by `zerobatch start` and answered. The only rewriting is of
+addresses: `127.0.0.1:8080` and `tcp://127.0.0.1:9500` become the test server's, and
+`zerobatch start` / `zerobatch stop` get its ports and run directory. Each answer is checked
+against what the README says it is. A README with fewer blocks of a kind than EXPECTED_BLOCKS
+fails, so a block cannot drop out of the test unnoticed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+
+import pytest
+
+from tests.support.servers import ROOT, Server, finish, free_port, start_server
+
+pytestmark = pytest.mark.integration
+
+README = os.path.join(ROOT, "README.md")
+DEMO_MODEL = os.path.join(ROOT, "examples", "digits", "model")
+DEMO_WEIGHTS = os.path.join(DEMO_MODEL, "digits_cnn.pt")
+README_HTTP = "127.0.0.1:8080"
+README_ZMQ = "tcp://127.0.0.1:9500"
+
+RUNNABLE = ("curl ", "zerobatch ", "torch-model-archiver ", "mkdir ", "python -c ")
+DEMO_SECTIONS = ("A first request", "The Python client", "Errors")
+TUTORIAL_SECTION = "Serving your own TorchServe model"
+FILE_COMMENT = re.compile(r"^# ([A-Za-z0-9_]+\.py)$")
+
+#: (section, kind) -> the fewest blocks the README must hold
+EXPECTED_BLOCKS = {
+    ("A first request", "sh"): 1,
+    ("The Python client", "script"): 2,
+    ("Errors", "script"): 1,
+    (TUTORIAL_SECTION, "file"): 4,
+    (TUTORIAL_SECTION, "sh"): 2,
+}
+#: what the tutorial's requests answer, as the README says they do: model -> answer
+TUTORIAL_ANSWERS = {"echo": "hello", "length": {"length": 5}, "scale": [2.0, 4.0, 6.0]}
+TUTORIAL_ANSWER_TEXT = ("`hello`", '`{"length": 5}`', "`[2.0, 4.0, 6.0]`")
+COMMAND_TIMEOUT_S = 120
+
+
+@dataclass(frozen=True)
+class Block:
+    section: str
+    language: str
+    text: str
+
+    @property
+    def kind(self) -> str:
+        if self.language == "python":
+            return "file" if self.file_name else "script"
+        return self.language
+
+    @property
+    def file_name(self) -> str | None:
+        match = FILE_COMMENT.match(self.text.split("\n", 1)[0])
+        return match.group(1) if match else None
+
+    def commands(self) -> list[str]:
+        commands: list[str] = []
+        for line in self.text.splitlines():
+            if not line.strip() or line.startswith("#"):
+                continue
+            continues = commands and (line[0].isspace() or commands[-1].endswith("\\"))
+            if continues:
+                commands[-1] += "\n" + line
+            else:
+                commands.append(line)
+        return commands
+
+    @property
+    def runnable(self) -> bool:
+        return self.language == "sh" and all(c.startswith(RUNNABLE) for c in self.commands())
+
+
+def readme_blocks() -> list[Block]:
+    """Every fenced block of the README, with its `## ` section."""
+    blocks, section, fence, lines = [], "", None, []
+    with open(README, encoding="utf-8") as handle:
+        for line in handle.read().splitlines():
+            if fence is None:
+                if line.startswith("## "):
+                    section = line[3:].strip()
+                elif line.startswith("```"):
+                    fence, lines = line[3:].strip(), []
+            elif line.startswith("```"):
+                blocks.append(Block(section, fence, "\n".join(lines) + "\n"))
+                fence = None
+            else:
+                lines.append(line)
+    assert fence is None, "the README has an unclosed code fence"
+    return blocks
+
+
+def blocks_of(section: str, kind: str) -> list[Block]:
+    return [b for b in readme_blocks() if b.section == section and b.kind == kind
+            and (kind != "sh" or b.runnable)]
+
+
+def run_command(command: str, cwd: str, env: dict) -> str:
+    result = subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True,
+                            text=True, timeout=COMMAND_TIMEOUT_S)
+    assert result.returncode == 0, (f"`{command}` failed ({result.returncode}):\n"
+                                    f"{result.stdout}\n{result.stderr}")
+    return result.stdout
+
+
+def venv_env() -> dict:
+    """The environment of a shell whose venv is active: its bin directory first on PATH."""
+    env = dict(os.environ)
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def for_server(text: str, server: Server) -> str:
+    return (text.replace(README_ZMQ, server.client_address)
+            .replace(README_HTTP, f"127.0.0.1:{server.http_port}"))
+
+
+def top_label(answer: str) -> str:
+    return next(iter(json.loads(answer)))
+
+
+# ---------------------------------------------------------------------- the blocks
+
+def test_the_readme_holds_the_blocks_this_test_runs():
+    for (section, kind), fewest in EXPECTED_BLOCKS.items():
+        found = blocks_of(section, kind)
+        assert len(found) >= fewest, (f"README section {section!r}: {len(found)} {kind} "
+                                      f"block(s) this test runs, expected at least {fewest}")
+    files = {b.file_name for b in blocks_of(TUTORIAL_SECTION, "file")}
+    assert {"echo_handler.py", "length_handler.py", "scale_handler.py", "model.py"} <= files
+    scripts = "".join(b.text for b in blocks_of("The Python client", "script"))
+    assert "from zerobatch import Client" in scripts
+    assert "from zerobatch import AsyncClient" in scripts and "asyncio.run(main())" in scripts
+
+
+def test_blocks_outside_the_rule_are_only_install_and_build_commands():
+    """What the rule leaves out is exactly what must not run in a test."""
+    for block in readme_blocks():
+        if block.language == "sh" and not block.runnable:
+            commands = block.commands()
+            assert all(c.startswith(("make ", "python3 -m venv", "pip ", "zerobatch --version"))
+                       for c in commands), f"a README sh block this test does not run: {commands}"
+        else:
+            assert block.language in ("sh", "python"), f"unexpected block {block.language!r}"
+
+
+# ---------------------------------------------------------------------- the demo
+
+@pytest.fixture(scope="module")
+def demo_server():
+    assert os.path.exists(DEMO_WEIGHTS), (
+        f"{DEMO_WEIGHTS} is missing: build it with `.venv/bin/python -m examples.digits.train "
+        "--out examples/digits/model` (make test does)")
+    server = start_server({"digits": DEMO_MODEL})
+    yield server
+    finish(server)
+
+
+@pytest.mark.timeout(300)
+def test_first_requests_answer_as_documented(demo_server):
+    commands = [c for b in blocks_of("A first request", "sh") for c in b.commands()]
+    seen = set()
+    for command in commands:
+        answer = run_command(for_server(command, demo_server), ROOT, venv_env())
+        if "/ping" in command:
+            assert json.loads(answer) == {"status": "Healthy"}
+            seen.add("ping")
+        elif "application/json" in command:
+            assert top_label(answer) == "0", answer
+            seen.add("json")
+        else:
+            assert top_label(answer) == "3", answer
+            seen.add("form" if " -F " in command else "png")
+    assert seen == {"ping", "png", "form", "json"}
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("section", ["The Python client", "Errors"])
+def test_python_scripts_run(demo_server, section, tmp_path):
+    for index, block in enumerate(blocks_of(section, "script")):
+        script = tmp_path / f"block_{index}.py"
+        script.write_text(for_server(block.text, demo_server))
+        result = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True,
+                                text=True, timeout=COMMAND_TIMEOUT_S)
+        assert result.returncode == 0, f"{block.text}\n{result.stdout}\n{result.stderr}"
+        if "reply.json()" in block.text:
+            assert "200 {'3': " in result.stdout, result.stdout
+        if "answers" in block.text:
+            assert "32 answers" in result.stdout, result.stdout
+        if "ModelNotFound" in block.text:
+            assert result.stdout.startswith("not served:"), result.stdout
+
+
+# ---------------------------------------------------------------------- your own model
+
+@pytest.mark.timeout(300)
+def test_the_three_handler_forms_are_archived_served_and_answered(tmp_path):
+    with open(README, encoding="utf-8") as handle:
+        readme = handle.read()
+    for text in TUTORIAL_ANSWER_TEXT:
+        assert text in readme, f"the README no longer documents the answer {text}"
+    for block in blocks_of(TUTORIAL_SECTION, "file"):
+        (tmp_path / block.file_name).write_text(block.text)
+    env = venv_env()
+    server = Server(run_dir=tempfile.mkdtemp(prefix="zb"), http_port=free_port(),
+                    client_address=f"tcp://127.0.0.1:{free_port()}", env=env)
+    ours = (f"--http-port {server.http_port} --client-address {server.client_address} "
+            f"--run-dir {server.run_dir}")
+    answers = {}
+    try:
+        for block in blocks_of(TUTORIAL_SECTION, "sh"):
+            for command in block.commands():
+                command = for_server(command, server)
+                command = command.replace("zerobatch start", f"zerobatch start {ours}", 1)
+                command = command.replace("zerobatch stop", f"zerobatch stop --run-dir "
+                                                            f"{server.run_dir}", 1)
+                output = run_command(command, str(tmp_path), env)
+                model = re.search(r"/predictions/(\w+)", command)
+                if command.startswith("curl") and model:
+                    answers[model.group(1)] = output
+    finally:
+        finish(server)
+    assert set(answers) == set(TUTORIAL_ANSWERS)
+    assert answers["echo"] == TUTORIAL_ANSWERS["echo"]
+    assert json.loads(answers["length"]) == TUTORIAL_ANSWERS["length"]
+    assert json.loads(answers["scale"]) == TUTORIAL_ANSWERS["scale"]
