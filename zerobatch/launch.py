@@ -2,21 +2,31 @@
 
 `python -m` puts the current directory first on `sys.path`, so a `zerobatch/` folder, a
 `worker.py` or an `api/` package where the user happens to stand would shadow the installed
-package in every child. Python 3.11's `-P` leaves that entry out; on 3.10 a two-line bootstrap
-removes it before running the module. `PYTHONPATH` is honoured as usual either way.
+package in every child. Python 3.11's `-P` leaves that entry out; on 3.10 a one-line bootstrap
+(`bootstrap_argv`) removes it before running the module. `PYTHONPATH` is honoured either way.
 """
 
 from __future__ import annotations
 
 import sys
 
-#: run on Python 3.10 as `python -c BOOTSTRAP MODULE ARGS...`: drop the '' entry, run MODULE
-_BOOTSTRAP = ("import runpy, sys; del sys.path[0]; module = sys.argv.pop(1); "
-              "runpy.run_module(module, run_name='__main__', alter_sys=True)")
+#: run as `python -c BOOTSTRAP MODULE ARGS...`: drop the '' entry that `-c` puts first on
+#: sys.path (the current directory), then run MODULE as `-m` would, with argv[1:] = ARGS
+_BOOTSTRAP = """\
+import runpy, sys
+if sys.path and sys.path[0] == '':
+    del sys.path[0]
+runpy.run_module(sys.argv.pop(1), run_name='__main__', alter_sys=True)
+"""
 
 
 def module_argv(module: str, *args: str) -> list[str]:
     """The argv that runs `python -m module args...` with this interpreter, safely."""
     if sys.version_info >= (3, 11):
         return [sys.executable, "-P", "-m", module, *args]
+    return bootstrap_argv(module, *args)
+
+
+def bootstrap_argv(module: str, *args: str) -> list[str]:
+    """What module_argv gives on Python 3.10, which has no `-P`; it works on any version."""
     return [sys.executable, "-c", _BOOTSTRAP, module, *args]
