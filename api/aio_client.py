@@ -37,9 +37,9 @@ import time
 from typing import Any, AsyncIterator
 
 import zmq
+
 from zerobatch.api.client_core import Call, ClientCore
 from zerobatch.api.client_helpers import DEFAULT_ADDRESS, HIGH_WATER_MARK, Reply, connect_dealer
-
 from zerobatch.errors import BrokerUnavailable, ServingError, ShuttingDown
 from zerobatch.transport import has_message, recv_bytes, send_frames
 

@@ -18,10 +18,9 @@ import sys
 import time
 import urllib.request
 
-from zerobatch.api import archiver
-
 from zerobatch import __version__, model_files
 from zerobatch import config as defaults
+from zerobatch.api import archiver
 from zerobatch.config import ModelConfig, ServerConfig
 from zerobatch.errors import ConfigError, ServingError
 from zerobatch.launch import module_argv

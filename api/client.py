@@ -26,10 +26,10 @@ import time
 from typing import Any, Iterator
 
 import zmq
+
 from zerobatch.api.aio_client import AsyncClient
 from zerobatch.api.client_core import Call, ClientCore
 from zerobatch.api.client_helpers import DEFAULT_ADDRESS, HIGH_WATER_MARK, Reply, connect_dealer
-
 from zerobatch.errors import BrokerUnavailable, ServingError, ShuttingDown
 from zerobatch.transport import recv_bytes, send_frames
 

@@ -24,6 +24,7 @@ import logging
 import struct
 from typing import Any
 
+from zerobatch import protocol
 from zerobatch.api.client_helpers import (
     HeaderCache,
     RefusalHints,
@@ -34,8 +35,6 @@ from zerobatch.api.client_helpers import (
     parse_reply_meta,
     wait_ms,
 )
-
-from zerobatch import protocol
 from zerobatch.errors import DeadlineExceeded, ProtocolError, ServingError, ShuttingDown
 
 __all__ = ["Call", "ClientCore"]

@@ -20,9 +20,9 @@ import socket
 import sys
 
 import uvicorn
+
 from zerobatch.api.http_app import create_app
 from zerobatch.api.http_protocol import CoalescingHttpToolsProtocol
-
 from zerobatch.config import FrontendConfig
 from zerobatch.errors import ConfigError
 from zerobatch.gc_policy import freeze_startup_objects

@@ -27,6 +27,7 @@ import os
 
 import falcon
 import falcon.asgi
+
 from zerobatch.api.aio_client import AsyncClient, ReplyStream
 from zerobatch.api.http_helpers import (
     REQUEST_ID_HEADER,
@@ -37,7 +38,6 @@ from zerobatch.api.http_helpers import (
     read_body,
     timeout_from_header,
 )
-
 from zerobatch.config import FrontendConfig
 from zerobatch.errors import ServingError
 

@@ -40,8 +40,8 @@ from http import HTTPStatus
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-from zerobatch.api.http_helpers import JSON, body_too_large, error_body
 
+from zerobatch.api.http_helpers import JSON, body_too_large, error_body
 from zerobatch.errors import RequestTimeout, ServingError
 
 __all__ = ["CoalescingHttpToolsProtocol"]

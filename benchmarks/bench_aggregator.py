@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 from zerobatch.broker import aggregator
-
 from zerobatch.errors import ConfigError
 
 BATCH_SIZE = 8

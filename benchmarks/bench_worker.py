@@ -31,10 +31,10 @@ _REQUEST_ID = "0123456789abcdef0123456789abcdef"
 def measure(workload_name: str, batch_size: int, batches: int) -> dict[str, float]:
     """Median ms before, in and after the handler, over `batches` runs after a warm-up."""
     import zmq
-    from zerobatch.worker.service import Service
 
     from zerobatch import protocol
     from zerobatch.config import ModelConfig
+    from zerobatch.worker.service import Service
 
     workload = build(workload_name, WORK_DIR)
     service = Service.load(ModelConfig(name=workload.name, path=workload.model_dir,

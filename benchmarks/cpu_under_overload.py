@@ -37,9 +37,8 @@ MAX_REQUESTS = 200_000
 
 
 def main(argv: list[str] | None = None) -> int:
-    from zerobatch.api.client import Client
-
     from benchmarks.workloads import batched_ceiling, build
+    from zerobatch.api.client import Client
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.cpu_under_overload")
     parser.add_argument("--rate", type=float, default=0.0,

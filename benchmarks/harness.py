@@ -325,7 +325,6 @@ def _zmq_floor(kind: str) -> Iterator[str]:
 def _wait_answering(address: str, timeout_s: float = 15.0) -> None:
     """Until the floor answers a request (its processes are up and connected)."""
     from zerobatch.api.client import Client
-
     from zerobatch.errors import ServingError
 
     deadline = time.monotonic() + timeout_s

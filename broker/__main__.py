@@ -20,12 +20,12 @@ import subprocess
 import sys
 
 import zmq
+
 from zerobatch.broker import aggregator, archive
 from zerobatch.broker.core import BrokerCore
 from zerobatch.broker.gpus import count_visible_gpus
 from zerobatch.broker.loop import BrokerLoop
 from zerobatch.broker.supervisor import Supervisor, discard_preloaded, start_preloaded_workers
-
 from zerobatch.config import ServerConfig
 from zerobatch.errors import ConfigError
 from zerobatch.gc_policy import freeze_startup_objects

@@ -13,7 +13,6 @@ import importlib
 from types import ModuleType
 
 from zerobatch.broker import _aggregator_py
-
 from zerobatch.errors import ConfigError
 
 #: Largest time stamp (and max_batch_delay_ns) an aggregator accepts, in nanoseconds.

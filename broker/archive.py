@@ -33,9 +33,8 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import BinaryIO
 
-from zerobatch.broker import model_yaml, py_deps
-
 from zerobatch import model_files
+from zerobatch.broker import model_yaml, py_deps
 from zerobatch.config import ModelConfig
 from zerobatch.errors import ArchiveError, ConfigError
 

@@ -22,9 +22,8 @@ import logging
 from collections import deque
 from typing import Any, Callable
 
-from zerobatch.broker.batching_policy import BatchingPolicy
-
 from zerobatch import protocol as p
+from zerobatch.broker.batching_policy import BatchingPolicy
 from zerobatch.config import ModelConfig
 from zerobatch.errors import (
     DeadlineExceeded,

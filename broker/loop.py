@@ -15,9 +15,9 @@ import threading
 import time
 
 import zmq
+
 from zerobatch.broker.core import BrokerCore
 from zerobatch.broker.supervisor import Supervisor
-
 from zerobatch.protocol import coalesce_client_messages
 from zerobatch.transport import has_message, recv_frames, send_frames
 

@@ -23,9 +23,8 @@ from __future__ import annotations
 import logging
 import zipfile
 
-from zerobatch.broker.archive import MANIFEST_MEMBER
-
 from zerobatch import model_files
+from zerobatch.broker.archive import MANIFEST_MEMBER
 from zerobatch.errors import ConfigError
 
 log = logging.getLogger("zerobatch.broker.preload")

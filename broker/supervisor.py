@@ -22,7 +22,6 @@ import time
 
 from zerobatch.broker import preload
 from zerobatch.broker.gpus import GpuAssigner
-
 from zerobatch.config import (
     RESTART_BACKOFF_MAX_S,
     RESTART_BACKOFF_MIN_S,

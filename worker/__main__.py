@@ -27,13 +27,12 @@ import sys
 import threading
 import time
 
-from zerobatch.worker.loop import STOPPED, WorkerLoop, report_load_failure
-from zerobatch.worker.model_dir import add_python_path
-from zerobatch.worker.service import Service
-
 from zerobatch.config import WorkerConfig
 from zerobatch.errors import ConfigError
 from zerobatch.gc_policy import freeze_startup_objects
+from zerobatch.worker.loop import STOPPED, WorkerLoop, report_load_failure
+from zerobatch.worker.model_dir import add_python_path
+from zerobatch.worker.service import Service
 
 EXIT_OK = 0
 EXIT_USAGE = 2

@@ -27,6 +27,7 @@ import warnings
 from typing import Any
 
 import torch
+
 from zerobatch.worker.compat.util import load_label_mapping
 from zerobatch.worker.handler_loader import import_handler_module
 

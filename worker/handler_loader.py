@@ -34,9 +34,8 @@ import sys
 from types import ModuleType
 from typing import Any, Callable
 
-from zerobatch.worker.ts_alias import install_ts_aliases
-
 from zerobatch.errors import ConfigError
+from zerobatch.worker.ts_alias import install_ts_aliases
 
 log = logging.getLogger(__name__)
 

@@ -20,13 +20,13 @@ import os
 import threading
 
 import zmq
-from zerobatch.worker.heartbeat import Heartbeat
-from zerobatch.worker.service import Service
 
 from zerobatch import protocol
 from zerobatch.config import WorkerConfig
 from zerobatch.errors import ProtocolError
 from zerobatch.transport import recv_frames, send_frames
+from zerobatch.worker.heartbeat import Heartbeat
+from zerobatch.worker.service import Service
 
 log = logging.getLogger(__name__)
 

@@ -34,16 +34,15 @@ import os
 import time
 from typing import Any, Callable, Sequence
 
+from zerobatch import protocol
+from zerobatch.config import ModelConfig
+from zerobatch.errors import BadRequest, ConfigError, HandlerError, PredictionError, ProtocolError
+from zerobatch.model_files import load_model_config, manifest_file, read_manifest
 from zerobatch.worker.codec import decode_body, encode_value
 from zerobatch.worker.context import Context, MetricsCache, RequestProcessor
 from zerobatch.worker.forms import FormError, decode_form
 from zerobatch.worker.handler_loader import EntryPoint, load_entry_point, torch_missing_error
 from zerobatch.worker.model_dir import add_to_sys_path
-
-from zerobatch import protocol
-from zerobatch.config import ModelConfig
-from zerobatch.errors import BadRequest, ConfigError, HandlerError, PredictionError, ProtocolError
-from zerobatch.model_files import load_model_config, manifest_file, read_manifest
 
 log = logging.getLogger(__name__)
 

@@ -19,10 +19,10 @@ import tarfile
 import zipfile
 
 import pytest
+
 from zerobatch.api import archiver
 from zerobatch.broker import archive
 from zerobatch.broker.archive import prepare_model, prepare_models
-
 from zerobatch.config import ModelConfig
 from zerobatch.errors import ArchiveError, ConfigError
 

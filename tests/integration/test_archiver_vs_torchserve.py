@@ -14,6 +14,7 @@ import tarfile
 import zipfile
 
 import pytest
+
 from zerobatch.api import archiver, cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -14,7 +14,6 @@ import sys
 import zipfile
 
 import pytest
-from zerobatch.api import archiver
 
 from tests.support.servers import (
     TEST_MODELS,
@@ -23,6 +22,7 @@ from tests.support.servers import (
     json_body,
     processes_mentioning,
 )
+from zerobatch.api import archiver
 
 pytestmark = pytest.mark.integration
 

@@ -9,9 +9,8 @@ import subprocess
 import sys
 
 import pytest
-import zerobatch.api.client_helpers as helpers
-from zerobatch.api.client import Client, PendingReply, Reply
 
+import zerobatch.api.client_helpers as helpers
 from tests.support.fake_client_broker import (
     FakeBroker,
     control_reply,
@@ -20,6 +19,7 @@ from tests.support.fake_client_broker import (
     reply_frames,
 )
 from zerobatch import errors, protocol
+from zerobatch.api.client import Client, PendingReply, Reply
 
 SHORT_MS = 3000
 

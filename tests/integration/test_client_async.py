@@ -8,12 +8,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+
 import zerobatch.api.aio_client as aio_client
 import zerobatch.api.client_helpers as helpers
-from zerobatch.api.client import AsyncClient
-
 from tests.support.fake_client_broker import FakeBroker, echo, error_frames, reply_frames
 from zerobatch import errors, protocol
+from zerobatch.api.client import AsyncClient
 
 WAIT_S = 5.0
 

@@ -10,11 +10,11 @@ import queue
 import time
 
 import pytest
-from zerobatch.api.aio_client import AsyncClient
-from zerobatch.api.client import Client
 
 from tests.support.fake_client_broker import reply_frames
 from zerobatch import protocol
+from zerobatch.api.aio_client import AsyncClient
+from zerobatch.api.client import Client
 from zerobatch.errors import DeadlineUnreachable, QueueFull
 
 HINT_MS = 300

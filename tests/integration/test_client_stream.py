@@ -7,12 +7,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from zerobatch.api.aio_client import ReplyStream
-from zerobatch.api.client import AsyncClient, Client
-from zerobatch.api.client_helpers import Reply
 
 from tests.support.fake_client_broker import error_frames, reply_frames
 from zerobatch import errors, protocol
+from zerobatch.api.aio_client import ReplyStream
+from zerobatch.api.client import AsyncClient, Client
+from zerobatch.api.client_helpers import Reply
 
 WAIT_S = 5.0
 

@@ -18,12 +18,12 @@ import sys
 import tempfile
 
 import pytest
-from zerobatch.api.client import Client
 
 import zerobatch
 from tests.support.http_request import http_request
 from tests.support.servers import TEST_MODELS, free_port, processes_mentioning
 from zerobatch import launch
+from zerobatch.api.client import Client
 
 pytestmark = pytest.mark.integration
 

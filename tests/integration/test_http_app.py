@@ -8,10 +8,9 @@ import asyncio
 
 import falcon.testing
 import pytest
+
 import zerobatch.api.client_helpers as client_helpers
 import zerobatch.api.http_app as http_app
-from zerobatch.api.http_app import create_app
-
 from tests.support.fake_client_broker import (
     FakeBroker,
     control_reply,
@@ -20,6 +19,7 @@ from tests.support.fake_client_broker import (
     reply_frames,
 )
 from zerobatch import errors, protocol
+from zerobatch.api.http_app import create_app
 from zerobatch.config import FrontendConfig
 
 WAIT_S = 10.0

@@ -6,10 +6,10 @@ import time
 
 import pytest
 import zmq
-from zerobatch.worker.heartbeat import Heartbeat
 
 from tests.support.fake_worker_broker import FakeBroker
 from zerobatch import protocol
+from zerobatch.worker.heartbeat import Heartbeat
 
 pytestmark = pytest.mark.integration
 

@@ -12,13 +12,13 @@ import subprocess
 import time
 
 import pytest
-from zerobatch.worker.loop import BROKER_LOST, STOPPED
 
 from tests.models import write_model_dir
 from tests.support.fake_worker_broker import FakeBroker, item
 from tests.support.thread_worker import ThreadWorker, worker_config
 from zerobatch import protocol
 from zerobatch.launch import module_argv
+from zerobatch.worker.loop import BROKER_LOST, STOPPED
 
 pytestmark = pytest.mark.integration
 

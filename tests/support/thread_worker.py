@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import threading
 
-from zerobatch.worker.loop import WorkerLoop
-
 from tests.models import model_path
 from zerobatch.config import ModelConfig, WorkerConfig
+from zerobatch.worker.loop import WorkerLoop
 
 
 def worker_config(worker_broker, model="echo", path=None, interval_ms=1000, worker_id="w-test",

@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from zerobatch.broker import _aggregator_py, aggregator
 
+from zerobatch.broker import _aggregator_py, aggregator
 from zerobatch.errors import ConfigError
 
 MAX_TIME_NS = _aggregator_py.MAX_TIME_NS

@@ -15,8 +15,8 @@ import copy
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from zerobatch.broker import _aggregator_py, aggregator
 
+from zerobatch.broker import _aggregator_py, aggregator
 from zerobatch.errors import ConfigError
 
 try:

@@ -5,13 +5,13 @@ import logging
 import os
 
 import pytest
-from zerobatch.worker.service import Service
 
 from tests.models import write_model_dir
 from tests.support.fake_worker_broker import decode_answers, item
 from zerobatch import protocol
 from zerobatch.config import ModelConfig
 from zerobatch.errors import ConfigError
+from zerobatch.worker.service import Service
 
 BAD_RAISES = """
     import json

@@ -8,6 +8,7 @@ import itertools
 import logging
 
 import pytest
+
 from zerobatch.broker import aggregator
 from zerobatch.broker.batching_policy import (
     ADMISSION_SLACK_DIVISOR,
@@ -16,7 +17,6 @@ from zerobatch.broker.batching_policy import (
     BatchingPolicy,
     Refusals,
 )
-
 from zerobatch.errors import DeadlineUnreachable, QueueFull
 
 US = 1_000

@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 
 import pytest
-from zerobatch.broker import aggregator
-from zerobatch.broker.core import BrokerCore
 
 from zerobatch import protocol as p
+from zerobatch.broker import aggregator
+from zerobatch.broker.core import BrokerCore
 from zerobatch.config import ModelConfig
 
 MS = 1_000_000

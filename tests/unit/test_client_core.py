@@ -8,12 +8,12 @@ import json
 
 import msgpack
 import pytest
-import zerobatch.api.client_helpers as helpers
-from zerobatch.api.client_core import DEADLINE_BUCKET_NS, ClientCore
-from zerobatch.api.client_helpers import HeaderCache, RefusalHints, Reply
 
 import zerobatch
+import zerobatch.api.client_helpers as helpers
 from zerobatch import errors, protocol
+from zerobatch.api.client_core import DEADLINE_BUCKET_NS, ClientCore
+from zerobatch.api.client_helpers import HeaderCache, RefusalHints, Reply
 
 NOW_NS = 10**15
 MS = 1_000_000

@@ -8,6 +8,7 @@ import json
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from zerobatch.worker.codec import dumps_indented
 
 numbers = st.one_of(st.integers(), st.floats(allow_nan=True, allow_infinity=True))

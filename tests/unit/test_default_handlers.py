@@ -10,12 +10,12 @@ import warnings
 import pytest
 import torch
 from PIL import Image
-from zerobatch.worker.handlers import transforms
-from zerobatch.worker.handlers.text_handler import TextHandler, ngrams_iterator
-from zerobatch.worker.service import Service
 
 from tests.support.fake_worker_broker import decode_answers, item
 from zerobatch.config import ModelConfig
+from zerobatch.worker.handlers import transforms
+from zerobatch.worker.handlers.text_handler import TextHandler, ngrams_iterator
+from zerobatch.worker.service import Service
 
 COLORS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
 RGB_LABELS = {"0": "red", "1": "green", "2": "blue"}

@@ -8,12 +8,12 @@ import shutil
 import numpy as np
 import pytest
 from PIL import Image
-from zerobatch.worker.service import Service
 
 from examples.digits import make_samples, train
 from tests.support.fake_worker_broker import decode_answers, item
 from tests.support.forms import multipart
 from zerobatch.config import ModelConfig
+from zerobatch.worker.service import Service
 
 DEMO_DIR = os.path.dirname(os.path.abspath(train.__file__))
 MODEL_DIR = os.path.join(DEMO_DIR, "model")

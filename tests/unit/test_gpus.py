@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+
 from zerobatch.broker.gpus import GpuAssigner, count_visible_gpus
 from zerobatch.broker.supervisor import Supervisor
-
 from zerobatch.config import ModelConfig, ServerConfig
 
 

@@ -10,13 +10,13 @@ import os
 import sys
 
 import pytest
+
 from zerobatch.broker import model_yaml, py_deps
 from zerobatch.broker.archive import prepare_models
 from zerobatch.broker.supervisor import Supervisor
-from zerobatch.worker.model_dir import add_python_path
-
 from zerobatch.config import ModelConfig, ServerConfig, WorkerConfig
 from zerobatch.errors import ConfigError
+from zerobatch.worker.model_dir import add_python_path
 
 HANDLER = "def handle(data, context):\n    return data\n"
 

@@ -8,6 +8,7 @@ import tarfile
 import zipfile
 
 import pytest
+
 from zerobatch.broker.preload import wants_preload
 
 TORCH_HANDLER = "import torch\n\n\ndef handle(data, context):\n    return data\n"

@@ -6,10 +6,16 @@ import warnings
 
 import pytest
 import torch
+
 import zerobatch.worker.base_handler
 import zerobatch.worker.compat.handler_utils
 import zerobatch.worker.compat.util
 import zerobatch.worker.context
+from tests.models import write_model_dir
+from tests.support.fake_worker_broker import decode_answers, item
+from zerobatch.config import ModelConfig
+from zerobatch.errors import ConfigError
+from zerobatch.model_files import load_model_config as read_model_yaml_config
 from zerobatch.worker.handlers import (
     image_classifier,
     image_segmenter,
@@ -19,12 +25,6 @@ from zerobatch.worker.handlers import (
 )
 from zerobatch.worker.service import Service
 from zerobatch.worker.ts_alias import TS_ALIASES, TsAliasFinder, install_ts_aliases
-
-from tests.models import write_model_dir
-from tests.support.fake_worker_broker import decode_answers, item
-from zerobatch.config import ModelConfig
-from zerobatch.errors import ConfigError
-from zerobatch.model_files import load_model_config as read_model_yaml_config
 
 
 def run(service, items):

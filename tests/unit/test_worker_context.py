@@ -1,9 +1,9 @@
 """The TorchServe-compatible Context, RequestProcessor and metrics recorder."""
 
 import pytest
-from zerobatch.worker.context import Context, MetricsCache, RequestProcessor
 
 import zerobatch
+from zerobatch.worker.context import Context, MetricsCache, RequestProcessor
 
 
 def make_context(batch=2):

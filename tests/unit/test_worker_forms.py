@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from zerobatch.worker.forms import MAX_FIELDS, FormError, decode_form
 
 from tests.support.forms import multipart
+from zerobatch.worker.forms import MAX_FIELDS, FormError, decode_form
 
 BOUNDARY = "------------------------d74496d66958873e"
 

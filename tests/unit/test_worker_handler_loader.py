@@ -4,14 +4,14 @@ import json
 import os
 
 import pytest
-from zerobatch.worker.context import Context
-from zerobatch.worker.handler_loader import load_entry_point
-from zerobatch.worker.service import Service
 
 from tests.models import model_path, write_model_dir
 from zerobatch.config import ModelConfig
 from zerobatch.errors import ConfigError
 from zerobatch.model_files import read_manifest
+from zerobatch.worker.context import Context
+from zerobatch.worker.handler_loader import load_entry_point
+from zerobatch.worker.service import Service
 
 
 def resolve(model_dir):

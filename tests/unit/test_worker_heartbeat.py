@@ -2,6 +2,7 @@
 
 import pytest
 import zmq
+
 from zerobatch.worker.heartbeat import Heartbeat
 
 

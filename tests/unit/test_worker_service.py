@@ -4,14 +4,14 @@ import json
 
 import numpy as np
 import pytest
-from zerobatch.worker.codec import decode_body, encode_value
-from zerobatch.worker.service import MAX_ERROR_MESSAGE_CHARS, Service
 
 from tests.models import model_path, write_model_dir
 from tests.support.fake_worker_broker import decode_answers, item
 from tests.support.forms import multipart
 from zerobatch import protocol
 from zerobatch.config import ModelConfig
+from zerobatch.worker.codec import decode_body, encode_value
+from zerobatch.worker.service import MAX_ERROR_MESSAGE_CHARS, Service
 
 
 def load(path, name="test"):

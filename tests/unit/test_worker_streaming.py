@@ -4,13 +4,13 @@ the W_REPLY, each naming its request's position in the BATCH."""
 import json
 
 import pytest
-from zerobatch.worker.compat.handler_utils import send_intermediate_predict_response
-from zerobatch.worker.service import Service
 
 from tests.models import model_path, write_model_dir
 from tests.support.fake_worker_broker import decode_answers, item
 from zerobatch import protocol
 from zerobatch.config import ModelConfig
+from zerobatch.worker.compat.handler_utils import send_intermediate_predict_response
+from zerobatch.worker.service import Service
 
 
 def streaming_service(path, name="streaming"):

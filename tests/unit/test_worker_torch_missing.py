@@ -8,12 +8,12 @@ the test, so they import again (and fail) instead of answering from the cache.
 import sys
 
 import pytest
-from zerobatch.worker.__main__ import preload
-from zerobatch.worker.service import Service
 
 from tests.models import model_path, write_model_dir
 from zerobatch.config import ModelConfig
 from zerobatch.errors import ConfigError
+from zerobatch.worker.__main__ import preload
+from zerobatch.worker.service import Service
 
 NO_TORCH = (f"model needs_torch: its handler needs torch, which is not installed in this "
             f"Python ({sys.executable}); install the build for your hardware: "

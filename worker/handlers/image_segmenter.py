@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
 from zerobatch.worker.handlers.transforms import imagenet_processing
 from zerobatch.worker.handlers.vision_handler import VisionHandler
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
 from zerobatch.worker.compat.util import map_class_to_label
 from zerobatch.worker.handlers.transforms import Compose, ConvertRGB, ToTensor
 from zerobatch.worker.handlers.vision_handler import VisionHandler

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
 from zerobatch.worker.compat.util import PredictionException, map_class_to_label
 from zerobatch.worker.handlers.text_handler import TextHandler, ngrams_iterator
 

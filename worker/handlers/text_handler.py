@@ -27,6 +27,7 @@ import zlib
 from typing import Any, Iterable, Iterator
 
 import torch
+
 from zerobatch.worker.base_handler import BaseHandler
 from zerobatch.worker.compat.util import CLEANUP_REGEX
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from PIL import Image, UnidentifiedImageError
+
 from zerobatch.worker.base_handler import BaseHandler
 from zerobatch.worker.compat.util import PredictionException
 from zerobatch.worker.handlers.transforms import ToTensor

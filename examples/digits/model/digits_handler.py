@@ -18,6 +18,7 @@ import json
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+
 from zerobatch.worker.base_handler import BaseHandler
 
 SIDE = 8
