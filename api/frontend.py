@@ -1,7 +1,7 @@
 """Entry point of one HTTP front-end process: the inference app on uvicorn (uvloop, httptools,
 writes coalesced per event-loop turn: api/http_protocol.py).
 
-    python -m api.frontend --config '<FrontendConfig JSON>' [--fd N]
+    python -P -m zerobatch.api.frontend --config '<FrontendConfig JSON>' [--fd N]
 
 With --fd N the process serves on a listening socket it inherited, already bound by the
 broker (which binds the port once and hands the same socket to every front end: pre-fork);
@@ -31,7 +31,7 @@ log = logging.getLogger("zerobatch.frontend")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m api.frontend",
+    parser = argparse.ArgumentParser(prog="python -P -m zerobatch.api.frontend",
                                      description="one zerobatch HTTP front-end process")
     parser.add_argument("--config", required=True, help="FrontendConfig as JSON")
     parser.add_argument("--fd", type=int, default=None,

@@ -1,4 +1,4 @@
-"""Entry point of the broker process: `python -m broker --config '<ServerConfig JSON>'`.
+"""Entry point of the broker process: `python -P -m zerobatch.broker --config '<JSON>'`.
 
 The only place in the broker that reads argv and the environment. It first starts the first
 worker of each model whose archive is worth preloading (broker/preload.py), then prepares the
@@ -137,7 +137,7 @@ def _serve(config: ServerConfig, environ: dict[str, str],
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m broker")
+    parser = argparse.ArgumentParser(prog="python -P -m zerobatch.broker")
     parser.add_argument("--config", required=True, help="ServerConfig as JSON")
     args = parser.parse_args(argv)
     try:

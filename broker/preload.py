@@ -1,13 +1,13 @@
 """Which models get their first worker started while their archive is being extracted.
 
-Extracting a `.mar` (zlib inflates about 270 MB/s on the development machine: 0.2 s for the
-benchmark MLP's 50 MB) and starting a worker that imports torch (1 to 1.7 s there) both lie on
-the way to a model's first answer, and the worker needs the model directory only once torch is
-imported. So for such a model the broker starts the first worker before it extracts anything,
-as `python -m worker --preload torch --config -`: the worker imports torch, then reads its
-WorkerConfig from stdin, which the supervisor writes once the directory is ready and
-model-config.yaml is applied (broker.supervisor). The preloaded worker of a model that ends
-up refused, or with no worker slot, is killed (and one whose stdin closes before a
+Extracting a `.mar` (a fifth of a second for the benchmark MLP's 50 MB) and starting a worker
+that imports torch (a second or more) both lie on the way to a model's first answer, and the
+worker needs the model directory only once torch is imported. So for such a model the broker
+starts the first worker before it extracts anything, as `python -P -m zerobatch.worker
+--preload torch --config -`: the worker imports torch, then reads its WorkerConfig from
+stdin, which the supervisor writes once the directory is ready and model-config.yaml is
+applied (broker.supervisor). The preloaded worker of a model that ends up refused, or with
+no worker slot, is killed (and one whose stdin closes before a
 configuration arrives exits 0). Restarts and the other slots start the usual way.
 
 A model is preloaded when it is a zip archive (`.mar`) whose handler mentions torch, or names

@@ -1,8 +1,9 @@
 """Supervision of the broker's local child processes: workers and HTTP front ends.
 
-Spawns `python -m worker` per worker slot and `python -m api.frontend` per front end, notices
-at once when one exits (a pidfd per child sits in the broker's poll set), restarts it with
-exponential backoff, and stops everything on shutdown: SIGTERM, a grace period, then SIGKILL.
+Spawns `python -P -m zerobatch.worker` per worker slot and `python -P -m
+zerobatch.api.frontend` per front end (zerobatch.launch), notices at once when one exits (a
+pidfd per child sits in the broker's poll set), restarts it with exponential backoff, and
+stops everything on shutdown: SIGTERM, a grace period, then SIGKILL.
 Children get PR_SET_PDEATHSIG, so they die with the broker even if it is SIGKILLed.
 
 A model's first worker may have been started before the supervisor existed, while the model's

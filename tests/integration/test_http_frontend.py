@@ -1,8 +1,8 @@
-"""The real front-end process, `python -m api.frontend`, on loopback against a fake broker
-thread: serving on an inherited socket (--fd) and on its own port, chunked bodies over the
-limit, uploads over it refused before they are sent (Expect: 100-continue), graceful exit on
-SIGTERM. Readiness is polled through /ping; the process is always
-killed in a finalizer."""
+"""The real front-end process, `python -P -m zerobatch.api.frontend`, on loopback against a
+fake broker thread: serving on an inherited socket (--fd) and on its own port, chunked
+bodies over the limit, uploads over it refused before they are sent (Expect: 100-continue),
+graceful exit on SIGTERM. Readiness is polled through /ping; the process is always killed in
+a finalizer."""
 
 from __future__ import annotations
 
