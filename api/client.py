@@ -114,10 +114,15 @@ class Client:
         dict/list (JSON). timeout_ms travels to the broker as the request's deadline; None
         means the client's default, 0 the model's.
         """
-        call = self._core.request(model, body, time.monotonic_ns(), version=version,
-                                  timeout_ms=timeout_ms, content_type=content_type,
-                                  headers=headers, request_id=request_id)
-        self._send_requests()
+        call, message = self._core.request_message(model, body, time.monotonic_ns(), version,
+                                                   timeout_ms, content_type, headers,
+                                                   request_id)
+        if message is not None:
+            try:
+                self._send(message)
+            except BrokerUnavailable as exc:
+                self._core.fail(call, exc)
+                raise
         return PendingReply(self, call)
 
     def stream(self, model: str, body: Any, *, version: str | None = None,
@@ -202,15 +207,6 @@ class Client:
         return f"<Client {self.address} in_flight={self._core.in_flight}>"
 
     # ------------------------------------------------------------------ socket pump
-
-    def _send_requests(self) -> None:
-        core = self._core
-        for message in core.messages():
-            try:
-                self._send(message)
-            except BrokerUnavailable as exc:
-                core.fail_unsent(message, exc)
-                raise
 
     def _send(self, frames: list) -> None:
         try:

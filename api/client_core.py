@@ -47,6 +47,8 @@ DEADLINE_BUCKET_NS = 50_000_000
 _RID = struct.Struct("<Q")  # rid = the client's 8-byte little-endian counter
 _PARTIAL = protocol.PARTIAL
 _ERROR = protocol.ERROR
+_VERSION = protocol.VERSION
+_REQUEST = protocol.REQUEST
 
 
 class Call:
@@ -72,7 +74,7 @@ class Call:
         self.deadline_ns = deadline_ns
         #: whether each chunk wakes the waiter (a caller that takes chunks as they come)
         self.streams = streams
-        self.chunks: list = []
+        self.chunks: list | tuple = ()  # a list once the first chunk comes
         self.chunk_meta: Any = None
         self.outcome: tuple | ServingError | None = None
         #: the pump's own handle on whoever waits for this call; never read by the core
@@ -87,52 +89,66 @@ class _Deadlines:
     """The local deadlines of the calls in flight, in buckets of DEADLINE_BUCKET_NS, so that
     finding the expired ones costs a heap pop per bucket, not a look at every call.
 
-    Emptied buckets stay until their time passes, so each bucket enters the heap once.
+    A bucket lists the rids of its calls and an answered call is not taken out of it: most
+    calls are answered long before their deadline, and taking each out would cost every
+    request what only a few need. Whether a listed rid still waits is read from `waiting`
+    (the core's rid -> call map) when its bucket is read: by `pop_due`, or by `add` once the
+    bucket's time has passed, which moves the calls still waiting to the overdue list. So the
+    buckets hold rids for at most a deadline's span, and never a call or its answer.
     """
 
-    __slots__ = ("_buckets", "_ticks")
+    __slots__ = ("_waiting", "_buckets", "_ticks", "_overdue")
 
-    def __init__(self) -> None:
-        #: bucket tick -> {rid: call} of the calls whose deadlines fall in it
-        self._buckets: dict[int, dict[bytes, Call]] = {}
+    def __init__(self, waiting: dict[bytes, Call]) -> None:
+        self._waiting = waiting
+        #: bucket tick -> the rids of the calls whose deadlines fall in it
+        self._buckets: dict[int, list[bytes]] = {}
         self._ticks: list[int] = []  # a heap of the buckets' ticks
+        #: rids of calls still waiting whose bucket's time has passed
+        self._overdue: list[bytes] = []
 
-    def add(self, call: Call) -> None:
-        tick = call.deadline_ns // DEADLINE_BUCKET_NS
+    def add(self, rid: bytes, deadline_ns: int, now_ns: int) -> None:
+        ticks = self._ticks
+        if ticks and ticks[0] < now_ns // DEADLINE_BUCKET_NS:
+            self._retire_past_buckets(now_ns // DEADLINE_BUCKET_NS)
+        tick = deadline_ns // DEADLINE_BUCKET_NS
         bucket = self._buckets.get(tick)
         if bucket is None:
-            bucket = self._buckets[tick] = {}
-            heapq.heappush(self._ticks, tick)
-        bucket[call.rid] = call
+            self._buckets[tick] = [rid]
+            heapq.heappush(ticks, tick)
+        else:
+            bucket.append(rid)
 
-    def discard(self, call: Call) -> None:
-        bucket = self._buckets.get(call.deadline_ns // DEADLINE_BUCKET_NS)
-        if bucket is not None:
-            bucket.pop(call.rid, None)
+    def _retire_past_buckets(self, now_tick: int) -> None:
+        ticks, buckets, waiting = self._ticks, self._buckets, self._waiting
+        while ticks and ticks[0] < now_tick:
+            self._overdue += [rid for rid in buckets.pop(heapq.heappop(ticks)) if rid in waiting]
 
     def pop_due(self, now_ns: int) -> list[Call]:
-        """Remove and return the calls whose deadline is at or before now_ns."""
+        """Remove and return the calls still waiting whose deadline is at or before now_ns."""
         now_tick = now_ns // DEADLINE_BUCKET_NS
-        ticks, buckets = self._ticks, self._buckets
-        due: list[Call] = []
-        while ticks and ticks[0] <= now_tick:
-            tick = ticks[0]
-            bucket = buckets[tick]
-            if tick < now_tick:  # all of it has passed
-                heapq.heappop(ticks)
-                del buckets[tick]
-                due.extend(bucket.values())
-                continue
-            for rid, call in list(bucket.items()):  # the current bucket: call by call
+        self._retire_past_buckets(now_tick)
+        waiting = self._waiting
+        due = [waiting[rid] for rid in self._overdue if rid in waiting]
+        self._overdue = []
+        bucket = self._buckets.get(now_tick)
+        if bucket:  # the current bucket: call by call
+            later = []
+            for rid in bucket:
+                call = waiting.get(rid)
+                if call is None:
+                    continue
                 if call.deadline_ns <= now_ns:
-                    del bucket[rid]
                     due.append(call)
-            break
+                else:
+                    later.append(rid)
+            self._buckets[now_tick] = later
         return due
 
     def clear(self) -> None:
         self._buckets.clear()
         self._ticks.clear()
+        self._overdue = []
 
 
 class ClientCore:
@@ -147,7 +163,7 @@ class ClientCore:
         self._counter = itertools.count(1)
         #: rid -> call, for every call sent (or to be sent) and not yet finished
         self._calls: dict[bytes, Call] = {}
-        self._deadlines = _Deadlines()
+        self._deadlines = _Deadlines(self._calls)
         self._headers = HeaderCache()
         self._refusals = RefusalHints()
         #: flat [head, body, ...] of the requests made since the last messages()
@@ -165,13 +181,26 @@ class ClientCore:
 
     # ------------------------------------------------------------------ calls
 
-    def request(self, model: str, body: Any, now_ns: int, *, version: str | None = None,
+    def request(self, model: str, body: Any, now_ns: int, version: str | None = None,
                 timeout_ms: int | None = None, content_type: str | None = None,
                 headers: dict[str, str] | None = None, request_id: str | None = None,
                 streams: bool = False) -> Call:
-        """A new request, queued for the next messages(); see Client.submit for the
-        arguments. A route the broker's hint still refuses gives a call that has already
-        failed with DeadlineUnreachable and is never sent."""
+        """A new request, queued for the next messages() (a pump that coalesces what one
+        turn makes); the arguments and refusals are request_message's."""
+        call, message = self.request_message(model, body, now_ns, version, timeout_ms,
+                                             content_type, headers, request_id, streams)
+        if message is not None:
+            self._outbox += message[2:]
+        return call
+
+    def request_message(self, model: str, body: Any, now_ns: int, version: str | None = None,
+                        timeout_ms: int | None = None, content_type: str | None = None,
+                        headers: dict[str, str] | None = None, request_id: str | None = None,
+                        streams: bool = False) -> tuple[Call, list | None]:
+        """A new request and the REQUEST message that carries it alone, for a pump that
+        sends each request at once; see Client.submit for the arguments. A route the
+        broker's hint still refuses gives a call that has already failed with
+        DeadlineUnreachable, and no message (None)."""
         if self._closed:
             raise ShuttingDown("the client is closed")
         if timeout_ms is None:
@@ -186,10 +215,10 @@ class ClientCore:
             if refusal is not None:
                 call = Call(b"", route, model, limit_ms, now_ns, streams)
                 call.outcome = refusal
-                return call
+                return call, None
         call = self._open(route, model, limit_ms, now_ns, streams)
-        self._outbox += (protocol.encode_request_head(call.rid, route, meta), payload)
-        return call
+        return call, [_VERSION, _REQUEST, protocol.encode_request_head(call.rid, route, meta),
+                      payload]
 
     def control(self, op: str, args: dict[str, Any], now_ns: int,
                 timeout_ms: int | None = None) -> tuple[Call, list]:
@@ -206,7 +235,7 @@ class ClientCore:
         rid = _RID.pack(next(self._counter))
         call = Call(rid, route, what, limit_ms, now_ns + limit_ms * 1_000_000, streams)
         self._calls[rid] = call
-        self._deadlines.add(call)
+        self._deadlines.add(rid, call.deadline_ns, now_ns)
         return call
 
     def messages(self) -> list[list]:
@@ -236,8 +265,7 @@ class ClientCore:
 
     def forget(self, call: Call) -> None:
         """Stop tracking a call whose caller no longer waits; later replies are dropped."""
-        if self._calls.pop(call.rid, None) is not None:
-            self._deadlines.discard(call)
+        self._calls.pop(call.rid, None)
 
     # ------------------------------------------------------------------ replies
 
@@ -260,12 +288,15 @@ class ClientCore:
             if command == _PARTIAL:
                 if call.chunk_meta is None:
                     call.chunk_meta = meta
-                call.chunks.append(body)
+                chunks = call.chunks
+                if chunks:
+                    chunks.append(body)
+                else:
+                    call.chunks = [body]
                 if call.streams:
                     woken.append(call)
                 continue
             del calls[rid]
-            self._deadlines.discard(call)
             call.outcome = (command, meta, body)
             if command == _ERROR and call.route is not None:
                 self._refusals.note(call.route, meta, now_ns)
@@ -317,11 +348,11 @@ class ClientCore:
         return decode_control(*outcome)
 
     @staticmethod
-    def take_chunks(call: Call) -> list:
-        """The bodies of the chunks that came since the last take, in order."""
+    def take_chunks(call: Call) -> list | tuple:
+        """The bodies of the chunks that came since the last take, in order (empty: ())."""
         chunks = call.chunks
         if chunks:
-            call.chunks = []
+            call.chunks = ()
         return chunks
 
     @staticmethod

@@ -163,7 +163,7 @@ def test_chunks_are_joined_in_front_of_the_final_body_and_wake_only_streaming_ca
                                         command=protocol.PARTIAL)), NOW_NS)
     assert first == [streamed]  # a caller that joins the chunks waits for the end
     assert core.stream_head(streamed) == (206, "text/event-stream", None)
-    assert core.take_chunks(streamed) == [b"a"] and core.take_chunks(streamed) == []
+    assert core.take_chunks(streamed) == [b"a"] and not core.take_chunks(streamed)
     core.receive(replies(answer(joined.rid, b"two,", command=protocol.PARTIAL),
                          answer(streamed.rid, b"b", command=protocol.PARTIAL)), NOW_NS)
     assert core.in_flight == 2 and joined.outcome is None
@@ -287,6 +287,18 @@ def test_deadlines_in_many_buckets_expire_in_order_and_only_when_due():
         expired += newly
     assert expired == [call for index, call in enumerate(calls) if index % 5]
     assert core.in_flight == 0
+
+
+def test_a_call_whose_bucket_passed_while_others_were_made_still_expires():
+    core = ClientCore()
+    silent = core.request("m", b"s", NOW_NS, timeout_ms=10)
+    answered = core.request("m", b"a", NOW_NS, timeout_ms=10)
+    core.receive(replies(answer(answered.rid, b"ok")), NOW_NS + MS)
+    later_ns = silent.deadline_ns + 10 * DEADLINE_BUCKET_NS  # both buckets' time has passed
+    fresh = core.request("m", b"f", later_ns, timeout_ms=10)  # retires the past buckets
+    assert core.expire(later_ns) == [silent]
+    assert core.reply(answered).body == b"ok" and core.in_flight == 1
+    assert core.expire(fresh.deadline_ns) == [fresh]
 
 
 # ---------------------------------------------------------------- refusal hints
