@@ -64,7 +64,8 @@ def processes_of(marker: str) -> dict[int, str]:
         except OSError:
             continue
         if any(marker.encode() in arg for arg in argv) and b"-m" in argv:
-            found[int(entry)] = argv[argv.index(b"-m") + 1].decode()
+            module = argv[argv.index(b"-m") + 1].decode()  # zerobatch.api.frontend, ...
+            found[int(entry)] = module.rsplit(".", 1)[-1]
     return found
 
 
