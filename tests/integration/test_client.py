@@ -158,23 +158,6 @@ def test_error_reply_raises_the_typed_error(broker, client):
     assert info.value.message == "boom" and info.value.http_status == 500
 
 
-@pytest.mark.parametrize("code, builtin", [
-    ("deadline_exceeded", TimeoutError),
-    ("model_not_found", LookupError),
-    ("queue_full", OverflowError),
-    ("bad_request", ValueError),
-    ("handler_error", RuntimeError),
-    ("worker_lost", ConnectionError),
-    ("broker_unavailable", ConnectionError),
-])
-def test_error_replies_are_caught_as_builtins(broker, client, code, builtin):
-    pending = client.submit("m", b"x")
-    msg = broker.next()
-    broker.send(msg.identity, error_frames(msg.rid, code, "no", 500))
-    with pytest.raises(builtin):
-        pending.result()
-
-
 def test_silent_broker_gives_a_local_deadline_and_late_replies_are_dropped(
         broker, quick_grace):
     with Client(broker.address) as client:

@@ -2,34 +2,23 @@
 tests/unit/test_demo_digits.py)."""
 
 import json
-import os
-import shutil
 import signal
 import subprocess
 
 import pytest
 
-from examples.digits import train
+from tests.support.demo import SAMPLE, demo_model_dir
 from tests.support.fake_worker_broker import item
 from zerobatch.config import ModelConfig, WorkerConfig
 from zerobatch.launch import module_argv
 
 pytestmark = pytest.mark.integration
 
-DEMO_DIR = os.path.dirname(os.path.abspath(train.__file__))
-MODEL_DIR = os.path.join(DEMO_DIR, "model")
-SAMPLE = os.path.join(DEMO_DIR, "sample_3.png")
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    """The committed model directory if its weights are up to date, else a freshly trained copy."""
-    if train.is_up_to_date(os.path.join(MODEL_DIR, train.MODEL_FILE)):
-        return MODEL_DIR
-    copy = str(tmp_path_factory.mktemp("digits") / "model")
-    shutil.copytree(MODEL_DIR, copy, ignore=shutil.ignore_patterns(train.MODEL_FILE))
-    assert train.main(["--out", copy]) == 0
-    return copy
+    return demo_model_dir(tmp_path_factory)
 
 
 def test_a_worker_process_serves_the_demo(model_dir, worker_broker, tmp_path):
