@@ -109,7 +109,7 @@ def torch_missing_error(model_name: str, exc: BaseException) -> ConfigError | No
     while cause is not None and id(cause) not in seen:
         if isinstance(cause, ModuleNotFoundError) and cause.name == "torch":
             return ConfigError(f"model {model_name}: its handler needs torch, which is not "
-                               f"installed in this Python ({sys.executable}); install the "
+                               "installed in the Python that runs the workers; install the "
                                f"build for your hardware: {TORCH_INSTALL_URL}")
         seen.add(id(cause))
         cause = cause.__cause__ or cause.__context__

@@ -245,10 +245,9 @@ def test_a_worker_without_torch_says_so_in_one_line(worker_broker, process_worke
     frames = worker_broker.wait_command(protocol.W_LOAD_FAILED, timeout_s=30)
     assert proc.wait(30) == 3
     error = protocol.parse_load_failed(frames[3])["error"]
-    assert error.startswith("model needs_torch: its handler needs torch, which is not "
-                            "installed in this Python (")
-    assert error.endswith("; install the build for your hardware: "
-                          "https://pytorch.org/get-started/locally/")
+    assert error == ("model needs_torch: its handler needs torch, which is not installed in "
+                     "the Python that runs the workers; install the build for your hardware: "
+                     "https://pytorch.org/get-started/locally/")
     log = read_log(proc)
     assert error in log
     assert "Traceback" not in log and "--preload" not in log

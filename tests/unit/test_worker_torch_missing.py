@@ -15,9 +15,9 @@ from zerobatch.errors import ConfigError
 from zerobatch.worker.__main__ import preload
 from zerobatch.worker.service import Service
 
-NO_TORCH = (f"model needs_torch: its handler needs torch, which is not installed in this "
-            f"Python ({sys.executable}); install the build for your hardware: "
-            f"https://pytorch.org/get-started/locally/")
+NO_TORCH = ("model needs_torch: its handler needs torch, which is not installed in the "
+            "Python that runs the workers; install the build for your hardware: "
+            "https://pytorch.org/get-started/locally/")
 
 
 @pytest.fixture
