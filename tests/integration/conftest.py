@@ -1,6 +1,7 @@
 """Fixtures that start real zerobatch servers on loopback (tests/support/servers.py), the
-worker tests' fake broker (`worker_broker`), the client tests' fake broker thread (`broker`)
-and a runner of coroutines on a fresh asyncio loop and on uvloop (`run`)."""
+worker tests' fake broker (`worker_broker`), the client tests' fake broker thread (`broker`;
+`echo_broker` answers each request with its body) and a runner of coroutines on a fresh
+asyncio loop and on uvloop (`run`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 import uvloop
 
 from tests.support.fake_client_broker import FakeBroker as ClientSideBroker
+from tests.support.fake_client_broker import echo
 from tests.support.fake_worker_broker import FakeBroker as WorkerSideBroker
 from tests.support.servers import Server, finish, start_server
 
@@ -57,6 +59,13 @@ def worker_broker():
 def broker():
     """The broker's client-facing ROUTER, played in a thread, for tests of the clients."""
     with ClientSideBroker() as fake:
+        yield fake
+
+
+@pytest.fixture
+def echo_broker():
+    """A fake client-facing broker that answers every request with its own body."""
+    with ClientSideBroker(echo) as fake:
         yield fake
 
 

@@ -14,7 +14,6 @@ import zerobatch.api.http_app as http_app
 from tests.support.fake_client_broker import (
     FakeBroker,
     control_reply,
-    echo,
     error_frames,
     reply_frames,
 )
@@ -40,13 +39,6 @@ def simulate(app, *calls):
 
 def call(app, method, path, **kwargs):
     return simulate(app, (method, path, kwargs))[0]
-
-
-@pytest.fixture
-def echo_broker():
-    fake = FakeBroker(echo)
-    yield fake
-    fake.close()
 
 
 @pytest.fixture
