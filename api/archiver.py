@@ -30,6 +30,7 @@ import tarfile
 import tempfile
 import time
 import zipfile
+import zlib
 from datetime import datetime
 from typing import IO, BinaryIO
 
@@ -51,6 +52,13 @@ SKIPPED_DIRS = frozenset({"__pycache__", "__MACOSX"})
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-.]*$")
 PROGRESS_MIN_BYTES = 10 * 1000 * 1000
 MAX_MANIFEST_BYTES = 1 << 20
+#: Reading a `.tar.gz` for its manifest inflates the members before it; that stops past this
+#: many declared bytes (the broker's extraction limit) or once the bytes inflated outgrow the
+#: compressed bytes read by more than MAX_COMPRESSION_RATIO, past RATIO_FLOOR_BYTES (the
+#: broker's zip-bomb rule, broker/archive.py).
+MAX_READ_BYTES = 4 << 30
+MAX_COMPRESSION_RATIO = 200
+RATIO_FLOOR_BYTES = 1 << 20
 _CHUNK_BYTES = 1 << 20
 
 
@@ -384,6 +392,9 @@ def _manifest_from_bytes(data: bytes, archive: str) -> dict:
         return model_files.parse_manifest(data, f"{archive}!{MANIFEST_MEMBER}")
     except ConfigError as exc:
         raise ArchiveError(str(exc)) from None
+    except RecursionError:  # JSON nested deeper than the parser goes
+        raise ArchiveError(f"{archive}!{MANIFEST_MEMBER}: cannot read the manifest: nested "
+                           "too deeply") from None
 
 
 def _is_manifest_name(name: str) -> bool:
@@ -394,31 +405,62 @@ def _is_manifest_name(name: str) -> bool:
 def read_archive_manifest(path: str) -> dict:
     """The manifest inside a `.mar` or `.tar.gz`, read without extracting anything else.
 
-    Raises ArchiveError when the file is no archive or holds no readable manifest."""
+    Raises ArchiveError when the file is no archive or holds no readable manifest (whatever
+    the zip or tar reader raises on a damaged one)."""
     if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as zf:
-            infos = sorted((i for i in zf.infolist() if _is_manifest_name(i.filename)),
-                           key=lambda i: i.filename.count("/"))
-            if not infos:
-                raise ArchiveError(f"{path}: {MANIFEST_MEMBER} is missing")
-            if infos[0].file_size > MAX_MANIFEST_BYTES:
-                raise ArchiveError(f"{path}: {MANIFEST_MEMBER} is too large")
-            try:
-                return _manifest_from_bytes(zf.read(infos[0]), path)
-            except (zipfile.BadZipFile, OSError) as exc:
-                raise ArchiveError(f"{path}: cannot read {MANIFEST_MEMBER}: {exc}") from None
+        try:
+            return _zip_manifest(path)
+        except ArchiveError:  # a ValueError too: ours, already saying what is wrong
+            raise
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, RuntimeError,
+                NotImplementedError) as exc:
+            raise ArchiveError(f"{path}: cannot read {MANIFEST_MEMBER}: "
+                               f"{type(exc).__name__}: {exc}") from None
     try:
-        with tarfile.open(path, "r:*") as tar:
-            for member in tar:
-                if member.isreg() and _is_manifest_name(member.name):
-                    if member.size > MAX_MANIFEST_BYTES:
-                        raise ArchiveError(f"{path}: {MANIFEST_MEMBER} is too large")
-                    handle = tar.extractfile(member)
-                    if handle is not None:
-                        return _manifest_from_bytes(handle.read(), path)
-    except (tarfile.TarError, EOFError, OSError) as exc:
+        return _tar_manifest(path)
+    except ArchiveError:
+        raise
+    except (tarfile.TarError, EOFError, OSError, zlib.error, ValueError) as exc:
         raise ArchiveError(f"{path} is neither a .mar (zip) nor a .tar.gz model archive: "
                            f"{exc}") from None
+
+
+def _zip_manifest(path: str) -> dict:
+    with zipfile.ZipFile(path) as zf:
+        infos = sorted((i for i in zf.infolist() if _is_manifest_name(i.filename)),
+                       key=lambda i: i.filename.count("/"))
+        if not infos:
+            raise ArchiveError(f"{path}: {MANIFEST_MEMBER} is missing")
+        if infos[0].file_size > MAX_MANIFEST_BYTES:  # zipfile reads no more than declared
+            raise ArchiveError(f"{path}: {MANIFEST_MEMBER} is too large")
+        return _manifest_from_bytes(zf.read(infos[0]), path)
+
+
+def _tar_manifest(path: str) -> dict:
+    """The first manifest of a tar, inflating what lies before it within the limits."""
+    # our own handle on the file: its position is the compressed bytes read so far
+    with open(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r:*") as tar:
+        declared_total = 0
+        for member in tar:
+            # reaching this header inflated (and skipped) the data of the members before it
+            if (declared_total > RATIO_FLOOR_BYTES
+                    and declared_total > MAX_COMPRESSION_RATIO * raw.tell()):
+                raise ArchiveError(f"{os.path.basename(path)}: compressed more than "
+                                   f"{MAX_COMPRESSION_RATIO}:1 ({declared_total} bytes out of "
+                                   f"{raw.tell()} compressed bytes) before member "
+                                   f"{member.name!r}; refusing a likely zip bomb")
+            if member.isreg() and _is_manifest_name(member.name):
+                if member.size > MAX_MANIFEST_BYTES:
+                    raise ArchiveError(f"{path}: {MANIFEST_MEMBER} is too large")
+                handle = tar.extractfile(member)
+                if handle is not None:
+                    return _manifest_from_bytes(handle.read(), path)
+            if member.isreg():
+                declared_total += member.size
+                if declared_total > MAX_READ_BYTES:  # before inflating it to skip it
+                    raise ArchiveError(f"{os.path.basename(path)}: more than {MAX_READ_BYTES} "
+                                       f"bytes before {MANIFEST_MEMBER} (at member "
+                                       f"{member.name!r}); refusing")
     raise ArchiveError(f"{path}: {MANIFEST_MEMBER} is missing")
 
 

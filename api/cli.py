@@ -1,11 +1,15 @@
-"""The `zerobatch` command line: `start`, `stop`, `archive` (api/archiver.py) and `--version`.
+"""The `zerobatch` command line: `start`, `stop`, `keys`, `archive` (api/archiver.py) and
+`--version`.
 
-`zerobatch start` checks the flags and the model directories, then runs the broker process
-(`python -P -m zerobatch.broker`), which supervises the workers and the HTTP front ends. Without
-`--foreground` the broker runs in the background (its log goes to RUN_DIR/zerobatch.log) and
-`start` returns once every model has a ready worker and the HTTP front end answers, or fails
-with the broker's own error. `zerobatch stop` sends SIGTERM to the broker named by the pid
-file in the run directory and waits until it and its children are gone.
+`zerobatch start` checks the flags and the model directories, makes sure the run directory is
+private (zerobatch/run_dir.py), then runs the broker process (`python -P -m zerobatch.broker`),
+which supervises the workers and the HTTP front ends. With `--foreground` it becomes the
+broker, whose exit status tells a supervisor whether to restart it. Without, it runs the
+broker's keeper in the background (broker/keeper.py: it restarts the broker after a crash; the
+log goes to RUN_DIR/zerobatch.log) and returns once every model has a ready worker and the
+HTTP front end answers, or fails with the broker's own error. `zerobatch stop` signals the
+process that holds the run directory's lock (the keeper, else the broker), as the kernel
+reports it, and waits until it is gone. `zerobatch keys` makes CURVE key pairs.
 """
 
 from __future__ import annotations
@@ -18,15 +22,12 @@ import sys
 import time
 import urllib.request
 
-from zerobatch import __version__, model_files
+from zerobatch import __version__, model_files, run_dir
 from zerobatch import config as defaults
 from zerobatch.api import archiver
 from zerobatch.config import ModelConfig, ServerConfig
 from zerobatch.errors import ConfigError, ServingError
 from zerobatch.launch import module_argv
-
-PID_FILE = "broker.pid"
-LOG_FILE = "zerobatch.log"
 
 
 class CliError(Exception):
@@ -90,10 +91,29 @@ def build_parser() -> argparse.ArgumentParser:
                        help="longest an HTTP client may take to send its headers, and "
                             "between two pieces of its body; one that stalls is answered "
                             "408 and closed (default: 60)")
+    start.add_argument("--request-min-rate", type=int,
+                       default=defaults.DEFAULT_REQUEST_MIN_RATE_BYTES_S, metavar="BYTES_PER_S",
+                       help="an HTTP request body earns this much extra time per byte on top "
+                            "of --request-read-timeout; a slower one is answered 408 "
+                            "(default: 1024)")
+    start.add_argument("--max-header-size", type=int,
+                       default=defaults.DEFAULT_MAX_HEADER_BYTES, metavar="BYTES",
+                       help="largest HTTP request line and headers; larger answer 431 "
+                            "(default: 65536)")
+    start.add_argument("--max-connections", type=int, default=defaults.DEFAULT_MAX_CONNECTIONS,
+                       help="open HTTP connections per front end; beyond them a new "
+                            "connection is answered 503 (default: 1024)")
+    start.add_argument("--curve-secret-key", default="", metavar="FILE",
+                       help="require CURVE on the client endpoint: the server's secret key "
+                            "file, made by `zerobatch keys` (default: no CURVE)")
+    start.add_argument("--curve-authorized-keys", default="", metavar="DIR",
+                       help="with --curve-secret-key: a directory of the public key files "
+                            "(*.key) of the clients to accept")
     start.add_argument("--number-of-gpu", type=int, default=None,
                        help="GPUs to use (default: all visible)")
-    start.add_argument("--run-dir", default=defaults.DEFAULT_RUN_DIR,
-                       help="pid file, log and local sockets (default: /tmp/zerobatch)")
+    start.add_argument("--run-dir", default=None,
+                       help="lock file, log and local sockets, private to you (default: "
+                            "/tmp/zerobatch-UID)")
     start.add_argument("--log-level", default="INFO",
                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     start.add_argument("--aggregator", default="auto", choices=["auto", "compiled", "python"],
@@ -109,8 +129,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Package a model (.mar, .tar.gz or a directory); the flags of "
                     "torch-model-archiver 0.12."))
 
+    keys = commands.add_parser(
+        "keys", help="make a CURVE key pair (NAME.key, NAME.key_secret)",
+        description="Make a CURVE key pair for the server (give the .key_secret to "
+                    "--curve-secret-key, the .key to clients) or for a client (put its .key "
+                    "in the server's --curve-authorized-keys directory, give the .key_secret "
+                    "to the client).")
+    keys.add_argument("name", help="the pair's file name, e.g. server or alice")
+    keys.add_argument("--dir", default=".", help="where to write it (default: .)")
+
     stop = commands.add_parser("stop", help="stop a running server")
-    stop.add_argument("--run-dir", default=defaults.DEFAULT_RUN_DIR)
+    stop.add_argument("--run-dir", default=None,
+                      help="the run directory of the server to stop (default: "
+                           "/tmp/zerobatch-UID)")
     stop.add_argument("--timeout", type=float, default=30.0, metavar="S")
     return parser
 
@@ -125,6 +156,9 @@ def read_manifest(model_path: str) -> dict:
             return model_files.read_manifest(model_path)
         except ConfigError as exc:
             raise CliError(str(exc)) from None
+        except RecursionError:  # JSON nested too deep for the parser
+            raise CliError(f"{model_files.manifest_file(model_path)}: cannot read the "
+                           "manifest: nested too deeply") from None
     try:
         return archiver.read_archive_manifest(model_path)
     except (ConfigError, OSError) as exc:
@@ -133,13 +167,21 @@ def read_manifest(model_path: str) -> dict:
 
 
 def model_configs(args: argparse.Namespace) -> tuple[ModelConfig, ...]:
+    """The models the flags name. A model whose manifest cannot be read is left out with a
+    one-line warning on stderr, and the others are served; none left is a CliError."""
     models = []
     for spec in args.models:
         name, sep, path = spec.partition("=")
         if not sep:
             name, path = "", spec
         full_path = os.path.abspath(os.path.join(args.model_store, path))
-        manifest = read_manifest(full_path)
+        try:
+            manifest = read_manifest(full_path)
+        except CliError as exc:
+            reason = " ".join(str(exc).split())  # one line, whatever the parser said
+            print(f"zerobatch: warning: model {path} left out, not served: {reason}",
+                  file=sys.stderr)
+            continue
         name = name or manifest["model"].get("modelName", "")
         version = str(manifest["model"].get("modelVersion") or defaults.DEFAULT_VERSION)
         models.append(ModelConfig(
@@ -148,6 +190,9 @@ def model_configs(args: argparse.Namespace) -> tuple[ModelConfig, ...]:
             response_timeout_s=args.response_timeout, max_queue=args.max_queue,
             default_timeout_ms=args.default_timeout_ms, batch_policy=args.batch_policy,
             admission=args.admission))
+    if args.models and not models:
+        raise CliError("no model left to serve: every model was left out (see the warnings "
+                       "above)")
     return tuple(models)
 
 
@@ -156,24 +201,33 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         models=model_configs(args), model_store=os.path.abspath(args.model_store),
         host=args.host, http_port=args.http_port, client_address=args.client_address,
         worker_address=args.worker_address, frontends=args.frontends,
-        number_of_gpu=args.number_of_gpu, run_dir=os.path.abspath(args.run_dir),
+        number_of_gpu=args.number_of_gpu, run_dir=run_dir_of(args),
         log_level=args.log_level, aggregator=args.aggregator,
         install_py_dep_per_model=args.install_py_dep_per_model,
         max_request_bytes=args.max_request_size,
-        request_read_timeout_s=args.request_read_timeout)
+        request_read_timeout_s=args.request_read_timeout,
+        request_min_rate_bytes_s=args.request_min_rate, max_header_bytes=args.max_header_size,
+        max_connections=args.max_connections,
+        curve_secret_key=_abspath_or_empty(args.curve_secret_key),
+        curve_authorized_keys=_abspath_or_empty(args.curve_authorized_keys))
+
+
+def run_dir_of(args: argparse.Namespace) -> str:
+    """The run directory the flags name, or this user's default one."""
+    return os.path.abspath(args.run_dir or defaults.default_run_dir(os.getuid()))
+
+
+def _abspath_or_empty(path: str) -> str:
+    return os.path.abspath(path) if path else ""
 
 
 # ---------------------------------------------------------------------- start
 
-def running_pid(run_dir: str) -> int | None:
-    """The pid of a live broker recorded in run_dir, or None."""
-    try:
-        with open(os.path.join(run_dir, PID_FILE)) as handle:
-            pid = int(handle.read().strip())
-        os.kill(pid, 0)
-    except (OSError, ValueError):
-        return None
-    return pid
+def running_pid(directory: str) -> int | None:
+    """The pid of the process serving from directory (the keeper of a background server,
+    else the broker), from the kernel's record of who holds its lock; None when none does."""
+    return (run_dir.lock_holder(directory, run_dir.KEEPER_LOCK)
+            or run_dir.lock_holder(directory, run_dir.BROKER_LOCK))
 
 
 def start(args: argparse.Namespace) -> int:
@@ -182,14 +236,17 @@ def start(args: argparse.Namespace) -> int:
     if pid is not None:
         raise CliError(f"a server is already running from {config.run_dir} (pid {pid}); "
                        f"stop it with `zerobatch stop --run-dir {config.run_dir}`")
-    os.makedirs(config.run_dir, exist_ok=True)
-    argv = module_argv("zerobatch.broker", "--config", config.to_json())
+    run_dir.make_private(config.run_dir)
     if args.foreground:
-        os.execv(sys.executable, argv)
-    log_path = os.path.join(config.run_dir, LOG_FILE)
-    with open(log_path, "ab") as log_file:
-        broker = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_file,
-                                  stderr=subprocess.STDOUT, start_new_session=True)
+        os.execv(sys.executable, module_argv("zerobatch.broker", "--config", config.to_json()))
+    log_path = os.path.join(config.run_dir, run_dir.LOG_FILE)
+    log_fd = run_dir.open_log(config.run_dir)
+    try:
+        broker = subprocess.Popen(
+            module_argv("zerobatch.broker.keeper", "--config", config.to_json()),
+            stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, start_new_session=True)
+    finally:
+        os.close(log_fd)
     try:
         failed = wait_until_ready(config, broker, args.startup_timeout)
         if failed and len(failed) == len(config.models):
@@ -217,10 +274,9 @@ def wait_until_ready(config: ServerConfig, broker: subprocess.Popen,
     returned) and HTTP answers; raise CliError if the broker exits or the time runs out."""
     from zerobatch.api.client import Client  # the CLI's only use of the client: keep `stop` light
 
-    log_path = os.path.join(config.run_dir, LOG_FILE)
+    log_path = os.path.join(config.run_dir, run_dir.LOG_FILE)
     deadline = time.monotonic() + timeout_s
-    front_ipc = f"ipc://{config.run_dir}/front.sock"
-    with Client(front_ipc) as client:
+    with Client(config.control_address) as client:
         while True:
             code = broker.poll()
             if code is not None:
@@ -274,24 +330,35 @@ def log_tail(path: str, lines: int = 20) -> str:
 # ---------------------------------------------------------------------- stop
 
 def stop(args: argparse.Namespace) -> int:
-    run_dir = os.path.abspath(args.run_dir)
-    pid = running_pid(run_dir)
+    directory = run_dir_of(args)
+    pid = running_pid(directory)
     if pid is None:
-        print(f"zerobatch: no server is running from {run_dir}", file=sys.stderr)
+        print(f"zerobatch: no server is running from {directory}", file=sys.stderr)
         return 1
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if running_pid(directory) is None:
             print(f"zerobatch stopped (pid {pid})")
             return 0
         time.sleep(0.05)
     print(f"zerobatch: the server (pid {pid}) did not stop within {args.timeout:.0f} s; "
           "killing it", file=sys.stderr)
-    os.killpg(pid, signal.SIGKILL)
+    try:
+        os.killpg(pid, signal.SIGKILL)  # a background server leads its own process group
+    except ProcessLookupError:  # a foreground one does not
+        os.kill(pid, signal.SIGKILL)
     return 1
+
+
+# ---------------------------------------------------------------------- keys
+
+def keys(args: argparse.Namespace) -> int:
+    from zerobatch import curve  # imports zmq: only here
+
+    public, secret = curve.make_key_pair(args.dir, args.name)
+    print(f"public key: {public}\nsecret key: {secret} (keep it private)")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -303,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
             return start(args)
         if args.command == "archive":
             return archiver.run(args)
+        if args.command == "keys":
+            return keys(args)
         return stop(args)
     except (CliError, ConfigError) as exc:
         print(f"zerobatch: error: {exc}", file=sys.stderr)

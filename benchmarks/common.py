@@ -18,6 +18,8 @@ import urllib.request
 from contextlib import contextmanager
 from typing import Iterator
 
+from zerobatch.config import control_address
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH_MODELS = os.path.join(ROOT, "benchmarks", "models")
 
@@ -91,7 +93,8 @@ def zerobatch_server(models: dict[str, str], *flags: str) -> Iterator[dict]:
         result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=90)
         if result.returncode != 0:
             raise RuntimeError(f"zerobatch start failed:\n{result.stdout}{result.stderr}")
-        yield {"run_dir": run_dir, "client_address": client_address}
+        yield {"run_dir": run_dir, "client_address": client_address,
+               "control_address": control_address(run_dir)}
     finally:
         subprocess.run([sys.executable, "-m", "zerobatch.api.cli", "stop", "--run-dir", run_dir],
                        cwd=ROOT, capture_output=True, timeout=60)

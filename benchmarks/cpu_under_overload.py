@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     with zerobatch_server({workload.name: workload.archive}, *flags) as server:
         roles = processes_of(server["run_dir"])
         run_http(target, concurrency=8, duration_s=2, max_requests=MAX_REQUESTS)  # warm-up
-        with Client(server["client_address"], timeout_ms=5000) as client:
+        with Client(server["control_address"], timeout_ms=5000) as client:
             refused_before = client.control("describe")["models"][0]["refusedLate"]
         before = {pid: cpu_seconds(pid) for pid in roles}
         waited_before = {pid: cpu_wait_seconds(pid) for pid in roles}
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         waited = {pid: cpu_wait_seconds(pid) - waited_before[pid] for pid in roles}
         own_s = time.process_time() - own_before
         own_waited_s = cpu_wait_seconds(os.getpid()) - own_waited_before
-        with Client(server["client_address"], timeout_ms=5000) as client:
+        with Client(server["control_address"], timeout_ms=5000) as client:
             refused_by_broker = client.control("describe")["models"][0]["refusedLate"]
     figures = overload_figures(result)
     refusal_p99 = figures["refusal_p99_ms"]

@@ -1,12 +1,17 @@
 """Entry point of the broker process: `python -P -m zerobatch.broker --config '<JSON>'`.
 
-The only place in the broker that reads argv and the environment. It first starts the first
+The only place in the broker that reads argv and the environment. It first makes sure the run
+directory is private and takes its lock (zerobatch/run_dir.py), then starts the first
 worker of each model whose archive is worth preloading (broker/preload.py), then prepares the
 models (archives extracted into RUN_DIR/models/, model-config.yaml applied, per-model
 requirements installed into RUN_DIR/deps/ with --install-py-dep-per-model), leaving out any
 that is refused, then binds every endpoint (so a port in use fails fast, before the
 supervised children start; a preloaded worker is killed), writes the pid file, starts the
 supervised children, and runs the loop until SIGTERM/SIGINT or a `stop` control call.
+
+Exit status, for whatever supervises the broker (the keeper of a background server,
+systemd, Kubernetes): 0 after a requested stop, EXIT_CONFIG (2) and EXIT_ADDRESS_IN_USE (3)
+for problems a restart cannot fix, anything else (a crash, a signal) is worth a restart.
 """
 
 from __future__ import annotations
@@ -21,25 +26,19 @@ import sys
 
 import zmq
 
+from zerobatch import curve, run_dir
 from zerobatch.broker import aggregator, archive
 from zerobatch.broker.core import BrokerCore
 from zerobatch.broker.gpus import count_visible_gpus
-from zerobatch.broker.loop import BrokerLoop
+from zerobatch.broker.loop import FRAME_SLACK_BYTES, BrokerLoop, Endpoints
 from zerobatch.broker.supervisor import Supervisor, discard_preloaded, start_preloaded_workers
 from zerobatch.config import ServerConfig
 from zerobatch.errors import ConfigError
 from zerobatch.gc_policy import freeze_startup_objects
+from zerobatch.launch import EXIT_ADDRESS_IN_USE, EXIT_CONFIG
 
 log = logging.getLogger("zerobatch.broker")
 
-PID_FILE = "broker.pid"
-EXIT_CONFIG = 2
-EXIT_ADDRESS_IN_USE = 3
-
-
-def ipc_endpoints(run_dir: str) -> tuple[str, str]:
-    """The local endpoints in run_dir: (front ends -> broker, workers -> broker)."""
-    return f"ipc://{run_dir}/front.sock", f"ipc://{run_dir}/back.sock"
 
 
 def bind_http(host: str, port: int) -> socket.socket:
@@ -54,6 +53,15 @@ def bind_http(host: str, port: int) -> socket.socket:
 
 
 def serve(config: ServerConfig, environ: dict[str, str]) -> int:
+    run_dir.make_private(config.run_dir)
+    lock_fd = run_dir.acquire(config.run_dir, run_dir.BROKER_LOCK)
+    try:
+        return _serve_locked(config, environ)
+    finally:
+        run_dir.release(lock_fd, config.run_dir, run_dir.BROKER_LOCK)
+
+
+def _serve_locked(config: ServerConfig, environ: dict[str, str]) -> int:
     # first workers that import torch while the archives are extracted (broker/preload.py);
     # the supervisor hands them their configuration, and whatever is left is killed
     preloaded = start_preloaded_workers(config.models, config.run_dir,
@@ -77,8 +85,7 @@ def _serve(config: ServerConfig, environ: dict[str, str],
 
     aggregator_class = aggregator.load(config.aggregator)
     log.info("aggregator: %s twin", aggregator.implementation_name(aggregator_class))
-    os.makedirs(config.run_dir, exist_ok=True)
-    front_ipc, back_ipc = ipc_endpoints(config.run_dir)
+    front_ipc, back_ipc = config.front_ipc, config.back_ipc
     core = BrokerCore(aggregator_class, max_request_bytes=config.max_request_bytes)
     for model in config.models:
         core.add_model(model)
@@ -88,11 +95,20 @@ def _serve(config: ServerConfig, environ: dict[str, str],
     wake_write.setblocking(False)
     signal.set_wakeup_fd(wake_write.fileno(), warn_on_full_buffer=False)
 
+    curve_keys = None
+    if config.curve_secret_key:
+        curve_keys = curve.load_secret(config.curve_secret_key)
+        log.info("CURVE on %s: %d authorized client key(s)", config.client_address,
+                 curve.check_authorized_dir(config.curve_authorized_keys))
     http_socket = None
     try:
-        front = [config.client_address, front_ipc]
-        back = [back_ipc] + ([config.worker_address] if config.worker_address else [])
-        loop = BrokerLoop(core, front, back, wakeup_fd=wake_read.fileno())
+        endpoints = Endpoints(
+            client=config.client_address, front_ipc=front_ipc,
+            back=(back_ipc,) + ((config.worker_address,) if config.worker_address else ()),
+            control=config.control_address,
+            max_frame_bytes=config.max_request_bytes + FRAME_SLACK_BYTES,
+            curve_keys=curve_keys, curve_authorized_keys=config.curve_authorized_keys)
+        loop = BrokerLoop(core, endpoints, wakeup_fd=wake_read.fileno())
         if config.frontends:
             http_socket = bind_http(config.host, config.http_port)
     except (zmq.ZMQError, OSError) as exc:
@@ -114,9 +130,6 @@ def _serve(config: ServerConfig, environ: dict[str, str],
     supervisor = Supervisor(config, back_ipc, front_ipc, gpu_count,
                             http_socket.fileno() if http_socket else None, preloaded)
     loop.supervisor = supervisor
-    pid_path = os.path.join(config.run_dir, PID_FILE)
-    with open(pid_path, "w") as pid_file:
-        pid_file.write(str(os.getpid()))
     try:
         supervisor.start_all()
         log.info("serving: clients %s, http %s:%s, %d model(s)", config.client_address,
@@ -127,7 +140,7 @@ def _serve(config: ServerConfig, environ: dict[str, str],
         supervisor.stop_all()
         if http_socket is not None:
             http_socket.close()
-        for path in (pid_path, front_ipc[6:], back_ipc[6:]):
+        for path in (front_ipc[6:], back_ipc[6:], config.control_address[6:]):
             try:
                 os.unlink(path)
             except FileNotFoundError:

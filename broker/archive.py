@@ -12,10 +12,14 @@ Archives are untrusted input. Extraction goes member by member through our own c
 components, absolute paths, zip symlinks, tar links leaving the extraction directory, devices
 and fifos, encrypted members, more than `max_members` members, more than `max_bytes`
 uncompressed (checked on the declared sizes first, then counted while writing, so a header
-that lies is caught), and a missing or malformed manifest. Files are opened with O_NOFOLLOW
-under a parent checked to lie inside the root, so nothing is written outside it. An archive is
-extracted into a staging directory that is renamed into place only once complete; a failure
-removes it.
+that lies is caught), data compressed more than MAX_COMPRESSION_RATIO to 1 once past
+RATIO_FLOOR_BYTES (a zip member against the bytes it really occupies in the file, whatever
+its header claims, declared and then counted; a tar against the compressed bytes read so
+far), and a missing or malformed manifest. Files are opened with O_NOFOLLOW under a parent
+checked to lie inside the root, so nothing is written outside it. An archive is extracted
+into a staging directory that is renamed into place only once complete; a failure removes
+it, and `prepare_models` removes the staging directories a killed broker left behind (it
+runs under the run directory's lock, so no other broker is using them).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import stat
 import tarfile
 import zipfile
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import BinaryIO
 
@@ -43,8 +47,14 @@ log = logging.getLogger("zerobatch.broker.archive")
 MANIFEST_MEMBER = "MAR-INF/MANIFEST.json"
 DEFAULT_MAX_BYTES = 4 << 30
 DEFAULT_MAX_MEMBERS = 100_000
+#: Output may outgrow the compressed bytes behind it at most this many times (zip-bomb
+#: guards use 100 to 200; real model files, weights and text, compress far less), ...
+MAX_COMPRESSION_RATIO = 200
+#: ... once past this size, so small very compressible files (JSON, vocabularies) pass.
+RATIO_FLOOR_BYTES = 1 << 20
 ARCHIVE_SUFFIXES = (".mar", ".tar.gz", ".tgz")
 MODELS_DIR = "models"
+STAGING_PREFIX = ".staging-"
 _CHUNK_BYTES = 1 << 20
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -82,7 +92,7 @@ def prepare_model(path: str, work_root: str, *, max_bytes: int = DEFAULT_MAX_BYT
             return check_manifest(_model_root(private_dir, path), path)
         except ArchiveError:
             shutil.rmtree(private_dir, ignore_errors=True)
-    staging_dir = os.path.join(models_dir, f".staging-{private_name}-{os.getpid()}")
+    staging_dir = os.path.join(models_dir, f"{STAGING_PREFIX}{private_name}-{os.getpid()}")
     shutil.rmtree(staging_dir, ignore_errors=True)
     os.mkdir(staging_dir, 0o755)
     try:
@@ -107,7 +117,12 @@ def prepare_models(models: Iterable[ModelConfig], work_root: str, *,
     model's model-config.yaml (broker/model_yaml.py) and, with `install_py_deps`, install its
     requirements file (broker/py_deps.py).
 
-    Returns (models to serve, [(refused model, its error)])."""
+    Staging directories that a broker killed while extracting left in work_root/models/ are
+    removed first: the caller holds the run directory's lock, so no other broker uses them.
+    Returns (models to serve, [(refused model, its error)]); a model that cannot be prepared
+    for any reason (a manifest that is not JSON, an archive the zip or tar reader chokes on)
+    is refused, never the end of the broker."""
+    remove_stale_staging(os.path.join(os.path.abspath(work_root), MODELS_DIR))
     kept: list[ModelConfig] = []
     refused: list[tuple[ModelConfig, ConfigError]] = []
     for model in models:
@@ -117,7 +132,40 @@ def prepare_models(models: Iterable[ModelConfig], work_root: str, *,
             refused.append((model, exc))
         except OSError as exc:
             refused.append((model, ArchiveError(f"{model.path}: cannot prepare: {exc}")))
+        except Exception as exc:  # untrusted input: whatever a reader raises refuses the model
+            log.debug("model %s: preparing %s failed", model.key, model.path, exc_info=True)
+            refused.append((model, ArchiveError(f"{model.path}: cannot prepare: "
+                                                f"{type(exc).__name__}: {exc}")))
     return tuple(kept), refused
+
+
+def remove_stale_staging(models_dir: str) -> list[str]:
+    """Remove every `.staging-*` entry of models_dir (left by a broker killed while
+    extracting) and return their names. Links are unlinked, never followed; a models_dir
+    that is itself a link is left alone. Best effort: what cannot be removed is logged."""
+    if os.path.islink(models_dir):
+        return []
+    try:
+        entries = list(os.scandir(models_dir))
+    except OSError:  # no models directory yet
+        return []
+    removed = []
+    for entry in entries:
+        if not entry.name.startswith(STAGING_PREFIX):
+            continue
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)  # never follows the links inside
+            else:
+                os.unlink(entry.path)
+        except OSError as exc:
+            log.warning("cannot remove the stale staging entry %s: %s", entry.path, exc)
+            continue
+        removed.append(entry.name)
+    if removed:
+        log.info("removed %d staging entr%s left by an earlier broker in %s", len(removed),
+                 "y" if len(removed) == 1 else "ies", models_dir)
+    return removed
 
 
 def _prepare_one(model: ModelConfig, work_root: str, install_py_deps: bool) -> ModelConfig:
@@ -147,6 +195,9 @@ def load_manifest(model_dir: str, archive: str) -> dict:
         raise
     except ConfigError as exc:
         raise ArchiveError(f"{archive}: {exc}") from None
+    except RecursionError:  # JSON nested deeper than the parser goes
+        raise ArchiveError(f"{archive}: {MANIFEST_MEMBER}: cannot read the manifest: nested "
+                           "too deeply") from None
 
 
 # ---------------------------------------------------------------------- helpers
@@ -200,12 +251,24 @@ def _inside(root: str, path: str) -> bool:
     return path == root or path.startswith(root + os.sep)
 
 
-class _Budget:
-    """Counts uncompressed bytes written across the whole archive."""
+def _check_ratio(uncompressed: int, compressed: int, archive: str, member: str) -> None:
+    """Refuse `uncompressed` bytes out of `compressed` bytes of the archive when they are
+    past RATIO_FLOOR_BYTES and more than MAX_COMPRESSION_RATIO times as many."""
+    if uncompressed > RATIO_FLOOR_BYTES and uncompressed > MAX_COMPRESSION_RATIO * compressed:
+        raise ArchiveError(f"{os.path.basename(archive)}: member {member!r} is compressed more "
+                           f"than {MAX_COMPRESSION_RATIO}:1 ({uncompressed} bytes out of "
+                           f"{compressed} compressed bytes); refusing a likely zip bomb")
 
-    def __init__(self, archive: str, max_bytes: int) -> None:
+
+class _Budget:
+    """Counts uncompressed bytes written across the whole archive; given `compressed_read`
+    (the compressed bytes read so far: a tar's stream), also their ratio to those."""
+
+    def __init__(self, archive: str, max_bytes: int,
+                 compressed_read: Callable[[], int] | None = None) -> None:
         self.archive = archive
         self.max_bytes = max_bytes
+        self.compressed_read = compressed_read
         self.written = 0
 
     def add(self, count: int, member: str) -> None:
@@ -214,6 +277,8 @@ class _Budget:
             raise ArchiveError(f"{self.archive}: uncompressed size exceeds the limit of "
                                f"{self.max_bytes} bytes while extracting member {member!r} "
                                "(a zip bomb, or raise the limit)")
+        if self.compressed_read is not None:
+            _check_ratio(self.written, self.compressed_read(), self.archive, member)
 
 
 class _Extractor:
@@ -244,7 +309,9 @@ class _Extractor:
                 os.mkdir(path, 0o755)
 
     def write_file(self, parts: list[str], name: str, source: BinaryIO, declared: int,
-                   executable: bool = False) -> None:
+                   executable: bool = False, compressed: int | None = None) -> None:
+        """Write one member from source; `compressed`: the bytes it really occupies in the
+        archive (a zip member), against which its output is counted."""
         if not parts:
             raise ArchiveError(f"{self.archive}: member {name!r} has an empty name")
         self.make_dir(parts[:-1], name)
@@ -264,6 +331,8 @@ class _Extractor:
                     break
                 written += len(chunk)
                 self.budget.add(len(chunk), name)
+                if compressed is not None:
+                    _check_ratio(written, compressed, self.archive, name)
                 if written > declared:
                     raise ArchiveError(f"{self.archive}: member {name!r} is larger than the "
                                        f"{declared} bytes its header declares")
@@ -306,6 +375,8 @@ def _extract_zip(archive: str, root: str, max_bytes: int, max_members: int) -> N
         with zipfile.ZipFile(archive) as zf:
             infos = zf.infolist()
             _check_count(len(infos), max_members, archive)
+            spans = _zip_data_spans(infos, getattr(zf, "start_dir", None),
+                                    os.path.getsize(archive))
             planned = []
             declared_total = 0
             for info in infos:
@@ -321,20 +392,22 @@ def _extract_zip(archive: str, root: str, max_bytes: int, max_members: int) -> N
                 if info.flag_bits & 0x1:
                     raise ArchiveError(f"{archive}: member {info.filename!r} is encrypted")
                 is_dir = info.is_dir() or kind == stat.S_IFDIR
+                compressed = min(info.compress_size, spans[info.header_offset])
                 if not is_dir:
                     declared_total += info.file_size
                     _check_declared(declared_total, max_bytes, archive, info.filename)
-                planned.append((info, parts, is_dir, bool(mode & stat.S_IXUSR)))
+                    _check_ratio(info.file_size, compressed, archive, info.filename)
+                planned.append((info, parts, is_dir, bool(mode & stat.S_IXUSR), compressed))
             _check_manifest_listed((tuple(p[1]) for p in planned), archive)
             extractor = _Extractor(root, archive, _Budget(archive, max_bytes))
-            for info, parts, is_dir, executable in planned:
+            for info, parts, is_dir, executable, compressed in planned:
                 if is_dir:
                     extractor.make_dir(parts, info.filename)
                     continue
                 try:
                     with zf.open(info) as source:
                         extractor.write_file(parts, info.filename, source, info.file_size,
-                                             executable)
+                                             executable, compressed)
                 except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
                     raise ArchiveError(f"{archive}: member {info.filename!r} is corrupt or its "
                                        f"data does not match the size and CRC its header "
@@ -345,29 +418,49 @@ def _extract_zip(archive: str, root: str, max_bytes: int, max_members: int) -> N
         raise ArchiveError(f"{archive}: not a readable zip archive: {exc}") from None
 
 
+def _zip_data_spans(infos: list[zipfile.ZipInfo], central_dir_offset: int | None,
+                    size_bytes: int) -> dict[int, int]:
+    """header offset -> bytes from there to the next member's header (or the central
+    directory): the most compressed data a member can really hold, whatever its header
+    claims. Members that overlap (a known zip-bomb trick) get only their own share."""
+    offsets = sorted({info.header_offset for info in infos})
+    end = size_bytes
+    if central_dir_offset is not None and offsets and central_dir_offset > offsets[-1]:
+        end = min(central_dir_offset, size_bytes)
+    return {offset: max(bound - offset, 0)
+            for offset, bound in zip(offsets, offsets[1:] + [end], strict=True)}
+
+
 # ---------------------------------------------------------------------- tar (.tar.gz)
 
-def _tar_members(tar: tarfile.TarFile, archive: str, max_bytes: int,
-                 max_members: int) -> list[tarfile.TarInfo]:
-    """Read the member headers, stopping as soon as a limit is passed."""
-    members = []
+def _tar_members(tar: tarfile.TarFile, archive: str, max_bytes: int, max_members: int,
+                 compressed_read: Callable[[], int]) -> list[tarfile.TarInfo]:
+    """Read the member headers, stopping as soon as a limit is passed. Reaching a header
+    means the data of the members before it was inflated (and skipped): their declared sizes
+    are checked against the compressed bytes read so far."""
+    members: list[tarfile.TarInfo] = []
     declared_total = 0
     for member in tar:
+        if members:
+            _check_ratio(declared_total, compressed_read(), archive, members[-1].name)
         members.append(member)
         _check_count(len(members), max_members, archive)
         if member.isreg():
             declared_total += member.size
             _check_declared(declared_total, max_bytes, archive, member.name)
+    if members:
+        _check_ratio(declared_total, compressed_read(), archive, members[-1].name)
     return members
 
 
 def _extract_tar(archive: str, root: str, max_bytes: int, max_members: int) -> None:
     try:
-        with tarfile.open(archive, "r:*") as tar:
-            members = _tar_members(tar, archive, max_bytes, max_members)
+        # our own handle on the file: its position is the compressed bytes read so far
+        with open(archive, "rb") as raw, tarfile.open(fileobj=raw, mode="r:*") as tar:
+            members = _tar_members(tar, archive, max_bytes, max_members, raw.tell)
             _check_manifest_listed((tuple(_safe_parts(m.name, archive)) for m in members),
                                    archive)
-            extractor = _Extractor(root, archive, _Budget(archive, max_bytes))
+            extractor = _Extractor(root, archive, _Budget(archive, max_bytes, raw.tell))
             real_root = extractor.root
             extracted: dict[tuple[str, ...], str] = {}
             links: list[tuple[str, str]] = []

@@ -28,6 +28,7 @@ from zerobatch.config import ModelConfig
 from zerobatch.errors import (
     DeadlineExceeded,
     DeadlineUnreachable,
+    Forbidden,
     ModelLoadFailed,
     ModelNotFound,
     ProtocolError,
@@ -36,12 +37,24 @@ from zerobatch.errors import (
     ServingError,
     ShuttingDown,
     WorkerLost,
+    client_safe,
 )
 
 log = logging.getLogger("zerobatch.broker")
 
 _NS_PER_MS = 1_000_000
 _ROUTE_CACHE_MAX = 4096
+#: Control operations any client may call on the client endpoint: liveness, nothing more.
+#: The others (stop, describe, the management calls) need the local control socket or a
+#: client that authenticated with CURVE.
+PUBLIC_CONTROL_OPS = frozenset({"ping"})
+#: Refused control calls logged one by one per window; beyond, one line counts the rest.
+_REFUSAL_LOG_LINES = 20
+_REFUSAL_LOG_WINDOW_NS = 10_000_000_000
+
+
+def _unknown_peer(_frames: list) -> tuple[str, str | None]:
+    return "unknown", None
 
 
 class ModelQueue:
@@ -125,6 +138,13 @@ class BrokerCore:
         self.batches: dict[int, InFlightBatch] = {}
         self.out_front: list[list] = []
         self.out_back: list[list] = []
+        #: replies on the local control socket
+        self.out_control: list[list] = []
+        #: who sent a message: (address, CURVE key or None); the socket loop sets the real one
+        self.peer_of: Callable[[list], tuple[str, str | None]] = _unknown_peer
+        self._refusal_window_ns = 0
+        self._refusals_logged = 0
+        self._refusals_unlogged = 0
         #: worker ids declared lost (silent, timed out, disconnected): the supervisor reaps them
         self.lost_worker_ids: list[str] = []
         self.stop_requested = False
@@ -176,13 +196,30 @@ class BrokerCore:
             return
         try:
             if command == p.CONTROL:
-                self._on_control(identity, rid, frames, now_ns)
+                self._on_control(identity, rid, frames, now_ns, self.out_front, local=False)
             else:
                 raise ProtocolError(f"unknown client command {command!r}")
         except ServingError as exc:
             if isinstance(exc, ProtocolError):
                 log.warning("bad client message: %s", exc)
             self.out_front.append([identity] + p.encode_error(rid, *exc.to_wire()))
+
+    def on_control(self, frames: list, now_ns: int) -> None:
+        """A message on the local control socket (in the private run directory, so from this
+        user): [identity, VERSION, CONTROL, rid, control]; every operation is allowed."""
+        identity = _as_bytes(frames[0])
+        try:
+            command = p.check_envelope(frames[1:], 4)
+            rid = p.rid_head(_as_bytes(frames[3]))
+        except ProtocolError as exc:
+            log.warning("dropped a malformed control message: %s", exc)
+            return
+        try:
+            if command != p.CONTROL:
+                raise ProtocolError("the control socket takes CONTROL messages only")
+            self._on_control(identity, rid, frames, now_ns, self.out_control, local=True)
+        except ServingError as exc:
+            self.out_control.append([identity] + p.encode_error(rid, *exc.to_wire()))
 
     def _on_requests(self, identity: bytes, frames: list, now_ns: int) -> None:
         """A REQUEST message: one or more (head, body) pairs, each answered on its own (an
@@ -264,15 +301,49 @@ class BrokerCore:
                 return True
         return False
 
-    def _on_control(self, identity: bytes, rid: bytes, frames: list, now_ns: int) -> None:
+    def _on_control(self, identity: bytes, rid: bytes, frames: list, now_ns: int,
+                    out: list, local: bool) -> None:
+        """Run a control operation and answer on `out`. Anything beyond PUBLIC_CONTROL_OPS
+        needs the local control socket or a CURVE-authenticated client; each such call is
+        logged with its peer, accepted or refused."""
         if len(frames) != 5:
             raise ProtocolError("CONTROL must be [VERSION, CONTROL, rid, control]")
         control = p.parse_control(_as_bytes(frames[4]))
-        handler = self.control_handlers.get(control["op"])
+        op = control["op"]
+        handler = self.control_handlers.get(op)
         if handler is None:
-            raise ProtocolError(f"unknown control op {control['op']!r}; known: "
+            raise ProtocolError(f"unknown control op {op!r}; known: "
                                 f"{', '.join(sorted(self.control_handlers))}")
-        self.out_front.append(p.encode_control_reply(identity, rid, handler(control)))
+        if op not in PUBLIC_CONTROL_OPS:
+            address, key = self.peer_of(frames)
+            if not (local or key):
+                self._log_refused_control(op, address, now_ns)
+                raise Forbidden(f"control operation {op!r} is not accepted from an "
+                                "unauthenticated client on the client endpoint; use the "
+                                "server's local control socket (RUN_DIR/control.sock) or CURVE "
+                                "keys (zerobatch keys)")
+            log.info("control %s accepted from %s", op,
+                     f"the local control socket (peer {address})" if local
+                     else f"CURVE client {key} at {address}")
+        out.append(p.encode_control_reply(identity, rid, handler(control)))
+
+    def _log_refused_control(self, op: str, address: str, now_ns: int) -> None:
+        """Log a refused control call with its peer: each one, up to _REFUSAL_LOG_LINES per
+        window, then one line per window that counts the rest (a flood of refused calls
+        cannot flood the log)."""
+        if now_ns - self._refusal_window_ns >= _REFUSAL_LOG_WINDOW_NS:
+            if self._refusals_unlogged:
+                log.warning("%d more control calls refused from unauthenticated clients in "
+                            "the last %d s", self._refusals_unlogged,
+                            _REFUSAL_LOG_WINDOW_NS // 1_000_000_000)
+            self._refusal_window_ns = now_ns
+            self._refusals_logged = self._refusals_unlogged = 0
+        if self._refusals_logged < _REFUSAL_LOG_LINES:
+            self._refusals_logged += 1
+            log.warning("control %s refused: client at %s is not authenticated (the client "
+                        "endpoint accepts control calls only from CURVE clients)", op, address)
+        else:
+            self._refusals_unlogged += 1
 
     def _control_stop(self, _args: dict) -> dict:
         self.stop_requested = True
@@ -429,9 +500,11 @@ class BrokerCore:
             queue = self.find_model(info["model"], info["version"])
         except ModelNotFound:
             return
-        queue.load_error = (f"model {queue.config.key} failed to load in worker "
-                            f"{info['worker_id']}: {info['error']}")
-        log.error("%s", queue.load_error)
+        # the log keeps the worker's full text; clients (503s, describe) get it without the
+        # server's paths
+        message = f"model {queue.config.key} failed to load in worker {info['worker_id']}: "
+        log.error("%s%s", message, info["error"])
+        queue.load_error = message + client_safe(info["error"])
         if queue.workers:
             return
         error = ModelLoadFailed(queue.load_error)

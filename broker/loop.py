@@ -1,66 +1,148 @@
 """The broker's sockets and its one poll loop.
 
-Owns the two ROUTER sockets ("front" for clients and front ends, "back" for workers), the
-poll set (both ROUTERs, a pidfd per child process, the signal wake-up socket), and the order
-of work in one turn: receive, let `BrokerCore` decide, send what it decided, reap children.
-The poll timeout is the core's next wake-up (the aggregator's, a heartbeat, a worker's
-expiry), so the loop sleeps exactly until something can change.
+Owns the three ROUTER sockets ("front" for clients and front ends, "back" for workers,
+"control" for control calls, in the private run directory), the poll set (the ROUTERs, a
+pidfd per child process, the signal wake-up socket), and the order of work in one turn:
+receive, let `BrokerCore` decide, send what it decided, reap children. The poll timeout is
+the core's next wake-up (the aggregator's, a heartbeat, a worker's expiry), so the loop sleeps
+exactly until something can change.
+
+A turn's work is bounded in requests, not messages: one client message may carry
+MAX_BATCH_ITEMS requests, so a turn takes at most TURN_BUDGET_ITEMS items from each socket
+and then runs the timers (heartbeats, expiries) and sends what was decided. A client that
+floods the endpoint therefore delays the others by a few turns (ZeroMQ's ROUTER takes
+messages from its peers in turn; a request, its batch's reply and the answer are three
+turns), and the workers keep hearing the broker's heartbeats.
+
+What a client can make the broker hold is bounded before it is buffered: libzmq drops a
+connection that sends a frame over the configured maximum (ZMQ_MAXMSGSIZE) as it reads the
+frame's length, and replies wait for a client in a queue of at most CLIENT_REPLY_HWM
+messages; a reply to a client whose queue is full is dropped and counted in the log.
+With CURVE configured, the client endpoint (TCP) accepts only the authorized keys (a ZAP
+handler in a thread of this process); the front ends' local endpoint stays plain.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
 import time
+from dataclasses import dataclass
 
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
 
+from zerobatch import protocol as p
 from zerobatch.broker.core import BrokerCore
 from zerobatch.broker.supervisor import Supervisor
 from zerobatch.protocol import coalesce_client_messages
-from zerobatch.transport import has_message, recv_frames, send_frames
+from zerobatch.transport import has_message, peer_of, recv_frames, send_frames
 
 log = logging.getLogger("zerobatch.broker")
 
-#: messages taken from one socket per turn, so neither side can starve the other
-_DRAIN_LIMIT = 512
+#: items (requests, replies; a message costs at least one) taken from one socket per turn:
+#: one full client message, a few milliseconds of the broker's time
+TURN_BUDGET_ITEMS = p.MAX_BATCH_ITEMS
+#: messages a client's replies may queue in the broker before new ones to it are dropped
+CLIENT_REPLY_HWM = 1000
+#: a frame may exceed the largest body by this much (heads, metas) before libzmq drops the
+#: connection that sends it; between the two, the broker answers 413
+FRAME_SLACK_BYTES = p.MAX_HEADER_BYTES
+_WORKER_HWM = 100_000
 _MAX_POLL_MS = 1000
 _SHUTDOWN_GRACE_S = 3.0
-_HWM = 100_000
+_DROP_LOG_INTERVAL_S = 10.0
 
 
-def _router(context: zmq.Context, addresses: list[str]) -> zmq.Socket:
+@dataclass(frozen=True)
+class Endpoints:
+    """Where the broker listens, and what its client-facing sockets accept."""
+
+    #: the client endpoint (TCP, or IPC); CURVE applies here when configured
+    client: str
+    #: the HTTP front ends' endpoint (IPC in the run directory)
+    front_ipc: str
+    #: the workers' endpoints
+    back: tuple[str, ...]
+    #: the control socket (IPC in the run directory), or "" for none
+    control: str = ""
+    #: the largest frame a client may send (libzmq drops the connection beyond it)
+    max_frame_bytes: int = p.DEFAULT_MAX_BODY_BYTES + FRAME_SLACK_BYTES
+    #: CURVE on the client endpoint: the server's (public, secret) keys and the directory of
+    #: the authorized clients' public key files; None and "" for none
+    curve_keys: tuple[bytes, bytes] | None = None
+    curve_authorized_keys: str = ""
+
+
+def _router(context: zmq.Context, send_hwm: int, receive_hwm: int) -> zmq.Socket:
     socket = context.socket(zmq.ROUTER)
     socket.setsockopt(zmq.LINGER, 0)
-    socket.setsockopt(zmq.SNDHWM, _HWM)
-    socket.setsockopt(zmq.RCVHWM, _HWM)
+    socket.setsockopt(zmq.SNDHWM, send_hwm)
+    socket.setsockopt(zmq.RCVHWM, receive_hwm)
     socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
-    for address in addresses:
-        socket.bind(address)
+    return socket
+
+
+def _client_router(context: zmq.Context, endpoints: Endpoints) -> zmq.Socket:
+    """The front ROUTER: the client endpoint (with CURVE when configured) and the front ends'
+    IPC endpoint, frames limited before they are buffered, replies queued per client up to
+    CLIENT_REPLY_HWM (ROUTER_MANDATORY: a full queue raises instead of dropping silently)."""
+    socket = _router(context, CLIENT_REPLY_HWM, _WORKER_HWM)
+    socket.setsockopt(zmq.MAXMSGSIZE, endpoints.max_frame_bytes)
+    socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    if endpoints.curve_keys is not None:
+        public, secret = endpoints.curve_keys
+        socket.curve_secretkey = secret
+        socket.curve_publickey = public
+        socket.curve_server = True
+        socket.bind(endpoints.client)
+        socket.curve_server = False  # libzmq takes the options at bind: the IPC stays plain
+    else:
+        socket.bind(endpoints.client)
+    socket.bind(endpoints.front_ipc)
     return socket
 
 
 class BrokerLoop:
     """Sockets around a BrokerCore; `run(stop_event)` or `run_once(timeout_ms)`."""
 
-    def __init__(self, core: BrokerCore, front_addresses: list[str], back_addresses: list[str],
+    def __init__(self, core: BrokerCore, endpoints: Endpoints,
                  supervisor: Supervisor | None = None, wakeup_fd: int | None = None,
                  context: zmq.Context | None = None) -> None:
         self.core = core
         self.supervisor = supervisor
         self.context = context or zmq.Context.instance()
-        self.front = _router(self.context, front_addresses)
-        self.back = _router(self.context, back_addresses)
+        self.authenticator = None
+        if endpoints.curve_keys is not None:
+            self.authenticator = ThreadAuthenticator(self.context, log=log)
+            self.authenticator.start()
+            self.authenticator.configure_curve(domain="*",
+                                               location=endpoints.curve_authorized_keys)
+        self.front = _client_router(self.context, endpoints)
+        self.back = _router(self.context, _WORKER_HWM, _WORKER_HWM)
+        for address in endpoints.back:
+            self.back.bind(address)
+        self.control = None
         self.poller = zmq.Poller()
         self.poller.register(self.front, zmq.POLLIN)
         self.poller.register(self.back, zmq.POLLIN)
+        if endpoints.control:
+            self.control = _router(self.context, CLIENT_REPLY_HWM, CLIENT_REPLY_HWM)
+            self.control.bind(endpoints.control)
+            self.poller.register(self.control, zmq.POLLIN)
+        core.peer_of = lambda frames: peer_of(frames[1])
         self.wakeup_fd = wakeup_fd
         if wakeup_fd is not None:
             self.poller.register(wakeup_fd, zmq.POLLIN)
         self._watched_pidfds: set[int] = set()
         self._synced_changes = -1
         self.stop_signalled = False
+        #: replies dropped since the last log line (a client's queue was full), and when
+        #: that line may next be written
+        self._dropped_replies = 0
+        self._drop_log_at_s = 0.0
 
     # ------------------------------------------------------------------ one turn
 
@@ -81,6 +163,8 @@ class BrokerLoop:
                 self._drain(self.front, core.on_front, now_ns)
             elif source is self.back:
                 self._drain(self.back, core.on_back, now_ns)
+            elif source is self.control:
+                self._drain(self.control, core.on_control, now_ns)
             elif source == self.wakeup_fd:
                 try:
                     os.read(self.wakeup_fd, 512)
@@ -109,30 +193,55 @@ class BrokerLoop:
                 timeout_ms = min(timeout_ms, max(0, int((restart_s - time.monotonic()) * 1000)))
         return min(timeout_ms, _MAX_POLL_MS)
 
-    def _drain(self, socket: zmq.Socket, handle, now_ns: int) -> None:
-        """Handle what waits on a socket that poll found readable, at most _DRAIN_LIMIT
-        messages, asking after each whether another waits (`has_message`) rather than
-        ending on a failed receive."""
-        for _ in range(_DRAIN_LIMIT):
+    @staticmethod
+    def _drain(socket: zmq.Socket, handle, now_ns: int) -> None:
+        """Handle what waits on a socket that poll found readable, up to TURN_BUDGET_ITEMS
+        items (a message counts its (head, body) pairs, at least one), asking after each
+        message whether another waits (`has_message`) rather than ending on a failed
+        receive. What is left waits for the next turn, after the timers have run."""
+        budget = TURN_BUDGET_ITEMS
+        while True:
             try:
                 frames = recv_frames(socket, block=False)
             except zmq.Again:
                 return
             handle(frames, now_ns)
-            if not has_message(socket):
+            budget -= (len(frames) >> 1) or 1
+            if budget <= 0 or not has_message(socket):
                 return
 
     def _flush(self) -> None:
         core = self.core
-        for socket, out in ((self.front, core.out_front), (self.back, core.out_back)):
-            if out:
-                messages = coalesce_client_messages(out) if socket is self.front else out
-                for frames in messages:
-                    try:
-                        send_frames(socket, frames)
-                    except zmq.Again:  # a peer's queue is full: it is gone or stuck
-                        log.warning("dropped a message to a peer whose queue is full")
-                out.clear()
+        if core.out_front:
+            self._send_to_clients(self.front, coalesce_client_messages(core.out_front))
+            core.out_front.clear()
+        if core.out_control:
+            self._send_to_clients(self.control, core.out_control)
+            core.out_control.clear()
+        if core.out_back:
+            for frames in core.out_back:
+                try:
+                    send_frames(self.back, frames)
+                except zmq.Again:  # a worker's queue is full: it is gone or stuck
+                    log.warning("dropped a message to a worker whose queue is full")
+            core.out_back.clear()
+
+    def _send_to_clients(self, socket: zmq.Socket, messages: list[list]) -> None:
+        """Send replies; one to a client whose reply queue is full (it does not read) is
+        dropped and counted, one to a client that has gone is dropped silently."""
+        for frames in messages:
+            try:
+                send_frames(socket, frames)
+            except zmq.Again:
+                self._dropped_replies += (len(frames) - 2) >> 1
+            except zmq.ZMQError as exc:
+                if exc.errno != errno.EHOSTUNREACH:
+                    raise
+        if self._dropped_replies and time.monotonic() >= self._drop_log_at_s:
+            log.warning("dropped %d replies to clients that do not read them (their queue of "
+                        "%d messages was full)", self._dropped_replies, CLIENT_REPLY_HWM)
+            self._dropped_replies = 0
+            self._drop_log_at_s = time.monotonic() + _DROP_LOG_INTERVAL_S
 
     def _sync_pidfds(self) -> None:
         """Watch exactly the pidfds of the children now running."""
@@ -170,3 +279,7 @@ class BrokerLoop:
         self._flush()
         self.front.close(linger=200)
         self.back.close(linger=0)
+        if self.control is not None:
+            self.control.close(linger=200)
+        if self.authenticator is not None:
+            self.authenticator.stop()

@@ -151,6 +151,9 @@ class Supervisor:
                 broker_address=self.frontend_address, host=self.config.host,
                 port=self.config.http_port, max_request_bytes=self.config.max_request_bytes,
                 request_read_timeout_s=self.config.request_read_timeout_s,
+                request_min_rate_bytes_s=self.config.request_min_rate_bytes_s,
+                max_header_bytes=self.config.max_header_bytes,
+                max_connections=self.config.max_connections,
                 log_level=self.config.log_level)
             argv = module_argv("zerobatch.api.frontend", "--config", frontend_config.to_json(),
                                "--fd", str(self.http_fd))

@@ -88,7 +88,11 @@ def _multipart_fields(body: bytes, boundary: str) -> list[tuple[str, Any, str]]:
     if not 1 <= len(boundary) <= MAX_BOUNDARY:
         raise FormError("a multipart/form-data body needs a boundary parameter of 1 to "
                         f"{MAX_BOUNDARY} characters in its Content-Type")
-    delimiter = b"--" + boundary.encode("latin-1")
+    try:
+        delimiter = b"--" + boundary.encode("latin-1")
+    except UnicodeEncodeError:  # a client's Content-Type is any text; Netty's is ISO-8859-1
+        raise FormError("the boundary of a multipart/form-data body must be ISO-8859-1 "
+                        "text") from None
     if body.startswith(delimiter):
         position = len(delimiter)
     else:  # after a preamble

@@ -18,7 +18,8 @@ pair per request, in order. Per request:
 - a failing request gets ERROR `handler_error`, status 500, message "ExceptionType: text"
   (a `ts.utils.util.PredictionException`, ours or any exception with int `error_code` and
   `message`, keeps its own status, when it is 4xx or 5xx, and message as
-  `prediction_error`; out-of-memory answers 507, as TorchServe does);
+  `prediction_error`; out-of-memory answers 507, as TorchServe does); absolute paths in the
+  message are cut to their last component (errors.client_safe), the log has them whole;
 - otherwise each result becomes REPLY with the status, content type and headers the handler
   set through the Context (status 200 and the codec's content type by default).
 
@@ -36,7 +37,14 @@ from typing import Any, Callable, Sequence
 
 from zerobatch import protocol
 from zerobatch.config import ModelConfig
-from zerobatch.errors import BadRequest, ConfigError, HandlerError, PredictionError, ProtocolError
+from zerobatch.errors import (
+    BadRequest,
+    ConfigError,
+    HandlerError,
+    PredictionError,
+    ProtocolError,
+    client_safe,
+)
 from zerobatch.model_files import load_model_config, manifest_file, read_manifest
 from zerobatch.worker.codec import decode_body, encode_value
 from zerobatch.worker.context import Context, MetricsCache, RequestProcessor
@@ -277,6 +285,9 @@ def _handler_failure(exc: Exception) -> tuple:
 
 
 def _error(code: str, message: str, status: int) -> tuple:
+    """The ERROR answer for one request: every error text a request gets from this worker
+    passes here, without the server's paths (client_safe); the log keeps the full text."""
+    message = client_safe(message)
     if len(message) > MAX_ERROR_MESSAGE_CHARS:
         message = message[:MAX_ERROR_MESSAGE_CHARS] + "... (truncated; see the worker log)"
     return protocol.encode_error_answer(code, message, status)

@@ -29,6 +29,14 @@ DEFAULT_STARTUP_TIMEOUT_S = 120
 #: one that stalls is answered 408 and closed, so stalled clients cannot hold a front end's
 #: connections.
 DEFAULT_REQUEST_READ_TIMEOUT_S = 60.0
+#: Once its headers are in, a request body earns this many bytes a second of extra time on
+#: top of the read timeout (Apache's mod_reqtimeout MinRate): a large upload over a slow link
+#: goes through, a body trickled a byte at a time is answered 408 when its time is spent.
+DEFAULT_REQUEST_MIN_RATE_BYTES_S = 1024
+#: Largest request line plus headers an HTTP front end reads; larger ones answer 431.
+DEFAULT_MAX_HEADER_BYTES = 64 * 1024
+#: Open connections one HTTP front end keeps; a connection beyond them is answered 503.
+DEFAULT_MAX_CONNECTIONS = 1024
 
 #: How the aggregator treats a partial batch while a worker is idle.
 #: "adaptive": a free worker takes what waits (batches fill by themselves under load).
@@ -53,7 +61,8 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_HTTP_PORT = 8080
 DEFAULT_CLIENT_PORT = 9500
 DEFAULT_FRONTENDS = 1
-DEFAULT_RUN_DIR = "/tmp/zerobatch"
+#: The run directory when none is given: private to the user (see default_run_dir).
+DEFAULT_RUN_DIR_PREFIX = "/tmp/zerobatch-"
 RESTART_BACKOFF_MIN_S = 0.1
 RESTART_BACKOFF_MAX_S = 10.0
 
@@ -138,9 +147,16 @@ class ServerConfig:
     frontends: int = DEFAULT_FRONTENDS
     #: GPUs to use; None means every GPU of the machine
     number_of_gpu: int | None = None
-    run_dir: str = DEFAULT_RUN_DIR
+    run_dir: str = ""
     max_request_bytes: int = DEFAULT_MAX_BODY_BYTES
     request_read_timeout_s: float = DEFAULT_REQUEST_READ_TIMEOUT_S
+    request_min_rate_bytes_s: int = DEFAULT_REQUEST_MIN_RATE_BYTES_S
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    #: CURVE on the client endpoint: the server's secret key file (`zerobatch keys`) and a
+    #: directory of the public key files of the clients it accepts; both or neither
+    curve_secret_key: str = ""
+    curve_authorized_keys: str = ""
     log_level: str = "INFO"
     #: aggregator twin: "auto" (compiled if built), "compiled" (fail if missing), "python"
     aggregator: str = "auto"
@@ -155,6 +171,13 @@ class ServerConfig:
         _positive(self, "frontends", minimum=0)
         _positive(self, "max_request_bytes", minimum=1)
         _positive_seconds(self, "request_read_timeout_s")
+        _positive(self, "request_min_rate_bytes_s", minimum=1)
+        _positive(self, "max_header_bytes", minimum=1024)
+        _positive(self, "max_connections", minimum=1)
+        if bool(self.curve_secret_key) != bool(self.curve_authorized_keys):
+            raise ConfigError("CURVE needs both the server's secret key file and the directory "
+                              "of authorized client keys (--curve-secret-key and "
+                              "--curve-authorized-keys); `zerobatch keys` makes them")
         if not 0 <= self.http_port <= 65535:
             raise ConfigError(f"http_port {self.http_port} must be within 0..65535")
         if self.number_of_gpu is not None and self.number_of_gpu < 0:
@@ -164,6 +187,21 @@ class ServerConfig:
         for address in (self.client_address, self.worker_address):
             if address and not address.startswith(("tcp://", "ipc://", "inproc://")):
                 raise ConfigError(f"address {address!r} must start with tcp://, ipc:// or inproc://")
+
+    @property
+    def front_ipc(self) -> str:
+        """The local endpoint of the HTTP front ends, in the private run directory."""
+        return f"ipc://{self.run_dir}/front.sock"
+
+    @property
+    def back_ipc(self) -> str:
+        """The local endpoint of the workers, in the private run directory."""
+        return f"ipc://{self.run_dir}/back.sock"
+
+    @property
+    def control_address(self) -> str:
+        """The local endpoint for control calls (stop, describe): see control_address()."""
+        return control_address(self.run_dir)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -208,6 +246,9 @@ class FrontendConfig:
     port: int = DEFAULT_HTTP_PORT
     max_request_bytes: int = DEFAULT_MAX_BODY_BYTES
     request_read_timeout_s: float = DEFAULT_REQUEST_READ_TIMEOUT_S
+    request_min_rate_bytes_s: int = DEFAULT_REQUEST_MIN_RATE_BYTES_S
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
     #: default deadline of an HTTP request when the model gives none the front end knows
     default_timeout_ms: int = DEFAULT_RESPONSE_TIMEOUT_S * 1000
     log_level: str = "INFO"
@@ -219,6 +260,19 @@ class FrontendConfig:
     @classmethod
     def from_json(cls, text: str) -> "FrontendConfig":
         return cls(**json.loads(text))
+
+
+def default_run_dir(uid: int) -> str:
+    """The run directory of user `uid` when none is given: one per user, so that two users of
+    a machine never share sockets, pid files or logs (the broker makes it mode 0700)."""
+    return f"{DEFAULT_RUN_DIR_PREFIX}{uid}"
+
+
+def control_address(run_dir: str) -> str:
+    """The broker's control endpoint in `run_dir`: stop, describe and the other control calls
+    are accepted here (only this user can reach the private run directory) and, with CURVE,
+    from authorized clients on the client endpoint; never from anonymous clients."""
+    return f"ipc://{run_dir}/control.sock"
 
 
 def _positive_seconds(obj: Any, name: str) -> None:

@@ -4,9 +4,13 @@ Every error that crosses a process boundary travels as `(code, message, status)`
 string code, a human message, and the HTTP status to answer with. Nothing is pickled.
 Each subclass also inherits the builtin a Python caller would naturally catch, so
 `except TimeoutError` works on a zerobatch deadline and `except ValueError` on bad input.
+`client_safe` takes the server's paths out of a worker's or handler's text before a client
+sees it.
 """
 
 from __future__ import annotations
+
+import re
 
 
 class ServingError(Exception):
@@ -60,6 +64,14 @@ class ProtocolError(ServingError, ValueError):
     http_status = 400
 
 
+class Forbidden(ServingError, PermissionError):
+    """The caller may not do this: a control operation from a client that did not
+    authenticate (only the local control socket and CURVE clients may)."""
+
+    code = "forbidden"
+    http_status = 403
+
+
 class BadRequest(ServingError, ValueError):
     """The request itself is malformed (bad body, bad parameter)."""
 
@@ -79,6 +91,14 @@ class RequestTimeout(BadRequest):
 
     code = "request_timeout"
     http_status = 408
+
+
+class HeaderTooLarge(BadRequest):
+    """The request line and headers (or a chunked body's trailer fields) are larger than the
+    server accepts."""
+
+    code = "header_too_large"
+    http_status = 431
 
 
 class ModelNotFound(ServingError, LookupError):
@@ -152,14 +172,23 @@ class ShuttingDown(ServingError, ConnectionError):
     http_status = 503
 
 
+class TooManyConnections(ServingError, ConnectionError):
+    """The HTTP front end holds as many open connections as it is allowed; retry later."""
+
+    code = "too_many_connections"
+    http_status = 503
+
+
 _ALL: tuple[type[ServingError], ...] = (
     ServingError,
     ConfigError,
     ArchiveError,
     ProtocolError,
+    Forbidden,
     BadRequest,
     RequestTooLarge,
     RequestTimeout,
+    HeaderTooLarge,
     ModelNotFound,
     QueueFull,
     DeadlineUnreachable,
@@ -170,6 +199,7 @@ _ALL: tuple[type[ServingError], ...] = (
     ModelLoadFailed,
     BrokerUnavailable,
     ShuttingDown,
+    TooManyConnections,
 )
 
 #: wire code -> error class. The single place codes are looked up.
@@ -187,3 +217,28 @@ def error_from_wire(code: str, message: str, status: int | None = None,
     if cls is ServingError and code != ServingError.code:
         err.code = code
     return err
+
+
+#: An absolute filesystem path inside a message: in quotes (spaces allowed), or bare (up to
+#: whitespace, a quote or a bracket). A bare one starts at a single `/` that follows no word
+#: character, dot, dash or slash, so `a/b`, `1/2` and URLs (`http://host/x`) are left alone;
+#: a `file://` URL counts as its path.
+_QUOTED_PATH = re.compile(r"""(['"`])(/(?!/)[^'"`\n]*?)\1""")
+_BARE_PATH = re.compile(r"""(?:\bfile://(?=/)|(?<![\w.~/\\-]))/(?!/)[^\s'"`<>()\[\]{},;]*""")
+
+
+def client_safe(text: str) -> str:
+    """`text` with every absolute filesystem path replaced by its last component, so that a
+    message from a worker or a handler (a load error, an exception's text) can reach a client
+    without telling it how the server's disk is laid out: `/srv/run/models/m/handler.py`
+    becomes `handler.py`, `'/srv/w eights.pt'` becomes `'w eights.pt'`. The full text
+    belongs in the server's own log."""
+    if "/" not in text:
+        return text
+    text = _QUOTED_PATH.sub(lambda m: f"{m.group(1)}{_last_component(m.group(2))}{m.group(1)}",
+                            text)
+    return _BARE_PATH.sub(lambda m: _last_component(m.group(0)), text)
+
+
+def _last_component(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[-1] or "/"

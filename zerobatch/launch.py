@@ -30,3 +30,11 @@ def module_argv(module: str, *args: str) -> list[str]:
 def bootstrap_argv(module: str, *args: str) -> list[str]:
     """What module_argv gives on Python 3.10, which has no `-P`; it works on any version."""
     return [sys.executable, "-c", _BOOTSTRAP, module, *args]
+
+
+# Exit statuses of the broker (and of `zerobatch start --foreground`, which becomes it), for
+# whatever supervises it: 0 after a requested stop; these two for problems that a restart
+# cannot fix; anything else (a crash, a signal) is worth a restart.
+EXIT_CONFIG = 2
+EXIT_ADDRESS_IN_USE = 3
+PERMANENT_EXITS = frozenset({EXIT_CONFIG, EXIT_ADDRESS_IN_USE})

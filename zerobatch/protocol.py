@@ -34,7 +34,9 @@ Coalescing. Every ZeroMQ message costs a fixed amount of work in each process it
 send, a receive, a wake-up of libzmq's I/O thread), more than its bytes cost. So a client with
 many requests in flight may put the requests it makes in one event-loop turn into one REQUEST
 message, and the broker sends what one of its turns has for one client as one REPLIES
-message. A message holds at most MAX_BATCH_ITEMS items.
+message. A message holds at most MAX_BATCH_ITEMS items: past a few hundred, a larger message
+saves nothing, and the broker handles a message whole, so its size bounds how long one
+client's message can hold the broker's loop (broker/loop.py).
 
     rid         opaque bytes (at most MAX_RID_BYTES) chosen by the client, echoed verbatim
     route       msgpack [model: str, version: str | None, timeout_ms: int]; 0 = model default.
@@ -124,7 +126,7 @@ HEARTBEAT_SUFFIX = b".hb"
 # Limits on what a peer may send us.
 MAX_RID_BYTES = 64
 MAX_HEADER_BYTES = 64 * 1024
-MAX_BATCH_ITEMS = 4096
+MAX_BATCH_ITEMS = 512
 DEFAULT_MAX_BODY_BYTES = 6_553_500  # TorchServe's default max_request_size
 
 # Liveness, as in the Paranoid Pirate pattern: a peer silent for LIVENESS intervals is lost.
@@ -289,9 +291,17 @@ def encode_reply_meta(status: int = 200, content_type: str | None = None,
 
 def parse_reply_meta(data: bytes) -> tuple[int, str | None, dict[str, str] | None]:
     meta = unpack_header(data)
-    if not isinstance(meta, list) or len(meta) != 3 or not isinstance(meta[0], int):
-        raise ProtocolError("reply meta must be [status, content_type, headers]")
+    if (not isinstance(meta, list) or len(meta) != 3 or type(meta[0]) is not int
+            or (meta[1] is not None and type(meta[1]) is not str)
+            or (meta[2] is not None and not _is_str_map(meta[2]))):
+        raise ProtocolError("reply meta must be [status: int, content_type: str | nil, "
+                            "headers: {str: str} | nil]")
     return meta[0], meta[1], meta[2]
+
+
+def _is_str_map(value: Any) -> bool:
+    return type(value) is dict and all(type(key) is str and type(item) is str
+                                       for key, item in value.items())
 
 
 def encode_error_info(code: str, message: str, status: int,
@@ -448,7 +458,7 @@ def parse_ready(data: bytes) -> dict[str, Any]:
         if not isinstance(info.get(key), kind):
             raise ProtocolError(f"READY info needs {key!r} of type {kind.__name__}")
     gpu_id = info.get("gpu_id")
-    if gpu_id is not None and not isinstance(gpu_id, int):
+    if "gpu_id" not in info or (gpu_id is not None and not isinstance(gpu_id, int)):
         raise ProtocolError("READY gpu_id must be an integer or nil")
     return info
 

@@ -64,6 +64,24 @@ def has_message(socket: zmq.Socket) -> bool:
     return bool(_get(socket, _EVENTS) & _POLLIN)
 
 
+def peer_of(frame: Any) -> tuple[str, str | None]:
+    """Who sent the message a received frame belongs to: its address as libzmq reports it (an
+    IP for TCP; "localhost:UID:GID:PID" for IPC, from SO_PEERCRED) and the Z85 public key it
+    authenticated with over CURVE, or None. ("unknown", None) for a frame of plain bytes."""
+    get = getattr(frame, "get", None)
+    if get is None:
+        return "unknown", None
+    try:
+        address = get("Peer-Address")
+    except zmq.ZMQError:
+        address = "unknown"
+    try:
+        key = get("User-Id") or None
+    except zmq.ZMQError:  # no ZAP handler authenticated this connection
+        key = None
+    return address, key
+
+
 def recv_bytes(socket: zmq.Socket, block: bool = True) -> list[bytes]:
     """Receive one multipart message as bytes, each frame copied (as recv_frames raises)."""
     return [frame.bytes for frame in recv_frames(socket, block)]

@@ -22,6 +22,7 @@ from benchmarks.common import ROOT, free_port
 from benchmarks.loadgen import HttpTarget
 from benchmarks.peers import ModelSettings, Peer, Started, procs
 from benchmarks.peers.startup import time_first_success
+from zerobatch.config import control_address
 
 if TYPE_CHECKING:
     from benchmarks.workloads import Workload
@@ -35,12 +36,14 @@ TIMEOUT_HEADER = "x-zerobatch-timeout-ms"
 @dataclass(frozen=True)
 class ZerobatchStarted(Started):
     model: str = ""
+    #: the broker's local control socket (describe)
+    control_address: str = ""
 
     def batch_sizes(self) -> dict[int, int] | None:
         """Batches the broker dispatched so far, by size."""
         from zerobatch.api.client import Client
 
-        with Client(self.zmq_address, timeout_ms=5000) as client:
+        with Client(self.control_address, timeout_ms=5000) as client:
             described = client.control("describe")
         for model in described["models"]:
             if model["modelName"] == self.model:
@@ -90,7 +93,7 @@ class ZerobatchPeer(Peer):
                                            timeout_s=self.startup_timeout_s, log_path=log_path)
             yield ZerobatchStarted(
                 name=NAME, target=target, startup_s=startup_s, zmq_address=zmq_address,
-                model=workload.name,
+                model=workload.name, control_address=control_address(run_dir),
                 notes="raw body (application/octet-stream) to /predictions/<model>, as "
                       "TorchServe takes it; the .mar unchanged")
         finally:

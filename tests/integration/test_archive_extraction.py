@@ -330,3 +330,169 @@ def test_a_tar_link_inside_the_archive_is_kept(tmp_path, work_root):
 def test_a_missing_archive_is_a_config_error(tmp_path, work_root):
     with pytest.raises(ArchiveError, match="does not exist"):
         prepare_model(str(tmp_path / "nope.mar"), work_root)
+
+
+# ---------------------------------------------------------------------- compression ratio
+
+ZEROS = b"\0" * (8 << 20)  # 8 MiB that deflate to about 8 KiB: 1000 to 1
+
+
+def lie_about_compressed_size(path: str, member: str, declared: int) -> None:
+    """Rewrite the compressed size of `member` in its local and central zip headers."""
+    with open(path, "rb") as handle:
+        data = bytearray(handle.read())
+    name = member.encode()
+    for signature, size_at, name_len_at, name_at in ((b"PK\x03\x04", 18, 26, 30),
+                                                     (b"PK\x01\x02", 20, 28, 46)):
+        start = data.find(signature)
+        while start != -1:
+            name_len = struct.unpack_from("<H", data, start + name_len_at)[0]
+            if data[start + name_at:start + name_at + name_len] == name:
+                struct.pack_into("<I", data, start + size_at, declared)
+            start = data.find(signature, start + 4)
+    with open(path, "wb") as handle:
+        handle.write(bytes(data))
+
+
+def assert_ratio_refusal(message: str, archive_name: str, member: str, tmp_path) -> None:
+    assert message.startswith(f"{archive_name}: ")  # the file name, not where it lies
+    assert str(tmp_path) not in message
+    assert f"member {member!r}" in message and "more than 200:1" in message
+
+
+def test_a_zip_member_over_the_compression_ratio_is_refused_before_extracting(tmp_path,
+                                                                              work_root):
+    path = make_zip(tmp_path / "bomb.mar", {"zeros.bin": ZEROS})
+    before = tree(tmp_path)
+    with pytest.raises(ArchiveError) as caught:
+        prepare_model(path, work_root)
+    assert_ratio_refusal(str(caught.value), "bomb.mar", "zeros.bin", tmp_path)
+    assert tree(tmp_path) == before
+
+
+def test_a_zip_member_lying_about_its_compressed_size_is_refused(tmp_path, work_root):
+    """The header claims the member is barely compressed: what counts is the room it really
+    takes in the file, up to the next member or the central directory."""
+    path = make_zip(tmp_path / "bomb.mar", {"zeros.bin": ZEROS, "pad.bin": os.urandom(100_000)})
+    lie_about_compressed_size(path, "zeros.bin", 64 << 10)  # 128:1 by the header
+    with zipfile.ZipFile(path) as zf:  # the lie is what zipfile reads, and it still inflates
+        assert zf.getinfo("zeros.bin").compress_size == 64 << 10
+        with zf.open("zeros.bin") as source:
+            assert b"".join(iter(lambda: source.read(1 << 20), b"")) == ZEROS
+    before = tree(tmp_path)
+    with pytest.raises(ArchiveError) as caught:
+        prepare_model(path, work_root)
+    assert_ratio_refusal(str(caught.value), "bomb.mar", "zeros.bin", tmp_path)
+    assert tree(tmp_path) == before
+
+
+def test_small_or_ordinary_members_pass_the_ratio(tmp_path, work_root):
+    """Below 1 MiB any ratio passes (JSON, vocabularies); above it, real data does."""
+    labels = json.dumps({str(index): "label" for index in range(40_000)}).encode()
+    weights = os.urandom(3 << 20)
+    path = make_zip(tmp_path / "fine.mar", {"zeros.json": b" " * ((1 << 20) - 10),
+                                            "labels.json": labels, "weights.pt": weights})
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo("zeros.json")
+        assert info.file_size > 200 * info.compress_size  # far past the ratio, under the floor
+    model_dir = prepare_model(path, work_root)
+    with open(os.path.join(model_dir, "weights.pt"), "rb") as handle:
+        assert handle.read() == weights
+
+
+def test_the_ratio_is_counted_on_the_bytes_written(tmp_path):
+    """While writing, a zip member is counted against its compressed bytes, and a tar's
+    output against the compressed bytes read so far, whatever the headers said."""
+    extractor = archive._Extractor(str(tmp_path), "/x/y.mar", archive._Budget("/x/y.mar", 1 << 40))
+    with pytest.raises(ArchiveError, match=r"^y\.mar: member 'a' is compressed more than 200:1"):
+        extractor.write_file(["a"], "a", io.BytesIO(b"0" * (2 << 20)), declared=2 << 20,
+                             compressed=5000)
+    budget = archive._Budget("/x/y.tar.gz", 1 << 40, compressed_read=lambda: 5000)
+    extractor = archive._Extractor(str(tmp_path), "/x/y.tar.gz", budget)
+    extractor.write_file(["b"], "b", io.BytesIO(b"0" * (1 << 20)), declared=1 << 20)
+    with pytest.raises(ArchiveError, match=r"^y\.tar\.gz: member 'c' is compressed more than"):
+        extractor.write_file(["c"], "c", io.BytesIO(b"0" * (1 << 20)), declared=1 << 20)
+
+
+def test_a_tar_over_the_compression_ratio_is_refused(tmp_path, work_root):
+    path = make_tgz(tmp_path / "bomb.tar.gz", [("evil/zeros.bin", ZEROS)])
+    with pytest.raises(ArchiveError) as caught:
+        prepare_model(path, work_root)
+    assert_ratio_refusal(str(caught.value), "bomb.tar.gz", "evil/zeros.bin", tmp_path)
+    assert tree(work_root) == ["models"]
+
+
+def test_a_tar_that_inflates_while_extracting_is_refused(tmp_path, work_root):
+    """Hard links declare no size, but each is written as a copy: the bytes extracted are
+    counted against the compressed bytes read."""
+    links = [link(f"evil/copy{index}.bin", "evil/zeros.bin", tarfile.LNKTYPE)
+             for index in range(40)]
+    path = make_tgz(tmp_path / "links.tar.gz", [("evil/zeros.bin", ZEROS[:600_000]), *links])
+    with pytest.raises(ArchiveError) as caught:
+        prepare_model(path, work_root)
+    message = str(caught.value)
+    assert message.startswith("links.tar.gz: member 'evil/copy") and "200:1" in message
+    assert tree(work_root) == ["models"]
+
+
+def test_the_cli_reader_stops_at_a_tar_bomb_before_the_manifest(tmp_path):
+    path = tmp_path / "bomb.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in (("evil/zeros.bin", ZEROS), ("evil/MAR-INF/MANIFEST.json",
+                                                       GOOD_MANIFEST.encode())):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(ArchiveError, match=r"^bomb\.tar\.gz: compressed more than 200:1"):
+        archiver.read_archive_manifest(str(path))
+
+
+# ---------------------------------------------------------------------- manifests, staging
+
+def test_a_manifest_nested_too_deeply_refuses_only_its_model(tmp_path, work_root):
+    deep = make_zip(tmp_path / "deep.mar", {"h.py": b""}, manifest="[" * 100_000)
+    not_json = make_zip(tmp_path / "notjson.mar", {"h.py": b""}, manifest="{nope")
+    echo_dir = os.path.dirname(ECHO_HANDLER)
+    models = [ModelConfig(name="deep", path=deep), ModelConfig(name="notjson", path=not_json),
+              ModelConfig(name="echo", path=echo_dir)]
+    kept, refused = prepare_models(models, work_root)
+    assert [m.name for m in kept] == ["echo"]
+    assert [(m.name, type(e)) for m, e in refused] == [("deep", ArchiveError),
+                                                        ("notjson", ArchiveError)]
+    assert "nested too deeply" in str(refused[0][1])
+    with pytest.raises(ArchiveError, match="nested too deeply"):
+        archiver.read_archive_manifest(deep)
+
+
+def test_prepare_models_removes_stale_staging_without_following_links(tmp_path, work_root):
+    models_dir = os.path.join(work_root, "models")
+    outside = tmp_path / "outside"
+    (outside / "sub").mkdir(parents=True)
+    (outside / "precious.txt").write_text("keep me")
+    stale = os.path.join(models_dir, ".staging-echo-0123456789ab-4242")
+    os.makedirs(os.path.join(stale, "MAR-INF"))
+    with open(os.path.join(stale, "half.bin"), "wb") as handle:
+        handle.write(b"half written")
+    os.symlink(outside, os.path.join(stale, "link-inside"))
+    os.symlink(outside, os.path.join(models_dir, ".staging-a-link"))
+    os.symlink(outside / "precious.txt", os.path.join(models_dir, ".staging-file-link"))
+    with open(os.path.join(models_dir, ".staging-a-file"), "w") as handle:
+        handle.write("x")
+    os.makedirs(os.path.join(models_dir, "echo-0123456789ab", "MAR-INF"))  # an extraction
+
+    kept, refused = prepare_models([ModelConfig(name="echo",
+                                                path=os.path.dirname(ECHO_HANDLER))], work_root)
+    assert [m.name for m in kept] == ["echo"] and refused == []
+    assert sorted(os.listdir(models_dir)) == ["echo-0123456789ab"]
+    assert tree(outside) == ["precious.txt", "sub"]
+    assert (outside / "precious.txt").read_text() == "keep me"
+
+
+def test_stale_staging_is_left_alone_behind_a_linked_models_dir(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / ".staging-x").mkdir(parents=True)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    os.symlink(elsewhere, run_dir / "models")
+    assert archive.remove_stale_staging(str(run_dir / "models")) == []
+    assert (elsewhere / ".staging-x").is_dir()

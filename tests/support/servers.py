@@ -78,8 +78,15 @@ class Server:
         from zerobatch.api.client import Client
         return Client(self.client_address)
 
+    @property
+    def control_address(self) -> str:
+        """The broker's local control socket (stop, describe)."""
+        from zerobatch.config import control_address
+        return control_address(self.run_dir)
+
     def describe(self) -> dict:
-        with self.client() as client:
+        from zerobatch.api.client import Client
+        with Client(self.control_address) as client:
             return client.control("describe", timeout_ms=2000)
 
     def workers(self, model: str) -> list[dict]:

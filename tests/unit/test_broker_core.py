@@ -222,16 +222,67 @@ def test_garbage_from_workers_never_raises(core, frames):
     assert core.workers == {}
 
 
-def test_control_ping_describe_stop(core):
+def take_control(core: BrokerCore) -> list[list]:
+    out = list(core.out_control)
+    core.out_control.clear()
+    return out
+
+
+def test_control_socket_runs_ping_describe_stop(core, caplog):
     add(core)
-    core.on_front([CLIENT] + p.encode_control(b"c1", "ping"), 0)
-    core.on_front([CLIENT] + p.encode_control(b"c2", "describe"), 0)
-    replies = flat(take_front(core))
+    core.on_control([CLIENT] + p.encode_control(b"c1", "ping"), 0)
+    core.on_control([CLIENT] + p.encode_control(b"c2", "describe"), 0)
+    replies = flat(take_control(core))
     assert [rid for _i, _c, rid, _a, _b in replies] == [b"c1", b"c2"]
     assert p.unpack_header(replies[0][4]) == {"status": "Healthy"}
     assert p.unpack_header(replies[1][4])["models"][0]["modelName"] == "echo"
-    core.on_front([CLIENT] + p.encode_control(b"c3", "stop"), 0)
+    with caplog.at_level(logging.INFO, logger="zerobatch.broker"):
+        core.on_control([CLIENT] + p.encode_control(b"c3", "stop"), 0)
     assert core.stop_requested
+    assert "control stop accepted from the local control socket" in caplog.text
+    assert core.out_front == []
+
+
+def test_client_endpoint_answers_ping_and_refuses_other_control_from_anonymous(core, caplog):
+    add(core)
+    core.peer_of = lambda frames: ("203.0.113.9", None)
+    core.on_front([CLIENT] + p.encode_control(b"c1", "ping"), 0)
+    with caplog.at_level(logging.WARNING, logger="zerobatch.broker"):
+        core.on_front([CLIENT] + p.encode_control(b"c2", "stop"), 0)
+        core.on_front([CLIENT] + p.encode_control(b"c3", "describe"), 0)
+    assert not core.stop_requested
+    replies = take_front(core)
+    assert p.unpack_header(flat(replies[:1])[0][4]) == {"status": "Healthy"}
+    assert errors(replies[1:]) == [(b"c2", "forbidden"), (b"c3", "forbidden")]
+    assert "control stop refused: client at 203.0.113.9" in caplog.text
+    assert "control describe refused: client at 203.0.113.9" in caplog.text
+
+
+def test_client_endpoint_accepts_control_from_a_curve_client(core, caplog):
+    add(core)
+    core.peer_of = lambda frames: ("127.0.0.1", "KEY-OF-ALICE")
+    with caplog.at_level(logging.INFO, logger="zerobatch.broker"):
+        core.on_front([CLIENT] + p.encode_control(b"c1", "stop"), 0)
+    assert core.stop_requested
+    assert "control stop accepted from CURVE client KEY-OF-ALICE at 127.0.0.1" in caplog.text
+
+
+def test_refused_control_calls_are_counted_not_each_logged_in_a_flood(core, caplog):
+    add(core)
+    with caplog.at_level(logging.WARNING, logger="zerobatch.broker"):
+        for index in range(100):
+            core.on_front([CLIENT] + p.encode_control(b"c%d" % index, "stop"), 1)
+        core.on_front([CLIENT] + p.encode_control(b"late", "stop"), 11_000 * MS)
+    assert len(errors(take_front(core))) == 101
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("refused: client at" in line for line in lines) == 21
+    assert any(line.startswith("80 more control calls refused") for line in lines)
+
+
+def test_control_socket_takes_control_messages_only(core):
+    add(core)
+    core.on_control([CLIENT, p.VERSION, p.REQUEST, b"r", b"body"], 0)
+    assert errors(take_control(core)) == [(b"r", "protocol_error")]
 
 
 def test_shutdown_answers_waiting_and_refuses_new(core):

@@ -1,0 +1,68 @@
+"""CURVE keys: making them (`zerobatch keys`) and reading them, with errors that say the fix.
+
+A key pair is two files in ZeroMQ's certificate format (pyzmq's zmq.auth): NAME.key holds
+the public key, NAME.key_secret the public and the secret key (mode 0600). The server is given
+its .key_secret file and a directory of the public .key files of the clients it accepts; a
+client is given the server's public .key file and its own .key_secret file.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import zmq.auth
+
+from zerobatch.errors import ConfigError
+
+
+def make_key_pair(directory: str, name: str) -> tuple[str, str]:
+    """Write NAME.key and NAME.key_secret into directory (made mode 0700 if missing); refuse
+    to overwrite a pair. The paths (public, secret)."""
+    if not name or "/" in name or name.startswith("."):
+        raise ConfigError(f"key name {name!r} must be a plain file name")
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    public = os.path.join(directory, f"{name}.key")
+    secret = public + "_secret"
+    for path in (public, secret):
+        if os.path.lexists(path):
+            raise ConfigError(f"{path} exists; remove it or choose another name")
+    old_mask = os.umask(0o077)
+    try:
+        made = zmq.auth.create_certificates(directory, name)
+    finally:
+        os.umask(old_mask)
+    os.chmod(made[0], 0o644)
+    return made[0], made[1]
+
+
+def load_secret(path: str) -> tuple[bytes, bytes]:
+    """(public, secret) from a .key_secret file."""
+    public, secret = _load(path)
+    if secret is None:
+        raise ConfigError(f"{path} holds no secret key: give the .key_secret file that "
+                          "`zerobatch keys` made")
+    return public, secret
+
+
+def load_public(path: str) -> bytes:
+    """The public key in a .key (or .key_secret) file."""
+    return _load(path)[0]
+
+
+def check_authorized_dir(directory: str) -> int:
+    """The number of public key files in directory; ConfigError when it holds none."""
+    if not os.path.isdir(directory):
+        raise ConfigError(f"authorized keys directory {directory} does not exist")
+    count = len(glob.glob(os.path.join(directory, "*.key")))
+    if not count:
+        raise ConfigError(f"authorized keys directory {directory} holds no .key file: copy "
+                          "the public key (NAME.key) of each client into it")
+    return count
+
+
+def _load(path: str) -> tuple[bytes, bytes | None]:
+    try:
+        return zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the CURVE key file {path}: {exc}") from None
