@@ -95,11 +95,12 @@ class AsyncClient:
     """Asyncio ZeroMQ client; the same calls as `Client`, awaited."""
 
     def __init__(self, address: str = DEFAULT_ADDRESS, *, timeout_ms: int | None = None,
-                 context: zmq.Context | None = None) -> None:
+                 context: zmq.Context | None = None, curve_server_key: str | None = None,
+                 curve_secret_key: str | None = None) -> None:
         self.address = address
         self._core = ClientCore(timeout_ms)
         self._context = context or zmq.Context.instance()
-        sock = connect_dealer(self._context, address)
+        sock = connect_dealer(self._context, address, curve_server_key, curve_secret_key)
         self._socket = sock
         self._fd: int = sock.getsockopt(zmq.FD)
         self._loop: asyncio.AbstractEventLoop | None = None

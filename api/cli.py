@@ -88,9 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "413 (default: 6553500, TorchServe's max_request_size)")
     start.add_argument("--request-read-timeout", type=float,
                        default=defaults.DEFAULT_REQUEST_READ_TIMEOUT_S, metavar="S",
-                       help="longest an HTTP client may take to send its headers, and "
-                            "between two pieces of its body; one that stalls is answered "
-                            "408 and closed (default: 60)")
+                       help="longest an HTTP client may take to send its headers, and then "
+                            "its body (plus what --request-min-rate earns it); a late one is "
+                            "answered 408 and closed (default: 60)")
     start.add_argument("--request-min-rate", type=int,
                        default=defaults.DEFAULT_REQUEST_MIN_RATE_BYTES_S, metavar="BYTES_PER_S",
                        help="an HTTP request body earns this much extra time per byte on top "

@@ -12,7 +12,9 @@ asyncio pump over the same core, used by the HTTP front ends.
 After a `deadline_unreachable` refusal, requests on the same model, version and timeout are
 refused here, without being sent, for as long as the broker said it would refuse them.
 
-A Client is not thread-safe (neither is a ZeroMQ socket): use one per thread.
+A Client is not thread-safe (neither is a ZeroMQ socket): use one per thread. Against a
+server that requires CURVE, give `curve_server_key` (the server's public .key file) and
+`curve_secret_key` (this client's .key_secret file, whose .key the server authorized).
 
     with Client("tcp://127.0.0.1:9500") as client:
         reply = client.predict("digits", image_bytes)
@@ -78,11 +80,13 @@ class Client:
     """Blocking ZeroMQ client; see the module docstring."""
 
     def __init__(self, address: str = DEFAULT_ADDRESS, *, timeout_ms: int | None = None,
-                 context: zmq.Context | None = None) -> None:
+                 context: zmq.Context | None = None, curve_server_key: str | None = None,
+                 curve_secret_key: str | None = None) -> None:
         self.address = address
         self._core = ClientCore(timeout_ms)
         self._context = context or zmq.Context.instance()
-        self._socket = connect_dealer(self._context, address)
+        self._socket = connect_dealer(self._context, address, curve_server_key,
+                                      curve_secret_key)
         self._rcvtimeo_ms = -1  # the socket's receive timeout, as last set
 
     @property

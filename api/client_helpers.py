@@ -17,7 +17,7 @@ import msgpack
 import zmq
 
 from zerobatch import protocol
-from zerobatch.errors import DeadlineUnreachable, ProtocolError, error_from_wire
+from zerobatch.errors import ConfigError, DeadlineUnreachable, ProtocolError, error_from_wire
 
 DEFAULT_ADDRESS = "tcp://127.0.0.1:9500"
 #: how long a client waits past a request's own timeout before giving up locally
@@ -37,12 +37,29 @@ _REPLY = protocol.REPLY
 _ERROR = protocol.ERROR
 
 
-def connect_dealer(context: zmq.Context, address: str) -> zmq.Socket:
-    """The client's one DEALER to the broker: no linger on close, deep queues both ways."""
+def connect_dealer(context: zmq.Context, address: str, curve_server_key: str | None = None,
+                   curve_secret_key: str | None = None) -> zmq.Socket:
+    """The client's one DEALER to the broker: no linger on close, deep queues both ways; with
+    CURVE when given the server's public key file and the client's secret key file (both
+    made by `zerobatch keys`)."""
     sock = context.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
     sock.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
+    if curve_server_key or curve_secret_key:
+        from zerobatch import curve  # only CURVE clients pay for it
+
+        if not (curve_server_key and curve_secret_key):
+            sock.close()
+            raise ConfigError("CURVE needs both the server's public key file "
+                              "(curve_server_key) and this client's secret key file "
+                              "(curve_secret_key)")
+        try:
+            sock.curve_serverkey = curve.load_public(curve_server_key)
+            sock.curve_publickey, sock.curve_secretkey = curve.load_secret(curve_secret_key)
+        except ConfigError:
+            sock.close()
+            raise
     sock.connect(address)
     return sock
 

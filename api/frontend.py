@@ -1,5 +1,5 @@
 """Entry point of one HTTP front-end process: the inference app on uvicorn (uvloop, httptools,
-writes coalesced per event-loop turn: api/http_protocol.py).
+writes coalesced per event-loop turn, the limits on abusive clients: api/http_protocol.py).
 
     python -P -m zerobatch.api.frontend --config '<FrontendConfig JSON>' [--fd N]
 
@@ -8,6 +8,11 @@ broker (which binds the port once and hands the same socket to every front end: 
 without it, the process binds config.host:config.port itself. The app's AsyncClient to
 config.broker_address is made at lifespan startup inside the server's loop and closed at
 shutdown. SIGTERM or SIGINT: stop accepting, finish in-flight requests, exit 0.
+
+At start the process raises its soft limit on open files (RLIMIT_NOFILE) to what
+config.max_connections needs, up to the hard limit, so that a client beyond the cap is
+answered 503 (and counted in the log) rather than left with an empty reply when accept()
+runs out of file descriptors.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import resource
 import signal
 import socket
 import sys
@@ -28,6 +34,11 @@ from zerobatch.errors import ConfigError
 from zerobatch.gc_policy import freeze_startup_objects
 
 log = logging.getLogger("zerobatch.frontend")
+
+#: File descriptors a front end needs besides its open connections: the listening socket,
+#: the broker's ZeroMQ sockets and their threads' pipes, the event loop's, the log; and the
+#: connections it accepts only to refuse them.
+FD_MARGIN = 256
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -47,10 +58,14 @@ def build_server(config: FrontendConfig, fd: int | None) -> tuple[uvicorn.Server
         port=config.port,
         loop="uvloop",
         # httptools, one write per connection per loop turn, early 413 for 100-continue,
-        # 408 for a client too slow to send its request
+        # 408 for a client too slow to send its request, 431 for a head too large, 503 for
+        # a connection over the cap
         http=functools.partial(CoalescingHttpToolsProtocol,
                                max_body_bytes=config.max_request_bytes,
-                               read_timeout_s=config.request_read_timeout_s),
+                               read_timeout_s=config.request_read_timeout_s,
+                               min_rate_bytes_s=config.request_min_rate_bytes_s,
+                               max_header_bytes=config.max_header_bytes,
+                               max_connections=config.max_connections),
         lifespan="on",
         access_log=False,
         log_level=config.log_level.lower(),
@@ -66,6 +81,32 @@ def build_server(config: FrontendConfig, fd: int | None) -> tuple[uvicorn.Server
     return uvicorn.Server(uv_config), sockets
 
 
+def raise_open_file_limit(connections: int) -> int:
+    """Raise this process's soft limit on open files to connections + FD_MARGIN when it is
+    lower, up to the hard limit (warning when that is too low); the soft limit it ends with."""
+    wanted = connections + FD_MARGIN
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return soft
+    new_soft = wanted if hard == resource.RLIM_INFINITY else min(hard, wanted)
+    if new_soft > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new_soft, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open file limit from %d to %d: %s", soft, new_soft,
+                        exc)
+            new_soft = soft
+        else:
+            log.info("open file limit raised from %d to %d for max_connections %d", soft,
+                     new_soft, connections)
+    if new_soft < wanted:
+        log.warning("the open file limit (%d) is below max_connections %d + %d for the front "
+                    "end's own files: past about %d connections, new clients get no answer at "
+                    "all; raise the hard limit (ulimit -Hn) or lower --max-connections",
+                    new_soft, connections, FD_MARGIN, max(new_soft - FD_MARGIN, 0))
+    return new_soft
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -77,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s frontend[%(process)d] %(name)s: %(message)s",
     )
+    raise_open_file_limit(config.max_connections)
     try:
         server, sockets = build_server(config, args.fd)
     except (ConfigError, OSError) as exc:

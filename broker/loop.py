@@ -45,8 +45,15 @@ log = logging.getLogger("zerobatch.broker")
 #: items (requests, replies; a message costs at least one) taken from one socket per turn:
 #: one full client message, a few milliseconds of the broker's time
 TURN_BUDGET_ITEMS = p.MAX_BATCH_ITEMS
-#: messages a client's replies may queue in the broker before new ones to it are dropped
-CLIENT_REPLY_HWM = 1000
+#: messages a client's replies may queue in the broker before new ones to it are dropped.
+#: A client's own libzmq takes replies off the connection into its own queue whether or not
+#: the client reads (its RCVHWM: 100,000 messages for ours), so this queue fills only behind
+#: a client whose own queue is full: one that does not read.
+CLIENT_REPLY_HWM = 32
+#: messages libzmq reads ahead from one client before the broker takes them; beyond, the
+#: client's own queue holds them (TCP pushes back), so a client that sends faster than the
+#: broker serves fills its own memory, not the broker's
+CLIENT_REQUEST_HWM = 32
 #: a frame may exceed the largest body by this much (heads, metas) before libzmq drops the
 #: connection that sends it; between the two, the broker answers 413
 FRAME_SLACK_BYTES = p.MAX_HEADER_BYTES
@@ -89,7 +96,7 @@ def _client_router(context: zmq.Context, endpoints: Endpoints) -> zmq.Socket:
     """The front ROUTER: the client endpoint (with CURVE when configured) and the front ends'
     IPC endpoint, frames limited before they are buffered, replies queued per client up to
     CLIENT_REPLY_HWM (ROUTER_MANDATORY: a full queue raises instead of dropping silently)."""
-    socket = _router(context, CLIENT_REPLY_HWM, _WORKER_HWM)
+    socket = _router(context, CLIENT_REPLY_HWM, CLIENT_REQUEST_HWM)
     socket.setsockopt(zmq.MAXMSGSIZE, endpoints.max_frame_bytes)
     socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
     if endpoints.curve_keys is not None:

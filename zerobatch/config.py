@@ -24,10 +24,10 @@ DEFAULT_MAX_BATCH_DELAY_MS = 100
 DEFAULT_RESPONSE_TIMEOUT_S = 120
 DEFAULT_MAX_QUEUE = 100
 DEFAULT_STARTUP_TIMEOUT_S = 120
-#: Longest an HTTP client may take to send its request line and headers, and between two
-#: pieces of its body (nginx's client_header_timeout and client_body_timeout are 60 s each);
-#: one that stalls is answered 408 and closed, so stalled clients cannot hold a front end's
-#: connections.
+#: Longest an HTTP client may take to send its request line and headers, and then its body
+#: (plus what DEFAULT_REQUEST_MIN_RATE_BYTES_S earns it; nginx's client_header_timeout and
+#: client_body_timeout are 60 s each); a late one is answered 408 and closed, so slow
+#: clients cannot hold a front end's connections.
 DEFAULT_REQUEST_READ_TIMEOUT_S = 60.0
 #: Once its headers are in, a request body earns this many bytes a second of extra time on
 #: top of the read timeout (Apache's mod_reqtimeout MinRate): a large upload over a slow link
