@@ -7,10 +7,11 @@ STAMP  := $(VENV)/.deps-installed
 DEMO   := examples/digits/model
 
 # `make serve` settings (docs/configuration.md): the HTTP port, the ZeroMQ client endpoint and
-# the run directory (pid file, log, extracted archives).
+# the run directory (lock files, log, local sockets, extracted archives; empty: zerobatch's
+# default, /tmp/zerobatch-UID).
 HTTP_PORT ?= 8080
 ZMQ_ADDRESS ?= tcp://127.0.0.1:9500
-RUN_DIR ?= /tmp/zerobatch
+RUN_DIR ?=
 
 .PHONY: all build demo serve test lint bench bench-test package-test clean
 
@@ -34,7 +35,7 @@ demo: build
 
 serve: demo
 	$(VENV)/bin/zerobatch start --foreground --models digits=$(DEMO) --http-port $(HTTP_PORT) \
-		--client-address $(ZMQ_ADDRESS) --run-dir $(RUN_DIR)
+		--client-address $(ZMQ_ADDRESS) $(if $(RUN_DIR),--run-dir $(RUN_DIR))
 
 test: demo
 	ZEROBATCH_REQUIRE_COMPILED=1 $(VPY) -m pytest

@@ -137,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "to the client).")
     keys.add_argument("name", help="the pair's file name, e.g. server or alice")
     keys.add_argument("--dir", default=".", help="where to write it (default: .)")
+    keys.add_argument("--authorize", metavar="DIR",
+                      help="also copy the public key into DIR, the server's "
+                           "--curve-authorized-keys directory")
 
     stop = commands.add_parser("stop", help="stop a running server")
     stop.add_argument("--run-dir", default=None,
@@ -358,6 +361,8 @@ def keys(args: argparse.Namespace) -> int:
 
     public, secret = curve.make_key_pair(args.dir, args.name)
     print(f"public key: {public}\nsecret key: {secret} (keep it private)")
+    if args.authorize:
+        print(f"authorized: {curve.authorize(public, args.authorize)}")
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
 
 import zmq.auth
 
@@ -34,6 +35,15 @@ def make_key_pair(directory: str, name: str) -> tuple[str, str]:
         os.umask(old_mask)
     os.chmod(made[0], 0o644)
     return made[0], made[1]
+
+
+def authorize(public_key_file: str, directory: str) -> str:
+    """Copy a public key file into a server's authorized keys directory (made if missing);
+    the copy's path."""
+    os.makedirs(directory, exist_ok=True)
+    copy = os.path.join(directory, os.path.basename(public_key_file))
+    shutil.copyfile(public_key_file, copy)
+    return copy
 
 
 def load_secret(path: str) -> tuple[bytes, bytes]:

@@ -11,7 +11,9 @@ Which blocks run (the marker rule):
   file: it is written into the directory the handler tutorial runs in, never run itself.
 - Every other ```python block is a script, run as a file with the repository root as cwd.
 
-Where they run, by the README section that holds them: the blocks of "A first request", "The
+Where they run, by the README section that holds them (the security section's commands make
+CURVE keys and start a server that requires them, in a fresh directory, and a client with the
+keys it names is answered): the blocks of "A first request", "The
 Python client" and "Errors" against one server of the demo model (examples/digits/model), from
 the repository root; the blocks of "Serving your own TorchServe model" in order, in a fresh
 directory holding the README's files, so the three handler forms are archived by the real
@@ -47,6 +49,9 @@ README_ZMQ = "tcp://127.0.0.1:9500"
 RUNNABLE = ("curl ", "zerobatch ", "torch-model-archiver ", "mkdir ", "python -c ")
 DEMO_SECTIONS = ("A first request", "The Python client", "Errors")
 TUTORIAL_SECTION = "Serving your own TorchServe model"
+SECURITY_SECTION = "Security"
+#: the client endpoint the security section opens to other hosts; the test binds loopback
+README_OPEN_ZMQ = "tcp://0.0.0.0:9500"
 FILE_COMMENT = re.compile(r"^# ([A-Za-z0-9_]+\.py)$")
 
 #: (section, kind) -> the fewest blocks the README must hold
@@ -56,6 +61,7 @@ EXPECTED_BLOCKS = {
     ("Errors", "script"): 1,
     (TUTORIAL_SECTION, "file"): 4,
     (TUTORIAL_SECTION, "sh"): 2,
+    (SECURITY_SECTION, "sh"): 1,
 }
 #: what the tutorial's requests answer, as the README says they do: model -> answer
 TUTORIAL_ANSWERS = {"echo": "hello", "length": {"length": 5}, "scale": [2.0, 4.0, 6.0]}
@@ -250,3 +256,38 @@ def test_the_three_handler_forms_are_archived_served_and_answered(tmp_path):
     assert answers["echo"] == TUTORIAL_ANSWERS["echo"]
     assert json.loads(answers["length"]) == TUTORIAL_ANSWERS["length"]
     assert json.loads(answers["scale"]) == TUTORIAL_ANSWERS["scale"]
+
+
+# ---------------------------------------------------------------------- security
+
+@pytest.mark.timeout(300)
+def test_the_curve_commands_make_keys_and_a_server_that_requires_them(tmp_path):
+    from zerobatch.api.client import Client
+    from zerobatch.errors import DeadlineExceeded
+
+    os.symlink(os.path.join(ROOT, "examples"), tmp_path / "examples")
+    env = venv_env()
+    server = Server(run_dir=tempfile.mkdtemp(prefix="zb"), http_port=free_port(),
+                    client_address=f"tcp://127.0.0.1:{free_port()}", env=env)
+    ours = f"--http-port {server.http_port} --run-dir {server.run_dir}"
+    with open(README, encoding="utf-8") as handle:
+        readme = handle.read()
+    assert 'curve_server_key="keys/server.key"' in readme
+    assert 'curve_secret_key="keys/alice.key_secret"' in readme
+    try:
+        for block in blocks_of(SECURITY_SECTION, "sh"):
+            for command in block.commands():
+                command = command.replace(README_OPEN_ZMQ, server.client_address)
+                command = command.replace("zerobatch start", f"zerobatch start {ours}", 1)
+                run_command(command, str(tmp_path), env)
+        with open(os.path.join(ROOT, "examples", "digits", "sample_3.png"), "rb") as image:
+            png = image.read()
+        with Client(server.client_address, timeout_ms=5000,
+                    curve_server_key=str(tmp_path / "keys" / "server.key"),
+                    curve_secret_key=str(tmp_path / "keys" / "alice.key_secret")) as client:
+            assert top_label(client.predict("digits", png).text) == "3"
+        with Client(server.client_address, timeout_ms=300) as anonymous:
+            with pytest.raises(DeadlineExceeded):
+                anonymous.predict("digits", png)
+    finally:
+        finish(server)
