@@ -429,33 +429,6 @@ def test_sigstopped_worker_is_declared_lost_and_replaced(shared_server):
     assert status == 200, body
 
 
-def frontend_pids(server) -> list[int]:
-    pids = []
-    for pid in processes_mentioning(server.run_dir):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                if b"api.frontend" in handle.read():
-                    pids.append(pid)
-        except OSError:
-            pass
-    return pids
-
-
-def test_killed_front_end_is_restarted_and_http_keeps_answering(shared_server):
-    frontends = frontend_pids(shared_server)
-    assert len(frontends) == 2
-    os.kill(frontends[0], signal.SIGKILL)
-    status, _h, _b = shared_server.predict("echo", b"{}")  # the other one answers meanwhile
-    assert status == 200
-
-    def restarted():
-        pids = frontend_pids(shared_server)
-        return len(pids) == 2 and frontends[0] not in pids
-
-    shared_server.wait_for(restarted, what="a restarted front end")
-    assert all(shared_server.http("GET", "/ping")[0] == 200 for _ in range(8))
-
-
 def test_a_handler_that_does_not_import_is_reported_and_the_rest_is_served(make_server,
                                                                           tmp_path):
     broken = tmp_path / "broken"

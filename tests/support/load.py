@@ -9,7 +9,9 @@ started and ended (monotonic seconds), and the typed error it got, if any. Nothi
 waits without a bound:
 
 - every call is bounded by its client: `timeout_ms` plus the ZeroMQ client's grace, or the
-  HTTP socket timeout (`timeout_ms` plus the same grace); `call_bound_s` adds slack to that;
+  HTTP socket timeout (`timeout_ms`, the front end's own grace, and HTTP_EXTRA_S so that the
+  front end's 504 for a request it gave up on is seen, not a socket timeout);
+  `call_bound_s` adds slack to the longer of the two;
 - a lane stops sending after `max_requests` calls or `max_duration_s`, or when `stop()` is
   called; `stop()` waits for each lane's future at most `call_bound_s`, and raises `LoadHung`
   naming the calls still in flight when one does not finish;
@@ -43,6 +45,8 @@ ZMQ = "zmq"
 #: what the ZeroMQ client waits beyond a request's timeout before failing it itself
 #: (zerobatch.api.client_helpers.GRACE_MS); the HTTP lanes' socket timeout adds the same
 CLIENT_GRACE_S = 1.0
+#: how much longer an HTTP lane's socket waits than the front end waits for the broker
+HTTP_EXTRA_S = 1.0
 #: slack on top of a call's own bound before it counts as hung (a loaded 2-core machine)
 HANG_SLACK_S = 3.0
 #: a lane's pause after an error, so that a refused or unreachable server is not spun on
@@ -134,7 +138,12 @@ class Load:
     @property
     def call_bound_s(self) -> float:
         """The longest one call may take before it counts as hung."""
-        return self.timeout_ms / 1000 + CLIENT_GRACE_S + HANG_SLACK_S
+        return self.http_timeout_s + HANG_SLACK_S
+
+    @property
+    def http_timeout_s(self) -> float:
+        """The HTTP lanes' socket timeout: the front end's wait and HTTP_EXTRA_S."""
+        return self.timeout_ms / 1000 + CLIENT_GRACE_S + HTTP_EXTRA_S
 
     # ------------------------------------------------------------------ running
 
@@ -171,9 +180,16 @@ class Load:
     def __enter__(self) -> Load:
         return self.start()
 
-    def __exit__(self, *exc_info: object) -> None:
-        if not self._stop.is_set():
+    def __exit__(self, exc_type: object, *_exc_info: object) -> None:
+        if self._stop.is_set():
+            return
+        if exc_type is None:
             self.stop()
+            return
+        try:  # the test already failed: stop the lanes, keep its error in front
+            self.stop()
+        except LoadHung:
+            pass
 
     # ------------------------------------------------------------------ what happened
 
@@ -265,7 +281,7 @@ class Load:
         try:
             status, response_headers, answer = http_request(
                 self.http_port, "POST", f"/predictions/{self.model}", raw, headers,
-                timeout_s=self.timeout_ms / 1000 + CLIENT_GRACE_S)
+                timeout_s=self.http_timeout_s)
         except (OSError, http.client.HTTPException) as exc:
             return type(exc).__name__, 0, "", str(exc)
         front_end = served_by(response_headers)

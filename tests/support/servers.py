@@ -104,6 +104,18 @@ class Server:
             time.sleep(0.05)
         raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
+    def frontend_pids(self) -> set[int]:
+        """The HTTP front ends: processes naming the run dir and zerobatch.api.frontend."""
+        found = set()
+        for pid in processes_mentioning(self.run_dir):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                    if b"zerobatch.api.frontend" in handle.read():
+                        found.add(pid)
+            except OSError:
+                pass
+        return found
+
     def stop(self) -> subprocess.CompletedProcess:
         return cli("stop", "--run-dir", self.run_dir, env=self.env)
 
