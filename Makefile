@@ -13,7 +13,7 @@ HTTP_PORT ?= 8080
 ZMQ_ADDRESS ?= tcp://127.0.0.1:9500
 RUN_DIR ?=
 
-.PHONY: all build demo serve test lint bench bench-test package-test clean
+.PHONY: all build demo serve test lint fuzz bench bench-test package-test clean
 
 all: build
 
@@ -42,6 +42,15 @@ test: demo
 
 lint: build
 	$(VENV)/bin/ruff check .
+
+# Coverage-guided fuzzing (docs/fuzzing.md): each atheris target in tests/fuzz/ for
+# FUZZ_SECONDS (the four take about 40 minutes at the default), corpus and crash files in
+# .fuzz/<target>/; `make test` runs 3 s of each.
+FUZZ_SECONDS ?= 600
+FUZZ_TARGETS ?=
+
+fuzz: build
+	$(VPY) -m tests.fuzz --seconds $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 # Build a wheel from a clean copy of the committed tree with pip's own isolated build, install
 # it in a fresh venv and serve the demo from a hostile directory (tests/package/check_wheel.sh).

@@ -30,7 +30,6 @@ import tarfile
 import tempfile
 import time
 import zipfile
-import zlib
 from datetime import datetime
 from typing import IO, BinaryIO
 
@@ -407,20 +406,19 @@ def read_archive_manifest(path: str) -> dict:
 
     Raises ArchiveError when the file is no archive or holds no readable manifest (whatever
     the zip or tar reader raises on a damaged one)."""
-    if zipfile.is_zipfile(path):
+    if model_files.is_zip_archive(path):
         try:
             return _zip_manifest(path)
         except ArchiveError:  # a ValueError too: ours, already saying what is wrong
             raise
-        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, RuntimeError,
-                NotImplementedError) as exc:
+        except (OSError, *model_files.ARCHIVE_READER_ERRORS) as exc:
             raise ArchiveError(f"{path}: cannot read {MANIFEST_MEMBER}: "
                                f"{type(exc).__name__}: {exc}") from None
     try:
         return _tar_manifest(path)
     except ArchiveError:
         raise
-    except (tarfile.TarError, EOFError, OSError, zlib.error, ValueError) as exc:
+    except (OSError, *model_files.ARCHIVE_READER_ERRORS) as exc:
         raise ArchiveError(f"{path} is neither a .mar (zip) nor a .tar.gz model archive: "
                            f"{exc}") from None
 

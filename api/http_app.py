@@ -112,6 +112,8 @@ class PredictionsResource:
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
                       model_name: str, model_version: str | None = None) -> None:
+        if not model_name:  # /predictions/ or /predictions/%2F: no model is named ""
+            raise falcon.HTTPRouteNotFound()
         request_id = next(self._request_ids)
         resp.set_header(REQUEST_ID_HEADER, request_id)
         headers = req.headers

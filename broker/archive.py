@@ -76,7 +76,7 @@ def prepare_model(path: str, work_root: str, *, max_bytes: int = DEFAULT_MAX_BYT
         return path
     if not os.path.isfile(path):
         raise ArchiveError(f"model archive {path} does not exist")
-    if zipfile.is_zipfile(path):
+    if model_files.is_zip_archive(path):
         extract = _extract_zip
     elif _is_tar(path):
         extract = _extract_tar
@@ -96,7 +96,7 @@ def prepare_model(path: str, work_root: str, *, max_bytes: int = DEFAULT_MAX_BYT
     shutil.rmtree(staging_dir, ignore_errors=True)
     os.mkdir(staging_dir, 0o755)
     try:
-        extract(path, staging_dir, max_bytes, max_members)
+        _extract_or_refuse(extract, path, staging_dir, max_bytes, max_members)
         check_manifest(_model_root(staging_dir, path), path)
         try:
             os.rename(staging_dir, private_dir)
@@ -108,6 +108,21 @@ def prepare_model(path: str, work_root: str, *, max_bytes: int = DEFAULT_MAX_BYT
         shutil.rmtree(staging_dir, ignore_errors=True)
         raise
     return check_manifest(_model_root(private_dir, path), path)
+
+
+def _extract_or_refuse(extract: Callable[[str, str, int, int], None], path: str,
+                       staging_dir: str, max_bytes: int, max_members: int) -> None:
+    """Run an extractor; whatever the readers raise on a damaged archive becomes an
+    ArchiveError (a disk's own failure stays what it is)."""
+    try:
+        extract(path, staging_dir, max_bytes, max_members)
+    except ArchiveError:
+        raise
+    except (OSError, *model_files.ARCHIVE_READER_ERRORS) as exc:
+        if not model_files.is_damage(exc):
+            raise
+        raise ArchiveError(f"{path}: a damaged archive ({type(exc).__name__}: "
+                           f"{exc})") from None
 
 
 def prepare_models(models: Iterable[ModelConfig], work_root: str, *,
@@ -391,7 +406,8 @@ def _extract_zip(archive: str, root: str, max_bytes: int, max_members: int) -> N
                                        "or socket; only files and directories are allowed")
                 if info.flag_bits & 0x1:
                     raise ArchiveError(f"{archive}: member {info.filename!r} is encrypted")
-                is_dir = info.is_dir() or kind == stat.S_IFDIR
+                # not info.is_dir(), which raises on an empty name
+                is_dir = info.filename.endswith("/") or kind == stat.S_IFDIR
                 compressed = min(info.compress_size, spans[info.header_offset])
                 if not is_dir:
                     declared_total += info.file_size
@@ -424,6 +440,8 @@ def _zip_data_spans(infos: list[zipfile.ZipInfo], central_dir_offset: int | None
     directory): the most compressed data a member can really hold, whatever its header
     claims. Members that overlap (a known zip-bomb trick) get only their own share."""
     offsets = sorted({info.header_offset for info in infos})
+    if not offsets:
+        return {}
     end = size_bytes
     if central_dir_offset is not None and offsets and central_dir_offset > offsets[-1]:
         end = min(central_dir_offset, size_bytes)

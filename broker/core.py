@@ -471,6 +471,9 @@ class BrokerCore:
         if len(frames) != 4:
             raise ProtocolError("READY must be [VERSION, W_READY, info]")
         info = p.parse_ready(_as_bytes(frames[3]))
+        if info["worker_id"].encode() != identity:  # worker_lost finds workers by their id
+            raise ProtocolError(f"READY from {identity!r} names worker {info['worker_id']!r}: "
+                                "a worker's identity is its worker id")
         if worker is not None:
             raise ProtocolError(f"worker {info['worker_id']} said READY twice")
         try:

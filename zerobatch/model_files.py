@@ -9,11 +9,38 @@ the file and says what is wrong. PyYAML is imported only when a model carries a 
 
 from __future__ import annotations
 
+import errno
 import json
+import lzma
 import os
+import tarfile
+import zipfile
+import zlib
 from typing import Any
 
-from zerobatch.errors import ConfigError
+from zerobatch.errors import ArchiveError, ConfigError
+
+#: what the standard library's zip, tar and compression readers raise on a damaged archive
+#: (an OSError too, where it carries no errno or EINVAL: see is_damage)
+ARCHIVE_READER_ERRORS: tuple[type[BaseException], ...] = (
+    zipfile.BadZipFile, tarfile.TarError, zlib.error, lzma.LZMAError, EOFError, ValueError,
+    IndexError, NotImplementedError, RuntimeError)
+
+
+def is_damage(exc: BaseException) -> bool:
+    """Whether a reader's exception says the archive is damaged (not that a disk failed)."""
+    if isinstance(exc, OSError):
+        return exc.errno in (None, errno.EINVAL)
+    return isinstance(exc, ARCHIVE_READER_ERRORS)
+
+
+def is_zip_archive(path: str) -> bool:
+    """zipfile.is_zipfile, with an ArchiveError where it raises on a damaged zip."""
+    try:
+        return zipfile.is_zipfile(path)
+    except zipfile.BadZipFile as exc:
+        raise ArchiveError(f"{os.path.basename(path)}: not a readable zip archive: "
+                           f"{exc}") from None
 
 MANIFEST_PATH = os.path.join("MAR-INF", "MANIFEST.json")
 MODEL_CONFIG_FILE = "model-config.yaml"
