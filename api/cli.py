@@ -245,33 +245,33 @@ def start(args: argparse.Namespace) -> int:
     log_path = os.path.join(config.run_dir, run_dir.LOG_FILE)
     log_fd = run_dir.open_log(config.run_dir)
     try:
-        broker = subprocess.Popen(
+        keeper = subprocess.Popen(
             module_argv("zerobatch.broker.keeper", "--config", config.to_json()),
             stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, start_new_session=True)
     finally:
         os.close(log_fd)
     try:
-        failed = wait_until_ready(config, broker, args.startup_timeout)
+        failed = wait_until_ready(config, keeper, args.startup_timeout)
         if failed and len(failed) == len(config.models):
             raise CliError("no model could be loaded:\n" + "\n".join(failed))
     except CliError:
-        if broker.poll() is None:
-            broker.terminate()
+        if keeper.poll() is None:
+            keeper.terminate()
             try:
-                broker.wait(10)
+                keeper.wait(10)
             except subprocess.TimeoutExpired:
-                broker.kill()
+                keeper.kill()
         raise
     for error in failed:
         print(f"zerobatch: warning: {error} (its requests answer 503 until a worker loads it)",
               file=sys.stderr)
     http = f"http://{config.host}:{config.http_port}" if config.frontends else "disabled"
-    print(f"zerobatch started (pid {broker.pid}): HTTP {http}, ZeroMQ {config.client_address}, "
+    print(f"zerobatch started (pid {keeper.pid}): HTTP {http}, ZeroMQ {config.client_address}, "
           f"log {log_path}")
     return 0
 
 
-def wait_until_ready(config: ServerConfig, broker: subprocess.Popen,
+def wait_until_ready(config: ServerConfig, keeper: subprocess.Popen,
                      timeout_s: float) -> list[str]:
     """Return when every model has a ready worker or failed to load (the load errors are
     returned) and HTTP answers; raise CliError if the broker exits or the time runs out."""
@@ -281,7 +281,7 @@ def wait_until_ready(config: ServerConfig, broker: subprocess.Popen,
     deadline = time.monotonic() + timeout_s
     with Client(config.control_address) as client:
         while True:
-            code = broker.poll()
+            code = keeper.poll()
             if code is not None:
                 raise CliError(f"the server exited with status {code}:\n{log_tail(log_path)}")
             if time.monotonic() > deadline:

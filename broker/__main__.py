@@ -6,8 +6,8 @@ worker of each model whose archive is worth preloading (broker/preload.py), then
 models (archives extracted into RUN_DIR/models/, model-config.yaml applied, per-model
 requirements installed into RUN_DIR/deps/ with --install-py-dep-per-model), leaving out any
 that is refused, then binds every endpoint (so a port in use fails fast, before the
-supervised children start; a preloaded worker is killed), writes the pid file, starts the
-supervised children, and runs the loop until SIGTERM/SIGINT or a `stop` control call.
+supervised children start; a preloaded worker is killed), starts the supervised children,
+and runs the loop until SIGTERM/SIGINT or a `stop` control call.
 
 Exit status, for whatever supervises the broker (the keeper of a background server,
 systemd, Kubernetes): 0 after a requested stop, EXIT_CONFIG (2) and EXIT_ADDRESS_IN_USE (3)
@@ -38,7 +38,6 @@ from zerobatch.gc_policy import freeze_startup_objects
 from zerobatch.launch import EXIT_ADDRESS_IN_USE, EXIT_CONFIG
 
 log = logging.getLogger("zerobatch.broker")
-
 
 
 def bind_http(host: str, port: int) -> socket.socket:
