@@ -101,6 +101,24 @@ def zerobatch_server(models: dict[str, str], *flags: str) -> Iterator[dict]:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
+def command_lines(marker: str) -> dict[int, list[bytes]]:
+    """pid -> argv of the processes whose command line holds marker (a server's run
+    directory: every process zerobatch starts names it)."""
+    found = {}
+    needle = marker.encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                argv = handle.read().split(b"\0")
+        except OSError:
+            continue
+        if any(needle in arg for arg in argv):
+            found[int(entry)] = argv
+    return found
+
+
 def bench_parser(module: str) -> argparse.ArgumentParser:
     """The command line every benchmark starts from: its prog name and `--json PATH`, where
     `finish_run` writes the run's record."""

@@ -16,7 +16,7 @@ import os
 import shutil
 import time
 
-from benchmarks.common import BENCH_MODELS, free_port, zerobatch_server
+from benchmarks.common import BENCH_MODELS, command_lines, free_port, zerobatch_server
 from benchmarks.loadgen import HttpTarget, run_wrk
 
 _TICKS_PER_S = os.sysconf("SC_CLK_TCK")
@@ -55,17 +55,10 @@ def processes_of(marker: str) -> dict[int, str]:
     """pid -> the zerobatch role (broker, worker, frontend) of processes whose command line
     holds marker (the server's run directory)."""
     found = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                argv = handle.read().split(b"\0")
-        except OSError:
-            continue
-        if any(marker.encode() in arg for arg in argv) and b"-m" in argv:
+    for pid, argv in command_lines(marker).items():
+        if b"-m" in argv:
             module = argv[argv.index(b"-m") + 1].decode()  # zerobatch.api.frontend, ...
-            found[int(entry)] = module.rsplit(".", 1)[-1]
+            found[pid] = module.rsplit(".", 1)[-1]
     return found
 
 

@@ -42,6 +42,7 @@ from benchmarks.common import (
     BENCH_MODELS,
     ROOT,
     bench_parser,
+    command_lines,
     free_port,
     run_record,
     write_json,
@@ -289,21 +290,11 @@ def server_processes(run_dir: str) -> dict[int, str]:
     """pid -> label ("broker", "frontend", "worker echo@1.0#0.1") of the server processes
     whose command line names run_dir (zerobatch.launch starts each as a module)."""
     found = {}
-    marker = run_dir.encode()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                argv = handle.read().split(b"\0")
-        except OSError:
-            continue
-        if not any(marker in arg for arg in argv):
-            continue
+    for pid, argv in command_lines(run_dir).items():
         # `python -P -m MODULE ...`, or on Python 3.10 `python -c BOOTSTRAP MODULE ...`
         module = next((arg.decode() for arg in argv[1:5] if arg.startswith(b"zerobatch.")), "")
         if module and module != "zerobatch.api.cli":
-            found[int(entry)] = process_label(module, argv)
+            found[pid] = process_label(module, argv)
     return found
 
 
