@@ -78,7 +78,26 @@ def checkout(base: str, parent: str) -> str:
     if built.returncode != 0:
         remove(tree)
         raise RuntimeError(f"building {base}'s compiled core failed:\n{built.stderr}")
+    _link_mapped_packages(tree)
     return tree
+
+
+#: setup.py's package_dir: repository folders installed as zerobatch.<name>
+_MAPPED_PACKAGES = ("api", "broker", "worker")
+
+
+def _link_mapped_packages(tree: str) -> None:
+    """Make a tree of the one-package layout importable as itself from PYTHONPATH=tree: the
+    folders setup.py maps into `zerobatch` (api/, broker/, worker/) linked inside
+    tree/zerobatch/. Without the links, `zerobatch.api` and the others would resolve to this
+    checkout's editable install, and the base would run this tree's code."""
+    package = os.path.join(tree, "zerobatch")
+    if not os.path.isfile(os.path.join(package, "__init__.py")):
+        return  # an older layout: its modules are top-level and found from the cwd
+    for name in _MAPPED_PACKAGES:
+        link = os.path.join(package, name)
+        if os.path.isdir(os.path.join(tree, name)) and not os.path.lexists(link):
+            os.symlink(os.path.join("..", name), link)
 
 
 def remove(tree: str) -> None:
@@ -90,9 +109,11 @@ def remove(tree: str) -> None:
 def run_once(bench: str, tree: str, extra: list[str], out_path: str) -> dict[str, float]:
     """One run of the benchmark with one round, in tree; the figures it is compared on."""
     module, figures_of = BENCHES[bench]
+    # PYTHONPATH reaches the children too, which start with -P (zerobatch.launch)
+    env = {**os.environ, "PYTHONPATH": tree}
     result = subprocess.run([sys.executable, "-m", module, "--rounds", "1", *extra,
-                             "--json", out_path], cwd=tree, capture_output=True, text=True,
-                            timeout=BENCH_TIMEOUT_S)
+                             "--json", out_path], cwd=tree, env=env, capture_output=True,
+                            text=True, timeout=BENCH_TIMEOUT_S)
     if result.returncode != 0:
         raise RuntimeError(f"{module} failed in {tree} ({result.returncode}):\n"
                            f"{result.stdout[-2000:]}{result.stderr[-2000:]}")

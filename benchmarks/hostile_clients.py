@@ -14,8 +14,10 @@ measures one of them, on one server:
 - **huge frames**: one body frame of 1 GiB, then four of 512 MB, each from a fresh DEALER;
   the broker's peak RSS while they are sent (libzmq should drop each connection as it reads
   the frame's length).
-- **never reads**: a client sends 200,000 requests of 2 KiB and never reads a reply; the
-  broker's peak RSS meanwhile.
+- **never reads**: a client sends 200,000 requests of 2 KiB and never reads a reply, one
+  request a message (as the sync client sends), then in messages of MAX_BATCH_ITEMS; the
+  broker's peak RSS meanwhile (the second also shows the read-ahead bound: a number of
+  messages, whatever their size).
 
     python -m benchmarks.hostile_clients [--requests 196608] [--probes 200] [--json PATH]
 """
@@ -151,15 +153,17 @@ def huge_frames(address: str, pid: int, sizes_mb: tuple[int, ...]) -> float:
     return peak_mb
 
 
-def never_reads(address: str, pid: int) -> float:
-    """The broker's peak RSS (MB) while a client sends UNREAD_REQUESTS and reads nothing."""
+def never_reads(address: str, pid: int, per_message: int) -> float:
+    """The broker's peak RSS (MB) while a client sends UNREAD_REQUESTS, per_message to a
+    message, and reads nothing."""
     lazy = dealer(address, SNDHWM=0, RCVHWM=1, RCVBUF=4096)
     peak_mb = rss_mb(pid)
     try:
-        for message in flood_messages(UNREAD_REQUESTS, p.MAX_BATCH_ITEMS, model="probed",
-                                      body=UNREAD_BODY, timeout_ms=0):
+        for index, message in enumerate(flood_messages(
+                UNREAD_REQUESTS, per_message, model="probed", body=UNREAD_BODY, timeout_ms=0)):
             lazy.send_multipart(message)
-            peak_mb = max(peak_mb, rss_mb(pid))
+            if index % max(1, 1000 // per_message) == 0:
+                peak_mb = max(peak_mb, rss_mb(pid))
         settle_until = time.monotonic() + 5
         while time.monotonic() < settle_until:
             peak_mb = max(peak_mb, rss_mb(pid))
@@ -188,7 +192,9 @@ def run(requests: int, probes: int) -> dict:
         figures["huge_frames_peak_mb"] = {
             " + ".join(f"{size} MB" for size in sizes): huge_frames(address, pid, sizes)
             for sizes in HUGE_FRAMES_MB}
-        figures["never_reads_peak_mb"] = never_reads(address, pid)
+        figures["never_reads_peak_mb"] = {
+            str(per_message): never_reads(address, pid, per_message)
+            for per_message in (1, p.MAX_BATCH_ITEMS)}
     return figures
 
 
@@ -213,8 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"broker RSS before the frames: {figures['rss_start_mb']:.0f} MB")
     for label, peak_mb in figures["huge_frames_peak_mb"].items():
         print(f"huge frames ({label}): broker RSS peak {peak_mb:.0f} MB")
-    print(f"a client that never reads ({UNREAD_REQUESTS:,} requests of "
-          f"{len(UNREAD_BODY)} bytes): broker RSS peak {figures['never_reads_peak_mb']:.0f} MB")
+    for per_message, peak_mb in figures["never_reads_peak_mb"].items():
+        print(f"a client that never reads ({UNREAD_REQUESTS:,} requests of "
+              f"{len(UNREAD_BODY)} bytes, {per_message} a message): broker RSS peak "
+              f"{peak_mb:.0f} MB")
     write_json(args.json, run_record("hostile_clients", vars(args), figures))
     return 0
 
