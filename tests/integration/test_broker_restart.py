@@ -61,6 +61,32 @@ def test_a_killed_broker_is_restarted_and_both_clients_reconnect(make_server):
         assert f"the broker (pid {first}) was killed by SIGKILL; restarting it" in log.read()
 
 
+def test_a_stopped_broker_hangs_no_call_and_serves_again_when_continued(make_server):
+    """SIGSTOP for longer than the workers' liveness (3 heartbeats): every call in flight ends
+    by its own deadline, the workers that gave the broker up are replaced once it runs
+    again, and both clients are served again."""
+    server = make_server({"echo": "echo"}, "--workers", "2", "--frontends", "2")
+    broker = broker_of(server)
+    with Load(server, "echo", b"load", http_lanes=2, zmq_lanes=2, timeout_ms=2000,
+              max_duration_s=RECOVERY_BOUND_S + 30) as load:
+        load.wait_for_successes(20, timeout_s=20)
+        os.kill(broker, signal.SIGSTOP)
+        try:
+            time.sleep(5)  # the fault itself: longer than the workers' 3 s liveness
+        finally:
+            os.kill(broker, signal.SIGCONT)
+        continued_s = time.monotonic()
+        load.wait_for_successes(10, after_s=continued_s, via="http",
+                                timeout_s=RECOVERY_BOUND_S)
+        load.wait_for_successes(10, after_s=continued_s, via="zmq",
+                                timeout_s=RECOVERY_BOUND_S)
+    outcomes = load.stop()  # raises LoadHung if any call never returned
+    assert not over_bound(outcomes, load.call_bound_s), "a call outlived its bound"
+    assert broker_of(server) == broker  # the same broker, continued, not replaced
+    server.wait_for(lambda: len(server.workers("echo")) == 2, timeout_s=RECOVERY_BOUND_S,
+                    what="two workers again")
+
+
 def _answers(client: Client) -> bool:
     try:
         return client.predict("echo", b"after").body == b"after"
