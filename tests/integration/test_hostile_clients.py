@@ -12,6 +12,7 @@ import zmq
 
 from tests.support.servers import Server
 from zerobatch import protocol as p
+from zerobatch import run_dir
 from zerobatch.api.client import Client
 from zerobatch.errors import DeadlineExceeded, Forbidden, QueueFull
 
@@ -19,20 +20,9 @@ MB = 1024 * 1024
 
 
 def broker_pid(server: Server) -> int:
-    from zerobatch.api.cli import running_pid
-
-    pid = running_pid(server.run_dir)  # the keeper of a background server
-    assert pid is not None
-    with open(f"/proc/{pid}/task/{pid}/children") as handle:
-        children = handle.read().split()
-    brokers = [int(c) for c in children if b"zerobatch.broker" in _cmdline(int(c))]
-    assert len(brokers) == 1, children
-    return brokers[0]
-
-
-def _cmdline(pid: int) -> bytes:
-    with open(f"/proc/{pid}/cmdline", "rb") as handle:
-        return handle.read()
+    pid = run_dir.lock_holder(server.run_dir, run_dir.BROKER_LOCK)
+    assert pid is not None, "no broker holds the lock"
+    return pid
 
 
 def rss_mb(pid: int) -> float:
