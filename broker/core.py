@@ -48,6 +48,9 @@ _ROUTE_CACHE_MAX = 4096
 #: The others (stop, describe, the management calls) need the local control socket or a
 #: client that authenticated with CURVE.
 PUBLIC_CONTROL_OPS = frozenset({"ping"})
+#: Control operations that change nothing: an accepted one is logged at DEBUG (`zerobatch
+#: start` polls `describe` while the models load); the others at INFO.
+READ_ONLY_CONTROL_OPS = frozenset({"describe"})
 #: Refused control calls logged one by one per window; beyond, one line counts the rest.
 _REFUSAL_LOG_LINES = 20
 _REFUSAL_LOG_WINDOW_NS = 10_000_000_000
@@ -322,9 +325,10 @@ class BrokerCore:
                                 "unauthenticated client on the client endpoint; use the "
                                 "server's local control socket (RUN_DIR/control.sock) or CURVE "
                                 "keys (zerobatch keys)")
-            log.info("control %s accepted from %s", op,
-                     f"the local control socket (peer {address})" if local
-                     else f"CURVE client {key} at {address}")
+            log.log(logging.DEBUG if op in READ_ONLY_CONTROL_OPS else logging.INFO,
+                    "control %s accepted from %s", op,
+                    f"the local control socket (peer {address})" if local
+                    else f"CURVE client {key} at {address}")
         out.append(p.encode_control_reply(identity, rid, handler(control)))
 
     def _log_refused_control(self, op: str, address: str, now_ns: int) -> None:

@@ -84,12 +84,16 @@ def test_an_anonymous_stop_on_the_client_endpoint_is_refused_and_logged(server):
     assert "control describe refused: client at 127.0.0.1" in log
 
 
-def test_the_local_control_socket_runs_describe_and_logs_the_peer(server):
-    assert [m["modelName"] for m in server.describe()["models"]] == ["echo", "other"]
-    log = server.wait_for(lambda: (text := log_text(server)) and
-                          "control describe accepted from the local control socket" in text
-                          and text, what="the accepted call in the log")
-    assert f"localhost:{os.geteuid()}:" in log  # IPC peers are named by uid, gid and pid
+def test_the_local_control_socket_stops_the_server_and_logs_the_peer(make_server):
+    server = make_server({"echo": "echo"}, "--frontends", "0")
+    assert [m["modelName"] for m in server.describe()["models"]] == ["echo"]
+    with Client(server.control_address, timeout_ms=5000) as control:
+        assert control.control("stop") == {"status": "stopping"}
+    server.wait_for(lambda: run_dir.lock_holder(server.run_dir, run_dir.KEEPER_LOCK) is None,
+                    what="the server gone")
+    log = log_text(server)
+    peer = f"localhost:{os.geteuid()}:"  # IPC peers are named by uid, gid and pid
+    assert f"control stop accepted from the local control socket (peer {peer}" in log
 
 
 def test_curve_admits_authorized_keys_only(make_server, tmp_path):
@@ -106,10 +110,6 @@ def test_curve_admits_authorized_keys_only(make_server, tmp_path):
                          "--curve-secret-key", str(keys / "server.key_secret"),
                          "--curve-authorized-keys", str(authorized))
     server_key = str(keys / "server.key")
-    with Client(server.client_address, timeout_ms=5000, curve_server_key=server_key,
-                curve_secret_key=alice_secret) as alice:
-        assert alice.predict("echo", b"over CURVE").body == b"over CURVE"
-        assert [m["modelName"] for m in alice.control("describe")["models"]] == ["echo"]
     with Client(server.client_address, timeout_ms=300, curve_server_key=server_key,
                 curve_secret_key=mallory_secret) as mallory:
         with pytest.raises(DeadlineExceeded):  # the handshake fails: nothing gets through
@@ -117,11 +117,17 @@ def test_curve_admits_authorized_keys_only(make_server, tmp_path):
     with Client(server.client_address, timeout_ms=300) as anonymous:
         with pytest.raises(DeadlineExceeded):
             anonymous.control("stop")
+    with Client(server.client_address, timeout_ms=5000, curve_server_key=server_key,
+                curve_secret_key=alice_secret) as alice:
+        assert alice.predict("echo", b"over CURVE").body == b"over CURVE"
+        assert [m["modelName"] for m in alice.control("describe")["models"]] == ["echo"]
+        assert alice.control("stop") == {"status": "stopping"}
+    server.wait_for(lambda: run_dir.lock_holder(server.run_dir, run_dir.KEEPER_LOCK) is None,
+                    what="the server stopped by alice")
     log = log_text(server)
     alice_key = load_public(alice_public).decode()
-    assert f"control describe accepted from CURVE client {alice_key}" in log
-    assert "control stop" not in log
-    assert [m["modelName"] for m in server.describe()["models"]] == ["echo"]  # still up
+    assert f"control stop accepted from CURVE client {alice_key} at 127.0.0.1" in log
+    assert "control stop refused" not in log  # the anonymous stop never got through
 
 
 # ---------------------------------------------------------------- finding 1: a flood
