@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from dataclasses import replace
 from typing import Any, Callable
 
 from zerobatch import protocol as p
 from zerobatch.broker.batching_policy import BatchingPolicy
 from zerobatch.config import ModelConfig
 from zerobatch.errors import (
+    BadRequest,
     DeadlineExceeded,
     DeadlineUnreachable,
     Forbidden,
@@ -44,10 +46,13 @@ log = logging.getLogger("zerobatch.broker")
 
 _NS_PER_MS = 1_000_000
 _ROUTE_CACHE_MAX = 4096
-#: Control operations any client may call on the client endpoint: liveness, nothing more.
-#: The others (stop, describe, the management calls) need the local control socket or a
-#: client that authenticated with CURVE.
-PUBLIC_CONTROL_OPS = frozenset({"ping"})
+#: the most workers a `scale` call may ask for one model
+MAX_WORKERS_PER_MODEL = 64
+#: Control operations any client may call on the client endpoint: liveness (`ping`, the
+#: verdict alone, as TorchServe's /ping) and readiness (`ready`: model names, no paths or
+#: errors), nothing more. The others (stop, describe, the management calls) need the local
+#: control socket or a client that authenticated with CURVE.
+PUBLIC_CONTROL_OPS = frozenset({"ping", "ready"})
 #: Control operations that change nothing: an accepted one is logged at DEBUG (`zerobatch
 #: start` polls `describe` while the models load); the others at INFO.
 READ_ONLY_CONTROL_OPS = frozenset({"describe"})
@@ -91,7 +96,7 @@ class WorkerRecord:
     and the full batch sent ahead to it (see `BrokerCore._prefetch`)."""
 
     __slots__ = ("identity", "worker_id", "model", "gpu_id", "pid", "expiry_ns", "batch",
-                 "next_batch")
+                 "next_batch", "retiring")
 
     def __init__(self, identity: bytes, worker_id: str, model: ModelQueue,
                  gpu_id: int | None, pid: int, expiry_ns: int) -> None:
@@ -104,6 +109,8 @@ class WorkerRecord:
         self.batch: InFlightBatch | None = None
         #: a full batch sent while `batch` runs; it starts when `batch` is answered
         self.next_batch: InFlightBatch | None = None
+        #: being scaled down: gets no new batch, and is stopped once its batches are answered
+        self.retiring = False
 
 
 class InFlightBatch:
@@ -150,6 +157,11 @@ class BrokerCore:
         self._refusals_unlogged = 0
         #: worker ids declared lost (silent, timed out, disconnected): the supervisor reaps them
         self.lost_worker_ids: list[str] = []
+        #: (model key, worker count) asked by `scale` control calls: the socket loop has the
+        #: supervisor add or retire worker slots, and calls `retire` for the ones retired
+        self.scale_requests: list[tuple[str, int]] = []
+        #: retiring workers with nothing in flight: the supervisor stops them (SIGTERM)
+        self.retired_worker_ids: list[str] = []
         self.stop_requested = False
         self.shutting_down = False
         self._next_request_id = 1
@@ -157,9 +169,11 @@ class BrokerCore:
         self._next_heartbeat_ns = 0
         self._route_cache: dict[bytes, tuple[str, str | None, int]] = {}
         self.control_handlers: dict[str, Callable[[dict], Any]] = {
-            "ping": lambda _args: {"status": "Healthy"},
+            "ping": lambda _args: {"status": self.health()},
+            "ready": lambda _args: self.readiness(),
             "describe": lambda _args: self.describe(),
             "stop": self._control_stop,
+            "scale": self._control_scale,
         }
 
     # ------------------------------------------------------------------ registry
@@ -349,6 +363,38 @@ class BrokerCore:
         else:
             self._refusals_unlogged += 1
 
+    def _control_scale(self, args: dict) -> dict:
+        """{"op": "scale", "model": name, "version": v or absent, "workers": n}: the socket
+        loop has the supervisor start workers up to n, or retire the newest down to n (each
+        finishes what it was sent first, so no request is lost)."""
+        model, version, workers = args.get("model"), args.get("version"), args.get("workers")
+        if not isinstance(model, str) or (version is not None and not isinstance(version, str)):
+            raise ProtocolError('scale needs "model" (and optionally "version") as strings')
+        if (not isinstance(workers, int) or isinstance(workers, bool)
+                or not 0 <= workers <= MAX_WORKERS_PER_MODEL):
+            raise BadRequest(f'scale needs "workers" as an integer from 0 to '
+                             f"{MAX_WORKERS_PER_MODEL}, got {workers!r}")
+        queue = self.find_model(model, version)
+        queue.config = replace(queue.config, workers=workers)
+        self.scale_requests.append((queue.config.key, workers))
+        return {"status": f"Processing worker updates: model {queue.config.key} to "
+                          f"{workers} worker(s)"}
+
+    def retire(self, worker_id: str) -> bool:
+        """Give a worker no new batch, and stop it (retired_worker_ids) once what it was sent
+        is answered; False when no such worker is connected."""
+        worker = self.workers.get(worker_id.encode())
+        if worker is None:
+            return False
+        worker.retiring = True
+        try:
+            worker.model.idle.remove(worker)
+        except ValueError:
+            pass
+        if worker.batch is None and worker.next_batch is None:
+            self.retired_worker_ids.append(worker_id)
+        return True
+
     def _control_stop(self, _args: dict) -> dict:
         self.stop_requested = True
         return {"status": "stopping"}
@@ -379,7 +425,7 @@ class BrokerCore:
         aggregator = queue.aggregator
         policy = queue.policy
         for worker in queue.workers.values():
-            if worker.batch is None or worker.next_batch is not None:
+            if worker.batch is None or worker.next_batch is not None or worker.retiring:
                 continue
             if not policy.may_send_ahead(now_ns):
                 return
@@ -545,7 +591,10 @@ class BrokerCore:
         queue = worker.model
         queue.policy.answered(batch.sizes, now_ns - batch.dispatched_ns, now_ns)
         if next_batch is None:
-            queue.idle.append(worker)
+            if worker.retiring:
+                self.retired_worker_ids.append(worker.worker_id)
+            else:
+                queue.idle.append(worker)
         self._schedule(queue, now_ns)
 
     def _on_worker_partial(self, worker: WorkerRecord | None, frames: list) -> None:
@@ -583,8 +632,11 @@ class BrokerCore:
             for identity_rid in batch.requests:
                 self.out_front.append([identity_rid[0]] + p.encode_error(
                     identity_rid[1], WorkerLost.code, message, WorkerLost.http_status))
-        self.lost_worker_ids.append(worker_id)
-        log.warning("worker %s lost: %s", worker_id, why)
+        if worker.retiring and worker.batch is None and worker.next_batch is None:
+            log.info("worker %s retired: %s", worker_id, why)  # the supervisor stops it
+        else:
+            self.lost_worker_ids.append(worker_id)
+            log.warning("worker %s lost: %s", worker_id, why)
 
     def on_tick(self, now_ns: int) -> None:
         """Timers: expire queued requests, run due dispatches, check workers, send heartbeats."""
@@ -629,6 +681,47 @@ class BrokerCore:
                     identity, rid, _meta, _body = queue.pending.pop(request_id)
                     self.out_front.append([identity] + p.encode_error(
                         rid, *ShuttingDown("the server is stopping").to_wire()))
+
+    def health(self) -> str:
+        """The `ping` verdict, in TorchServe's words, from each model's live workers (said
+        READY, not lost) against its minimum (`ModelConfig.workers`, TorchServe's minWorkers),
+        over each model's default version as TorchServe's ApiUtils.isModelHealthy counts:
+
+        - "Healthy" (HTTP 200): every model has at least its minimum;
+        - "Unhealthy" (HTTP 500): some model has no live worker and its last load failed
+          (W_LOAD_FAILED): it cannot serve, and restarting its worker has not mended it;
+        - "Partial Healthy" (HTTP 200): otherwise some model is below its minimum (loading,
+          a worker restarting, scaled up and not loaded yet); what it has serves.
+
+        TorchServe 0.8+ answers only Healthy or Unhealthy: a worker counts as healthy while it
+        loads or restarts, until it has failed to recover for maxRetryTimeoutInSec (5 min).
+        The broker needs no clock for it: a failed load is the failure it reports, at once,
+        and "Partial Healthy" (TorchServe before 0.8) says that not every worker is there
+        while keeping a liveness probe's 200 through a load or a restart. O(models): the
+        front ends' /ping and liveness probes call it."""
+        verdict = "Healthy"
+        for name, versions in self.models.items():
+            queue = versions[self.default_version[name]]
+            live = len(queue.workers)
+            if live >= queue.config.workers:
+                continue
+            if not live and queue.load_error is not None:
+                return "Unhealthy"
+            verdict = "Partial Healthy"
+        return verdict
+
+    def readiness(self) -> dict:
+        """The `ready` answer, for readiness probes (GET /ready): {"ready": bool, "loading":
+        [model names]}. Ready once every model (each version) with a minimum above 0 has a
+        live worker: 503 at start until each has said READY once, and again later while a
+        model has none (crashed or hung and restarting, or failing to load), since its
+        requests could then only wait or fail here while another replica serves them.
+        Fewer workers than the minimum still serve, and stay ready. Names only: no paths,
+        no errors (anyone on the client endpoint may ask)."""
+        loading = sorted({queue.config.name for versions in self.models.values()
+                          for queue in versions.values()
+                          if queue.config.workers and not queue.workers})
+        return {"ready": not loading, "loading": loading}
 
     def describe(self) -> dict:
         models = []

@@ -194,6 +194,26 @@ class BrokerLoop:
                 for worker_id in core.lost_worker_ids:
                     supervisor.kill_worker(worker_id)
             core.lost_worker_ids.clear()
+        if core.scale_requests or core.retired_worker_ids:
+            self._apply_scaling()
+
+    def _apply_scaling(self) -> None:
+        """What `scale` calls decided: the supervisor adds or retires worker slots; a retired
+        worker that is connected finishes what it was sent before it is stopped (the core
+        says when), one that is not yet connected is stopped at once."""
+        core = self.core
+        supervisor = self.supervisor
+        for model_key, workers in core.scale_requests:
+            if supervisor is None:
+                continue
+            for worker_id in supervisor.scale(model_key, workers):
+                if not core.retire(worker_id):
+                    supervisor.stop_worker(worker_id)
+        core.scale_requests.clear()
+        if supervisor is not None:
+            for worker_id in core.retired_worker_ids:
+                supervisor.stop_worker(worker_id)
+        core.retired_worker_ids.clear()
 
     def _timeout_ms(self, now_ns: int, wakeup_ns: int) -> int:
         timeout_ms = max(0, -(-(wakeup_ns - now_ns) // 1_000_000))  # ceil

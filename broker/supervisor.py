@@ -90,6 +90,8 @@ class Child:
         self.started_s = 0.0
         self.backoff_s = RESTART_BACKOFF_MIN_S
         self.restart_at_s: float | None = None
+        #: scaled down: stopped once idle, and not restarted
+        self.retiring = False
 
 
 class Supervisor:
@@ -114,12 +116,59 @@ class Supervisor:
                 log.warning("model %s: deviceType gpu, but no GPU is visible; its workers run "
                             "on the CPU", model.key)
             for index in range(model.workers):
-                gpu_id = (None if model.device_type == "cpu"
-                          else self.gpus.next_gpu(model.key, model.device_ids))
-                self.children.append(Child("worker", f"{model.name}@{model.version}#{index}",
-                                           model, gpu_id))
+                self.children.append(self._worker_slot(model, index))
         for index in range(config.frontends if http_fd is not None else 0):
             self.children.append(Child("frontend", f"frontend#{index}"))
+
+    def _worker_slot(self, model: ModelConfig, index: int) -> Child:
+        gpu_id = (None if model.device_type == "cpu"
+                  else self.gpus.next_gpu(model.key, model.device_ids))
+        return Child("worker", f"{model.name}@{model.version}#{index}", model, gpu_id)
+
+    # ------------------------------------------------------------------ scaling
+
+    def scale(self, model_key: str, workers: int) -> list[str]:
+        """Start worker slots for model_key up to `workers`, or retire the newest ones down
+        to it; the worker ids of the retired slots whose process runs (the broker lets each
+        finish what it was sent, then has it stopped with stop_worker)."""
+        slots = [c for c in self.children
+                 if c.kind == "worker" and c.model.key == model_key and not c.retiring]
+        retired = []
+        if workers > len(slots):
+            model = slots[0].model if slots else next(
+                (m for m in self.config.models if m.key == model_key), None)
+            if model is None:
+                log.warning("scale: model %s is not served", model_key)
+                return []
+            next_index = 1 + max((int(c.slot_name.rsplit("#", 1)[1]) for c in self.children
+                                  if c.kind == "worker" and c.model.key == model_key),
+                                 default=-1)
+            for index in range(next_index, next_index + workers - len(slots)):
+                child = self._worker_slot(model, index)
+                self.children.append(child)
+                self._spawn(child)
+        for child in slots[workers:]:
+            child.retiring = True
+            child.restart_at_s = None
+            if child.process is None:
+                self.children.remove(child)
+            else:
+                retired.append(child.worker_id)
+        log.info("model %s: scaled to %d worker(s), %d retiring", model_key, workers,
+                 len(retired))
+        self._plan()
+        return retired
+
+    def stop_worker(self, worker_id: str) -> None:
+        """Stop a retired worker (SIGTERM: it says DISCONNECT and exits); its slot goes when
+        it has exited."""
+        for child in self.children:
+            if child.kind == "worker" and child.worker_id == worker_id and child.process:
+                log.info("stopping retired worker %s (pid %d)", worker_id, child.process.pid)
+                try:
+                    child.process.send_signal(signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
 
     # ------------------------------------------------------------------ spawning
 
@@ -210,12 +259,16 @@ class Supervisor:
             self.changes += 1
             if self.stopping:
                 continue
+            if child.retiring:
+                log.info("retired worker %s exited with code %s", child.worker_id, code)
+                continue
             if now_s - child.started_s > _HEALTHY_AFTER_S:
                 child.backoff_s = RESTART_BACKOFF_MIN_S
             child.restart_at_s = now_s + child.backoff_s
             log.warning("%s %s exited with code %s; restarting in %.1f s", child.kind,
                         child.worker_id or child.slot_name, code, child.backoff_s)
             child.backoff_s = min(child.backoff_s * 2, RESTART_BACKOFF_MAX_S)
+        self.children = [c for c in self.children if not (c.retiring and c.process is None)]
         self._plan()
         return exited
 

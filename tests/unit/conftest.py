@@ -31,3 +31,10 @@ def no_sockets_or_processes(monkeypatch):
         monkeypatch.setattr(socket.socket, method, _fenced("open sockets"))
     monkeypatch.setattr(subprocess, "Popen", _fenced("start processes"))
     monkeypatch.setattr(zmq.Context, "socket", _fenced("open ZeroMQ sockets"))
+
+
+@pytest.fixture(params=["python", "compiled"])
+def core(request):
+    """A BrokerCore on each aggregator twin (tests.support.broker_core drives it)."""
+    from tests.support.broker_core import make_core
+    return make_core(request.param)
