@@ -70,7 +70,7 @@ class ModelQueue:
     workers (LRU first)."""
 
     __slots__ = ("config", "aggregator", "policy", "pending", "idle", "workers", "batch_sizes",
-                 "requests_total", "deadline_ns", "load_error", "batch_messages")
+                 "requests_total", "deadline_ns", "load_error", "batch_messages", "max_workers")
 
     def __init__(self, config: ModelConfig, aggregator: Any) -> None:
         self.config = config
@@ -89,6 +89,8 @@ class ModelQueue:
         self.deadline_ns = config.deadline_ms * _NS_PER_MS
         #: why the last worker failed to load the model; cleared when a worker says READY
         self.load_error: str | None = None
+        #: TorchServe's maxWorkers, as the last `scale` set it (config.workers is minWorkers)
+        self.max_workers = config.workers
 
 
 class WorkerRecord:
@@ -368,14 +370,19 @@ class BrokerCore:
         loop has the supervisor start workers up to n, or retire the newest down to n (each
         finishes what it was sent first, so no request is lost)."""
         model, version, workers = args.get("model"), args.get("version"), args.get("workers")
+        max_workers = args.get("max_workers", workers)
         if not isinstance(model, str) or (version is not None and not isinstance(version, str)):
             raise ProtocolError('scale needs "model" (and optionally "version") as strings')
-        if (not isinstance(workers, int) or isinstance(workers, bool)
-                or not 0 <= workers <= MAX_WORKERS_PER_MODEL):
-            raise BadRequest(f'scale needs "workers" as an integer from 0 to '
-                             f"{MAX_WORKERS_PER_MODEL}, got {workers!r}")
+        for name, value in (("workers", workers), ("max_workers", max_workers)):
+            if (not isinstance(value, int) or isinstance(value, bool)
+                    or not 0 <= value <= MAX_WORKERS_PER_MODEL):
+                raise BadRequest(f'scale needs "{name}" as an integer from 0 to '
+                                 f"{MAX_WORKERS_PER_MODEL}, got {value!r}")
+        if max_workers < workers:
+            raise BadRequest("max_workers cannot be less than workers")
         queue = self.find_model(model, version)
         queue.config = replace(queue.config, workers=workers)
+        queue.max_workers = max_workers
         self.scale_requests.append((queue.config.key, workers))
         return {"status": f"Processing worker updates: model {queue.config.key} to "
                           f"{workers} worker(s)"}
@@ -733,6 +740,12 @@ class BrokerCore:
                     "default": self.default_version[name] == version,
                     "batchSize": queue.config.batch_size,
                     "maxBatchDelay": queue.config.max_batch_delay_ms,
+                    # TorchServe's names: the worker counts a scale asked for, the queue bound
+                    "minWorkers": queue.config.workers,
+                    "maxWorkers": queue.max_workers,
+                    "maxQueue": queue.config.max_queue,
+                    "responseTimeout": queue.config.response_timeout_s,
+                    "startupTimeout": queue.config.startup_timeout_s,
                     "queued": len(queue.aggregator),
                     "requests": queue.requests_total,
                     # refused at arrival: late (deadline_unreachable), or the queue full
@@ -747,7 +760,8 @@ class BrokerCore:
                     "loadError": queue.load_error,
                     "workers": [
                         {"id": w.worker_id, "pid": w.pid, "gpu": w.gpu_id,
-                         "status": "BUSY" if w.batch is not None else "READY"}
+                         "status": "BUSY" if w.batch is not None else "READY",
+                         "retiring": w.retiring}
                         for w in queue.workers.values()
                     ],
                 })

@@ -45,12 +45,20 @@ def test_scale_is_recorded_for_the_loop_and_sets_the_models_minimum(core):
     ({"model": "echo", "workers": 1000}, "bad_request"),
     ({"model": "echo", "workers": "2"}, "bad_request"),
     ({"workers": 2}, "protocol_error"),
+    ({"model": "echo", "workers": 3, "max_workers": 2}, "bad_request"),
 ])
 def test_bad_scale_calls_are_refused_and_change_nothing(core, args, code):
     add(core)
     out = control(core, b"s", "scale", **args)
     assert errors(out) == [(b"s", code)]
     assert core.scale_requests == []
+
+
+def test_describe_shows_the_worker_counts_a_scale_asked_for(core):
+    add(core)
+    control(core, b"s", "scale", model="echo", workers=2, max_workers=4)
+    [described] = core.describe()["models"]
+    assert (described["minWorkers"], described["maxWorkers"], described["maxQueue"]) == (2, 4, 8)
 
 
 def test_scale_is_not_open_to_anonymous_clients(core):
