@@ -86,7 +86,7 @@ setup(
     ],
     packages=list(PACKAGE_DIRS),
     package_dir=PACKAGE_DIRS,
-    package_data={"zerobatch.broker": ["_aggregator.pyi"]},
+    package_data={"zerobatch.broker": ["_aggregator.pyi"], "zerobatch.api": ["openapi/*.json"]},
     ext_modules=extensions(),
     cmdclass={"build_ext": LoudBuildExt},
     python_requires=">=3.10",
@@ -102,5 +102,6 @@ setup(
         "pyyaml>=6",
     ],
     entry_points={"console_scripts": ["zerobatch=zerobatch.api.cli:main",
-                                      "zerobatch-archiver=zerobatch.api.archiver:main"]},
+                                      "zerobatch-archiver=zerobatch.api.archiver:main",
+                                      "zerobatch-torchserve=zerobatch.api.torchserve_cli:main"]},
 )

@@ -20,9 +20,12 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
+from collections.abc import Mapping
+from typing import Any
 
-from zerobatch import __version__, model_files, run_dir
+from zerobatch import __version__, model_files, run_dir, ts_config
 from zerobatch import config as defaults
 from zerobatch.api import archiver
 from zerobatch.config import ModelConfig, ServerConfig
@@ -43,18 +46,23 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     start = commands.add_parser("start", help="start the server")
-    start.add_argument("--model-store", default=".",
+    # The flags a --ts-config file may also set default to None, so that an explicit flag
+    # can be told from a default: resolve() applies FILE_FLAG_DEFAULTS after the merge (their
+    # help shows them).
+    start.add_argument("--ts-config", metavar="FILE",
+                       help="read TorchServe's config.properties (and, when it sets "
+                            "enable_envvars_config=true, the TS_* environment variables); "
+                            "flags win over both")
+    start.add_argument("--model-store",
                        help="directory that model paths are relative to (default: .)")
-    start.add_argument("--models", nargs="+", default=[], metavar="NAME=PATH",
+    start.add_argument("--models", nargs="+", metavar="NAME=PATH",
                        help="models to serve: NAME=PATH, or PATH (name from its manifest); "
                             "PATH is a .mar, a .tar.gz or a directory with "
-                            "MAR-INF/MANIFEST.json")
+                            "MAR-INF/MANIFEST.json; `all`: every model in the store")
     start.add_argument("--foreground", action="store_true",
                        help="run in this terminal; Ctrl-C stops")
-    start.add_argument("--host", default=defaults.DEFAULT_HOST,
-                       help="HTTP bind address (default: 127.0.0.1)")
-    start.add_argument("--http-port", type=int, default=defaults.DEFAULT_HTTP_PORT,
-                       help="HTTP inference port (default: 8080)")
+    start.add_argument("--host", help="HTTP bind address (default: 127.0.0.1)")
+    start.add_argument("--http-port", type=int, help="HTTP inference port (default: 8080)")
     start.add_argument("--client-address",
                        default=f"tcp://{defaults.DEFAULT_HOST}:{defaults.DEFAULT_CLIENT_PORT}",
                        help="ZeroMQ endpoint for clients (default: tcp://127.0.0.1:9500)")
@@ -62,8 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="extra ZeroMQ endpoint for workers on other hosts (default: none)")
     start.add_argument("--frontends", type=int, default=defaults.DEFAULT_FRONTENDS,
                        help="HTTP front-end processes (default: 1; 0 disables HTTP)")
-    start.add_argument("--workers", type=int, default=defaults.DEFAULT_WORKERS,
-                       help="worker processes per model (default: 1)")
+    start.add_argument("--workers", type=int, help="worker processes per model (default: 1)")
     start.add_argument("--batch-size", type=int, default=defaults.DEFAULT_BATCH_SIZE)
     start.add_argument("--max-batch-delay", type=int, default=defaults.DEFAULT_MAX_BATCH_DELAY_MS,
                        metavar="MS", help="longest a partial batch waits (default: 100 ms)")
@@ -75,15 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
                        default=defaults.DEFAULT_ADMISSION,
                        help="deadline: refuse (503) a request the queue would keep past its "
                             "deadline; queue: refuse only when the queue is full (TorchServe)")
-    start.add_argument("--max-queue", type=int, default=defaults.DEFAULT_MAX_QUEUE,
+    start.add_argument("--max-queue", type=int,
                        help="requests waiting per model before 503 (default: 100)")
-    start.add_argument("--response-timeout", type=int,
-                       default=defaults.DEFAULT_RESPONSE_TIMEOUT_S, metavar="S",
-                       help="longest a batch may run before its worker is restarted")
+    start.add_argument("--response-timeout", type=int, metavar="S",
+                       help="longest a batch may run before its worker is restarted "
+                            "(default: 120)")
     start.add_argument("--default-timeout-ms", type=int, default=0, metavar="MS",
                        help="default request deadline (default: the response timeout)")
-    start.add_argument("--max-request-size", type=int, default=defaults.DEFAULT_MAX_BODY_BYTES,
-                       metavar="BYTES",
+    start.add_argument("--max-request-size", type=int, metavar="BYTES",
                        help="largest request body, over HTTP and ZeroMQ; larger ones answer "
                             "413 (default: 6553500, TorchServe's max_request_size)")
     start.add_argument("--request-read-timeout", type=float,
@@ -118,9 +124,19 @@ def build_parser() -> argparse.ArgumentParser:
                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     start.add_argument("--aggregator", default="auto", choices=["auto", "compiled", "python"],
                        help="batching core twin (default: compiled when built)")
-    start.add_argument("--install-py-dep-per-model", action="store_true",
+    start.add_argument("--install-py-dep-per-model", action="store_true", default=None,
                        help="pip install each model's requirementsFile into a private "
-                            "directory under RUN_DIR/deps before its workers start")
+                            "directory under RUN_DIR/deps before its workers start "
+                            "(default: off)")
+    start.add_argument("--disable-token-auth", action="store_true", default=None,
+                       help="TorchServe's flag: accepted and stored; there is no token "
+                            "authorization yet (default: off)")
+    start.add_argument("--enable-model-api", action="store_true", default=None,
+                       help="TorchServe's flag: accepted and stored; there is no "
+                            "management API yet (default: off)")
+    start.add_argument("--no-config-snapshots", "--ncs", dest="ncs", action="store_true",
+                       help="TorchServe's flag: accepted and stored; zerobatch writes no "
+                            "snapshots yet")
     start.add_argument("--startup-timeout", type=float, default=120.0, metavar="S",
                        help="how long start waits for the models to be ready")
 
@@ -169,11 +185,67 @@ def read_manifest(model_path: str) -> dict:
                        f"{exc}") from None
 
 
+#: `zerobatch start` flags that a --ts-config file may also set, and their defaults
+#: (precedence: flags > TS_* environment > file > these)
+FILE_FLAG_DEFAULTS: dict[str, Any] = {
+    "model_store": ".", "models": [], "host": defaults.DEFAULT_HOST,
+    "http_port": defaults.DEFAULT_HTTP_PORT, "workers": defaults.DEFAULT_WORKERS,
+    "max_queue": defaults.DEFAULT_MAX_QUEUE,
+    "response_timeout": defaults.DEFAULT_RESPONSE_TIMEOUT_S,
+    "max_request_size": defaults.DEFAULT_MAX_BODY_BYTES, "number_of_gpu": None,
+    "install_py_dep_per_model": False, "disable_token_auth": False, "enable_model_api": False,
+}
+#: settings only a --ts-config file gives (no flag), and their defaults
+FILE_ONLY_DEFAULTS: dict[str, Any] = {
+    "startup_timeout_s": defaults.DEFAULT_STARTUP_TIMEOUT_S,
+    "management_address": defaults.DEFAULT_MANAGEMENT_ADDRESS,
+    "metrics_address": defaults.DEFAULT_METRICS_ADDRESS,
+    "max_response_bytes": defaults.DEFAULT_MAX_BODY_BYTES,
+    "allowed_urls": defaults.DEFAULT_ALLOWED_URLS, "model_snapshot": "",
+}
+
+
+def resolve(args: argparse.Namespace, environ: Mapping[str, str]) -> argparse.Namespace:
+    """args with the --ts-config file's settings (TS_* variables from environ included) under
+    the explicit flags and the defaults under both; `ts` is the TsConfig read, or None."""
+    if hasattr(args, "ts"):
+        return args  # resolved already
+    ts = ts_config.load(args.ts_config, environ) if getattr(args, "ts_config", None) else None
+    from_file = ts.settings if ts else {}
+    resolved = argparse.Namespace(**vars(args), ts=ts)
+    for dest, default in FILE_FLAG_DEFAULTS.items():
+        if getattr(args, dest, None) is None:
+            setattr(resolved, dest, from_file.get(dest, default))
+    for name, default in FILE_ONLY_DEFAULTS.items():
+        setattr(resolved, name, from_file.get(name, default))
+    return resolved
+
+
+def store_models(model_store: str) -> list[str]:
+    """The models `--models all` (`load_models=all`) names: see ts_config.store_models."""
+    try:
+        with os.scandir(model_store) as entries:
+            return ts_config.store_models((e.name, e.is_dir()) for e in entries)
+    except OSError as exc:
+        raise CliError(f"model store {model_store} cannot be listed: "
+                       f"{exc.strerror or exc}") from None
+
+
 def model_configs(args: argparse.Namespace) -> tuple[ModelConfig, ...]:
-    """The models the flags name. A model whose manifest cannot be read is left out with a
-    one-line warning on stderr, and the others are served; none left is a CliError."""
+    """The models the flags (and --ts-config) name. A model whose manifest cannot be read is
+    left out with a one-line warning on stderr, and the others are served; none left is a
+    CliError. A `models` JSON entry in the --ts-config file overrides the global settings for
+    its model and version (the model's model-config.yaml, read by the broker, wins over both)."""
+    args = resolve(args, {})
+    per_model = args.ts.models if args.ts else {}
+    specs = list(args.models)
+    if ts_config.is_all(specs):
+        specs = store_models(args.model_store)
+        if not specs:
+            print(f"zerobatch: warning: no model in the model store {args.model_store} "
+                  "(models: all)", file=sys.stderr)
     models = []
-    for spec in args.models:
+    for spec in specs:
         name, sep, path = spec.partition("=")
         if not sep:
             name, path = "", spec
@@ -187,19 +259,35 @@ def model_configs(args: argparse.Namespace) -> tuple[ModelConfig, ...]:
             continue
         name = name or manifest["model"].get("modelName", "")
         version = str(manifest["model"].get("modelVersion") or defaults.DEFAULT_VERSION)
-        models.append(ModelConfig(
-            name=name, path=full_path, version=version, workers=args.workers,
-            batch_size=args.batch_size, max_batch_delay_ms=args.max_batch_delay,
-            response_timeout_s=args.response_timeout, max_queue=args.max_queue,
+        settings = dict(
+            workers=args.workers, batch_size=args.batch_size,
+            max_batch_delay_ms=args.max_batch_delay, response_timeout_s=args.response_timeout,
+            startup_timeout_s=args.startup_timeout_s, max_queue=args.max_queue,
             default_timeout_ms=args.default_timeout_ms, batch_policy=args.batch_policy,
-            admission=args.admission))
-    if args.models and not models:
+            admission=args.admission)
+        overrides = per_model.get(name, {}).get(version, {})
+        settings.update(overrides)
+        try:
+            models.append(ModelConfig(name=name, path=full_path, version=version, **settings))
+        except ConfigError as exc:
+            if not overrides:
+                raise
+            raise ConfigError(f"{args.ts.path}: models: {name} {version}: {exc}") from None
+    served = {(m.name, m.version) for m in models}
+    for name, versions in per_model.items():
+        for version in versions:
+            if (name, version) not in served:
+                print(f"zerobatch: warning: {args.ts.path}: models: {name} {version} is not "
+                      "among the models served; its settings are unused", file=sys.stderr)
+    if specs and not models:
         raise CliError("no model left to serve: every model was left out (see the warnings "
                        "above)")
     return tuple(models)
 
 
 def server_config(args: argparse.Namespace) -> ServerConfig:
+    """The ServerConfig of resolved args (see resolve; unresolved ones get no environment)."""
+    args = resolve(args, {})
     return ServerConfig(
         models=model_configs(args), model_store=os.path.abspath(args.model_store),
         host=args.host, http_port=args.http_port, client_address=args.client_address,
@@ -212,7 +300,12 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         request_min_rate_bytes_s=args.request_min_rate, max_header_bytes=args.max_header_size,
         max_connections=args.max_connections,
         curve_secret_key=_abspath_or_empty(args.curve_secret_key),
-        curve_authorized_keys=_abspath_or_empty(args.curve_authorized_keys))
+        curve_authorized_keys=_abspath_or_empty(args.curve_authorized_keys),
+        management_address=args.management_address, metrics_address=args.metrics_address,
+        max_response_bytes=args.max_response_bytes, allowed_urls=args.allowed_urls,
+        disable_token_authorization=args.disable_token_auth,
+        enable_model_api=args.enable_model_api, model_snapshot=args.model_snapshot,
+        config_snapshots=not args.ncs)
 
 
 def run_dir_of(args: argparse.Namespace) -> str:
@@ -234,6 +327,9 @@ def running_pid(directory: str) -> int | None:
 
 
 def start(args: argparse.Namespace) -> int:
+    args = resolve(args, os.environ)
+    for warning in args.ts.warnings if args.ts else ():
+        print(f"zerobatch: warning: {warning}", file=sys.stderr)
     config = server_config(args)
     pid = running_pid(config.run_dir)
     if pid is not None:
@@ -312,12 +408,16 @@ def models_ready(client, config: ServerConfig) -> list[str] | None:
 
 
 def http_ready(config: ServerConfig) -> bool:
+    """Whether an HTTP front end answers /ping at all: a 500 `Unhealthy` is an answer (a
+    model that failed to load is reported from describe, and the others are served)."""
     if not config.frontends:
         return True
     try:
         url = f"http://{config.host}:{config.http_port}/ping"
         with urllib.request.urlopen(url, timeout=0.5) as response:
             return response.status == 200
+    except urllib.error.HTTPError:
+        return True
     except OSError:
         return False
 

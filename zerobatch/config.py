@@ -65,6 +65,10 @@ DEFAULT_FRONTENDS = 1
 DEFAULT_RUN_DIR_PREFIX = "/tmp/zerobatch-"
 RESTART_BACKOFF_MIN_S = 0.1
 RESTART_BACKOFF_MAX_S = 10.0
+#: TorchServe's defaults for settings stored but not served yet (zerobatch/ts_config.py)
+DEFAULT_MANAGEMENT_ADDRESS = "http://127.0.0.1:8081"
+DEFAULT_METRICS_ADDRESS = "http://127.0.0.1:8082"
+DEFAULT_ALLOWED_URLS = ("file://.*|http(s)?://.*",)
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
@@ -162,9 +166,25 @@ class ServerConfig:
     aggregator: str = "auto"
     #: install each model's requirementsFile into a private directory before its workers start
     install_py_dep_per_model: bool = False
+    # TorchServe settings accepted (config.properties, flags) and stored for the control plane
+    # to come (issue 17); nothing acts on them yet. Defaults are TorchServe's.
+    management_address: str = DEFAULT_MANAGEMENT_ADDRESS
+    metrics_address: str = DEFAULT_METRICS_ADDRESS
+    #: TorchServe's max_response_size; not enforced
+    max_response_bytes: int = DEFAULT_MAX_BODY_BYTES
+    #: regular expressions a registration URL must match (TorchServe's allowed_urls)
+    allowed_urls: tuple[str, ...] = DEFAULT_ALLOWED_URLS
+    disable_token_authorization: bool = False
+    enable_model_api: bool = False
+    #: TorchServe's model_snapshot (JSON text), "" for none
+    model_snapshot: str = ""
+    #: False with --ncs (TorchServe's --no-config-snapshots)
+    config_snapshots: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", tuple(self.models))
+        object.__setattr__(self, "allowed_urls", tuple(self.allowed_urls))
+        _positive(self, "max_response_bytes", minimum=1)
         keys = [m.key for m in self.models]
         if len(set(keys)) != len(keys):
             raise ConfigError(f"model versions registered twice: {sorted(keys)}")
