@@ -1,6 +1,7 @@
 """The HTTP inference app: TorchServe's inference API as a Falcon ASGI app over an AsyncClient.
 
-    GET  /ping                                   200 {"status": "Healthy"} if the broker answers
+    GET  /ping                                   TorchServe's health verdict (BrokerCore.health)
+    GET  /ready                                  200 once every model has a live worker, else 503
     POST /predictions/{model_name}               body passed through raw to the model's handler
     POST /predictions/{model_name}/{model_version}
     (PUT is accepted on both, as TorchServe does)
@@ -15,6 +16,14 @@ the status and headers of its first chunk, each chunk as it arrives, and the fin
 (an error after the first chunk cuts the response short). Errors are
 TorchServe-shaped JSON (see api.http_helpers).
 
+/ping answers TorchServe's bytes: its StatusResponse as Gson pretty-prints it, then a newline
+(`{\n  "status": "Healthy"\n}\n`), 200 for "Healthy" and "Partial Healthy", 500 for
+"Unhealthy" and when the broker does not answer within PING_TIMEOUT_MS. /ready is zerobatch's
+own, for Kubernetes readiness probes (TorchServe has none): 200 `{"status": "Ready"}` once
+every model has a live worker, else 503 `{"status": "Not Ready", "loading": [names]}` (no
+"loading" when the broker does not answer); see BrokerCore.readiness for when it goes back to
+503.
+
 The AsyncClient is created at lifespan startup, inside the server's event loop, and closed at
 shutdown; a client passed to create_app is used as is and left open.
 """
@@ -22,6 +31,7 @@ shutdown; a client passed to create_app is used as is and left open.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 
@@ -49,10 +59,19 @@ PING_TIMEOUT_MS = 1000
 OCTET_STREAM = "application/octet-stream"
 #: what a reply whose worker named no content type is sent as (TorchServe's default)
 DEFAULT_REPLY_TYPE = "application/json"
-_HEALTHY = b'{"status": "Healthy"}'
-_UNHEALTHY = b'{"status": "Unhealthy"}'
-_VERDICTS = {"Partial Healthy": (200, b'{"status": "Partial Healthy"}'),
+
+
+def _status_json(fields: dict) -> bytes:
+    """JSON as TorchServe sends it: Gson's pretty printing (two-space indent), then '\n'."""
+    return json.dumps(fields, indent=2).encode() + b"\n"
+
+
+_HEALTHY = _status_json({"status": "Healthy"})
+_UNHEALTHY = _status_json({"status": "Unhealthy"})
+_VERDICTS = {"Partial Healthy": (200, _status_json({"status": "Partial Healthy"})),
              "Unhealthy": (500, _UNHEALTHY)}
+_READY = _status_json({"status": "Ready"})
+_NOT_READY = _status_json({"status": "Not Ready"})
 
 
 class _ClientHolder:
@@ -101,6 +120,29 @@ class PingResource:
         resp.data = _HEALTHY
 
 
+class ReadyResource:
+    def __init__(self, holder: _ClientHolder) -> None:
+        self._holder = holder
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        resp.content_type = "application/json"
+        try:
+            answer = await self._holder.get().control("ready", timeout_ms=PING_TIMEOUT_MS)
+        except ServingError as exc:
+            log.info("ready: broker silent or refusing: %s", exc)
+            resp.status = 503
+            resp.data = _NOT_READY
+            return
+        if answer.get("ready") is True:
+            resp.data = _READY
+            return
+        loading = answer.get("loading")
+        names = [name for name in loading if isinstance(name, str)] \
+            if isinstance(loading, list) else []
+        resp.status = 503
+        resp.data = _status_json({"status": "Not Ready", "loading": names})
+
+
 class PredictionsResource:
     def __init__(self, holder: _ClientHolder, config: FrontendConfig) -> None:
         # 32 hex digits like a uuid4: a random prefix per process and a counter, without a
@@ -142,6 +184,7 @@ def create_app(config: FrontendConfig, client: AsyncClient | None = None) -> fal
     holder = _ClientHolder(config, client)
     app = falcon.asgi.App(middleware=[holder])
     app.add_route("/ping", PingResource(holder))
+    app.add_route("/ready", ReadyResource(holder))
     predictions = PredictionsResource(holder, config)
     app.add_route("/predictions/{model_name}", predictions)
     app.add_route("/predictions/{model_name}/{model_version}", predictions)

@@ -691,8 +691,9 @@ class BrokerCore:
 
     def health(self) -> str:
         """The `ping` verdict, in TorchServe's words, from each model's live workers (said
-        READY, not lost) against its minimum (`ModelConfig.workers`, TorchServe's minWorkers),
-        over each model's default version as TorchServe's ApiUtils.isModelHealthy counts:
+        READY, not lost, not retiring) against its minimum (`ModelConfig.workers`,
+        TorchServe's minWorkers), over each model's default version as TorchServe's
+        ApiUtils.isModelHealthy counts:
 
         - "Healthy" (HTTP 200): every model has at least its minimum;
         - "Unhealthy" (HTTP 500): some model has no live worker and its last load failed
@@ -709,7 +710,7 @@ class BrokerCore:
         verdict = "Healthy"
         for name, versions in self.models.items():
             queue = versions[self.default_version[name]]
-            live = len(queue.workers)
+            live = _serving(queue)
             if live >= queue.config.workers:
                 continue
             if not live and queue.load_error is not None:
@@ -727,7 +728,7 @@ class BrokerCore:
         no errors (anyone on the client endpoint may ask)."""
         loading = sorted({queue.config.name for versions in self.models.values()
                           for queue in versions.values()
-                          if queue.config.workers and not queue.workers})
+                          if queue.config.workers and not _serving(queue)})
         return {"ready": not loading, "loading": loading}
 
     def describe(self) -> dict:
@@ -766,6 +767,11 @@ class BrokerCore:
                     ],
                 })
         return {"models": models}
+
+
+def _serving(queue: ModelQueue) -> int:
+    """The model's live workers that take new batches (a retiring one finishes and goes)."""
+    return sum(not worker.retiring for worker in queue.workers.values())
 
 
 def _as_bytes(frame: Any) -> bytes:

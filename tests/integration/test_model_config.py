@@ -208,7 +208,9 @@ class foreground_server:
     def _ready(self) -> bool:
         assert self.process is not None and self.process.poll() is None, "the server exited"
         try:
-            return bool(self.server.workers("echo")) and self.server.http("GET", "/ping")[0] == 200
+            # HTTP answers: 200, or 500 "Unhealthy" while a model cannot load (its point here)
+            return bool(self.server.workers("echo")) and \
+                self.server.http("GET", "/ping")[0] in (200, 500)
         except Exception:  # not answering yet
             return False
 

@@ -172,6 +172,7 @@ def test_garbage_from_workers_never_raises(core, frames):
 
 def test_control_socket_runs_ping_describe_stop(core, caplog):
     add(core)
+    ready(core, 0)  # its one worker: "Healthy" (tests/unit/test_health.py has the others)
     core.on_control([CLIENT] + p.encode_control(b"c1", "ping"), 0)
     core.on_control([CLIENT] + p.encode_control(b"c2", "describe"), 0)
     replies = flat(take_control(core))
@@ -187,6 +188,7 @@ def test_control_socket_runs_ping_describe_stop(core, caplog):
 
 def test_client_endpoint_answers_ping_and_refuses_other_control_from_anonymous(core, caplog):
     add(core)
+    ready(core, 0)
     core.peer_of = lambda frames: ("203.0.113.9", None)
     core.on_front([CLIENT] + p.encode_control(b"c1", "ping"), 0)
     with caplog.at_level(logging.WARNING, logger="zerobatch.broker"):
