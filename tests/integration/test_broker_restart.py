@@ -24,6 +24,9 @@ from zerobatch.launch import EXIT_ADDRESS_IN_USE
 #: from the SIGKILL to a new broker answering over both clients: the keeper's first backoff
 #: (0.5 s), the start of a broker, a worker and a front end, on a loaded 2-core machine
 RECOVERY_BOUND_S = 30.0
+#: the load's count bound: an echo answers thousands a second, so the load is bounded by its
+#: duration, and its lanes still send after the fault
+LOAD_MAX_REQUESTS = 200_000
 
 
 def broker_of(server: Server) -> int:
@@ -39,7 +42,7 @@ def test_a_killed_broker_is_restarted_and_both_clients_reconnect(make_server):
     with Client(server.client_address, timeout_ms=2000) as kept_client:
         assert kept_client.predict("echo", b"before").body == b"before"
         with Load(server, "echo", b"load", http_lanes=2, zmq_lanes=2, timeout_ms=2000,
-                  max_duration_s=RECOVERY_BOUND_S + 20) as load:
+                  max_requests=LOAD_MAX_REQUESTS, max_duration_s=RECOVERY_BOUND_S + 20) as load:
             load.wait_for_successes(20, timeout_s=20)
             os.kill(first, signal.SIGKILL)
             killed_s = time.monotonic()
@@ -68,7 +71,7 @@ def test_a_stopped_broker_hangs_no_call_and_serves_again_when_continued(make_ser
     server = make_server({"echo": "echo"}, "--workers", "2", "--frontends", "2")
     broker = broker_of(server)
     with Load(server, "echo", b"load", http_lanes=2, zmq_lanes=2, timeout_ms=2000,
-              max_duration_s=RECOVERY_BOUND_S + 30) as load:
+              max_requests=LOAD_MAX_REQUESTS, max_duration_s=RECOVERY_BOUND_S + 30) as load:
         load.wait_for_successes(20, timeout_s=20)
         os.kill(broker, signal.SIGSTOP)
         try:

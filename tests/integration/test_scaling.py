@@ -16,6 +16,8 @@ from zerobatch.api.client import Client
 #: from the scale call to the new workers ready, or the retired ones gone (a worker's start
 #: on a loaded 2-core machine)
 SCALE_BOUND_S = 30.0
+#: the load's count bound: the load is bounded by its duration, and still sends at the end
+LOAD_MAX_REQUESTS = 200_000
 
 HANDLER = '''\
 import os
@@ -70,7 +72,7 @@ def test_scale_up_and_down_under_load_loses_no_request(make_server, counted_mode
                          "--max-queue", "1000", env=env)
     assert len(initialized_pids(init_log)) == 1
     with Load(server, "counted", b"load", http_lanes=2, zmq_lanes=2, timeout_ms=10_000,
-              max_duration_s=3 * SCALE_BOUND_S) as load:
+              max_requests=LOAD_MAX_REQUESTS, max_duration_s=3 * SCALE_BOUND_S) as load:
         load.wait_for_successes(20, timeout_s=20)
         assert scale(server, 3)["status"].startswith("Processing worker updates")
         grown = server.wait_for(lambda: len(pids := worker_pids(server)) == 3 and pids,
