@@ -1,5 +1,7 @@
 """The HTTP inference app: TorchServe's inference API as a Falcon ASGI app over an AsyncClient.
 
+    OPTIONS /                                    the OpenAPI description (api/openapi/)
+    *    /api-description                        the same (TorchServe's deprecated path)
     GET  /ping                                   TorchServe's health verdict (BrokerCore.health)
     GET  /ready                                  200 once every model has a live worker, else 503
     POST /predictions/{model_name}               body passed through raw to the model's handler
@@ -38,6 +40,7 @@ import os
 import falcon
 import falcon.asgi
 
+from zerobatch import __version__
 from zerobatch.api.aio_client import AsyncClient, ReplyStream
 from zerobatch.api.http_helpers import (
     REQUEST_ID_HEADER,
@@ -48,6 +51,8 @@ from zerobatch.api.http_helpers import (
     read_body,
     timeout_from_header,
 )
+from zerobatch.api.management_app import ApiDescriptionResource
+from zerobatch.api.management_helpers import openapi, ts_json
 from zerobatch.config import FrontendConfig
 from zerobatch.errors import ServingError
 
@@ -183,6 +188,11 @@ def create_app(config: FrontendConfig, client: AsyncClient | None = None) -> fal
     """The inference app for one front-end process (see the module docstring)."""
     holder = _ClientHolder(config, client)
     app = falcon.asgi.App(middleware=[holder])
+    # ApiDescriptionRequestHandler, first in TorchServe's inference chain: OPTIONS / (any
+    # other method of /: 405) and every method of /api-description, Gson-pretty JSON
+    document = ts_json(openapi(__version__, "inference"))
+    app.add_route("/", ApiDescriptionResource(document, any_method=False))
+    app.add_route("/api-description", ApiDescriptionResource(document, any_method=True))
     app.add_route("/ping", PingResource(holder))
     app.add_route("/ready", ReadyResource(holder))
     predictions = PredictionsResource(holder, config)

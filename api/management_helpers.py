@@ -1,7 +1,8 @@
 """Helpers of the management app (api/management_app.py): TorchServe's JSON and error answers,
 its parameter parsing, the model list's paging, the describe entries in TorchServe's shape
 built from the broker's `describe`, the workers' memory and start time read from /proc, and
-the OpenAPI description (api/openapi/management.json).
+the OpenAPI descriptions (api/openapi/management.json, and the inference app's
+api/openapi/inference.json).
 
 TorchServe 0.12 is the reference; the Java sources named below are under
 frontend/server/src/main/java/org/pytorch/serve/ in github.com/pytorch/serve at v0.12.0.
@@ -32,8 +33,8 @@ METHOD_NOT_ALLOWED_MESSAGE = "Requested method is not allowed, please refer to A
 #: ApiUtils.getModelList: a limit outside [0, 100] is 100
 MAX_LIST_LIMIT = 100
 _INT32 = re.compile(r"[+-]?[0-9]+\Z")
-_OPENAPI_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "openapi",
-                             "management.json")
+#: the OpenAPI descriptions, one `<api>.json` per port (package data)
+_OPENAPI_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "openapi")
 #: the paths of the per-model description (OpenApiUtils.getModelManagementApi)
 _MODEL_PATHS = ("/models/{model_name}", "/models/{model_name}/{model_version}",
                 "/models/{model_name}/{model_version}/set-default")
@@ -311,15 +312,16 @@ def process_start_ms(pid: int) -> int | None:
 
 # ------------------------------------------------------------------ OpenAPI
 
-@functools.lru_cache(maxsize=1)
-def _openapi_text() -> str:
-    with open(_OPENAPI_PATH, encoding="utf-8") as handle:
+@functools.lru_cache(maxsize=2)
+def _openapi_text(api: str) -> str:
+    with open(os.path.join(_OPENAPI_DIR, f"{api}.json"), encoding="utf-8") as handle:
         return handle.read()
 
 
-def openapi(version: str) -> dict:
-    """The management API's OpenAPI description (OpenApiUtils.listApis), info.version set."""
-    document = json.loads(_openapi_text())
+def openapi(version: str, api: str = "management") -> dict:
+    """An API's OpenAPI description (OpenApiUtils.listApis), info.version set: api is
+    "management" (api/openapi/management.json) or "inference" (api/openapi/inference.json)."""
+    document = json.loads(_openapi_text(api))
     document["info"]["version"] = version
     return document
 

@@ -1,0 +1,251 @@
+"""The inference app's OpenAPI description (api/openapi/inference.json) against the app itself,
+in process (falcon.testing), over a stand-in client.
+
+TorchServe 0.12 answers `OPTIONS /` and every method of `/api-description` on its inference port
+with OpenApiUtils.listApis(INFERENCE_CONNECTOR), sent by NettyUtils.sendJsonResponse: 200,
+application/json, Gson's pretty printing and a final newline
+(http/api/rest/ApiDescriptionRequestHandler.java, first in the inference chain; any other
+method of `/` is a MethodNotAllowedException, 405). The description must not drift from the
+app: every route the router holds is described, with the methods its resource answers, every
+described operation is answered (never 404 or 405), and the statuses the app gives are among
+those described for the operation.
+"""
+
+from __future__ import annotations
+
+import json
+
+import falcon.testing
+import pytest
+
+from zerobatch import __version__
+from zerobatch.api.client_helpers import Reply
+from zerobatch.api.http_app import create_app
+from zerobatch.api.http_helpers import TIMEOUT_HEADER
+from zerobatch.api.management_helpers import ts_json
+from zerobatch.config import FrontendConfig
+from zerobatch.errors import BrokerUnavailable, ModelNotFound
+
+MODELS = {"echo": ("1.0",)}
+#: what a described path's template parameters are replaced with to call it
+CONCRETE = {"{model_name}": "echo", "{model_version}": "1.0"}
+#: /api-description answers every method (ApiDescriptionRequestHandler), and is described, as
+#: TorchServe describes it, by its GET alone
+ANY_METHOD_PATHS = {"/api-description"}
+
+
+class FakeClient:
+    """The AsyncClient calls the inference app makes: control (ping, ready) and
+    predict_or_stream, answered from MODELS; `error` makes every call raise it."""
+
+    def __init__(self) -> None:
+        self.health = "Healthy"
+        self.loading: list[str] = []
+        self.error: Exception | None = None
+
+    async def control(self, op: str, *, timeout_ms: int | None = None, **args) -> dict:
+        if self.error is not None:
+            raise self.error
+        if op == "ping":
+            return {"status": self.health}
+        if op == "ready":
+            return {"ready": not self.loading, "loading": list(self.loading)}
+        raise AssertionError(f"unexpected control call {op!r}")
+
+    async def predict_or_stream(self, model: str, body: bytes, *, version: str | None = None,
+                                **kwargs) -> Reply:
+        if self.error is not None:
+            raise self.error
+        if model not in MODELS or (version is not None and version not in MODELS[model]):
+            raise ModelNotFound(f"Model not found: {model}")
+        return Reply(200, "application/json", None, b'{"echo": true}')
+
+
+@pytest.fixture
+def fake() -> FakeClient:
+    return FakeClient()
+
+
+@pytest.fixture
+def app(fake):
+    return create_app(FrontendConfig(broker_address="tcp://127.0.0.1:9", max_request_bytes=64),
+                      client=fake)
+
+
+def call(app, method: str, path: str, **kwargs) -> falcon.testing.Result:
+    return falcon.testing.TestClient(app).simulate_request(method, path, **kwargs)
+
+
+def served_routes(app) -> dict[str, set[str]]:
+    """Each route template of the app's router -> the methods its resource answers itself
+    (not falcon's default OPTIONS and 405 responders)."""
+    routes: dict[str, set[str]] = {}
+    nodes = list(app._router._roots)
+    while nodes:
+        node = nodes.pop()
+        nodes.extend(node.children)
+        if node.resource is None:
+            continue
+        routes[node.uri_template] = {
+            method.lower() for method, responder in node.method_map.items()
+            if getattr(responder, "__self__", None) is node.resource}
+    return routes
+
+
+def concrete(path: str) -> str:
+    for name, value in CONCRETE.items():
+        path = path.replace(name, value)
+    return path
+
+
+def refs(value) -> list[str]:
+    if isinstance(value, dict):
+        return [ref for key, item in value.items()
+                for ref in ([item] if key == "$ref" else refs(item))]
+    if isinstance(value, list):
+        return [ref for item in value for ref in refs(item)]
+    return []
+
+
+@pytest.fixture
+def document(app) -> dict:
+    return call(app, "OPTIONS", "/").json
+
+
+# ------------------------------------------------------------------ TorchServe's answer
+
+def test_options_root_answers_the_description_as_torchserve_does(app):
+    result = call(app, "OPTIONS", "/")
+    assert result.status_code == 200
+    assert result.headers["content-type"] == "application/json"
+    # NettyUtils.sendJsonResponse: Gson's pretty printing, then a newline
+    assert result.content == ts_json(result.json)
+    assert result.content.startswith(b'{\n  "openapi": "3.0.1",\n  "info": {\n')
+    document = result.json
+    assert document["info"]["title"] == "TorchServe APIs"  # OpenApiUtils.listApis
+    assert document["info"]["version"] == __version__
+
+
+@pytest.mark.parametrize("method", ["GET", "OPTIONS", "POST", "PUT", "DELETE"])
+def test_api_description_answers_every_method_with_the_same_bytes(app, method):
+    expected = call(app, "OPTIONS", "/").content
+    result = call(app, method, "/api-description")
+    assert result.status_code == 200 and result.headers["content-type"] == "application/json"
+    assert result.content == expected
+
+
+@pytest.mark.parametrize("method", ["GET", "POST", "PUT", "DELETE"])
+def test_other_methods_of_root_are_405_in_the_error_shape(app, method):
+    result = call(app, method, "/")
+    assert result.status_code == 405
+    assert result.json["code"] == 405 and set(result.json) == {"code", "type", "message"}
+
+
+def test_the_inference_description_is_not_the_management_one(document):
+    assert "/models" not in document["paths"]
+    assert "inference API" in document["info"]["description"]
+
+
+# ------------------------------------------------------------------ no drift from the app
+
+def test_every_route_is_described_and_every_described_path_is_served(app, document):
+    routes = served_routes(app)
+    assert set(document["paths"]) == set(routes)
+    for path, methods in routes.items():
+        described = set(document["paths"][path])
+        if path in ANY_METHOD_PATHS:
+            assert described <= methods, path
+        else:
+            assert described == methods, path
+
+
+def test_every_described_operation_is_answered_with_a_described_status(app, document):
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            result = call(app, method.upper(), concrete(path), body=b"{}")
+            assert result.status_code not in (404, 405), (method, path)
+            assert str(result.status_code) in operation["responses"], (method, path)
+
+
+def test_undescribed_torchserve_paths_are_not_served(app, document):
+    # TorchServe's KServe paths are in its listing; zerobatch serves neither
+    for path in ("/v1/models/echo:predict", "/v2/models/echo/infer", "/explanations/echo",
+                 "/models"):
+        assert call(app, "POST", path).status_code == 404, path
+    assert not {"/v1/models/{model_name}:predict", "/v2/models/{model_name}/infer",
+                "/metrics"} & set(document["paths"])
+
+
+def test_every_reference_resolves(document):
+    schemas = document["components"]["schemas"]
+    found = refs(document)
+    assert found
+    for ref in found:
+        assert ref.startswith("#/components/schemas/") and ref.rsplit("/", 1)[1] in schemas
+
+
+def test_the_timeout_header_is_described_on_each_prediction(document):
+    for path in ("/predictions/{model_name}", "/predictions/{model_name}/{model_version}"):
+        for method in ("post", "put"):
+            operation = document["paths"][path][method]
+            headers = {param["name"]: param for param in operation["parameters"]
+                       if param["in"] == "header"}
+            assert headers[TIMEOUT_HEADER]["schema"]["type"] == "integer"
+            names = [param["name"] for param in operation["parameters"] if param["in"] == "path"]
+            assert ["{" + name + "}" for name in names] == [
+                part for part in path.split("/") if part.startswith("{")]
+
+
+def described_statuses(document: dict, path: str, method: str) -> set[int]:
+    return {int(status) for status in document["paths"][path][method]["responses"]}
+
+
+@pytest.mark.parametrize("method, path, kwargs, status", [
+    ("post", "/predictions/{model_name}", {}, 200),
+    ("put", "/predictions/{model_name}/{model_version}", {}, 200),
+    ("post", "/predictions/{model_name}", {"headers": {TIMEOUT_HEADER: "soon"}}, 400),
+    ("post", "/predictions/{model_name}", {"body": b"x" * 65}, 413),
+    ("post", "/predictions/{model_name}/{model_version}", {"path": "/predictions/echo/9"}, 404),
+    ("post", "/predictions/{model_name}", {"path": "/predictions/nope"}, 404),
+])
+def test_prediction_statuses_are_described(app, document, method, path, kwargs, status):
+    kwargs = dict(kwargs)
+    target = kwargs.pop("path", concrete(path))
+    result = call(app, method.upper(), target, **kwargs)
+    assert result.status_code == status, result.text
+    assert status in described_statuses(document, path, method)
+    if status >= 400:
+        assert set(result.json) == {"code", "type", "message"}
+        assert result.json["code"] == status
+
+
+def test_broker_failures_are_described(app, fake, document):
+    fake.error = BrokerUnavailable("the broker did not answer")
+    for path, method in (("/predictions/{model_name}", "post"), ("/ping", "get"),
+                         ("/ready", "get")):
+        status = call(app, method.upper(), concrete(path)).status_code
+        assert status >= 500 and status in described_statuses(document, path, method), path
+
+
+def test_health_and_readiness_statuses_are_described(app, fake, document):
+    fake.health = "Unhealthy"
+    assert call(app, "GET", "/ping").status_code == 500
+    assert 500 in described_statuses(document, "/ping", "get")
+    fake.loading = ["echo"]
+    result = call(app, "GET", "/ready")
+    assert result.status_code == 503 and result.json["loading"] == ["echo"]
+    ready = document["paths"]["/ready"]["get"]["responses"]["503"]
+    schema_name = ready["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+    schema = document["components"]["schemas"][schema_name]
+    assert set(result.json) <= set(schema["properties"])
+    assert result.json["status"] in schema["properties"]["status"]["enum"]
+
+
+def test_the_description_file_is_gson_pretty_json():
+    """The shipped file is written as it is answered (two-space indent, final newline), so a
+    reader of the repository sees the bytes the port sends, version aside."""
+    import zerobatch.api.management_helpers as helpers
+
+    with open(f"{helpers._OPENAPI_DIR}/inference.json", encoding="utf-8") as handle:
+        text = handle.read()
+    assert text.encode() == ts_json(json.loads(text))
