@@ -18,6 +18,7 @@ import json
 import falcon.testing
 import pytest
 
+from tests.support.openapi import refs
 from zerobatch import __version__
 from zerobatch.api.client_helpers import Reply
 from zerobatch.api.http_app import create_app
@@ -96,15 +97,6 @@ def concrete(path: str) -> str:
     for name, value in CONCRETE.items():
         path = path.replace(name, value)
     return path
-
-
-def refs(value) -> list[str]:
-    if isinstance(value, dict):
-        return [ref for key, item in value.items()
-                for ref in ([item] if key == "$ref" else refs(item))]
-    if isinstance(value, list):
-        return [ref for item in value for ref in refs(item)]
-    return []
 
 
 @pytest.fixture

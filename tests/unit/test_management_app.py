@@ -18,6 +18,7 @@ import falcon.testing
 import pytest
 
 from tests.support.broker_core import CLIENT, add, make_core, request, take_control
+from tests.support.openapi import refs
 from zerobatch import protocol as p
 from zerobatch.api.client_helpers import decode_control
 from zerobatch.api.management_app import create_management_app
@@ -397,15 +398,6 @@ def test_options_root_is_the_openapi_description_of_what_is_served(control):
         "/", "/api-description", "/models", "/models/{model_name}",
         "/models/{model_name}/{model_version}",
         "/models/{model_name}/{model_version}/set-default"}
-
-
-def refs(value) -> list[str]:
-    if isinstance(value, dict):
-        return [ref for key, item in value.items()
-                for ref in ([item] if key == "$ref" else refs(item))]
-    if isinstance(value, list):
-        return [ref for item in value for ref in refs(item)]
-    return []
 
 
 def test_options_on_a_model_is_its_management_api(control):
