@@ -4,9 +4,10 @@
 broker's worker address, says READY and starts the heartbeat thread. `run_once(timeout_ms)`
 waits for one message and answers it: a BATCH (or BATCHES) runs through the Service and goes
 back as one W_REPLY (chunks the handler streams meanwhile go out as W_PARTIAL, before it); a
-HEARTBEAT only proves the broker alive; anything malformed is logged and dropped.
-`run(stop_event)` repeats that until the stop event is set (then it says DISCONNECT) or the
-heartbeat thread declares the broker lost; it returns which of the two happened.
+HEARTBEAT only proves the broker alive; a DISCONNECT dismisses the worker (the broker serves
+no such model); anything malformed is logged and dropped. `run(stop_event)` repeats that
+until the stop event is set or the broker dismisses it (then it says DISCONNECT: STOPPED), or
+the heartbeat thread declares the broker lost (BROKER_LOST); it returns which happened.
 
 The handler runs on this thread; heartbeats live on their own thread and socket, so a long
 forward pass never silences them. Sends never block: a reply the broker cannot take (it is
@@ -50,6 +51,8 @@ class WorkerLoop:
         self._socket: zmq.Socket | None = None
         self._recv_timeout_ms = -1
         self.heartbeat: Heartbeat | None = None
+        #: the broker said DISCONNECT: it will send this worker nothing; run() ends STOPPED
+        self.dismissed = False
 
     @property
     def broker_lost(self) -> bool:
@@ -93,6 +96,11 @@ class WorkerLoop:
         except ProtocolError as exc:
             if protocol.is_heartbeat(frames):
                 return True
+            if protocol.is_disconnect(frames):
+                log.warning("worker %s: the broker said DISCONNECT (it does not serve %s); "
+                            "stopping", self.config.worker_id, self.config.model.key)
+                self.dismissed = True
+                return True
             log.warning("dropped a malformed message from the broker (%d frames): %s",
                         len(frames), exc)
             return True
@@ -105,7 +113,7 @@ class WorkerLoop:
             self.start()
         reason = None
         try:
-            while not stop_event.is_set():
+            while not (stop_event.is_set() or self.dismissed):
                 if self.heartbeat.lost.is_set():
                     reason = BROKER_LOST
                     return reason

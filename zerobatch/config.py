@@ -284,7 +284,7 @@ class FrontendConfig:
 
 def default_run_dir(uid: int) -> str:
     """The run directory of user `uid` when none is given: one per user, so that two users of
-    a machine never share sockets, pid files or logs (the broker makes it mode 0700)."""
+    a machine never share sockets, lock files or logs (the broker makes it mode 0700)."""
     return f"{DEFAULT_RUN_DIR_PREFIX}{uid}"
 
 

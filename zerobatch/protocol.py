@@ -69,7 +69,9 @@ Worker <-> broker (back ROUTER; the worker's identity is its worker id)::
                  of a running batch, sent before the batch's W_REPLY; the broker forwards it
                  to that request's client as PARTIAL and keeps the request in flight
     HEARTBEAT  [VERSION, W_HEARTBEAT]        both ways
-    DISCONNECT [VERSION, W_DISCONNECT]       worker -> broker, before a clean exit
+    DISCONNECT [VERSION, W_DISCONNECT]       worker -> broker, before a clean exit; broker ->
+                                            worker, to dismiss one whose model it does not
+                                            serve (the worker stops)
     LOAD_FAILED [VERSION, W_LOAD_FAILED, info]  info = msgpack {"model", "version",
                                             "worker_id", "error"}: the model did not load;
                                             sent once, then the worker exits
@@ -542,6 +544,13 @@ def encode_worker_partial(batch_id: int, index: int, reply_meta: bytes, body: An
     """A W_PARTIAL: one streamed chunk for request `index` of the running batch."""
     return [VERSION, W_PARTIAL, _BATCH_ID.pack(batch_id), _PARTIAL_INDEX.pack(index),
             reply_meta, body]
+
+
+def is_disconnect(frames: Sequence[Any]) -> bool:
+    """Whether a message is a DISCONNECT ([VERSION, W_DISCONNECT]): from the broker, the
+    worker is dismissed (it serves a model the broker does not know)."""
+    return (len(frames) == 2 and bytes(frames[0]) == VERSION
+            and bytes(frames[1]) == W_DISCONNECT)
 
 
 def is_heartbeat(frames: Sequence[Any]) -> bool:

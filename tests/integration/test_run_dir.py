@@ -77,12 +77,6 @@ def test_the_log_is_never_opened_through_a_link(tmp_path):
     assert chosen.read_text() == "untouched\n"
 
 
-def test_the_default_run_directory_is_private_to_the_user(tmp_path):
-    from zerobatch.config import default_run_dir
-
-    assert default_run_dir(os.getuid()) == f"/tmp/zerobatch-{os.getuid()}"
-
-
 def test_stop_signals_the_lock_holder_not_the_pid_a_file_names(tmp_path, bystander):
     directory = str(tmp_path / "run")
     result = cli(*start_args(directory))

@@ -145,6 +145,15 @@ def test_stop_event_disconnects(thread_worker, worker_broker):
     assert frames == [worker.identity, *protocol.DISCONNECT_FRAMES]
 
 
+def test_a_disconnect_from_the_broker_ends_the_loop(thread_worker, worker_broker):
+    """The broker dismisses a worker of a model it does not serve (broker/core.py)."""
+    worker = thread_worker()
+    worker_broker.send_raw(worker.identity, protocol.DISCONNECT_FRAMES)
+    worker.thread.join(5)
+    assert not worker.thread.is_alive()
+    assert worker.reason == STOPPED and worker.loop.dismissed
+
+
 def test_broker_silence_ends_the_loop():
     with FakeBroker(answer_heartbeats=False) as silent:
         worker = ThreadWorker(worker_config(silent, interval_ms=100))
