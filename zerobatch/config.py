@@ -69,6 +69,12 @@ RESTART_BACKOFF_MAX_S = 10.0
 DEFAULT_MANAGEMENT_ADDRESS = "http://127.0.0.1:8081"
 DEFAULT_METRICS_ADDRESS = "http://127.0.0.1:8082"
 DEFAULT_ALLOWED_URLS = ("file://.*|http(s)?://.*",)
+#: TorchServe's token_expiration_min
+DEFAULT_TOKEN_EXPIRATION_MIN = 60.0
+DEFAULT_SCALE_UP_AFTER_S = 1.0
+DEFAULT_SCALE_DOWN_AFTER_S = 60.0
+#: the token authorization keys, in the run directory (TorchServe: ./key_file.json)
+KEY_FILE = "key_file.json"
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
@@ -180,6 +186,19 @@ class ServerConfig:
     model_snapshot: str = ""
     #: False with --ncs (TorchServe's --no-config-snapshots)
     config_snapshots: bool = True
+    #: TLS: the certificate chain and the private key (PEM files) that serve every address
+    #: given as https:// (TorchServe's certificate_file and private_key_file)
+    certificate_file: str = ""
+    private_key_file: str = ""
+    #: the inference API over TLS (an https:// inference_address)
+    inference_https: bool = False
+    #: minutes a management or inference key stays valid (TorchServe's token_expiration_min)
+    token_expiration_min: float = DEFAULT_TOKEN_EXPIRATION_MIN
+    #: autoscaling between a model's minWorkers and maxWorkers: a worker is added when more
+    #: than a batch has kept waiting this long, one is retired after the model has had no
+    #: request waiting for this long
+    scale_up_after_s: float = DEFAULT_SCALE_UP_AFTER_S
+    scale_down_after_s: float = DEFAULT_SCALE_DOWN_AFTER_S
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", tuple(self.models))
@@ -207,6 +226,19 @@ class ServerConfig:
         for address in (self.client_address, self.worker_address):
             if address and not address.startswith(("tcp://", "ipc://", "inproc://")):
                 raise ConfigError(f"address {address!r} must start with tcp://, ipc:// or inproc://")
+        _positive_seconds(self, "token_expiration_min")
+        _positive_seconds(self, "scale_up_after_s")
+        _positive_seconds(self, "scale_down_after_s")
+        if bool(self.certificate_file) != bool(self.private_key_file):
+            raise ConfigError("TLS needs both certificate_file and private_key_file "
+                              "(--certificate-file and --private-key-file)")
+        https = [name for name, on in (
+            ("inference_address", self.inference_https),
+            ("management_address", self.management_address.lower().startswith("https://")))
+            if on]
+        if https and not self.certificate_file:
+            raise ConfigError(f"{' and '.join(https)} start with https:// but no certificate "
+                              "is configured: set certificate_file and private_key_file")
 
     @property
     def front_ipc(self) -> str:
@@ -222,6 +254,11 @@ class ServerConfig:
     def control_address(self) -> str:
         """The local endpoint for control calls (stop, describe): see control_address()."""
         return control_address(self.run_dir)
+
+    @property
+    def key_file(self) -> str:
+        """The token authorization key file, or "" when token authorization is off."""
+        return "" if self.disable_token_authorization else f"{self.run_dir}/{KEY_FILE}"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -272,6 +309,11 @@ class FrontendConfig:
     #: default deadline of an HTTP request when the model gives none the front end knows
     default_timeout_ms: int = DEFAULT_RESPONSE_TIMEOUT_S * 1000
     log_level: str = "INFO"
+    #: the token authorization key file (api/token_auth.py), "" for none (no token needed)
+    key_file: str = ""
+    #: TLS: the certificate chain and private key (PEM files), "" for plain HTTP
+    certificate_file: str = ""
+    private_key_file: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
