@@ -9,14 +9,17 @@ broker's keeper in the background (broker/keeper.py: it restarts the broker afte
 log goes to RUN_DIR/zerobatch.log) and returns once every model has a ready worker and the
 HTTP front end answers, or fails with the broker's own error. `zerobatch stop` signals the
 process that holds the run directory's lock (the keeper, else the broker), as the kernel
-reports it, and waits until it is gone. `zerobatch keys` makes CURVE key pairs.
+reports it, and waits until it is gone. `zerobatch keys` makes CURVE key pairs. `zerobatch
+token KIND` prints a key of a running server's token authorization (zerobatch/token_keys.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -25,9 +28,9 @@ import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
-from zerobatch import __version__, model_files, run_dir, ts_config
+from zerobatch import __version__, model_files, run_dir, snapshot, token_keys, ts_config
 from zerobatch import config as defaults
-from zerobatch.api import archiver
+from zerobatch.api import archiver, tls
 from zerobatch.config import ModelConfig, ServerConfig
 from zerobatch.errors import ConfigError, ServingError
 from zerobatch.launch import module_argv
@@ -63,6 +66,29 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run in this terminal; Ctrl-C stops")
     start.add_argument("--host", help="HTTP bind address (default: 127.0.0.1)")
     start.add_argument("--http-port", type=int, help="HTTP inference port (default: 8080)")
+    start.add_argument("--inference-https", action=argparse.BooleanOptionalAction,
+                       help="serve the inference API over TLS (https://), with "
+                            "--certificate-file and --private-key-file; a --ts-config "
+                            "inference_address=https://... sets it (default: off)")
+    start.add_argument("--certificate-file", metavar="FILE",
+                       help="TLS: the certificate chain (PEM) for the https:// addresses "
+                            "(TorchServe's certificate_file)")
+    start.add_argument("--private-key-file", metavar="FILE",
+                       help="TLS: the private key (PEM, unencrypted) of --certificate-file "
+                            "(TorchServe's private_key_file)")
+    start.add_argument("--management-address", metavar="URL",
+                       help="the management API (TorchServe's management_address): "
+                            "http://HOST:PORT, https://HOST:PORT (TLS), or none "
+                            "(default: http://127.0.0.1:8081)")
+    start.add_argument("--scale-up-after", type=float, metavar="S",
+                       default=defaults.DEFAULT_SCALE_UP_AFTER_S,
+                       help="autoscaling (models with maxWorkers above minWorkers): add a "
+                            "worker once more than a batch has kept waiting this long "
+                            "(default: 1)")
+    start.add_argument("--scale-down-after", type=float, metavar="S",
+                       default=defaults.DEFAULT_SCALE_DOWN_AFTER_S,
+                       help="autoscaling: retire a worker once the model has been idle this "
+                            "long (default: 60)")
     start.add_argument("--client-address",
                        default=f"tcp://{defaults.DEFAULT_HOST}:{defaults.DEFAULT_CLIENT_PORT}",
                        help="ZeroMQ endpoint for clients (default: tcp://127.0.0.1:9500)")
@@ -129,14 +155,15 @@ def build_parser() -> argparse.ArgumentParser:
                             "directory under RUN_DIR/deps before its workers start "
                             "(default: off)")
     start.add_argument("--disable-token-auth", action="store_true", default=None,
-                       help="TorchServe's flag: accepted and stored; there is no token "
-                            "authorization yet (default: off)")
+                       help="no token authorization: the inference and management APIs "
+                            "answer anyone who reaches them (default: keys in "
+                            "RUN_DIR/key_file.json, see `zerobatch token`)")
     start.add_argument("--enable-model-api", action="store_true", default=None,
-                       help="TorchServe's flag: accepted and stored; there is no "
-                            "management API yet (default: off)")
+                       help="allow registering (POST /models) and unregistering (DELETE) "
+                            "models on the management API (default: off)")
     start.add_argument("--no-config-snapshots", "--ncs", dest="ncs", action="store_true",
-                       help="TorchServe's flag: accepted and stored; zerobatch writes no "
-                            "snapshots yet")
+                       help="neither save snapshots of the models (RUN_DIR/config/) nor "
+                            "restore the newest one at start")
     start.add_argument("--startup-timeout", type=float, default=120.0, metavar="S",
                        help="how long start waits for the models to be ready")
 
@@ -162,6 +189,19 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the run directory of the server to stop (default: "
                            "/tmp/zerobatch-UID)")
     stop.add_argument("--timeout", type=float, default=30.0, metavar="S")
+
+    token = commands.add_parser(
+        "token", help="print a token authorization key of a running server",
+        description="Print a key from the running server's key file (RUN_DIR/key_file.json): "
+                    "send it as `Authorization: Bearer <key>`. The inference key serves the "
+                    "inference API, the management key the management API, the API key "
+                    "/token?type=inference|management on the management port, which replaces "
+                    "that key.")
+    token.add_argument("kind", nargs="?", default="inference",
+                       choices=["inference", "management", "api"],
+                       help="which key (default: inference)")
+    token.add_argument("--run-dir", default=None,
+                       help="the run directory of the server (default: /tmp/zerobatch-UID)")
     return parser
 
 
@@ -194,14 +234,16 @@ FILE_FLAG_DEFAULTS: dict[str, Any] = {
     "response_timeout": defaults.DEFAULT_RESPONSE_TIMEOUT_S,
     "max_request_size": defaults.DEFAULT_MAX_BODY_BYTES, "number_of_gpu": None,
     "install_py_dep_per_model": False, "disable_token_auth": False, "enable_model_api": False,
+    "management_address": defaults.DEFAULT_MANAGEMENT_ADDRESS,
+    "inference_https": False, "certificate_file": "", "private_key_file": "",
 }
 #: settings only a --ts-config file gives (no flag), and their defaults
 FILE_ONLY_DEFAULTS: dict[str, Any] = {
     "startup_timeout_s": defaults.DEFAULT_STARTUP_TIMEOUT_S,
-    "management_address": defaults.DEFAULT_MANAGEMENT_ADDRESS,
     "metrics_address": defaults.DEFAULT_METRICS_ADDRESS,
     "max_response_bytes": defaults.DEFAULT_MAX_BODY_BYTES,
     "allowed_urls": defaults.DEFAULT_ALLOWED_URLS, "model_snapshot": "",
+    "token_expiration_min": defaults.DEFAULT_TOKEN_EXPIRATION_MIN,
 }
 
 
@@ -213,6 +255,10 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str]) -> argparse.Na
     ts = ts_config.load(args.ts_config, environ) if getattr(args, "ts_config", None) else None
     from_file = ts.settings if ts else {}
     resolved = argparse.Namespace(**vars(args), ts=ts)
+    #: the settings the flags gave, and those a flag or the file gave (not a default)
+    resolved.given_flags = {dest for dest in FILE_FLAG_DEFAULTS
+                            if getattr(args, dest, None) is not None}
+    resolved.explicit = resolved.given_flags | set(from_file)
     for dest, default in FILE_FLAG_DEFAULTS.items():
         if getattr(args, dest, None) is None:
             setattr(resolved, dest, from_file.get(dest, default))
@@ -239,6 +285,14 @@ def model_configs(args: argparse.Namespace) -> tuple[ModelConfig, ...]:
     args = resolve(args, {})
     per_model = args.ts.models if args.ts else {}
     specs = list(args.models)
+    restoring = args.ts is not None and args.ts.settings.get("model_snapshot") \
+        and "models" not in args.given_flags
+    if restoring:  # a snapshot's models replace load_models and the models JSON (TorchServe)
+        try:
+            specs, per_model = snapshot.models_of(args.ts.settings["model_snapshot"],
+                                                  f"{args.ts.path}: model_snapshot")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     if ts_config.is_all(specs):
         specs = store_models(args.model_store)
         if not specs:
@@ -259,16 +313,12 @@ def model_configs(args: argparse.Namespace) -> tuple[ModelConfig, ...]:
             continue
         name = name or manifest["model"].get("modelName", "")
         version = str(manifest["model"].get("modelVersion") or defaults.DEFAULT_VERSION)
-        settings = dict(
-            workers=args.workers, batch_size=args.batch_size,
-            max_batch_delay_ms=args.max_batch_delay, response_timeout_s=args.response_timeout,
-            startup_timeout_s=args.startup_timeout_s, max_queue=args.max_queue,
-            default_timeout_ms=args.default_timeout_ms, batch_policy=args.batch_policy,
-            admission=args.admission)
+        settings = dict(model_settings(args), workers=args.workers)
         overrides = per_model.get(name, {}).get(version, {})
         settings.update(overrides)
         try:
-            models.append(ModelConfig(name=name, path=full_path, version=version, **settings))
+            models.append(ModelConfig(name=name, path=full_path, version=version, url=path,
+                                      **settings))
         except ConfigError as exc:
             if not overrides:
                 raise
@@ -283,6 +333,16 @@ def model_configs(args: argparse.Namespace) -> tuple[ModelConfig, ...]:
         raise CliError("no model left to serve: every model was left out (see the warnings "
                        "above)")
     return tuple(models)
+
+
+def model_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The ModelConfig settings the flags give every model (its archive's model-config.yaml
+    and a --ts-config models entry win), and a registered one where its call names none."""
+    return dict(batch_size=args.batch_size, max_batch_delay_ms=args.max_batch_delay,
+                response_timeout_s=args.response_timeout,
+                startup_timeout_s=args.startup_timeout_s, max_queue=args.max_queue,
+                default_timeout_ms=args.default_timeout_ms, batch_policy=args.batch_policy,
+                admission=args.admission)
 
 
 def server_config(args: argparse.Namespace) -> ServerConfig:
@@ -301,11 +361,17 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         max_connections=args.max_connections,
         curve_secret_key=_abspath_or_empty(args.curve_secret_key),
         curve_authorized_keys=_abspath_or_empty(args.curve_authorized_keys),
+        inference_https=args.inference_https,
+        certificate_file=_abspath_or_empty(args.certificate_file),
+        private_key_file=_abspath_or_empty(args.private_key_file),
         management_address=args.management_address, metrics_address=args.metrics_address,
         max_response_bytes=args.max_response_bytes, allowed_urls=args.allowed_urls,
         disable_token_authorization=args.disable_token_auth,
         enable_model_api=args.enable_model_api, model_snapshot=args.model_snapshot,
-        config_snapshots=not args.ncs)
+        config_snapshots=not args.ncs, model_defaults=model_settings(args),
+        token_expiration_min=args.token_expiration_min,
+        registration_workers=args.workers if "workers" in args.explicit else 0,
+        scale_up_after_s=args.scale_up_after, scale_down_after_s=args.scale_down_after)
 
 
 def run_dir_of(args: argparse.Namespace) -> str:
@@ -327,10 +393,20 @@ def running_pid(directory: str) -> int | None:
 
 
 def start(args: argparse.Namespace) -> int:
+    if args.ts_config is None and args.models is None and not args.ncs:
+        args.ts_config = snapshot.latest(run_dir_of(args))
+        if args.ts_config:
+            print(f"zerobatch: restoring the models of the snapshot {args.ts_config} (--models "
+                  "or --ts-config start from those instead, --ncs without snapshots)",
+                  file=sys.stderr)
     args = resolve(args, os.environ)
     for warning in args.ts.warnings if args.ts else ():
         print(f"zerobatch: warning: {warning}", file=sys.stderr)
     config = server_config(args)
+    check_tls(config)
+    if config.serves_management:  # a bad address fails here, not in the broker's log
+        ts_config.split_address(config.management_address, "management_address",
+                                ts_config.MANAGEMENT_PORTS)
     pid = running_pid(config.run_dir)
     if pid is not None:
         raise CliError(f"a server is already running from {config.run_dir} (pid {pid}); "
@@ -361,9 +437,16 @@ def start(args: argparse.Namespace) -> int:
     for error in failed:
         print(f"zerobatch: warning: {error} (its requests answer 503 until a worker loads it)",
               file=sys.stderr)
-    http = f"http://{config.host}:{config.http_port}" if config.frontends else "disabled"
-    print(f"zerobatch started (pid {keeper.pid}): HTTP {http}, ZeroMQ {config.client_address}, "
-          f"log {log_path}")
+    http = inference_url(config) if config.frontends else "disabled"
+    management = config.management_address if config.serves_management else "disabled"
+    print(f"zerobatch started (pid {keeper.pid}): HTTP {http}, management {management}, "
+          f"ZeroMQ {config.client_address}, log {log_path}")
+    if config.key_file:
+        run_dir_flag = f" --run-dir {shlex.quote(config.run_dir)}" if args.run_dir else ""
+        example = (f"; e.g. curl -H \"Authorization: Bearer $(zerobatch token inference"
+                   f"{run_dir_flag})\" {http}/predictions/MODEL -T FILE"
+                   if config.frontends else "")
+        print(f"token authorization is on: keys in {config.key_file}{example}")
     return 0
 
 
@@ -409,17 +492,46 @@ def models_ready(client, config: ServerConfig) -> list[str] | None:
 
 def http_ready(config: ServerConfig) -> bool:
     """Whether an HTTP front end answers /ping at all: a 500 `Unhealthy` is an answer (a
-    model that failed to load is reported from describe, and the others are served)."""
+    model that failed to load is reported from describe, and the others are served). Over
+    https the server's certificate is not verified: any answer is the one it needs, and the
+    certificate names the server's public name, not the address asked here."""
     if not config.frontends:
         return True
+    context = None
+    if config.inference_https:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
     try:
-        url = f"http://{config.host}:{config.http_port}/ping"
-        with urllib.request.urlopen(url, timeout=0.5) as response:
+        url = f"{inference_url(config)}/ping"
+        with urllib.request.urlopen(url, timeout=0.5, context=context) as response:
             return response.status == 200
     except urllib.error.HTTPError:
         return True
     except OSError:
         return False
+
+
+def inference_url(config: ServerConfig) -> str:
+    """The inference API's base URL: https:// when it is served over TLS."""
+    scheme = "https" if config.inference_https else "http"
+    return f"{scheme}://{config.host}:{config.http_port}"
+
+
+def check_tls(config: ServerConfig) -> None:
+    """Refuse, before anything starts, a certificate or private key that cannot be loaded;
+    warn about a pair that no https:// address uses."""
+    if not config.certificate_file:
+        return
+    try:
+        tls.check_certificate(config.certificate_file, config.private_key_file)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+    if not (config.inference_https
+            or config.management_address.lower().startswith("https://")):
+        print("zerobatch: warning: a certificate and a private key are given but no address "
+              "is https:// (--inference-https, or an https:// inference_address or "
+              "management_address): they are unused", file=sys.stderr)
 
 
 def log_tail(path: str, lines: int = 20) -> str:
@@ -454,6 +566,31 @@ def stop(args: argparse.Namespace) -> int:
     return 1
 
 
+# ---------------------------------------------------------------------- token
+
+def token(args: argparse.Namespace) -> int:
+    """Print the key of kind args.kind from a running server's key file."""
+    directory = run_dir_of(args)
+    if running_pid(directory) is None:
+        raise CliError(f"no server is running from {directory}")
+    path = os.path.join(directory, defaults.KEY_FILE)
+    try:
+        keys = token_keys.read_keys(path)
+    except FileNotFoundError:
+        raise CliError(f"token authorization is off for the server running from {directory} "
+                       "(it was started with --disable-token-auth): no key is needed") from None
+    except (OSError, ConfigError) as exc:
+        raise CliError(f"cannot read the key file {path}: "
+                       f"{getattr(exc, 'strerror', None) or exc}") from None
+    expires_s = keys.expires_s(args.kind)
+    if expires_s is not None and expires_s <= time.time():
+        print(f"zerobatch: warning: the {args.kind} key expired at "
+              f"{token_keys.format_instant(expires_s)}; a /token?type={args.kind} call on the "
+              "management port with the API key replaces it", file=sys.stderr)
+    print(keys.key(args.kind))
+    return 0
+
+
 # ---------------------------------------------------------------------- keys
 
 def keys(args: argparse.Namespace) -> int:
@@ -477,6 +614,8 @@ def main(argv: list[str] | None = None) -> int:
             return archiver.run(args)
         if args.command == "keys":
             return keys(args)
+        if args.command == "token":
+            return token(args)
         return stop(args)
     except (CliError, ConfigError) as exc:
         print(f"zerobatch: error: {exc}", file=sys.stderr)

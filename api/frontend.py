@@ -7,7 +7,9 @@ With --fd N the process serves on a listening socket it inherited, already bound
 broker (which binds the port once and hands the same socket to every front end: pre-fork);
 without it, the process binds config.host:config.port itself. The app's AsyncClient to
 config.broker_address is made at lifespan startup inside the server's loop and closed at
-shutdown. SIGTERM or SIGINT: stop accepting, finish in-flight requests, exit 0.
+shutdown. SIGTERM or SIGINT: stop accepting, finish in-flight requests, exit 0. With
+config.certificate_file and config.private_key_file it serves HTTPS (api/tls.py); a pair
+that cannot be loaded stops it at start with status 2.
 
 At start the process raises its soft limit on open files (RLIMIT_NOFILE) to what
 config.max_connections needs, up to the hard limit, so that a client beyond the cap is
@@ -29,6 +31,7 @@ import uvicorn
 
 from zerobatch.api.http_app import create_app
 from zerobatch.api.http_protocol import CoalescingHttpToolsProtocol
+from zerobatch.api.tls import tls_options
 from zerobatch.config import FrontendConfig
 from zerobatch.errors import ConfigError
 from zerobatch.gc_policy import freeze_startup_objects
@@ -72,6 +75,9 @@ def build_server(config: FrontendConfig, fd: int | None) -> tuple[uvicorn.Server
         log_config=None,
         server_header=False,
         proxy_headers=False,  # nothing here reads the client address: skip that middleware
+        # TLS when a certificate is given: uvicorn wraps every listener in it, the inherited
+        # socket too (loop.create_server(sock=..., ssl=...)); a bad file is a ConfigError
+        **tls_options(config.certificate_file, config.private_key_file),
     )
     sockets = None
     if fd is not None:

@@ -8,6 +8,11 @@
     POST /predictions/{model_name}/{model_version}
     (PUT is accepted on both, as TorchServe does)
 
+With token authorization on (config.key_file set), a prediction needs the inference key,
+`Authorization: Bearer <key>`, checked before its body is read; without it the answer is
+TorchServe's 400 InvalidKeyException. /ping, /ready and the OpenAPI description need no key
+(api/token_auth.py says why).
+
 A prediction forwards the raw body, its Content-Type (default application/octet-stream), the
 request headers (lowercase names) and a fresh request id (32 hex digits: a random prefix per
 process and a counter; echoed as the `x-request-id` response header). Its deadline is the
@@ -52,7 +57,8 @@ from zerobatch.api.http_helpers import (
     timeout_from_header,
 )
 from zerobatch.api.management_app import ApiDescriptionResource
-from zerobatch.api.management_helpers import openapi, ts_json
+from zerobatch.api.management_helpers import JSON, openapi, ts_json
+from zerobatch.api.token_auth import INVALID_KEY_BODY, TokenCheck
 from zerobatch.config import FrontendConfig
 from zerobatch.errors import ServingError
 
@@ -154,6 +160,8 @@ class PredictionsResource:
         # syscall per request.
         self._request_ids = map(f"{os.urandom(8).hex()}{{:016x}}".format, itertools.count(1))
         self._holder = holder
+        #: the inference key's check, None when token authorization is off
+        self._check = TokenCheck(config.key_file).check if config.key_file else None
         self._limit = config.max_request_bytes
         self._default_timeout_ms = config.default_timeout_ms
 
@@ -161,9 +169,15 @@ class PredictionsResource:
                       model_name: str, model_version: str | None = None) -> None:
         if not model_name:  # /predictions/ or /predictions/%2F: no model is named ""
             raise falcon.HTTPRouteNotFound()
+        headers = req.headers
+        check = self._check  # before the body is read: nothing of a refused one is buffered
+        if check is not None and not check("inference", headers.get("authorization")):
+            resp.status = 400
+            resp.content_type = JSON
+            resp.data = INVALID_KEY_BODY
+            return
         request_id = next(self._request_ids)
         resp.set_header(REQUEST_ID_HEADER, request_id)
-        headers = req.headers
         timeout = headers.get(TIMEOUT_HEADER)
         timeout_ms = (self._default_timeout_ms if timeout is None
                       else timeout_from_header(timeout, self._default_timeout_ms))

@@ -28,7 +28,10 @@ creates nor closes it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
+import os
 import time
 from typing import Any
 
@@ -36,6 +39,7 @@ import falcon
 import falcon.asgi
 
 from zerobatch import __version__
+from zerobatch.api import registration
 from zerobatch.api.management_helpers import (
     JSON,
     METHOD_NOT_ALLOWED_MESSAGE,
@@ -57,6 +61,8 @@ from zerobatch.api.management_helpers import (
     ts_json,
     versions_of,
 )
+from zerobatch.api.token_auth import ManagementAuth, TokenCheck, TokenResource
+from zerobatch.config import ManagementConfig, ModelConfig
 from zerobatch.errors import ServingError
 
 __all__ = ["create_management_app"]
@@ -72,6 +78,8 @@ SCALE_POLL_S = 0.1
 DEFAULT_SCALE_WAIT_S = 120
 #: the longest a synchronous scale call waits, whatever its `timeout`
 MAX_SCALE_WAIT_S = 3600
+#: the largest JSON body a registration call may send
+MAX_REGISTER_BODY_BYTES = 64 * 1024
 #: the longest pause between two describe calls of a synchronous scale call (the pause
 #: grows from the app's poll_s, so long waits cost the broker little)
 MAX_SCALE_POLL_S = 1.0
@@ -86,11 +94,49 @@ class _Broker:
     async def describe(self) -> dict:
         return await self._control.control("describe", timeout_ms=CONTROL_TIMEOUT_MS)
 
-    async def scale(self, name: str, version: str | None, workers: int) -> dict:
-        args: dict[str, Any] = {"model": name, "workers": workers}
+    async def scale(self, name: str, version: str | None, workers: int,
+                    max_workers: int | None = None) -> dict:
+        args: dict[str, Any] = {"model": name, "workers": workers,
+                                "max_workers": workers if max_workers is None else max_workers}
         if version is not None:
             args["version"] = version
         return await self._control.control("scale", timeout_ms=CONTROL_TIMEOUT_MS, **args)
+
+    async def register(self, model: ModelConfig) -> dict:
+        return await self._control.control("register", timeout_ms=CONTROL_TIMEOUT_MS,
+                                           model=dataclasses.asdict(model))
+
+    async def unregister(self, name: str, version: str | None) -> dict:
+        args: dict[str, Any] = {"model": name}
+        if version is not None:
+            args["version"] = version
+        return await self._control.control("unregister", timeout_ms=CONTROL_TIMEOUT_MS,
+                                           **args)
+
+    async def set_default(self, name: str, version: str) -> dict:
+        return await self._control.control("set_default", timeout_ms=CONTROL_TIMEOUT_MS,
+                                           model=name, version=version)
+
+
+async def wait_for_workers(broker: _Broker, name: str, version: str | None, workers: int,
+                           timeout_s: float, poll_s: float) -> str:
+    """"scaled" once the model has exactly `workers` live workers (retiring ones count
+    until they are gone), "failed" when a worker failed to load it meanwhile (the
+    broker's loadError), "scaling" when timeout_s passes first."""
+    deadline = time.monotonic() + timeout_s
+    pause_s = poll_s
+    while True:
+        entry = select(await broker.describe(), name, version)[0]
+        live = len(entry.get("workers") or ())
+        if live == workers:
+            return "scaled"
+        if live < workers and entry.get("loadError") is not None:
+            return "failed"
+        left_s = deadline - time.monotonic()
+        if left_s <= 0:
+            return "scaling"
+        await asyncio.sleep(min(pause_s, left_s))
+        pause_s = min(pause_s * 1.5, MAX_SCALE_POLL_S)
 
 
 def _json(resp: falcon.asgi.Response, value: Any, status: int = 200) -> None:
@@ -119,34 +165,121 @@ class ApiDescriptionResource:
 
 
 class ModelsResource:
-    """/models: the list (GET); registration (POST) is not possible yet."""
+    """/models: the list (GET) and registration (POST, with the model API enabled)."""
 
-    def __init__(self, broker: _Broker) -> None:
+    def __init__(self, broker: _Broker, settings: ManagementConfig | None,
+                 poll_s: float) -> None:
         self._broker = broker
+        self._settings = settings
+        self._poll_s = poll_s
+        #: one registration at a time: each extracts an archive, and two of the same model
+        #: version must not race to the broker
+        self._lock = asyncio.Lock()
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         # ManagementRequestHandler.handleListModels: bad numbers are the defaults
         limit = lenient_int(req.params, "limit", 100)
         page_token = lenient_int(req.params, "next_page_token", 0)
         described = await self._broker.describe()
-        defaults = [(entry.get("modelName"), entry.get("modelUrl"))
+        defaults = [(entry.get("modelName"), entry.get("modelUrl") or None)
                     for entry in described.get("models", ()) if entry.get("default")]
         _json(resp, list_page(defaults, limit, page_token))
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
-        raise not_implemented(
-            "Registering a model (POST /models) is not supported yet: the broker cannot load "
-            "a model while it runs; zerobatch serves the models given at start (--models).")
+        """ApiUtils.registerModel: the parameters from the query string, or from a JSON body
+        (Content-Type application/json); see api/registration.py for the steps."""
+        settings = self._settings
+        if settings is None or not settings.enable_model_api:
+            raise falcon.HTTPMethodNotAllowed(["GET"])
+        params = await register_params(req)
+        url = registration.check_url(params.pop("url"), settings.allowed_urls)
+        initial = params.get("initial_workers")
+        params["initial_workers"] = settings.default_workers if initial is None else initial
+        synchronous = params.pop("synchronous")
+        async with self._lock:
+            source = await asyncio.to_thread(registration.resolve, url, settings.model_store,
+                                             settings.max_download_bytes)
+            try:
+                model = await asyncio.to_thread(self._prepare, source, url, params)
+                await self._broker.register(model)
+            except BaseException:
+                registration.remove_download(source)
+                raise
+        workers = model.workers
+        if not workers:
+            _status(resp, f'Model "{model.name}" Version: {model.version} registered with 0 '
+                          "initial workers. Use scale workers API to add workers for the "
+                          "model.")
+            return
+        if not synchronous:
+            _status(resp, "Processing worker updates...", 202)
+            return
+        outcome = await wait_for_workers(self._broker, model.name, model.version, workers,
+                                         min(model.startup_timeout_s, MAX_SCALE_WAIT_S),
+                                         self._poll_s)
+        if outcome != "scaled":  # handleRegister's onError: the model goes again
+            await self._broker.unregister(model.name, model.version)
+            registration.remove_download(source)
+            raise ApiError(500, "InternalServerException",
+                           f"Failed to start workers for model {model.name} version: "
+                           f"{model.version}")
+        _status(resp, f'Model "{model.name}" Version: {model.version} registered with '
+                      f"{workers} initial workers")
+
+    def _prepare(self, source: registration.Source, url: str, params: dict) -> ModelConfig:
+        settings = self._settings
+        model = registration.model_config(source, url, params, settings.model_defaults)
+        return registration.prepare(model, settings.run_dir, settings.install_py_dep_per_model,
+                                    model.startup_timeout_s)
 
     async def on_options(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         raise falcon.HTTPMethodNotAllowed(["GET", "POST"])
 
 
+#: the registration parameters that are integers (RegisterModelRequest)
+_REGISTER_INTS = ("batch_size", "max_batch_delay", "initial_workers", "response_timeout",
+                  "startup_timeout")
+_REGISTER_TEXTS = ("url", "model_name", "handler", "runtime")
+
+
+async def register_params(req: falcon.asgi.Request) -> dict:
+    """POST /models's parameters, from a JSON body when the request has one (TorchServe reads
+    the body instead of the query then), else from the query string; integers checked."""
+    source: dict = req.params
+    if (req.content_type or "").split(";")[0].strip().lower() == JSON:
+        if (req.content_length or 0) > MAX_REGISTER_BODY_BYTES:
+            raise falcon.HTTPContentTooLarge(
+                description=f"a registration body is at most {MAX_REGISTER_BODY_BYTES} bytes")
+        body = await req.stream.read(MAX_REGISTER_BODY_BYTES + 1)
+        if len(body) > MAX_REGISTER_BODY_BYTES:
+            raise falcon.HTTPContentTooLarge(
+                description=f"a registration body is at most {MAX_REGISTER_BODY_BYTES} bytes")
+        try:
+            source = json.loads(body or b"{}")
+        except (ValueError, RecursionError):
+            raise bad_request("The request body is not valid JSON.") from None
+        if not isinstance(source, dict):
+            raise bad_request("The request body must be a JSON object.")
+        source = {key: value if isinstance(value, str) else json.dumps(value)
+                  for key, value in source.items() if value is not None}
+    params: dict[str, Any] = {}
+    for name in _REGISTER_TEXTS:
+        value = param(source, name)
+        params[name] = value.strip('"') if isinstance(value, str) else None
+    for name in _REGISTER_INTS:
+        params[name] = strict_int(source, name, -1) if param(source, name) is not None else None
+    synchronous = param(source, "synchronous")
+    params["synchronous"] = synchronous is None or synchronous.lower() == "true"
+    return params
+
+
 class ModelResource:
     """/models/{model_name}[/{model_version}]: describe, scale, unregister, description."""
 
-    def __init__(self, broker: _Broker, poll_s: float) -> None:
+    def __init__(self, broker: _Broker, settings: ManagementConfig | None,
+                 poll_s: float) -> None:
         self._broker = broker
+        self._settings = settings
         self._poll_s = poll_s
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
@@ -175,15 +308,15 @@ class ModelResource:
         if min_workers < 0:
             raise bad_request(f"min_worker cannot be negative, got {min_workers}.")
         entry = select(await self._broker.describe(), model_name, model_version)[0]
-        await self._broker.scale(model_name, model_version, min_workers)
+        await self._broker.scale(model_name, model_version, min_workers, max_workers)
         if not synchronous:
             _status(resp, "Processing worker updates...", 202)
             return
         if timeout_s < 0:
             startup_s = entry.get("startupTimeout")
             timeout_s = startup_s if isinstance(startup_s, int) else DEFAULT_SCALE_WAIT_S
-        outcome = await self._wait_for_workers(model_name, model_version, min_workers,
-                                               min(timeout_s, MAX_SCALE_WAIT_S))
+        outcome = await wait_for_workers(self._broker, model_name, model_version, min_workers,
+                                         min(timeout_s, MAX_SCALE_WAIT_S), self._poll_s)
         if outcome == "scaled":
             message = f"Workers scaled to {min_workers} for model: {model_name}"
             if model_version is not None:
@@ -196,29 +329,14 @@ class ModelResource:
                            f"Failed to start workers for model {model_name} version: "
                            f"{'null' if model_version is None else model_version}")
 
-    async def _wait_for_workers(self, name: str, version: str | None, workers: int,
-                                timeout_s: int) -> str:
-        """"scaled" once the model has exactly `workers` live workers (retiring ones count
-        until they are gone), "failed" when a worker failed to load it meanwhile (the
-        broker's loadError), "scaling" when timeout_s passes first."""
-        deadline = time.monotonic() + timeout_s
-        pause_s = self._poll_s
-        while True:
-            entry = select(await self._broker.describe(), name, version)[0]
-            live = len(entry.get("workers") or ())
-            if live == workers:
-                return "scaled"
-            if live < workers and entry.get("loadError") is not None:
-                return "failed"
-            left_s = deadline - time.monotonic()
-            if left_s <= 0:
-                return "scaling"
-            await asyncio.sleep(min(pause_s, left_s))
-            pause_s = min(pause_s * 1.5, MAX_SCALE_POLL_S)
-
     async def on_delete(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
                         model_name: str, model_version: str | None = None) -> None:
-        """ApiUtils.unregisterModel's refusals; the unregistration itself is not possible."""
+        """ApiUtils.unregisterModel, with the model API enabled: the version goes at once
+        (its waiting requests are answered 503, its workers finish what they run); an
+        archive that its registration downloaded is removed from the model store."""
+        settings = self._settings
+        if settings is None or not settings.enable_model_api:
+            raise falcon.HTTPMethodNotAllowed(["GET", "PUT", "OPTIONS"])
         entries = versions_of(await self._broker.describe(), model_name)
         target = select({"models": entries}, model_name, model_version)[0]
         if target.get("default") and len(entries) > 1:
@@ -226,9 +344,13 @@ class ModelResource:
             # IllegalArgumentException, which HttpRequestHandler answers 403
             raise ApiError(403, "InvalidModelVersionException",
                            f"Cannot remove default version for model {model_name}")
-        raise not_implemented(
-            "Unregistering a model (DELETE /models/{name}) is not supported yet: the broker "
-            "cannot remove a model version while it runs.")
+        answer = await self._broker.unregister(model_name, target.get("modelVersion"))
+        url = answer.get("url") or ""
+        if url.lower().startswith(("http://", "https://")):
+            registration.remove_download(registration.Source(
+                os.path.join(settings.model_store, registration.file_name_of(url)),
+                downloaded=True))
+        _status(resp, f'Model "{model_name}" unregistered')
 
     async def on_options(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
                          model_name: str, model_version: str | None = None) -> None:
@@ -245,18 +367,13 @@ class SetDefaultResource:
     async def on_put(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
                      model_name: str, model_version: str) -> None:
         entries = versions_of(await self._broker.describe(), model_name)
-        target = [entry for entry in entries if entry.get("modelVersion") == model_version]
-        if not target:  # ModelVersionedRefs.setDefaultVersion's words (no colons)
+        if not any(entry.get("modelVersion") == model_version for entry in entries):
+            # ModelVersionedRefs.setDefaultVersion's words (no colons)
             raise ApiError(404, "ModelVersionNotFoundException",
                            f"Model version {model_version} does not exist for model "
                            f"{model_name}")
-        if not target[0].get("default"):
-            raise not_implemented(
-                "Setting the default version is not supported yet: the broker cannot switch "
-                f"model {model_name}'s default version while it runs.")
-        # already the default: what TorchServe answers, and true
-        _status(resp, f'Default version successfully updated for model "{model_name}" to '
-                      f'"{model_version}"')
+        answer = await self._broker.set_default(model_name, model_version)
+        _status(resp, answer["status"])
 
     async def on_options(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
                          model_name: str, model_version: str) -> None:
@@ -296,21 +413,29 @@ async def _handle_unexpected(req: falcon.asgi.Request, resp: falcon.asgi.Respons
                            f"internal server error: {type(error).__name__}")
 
 
-def create_management_app(control: Any, *, poll_s: float = SCALE_POLL_S) -> falcon.asgi.App:
+def create_management_app(control: Any, *, key_file: str = "",
+                          token_expiration_min: float = 60.0,
+                          poll_s: float = SCALE_POLL_S,
+                          settings: ManagementConfig | None = None) -> falcon.asgi.App:
     """The management app over `control` (see the module docstring); poll_s is how often a
-    synchronous scale call asks the broker for the model's workers."""
+    synchronous scale call asks the broker for the model's workers. With a key_file, every
+    call needs the management key and /token rotates keys (api/token_auth.py), a new key
+    valid for token_expiration_min minutes."""
     broker = _Broker(control)
     document = ts_json(openapi(__version__))
-    app = falcon.asgi.App()
+    check = TokenCheck(key_file) if key_file else None
+    app = falcon.asgi.App(middleware=[ManagementAuth(check)] if check else [])
     # TorchServe splits the path on "/": /models/ is /models
     app.req_options.strip_url_path_trailing_slash = True
     app.add_route("/", ApiDescriptionResource(document, any_method=False))
     app.add_route("/api-description", ApiDescriptionResource(document, any_method=True))
-    app.add_route("/models", ModelsResource(broker))
-    model = ModelResource(broker, poll_s)
+    app.add_route("/models", ModelsResource(broker, settings, poll_s))
+    model = ModelResource(broker, settings, poll_s)
     app.add_route("/models/{model_name}", model)
     app.add_route("/models/{model_name}/{model_version}", model)
     app.add_route("/models/{model_name}/{model_version}/set-default", SetDefaultResource(broker))
+    if check:  # not in the OpenAPI description, as in TorchServe's
+        app.add_route("/token", TokenResource(check, token_expiration_min))
     app.set_error_serializer(_serialize_http_error)
     app.add_error_handler(Exception, _handle_unexpected)
     app.add_error_handler(ServingError, _handle_serving_error)

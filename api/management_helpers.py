@@ -20,6 +20,7 @@ from typing import Any
 from zerobatch.errors import (
     BadRequest,
     BrokerUnavailable,
+    Conflict,
     DeadlineExceeded,
     ModelNotFound,
     ServingError,
@@ -88,6 +89,8 @@ def error_answer(error: ServingError) -> tuple[int, bytes]:
         status, type_name = error.http_status, error.type_name
     elif isinstance(error, ModelNotFound):
         status, type_name = 404, "ModelNotFoundException"
+    elif isinstance(error, Conflict):
+        status, type_name = 409, "ConflictStatusException"
     elif isinstance(error, BadRequest):
         status, type_name = 400, "BadRequestException"
     elif isinstance(error, (BrokerUnavailable, DeadlineExceeded, ShuttingDown)):

@@ -48,11 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="models to load (overrides load_models); `all` for the store's")
     parser.add_argument("--foreground", action="store_true", help="run in this terminal")
     parser.add_argument("--no-config-snapshots", "--ncs", dest="ncs", action="store_true",
-                        help="write no config snapshots (zerobatch writes none yet)")
+                        help="neither save nor restore model snapshots")
     parser.add_argument("--disable-token-auth", "--dt", action="store_true",
-                        help="accepted and stored (no token authorization yet)")
+                        help="no token authorization")
     parser.add_argument("--enable-model-api", action="store_true",
-                        help="accepted and stored (no management API yet)")
+                        help="allow registering and unregistering models")
     parser.add_argument("--log-config", help="ignored, with a warning")
     parser.add_argument("--workflow-store", help="ignored, with a warning")
     parser.add_argument("--plugins-path", "--ppath", help="ignored, with a warning")

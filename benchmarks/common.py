@@ -22,6 +22,10 @@ from zerobatch.config import control_address
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH_MODELS = os.path.join(ROOT, "benchmarks", "models")
+#: what every benchmarked zerobatch server is started with: the inference path alone (no
+#: management API, whose port two servers would share; no token check, which TorchServe's
+#: benchmarks leave off too)
+BENCHMARK_FLAGS = ("--management-address", "none", "--disable-token-auth")
 
 
 def free_port() -> int:
@@ -87,7 +91,7 @@ def zerobatch_server(models: dict[str, str], *flags: str) -> Iterator[dict]:
     client_address = f"ipc://{run_dir}/client.sock"
     argv = [sys.executable, "-m", "zerobatch.api.cli", "start", "--run-dir", run_dir,
             "--client-address", client_address, "--log-level", "WARNING",
-            "--startup-timeout", "60",
+            "--startup-timeout", "60", *BENCHMARK_FLAGS,
             "--models", *[f"{n}={p}" for n, p in models.items()], *flags]
     try:
         result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=90)

@@ -17,6 +17,7 @@ for problems a restart cannot fix, anything else (a crash, a signal) is worth a 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import signal
@@ -26,12 +27,17 @@ import sys
 
 import zmq
 
-from zerobatch import curve, run_dir
+from zerobatch import curve, run_dir, snapshot, token_keys
 from zerobatch.broker import aggregator, archive
 from zerobatch.broker.core import BrokerCore
 from zerobatch.broker.gpus import count_visible_gpus
 from zerobatch.broker.loop import FRAME_SLACK_BYTES, BrokerLoop, Endpoints
-from zerobatch.broker.supervisor import Supervisor, discard_preloaded, start_preloaded_workers
+from zerobatch.broker.supervisor import (
+    Supervisor,
+    discard_preloaded,
+    management_endpoint,
+    start_preloaded_workers,
+)
 from zerobatch.config import ServerConfig
 from zerobatch.errors import ConfigError
 from zerobatch.gc_policy import freeze_startup_objects
@@ -55,8 +61,16 @@ def serve(config: ServerConfig, environ: dict[str, str]) -> int:
     run_dir.make_private(config.run_dir)
     lock_fd = run_dir.acquire(config.run_dir, run_dir.BROKER_LOCK)
     try:
+        if config.key_file:  # token authorization: the keys every HTTP process checks
+            token_keys.create_key_file(config.key_file, config.token_expiration_min)
+            log.info("Token authorization is on: keys in %s (`zerobatch token inference "
+                     "--run-dir %s` prints the inference key, sent as `Authorization: Bearer "
+                     "<key>`; see TorchServe's docs/token_authorization_api.md; "
+                     "--disable-token-auth turns it off)", config.key_file, config.run_dir)
         return _serve_locked(config, environ)
     finally:
+        if config.key_file:
+            token_keys.remove_key_file(config.key_file)
         run_dir.release(lock_fd, config.run_dir, run_dir.BROKER_LOCK)
 
 
@@ -85,9 +99,19 @@ def _serve(config: ServerConfig, environ: dict[str, str],
     aggregator_class = aggregator.load(config.aggregator)
     log.info("aggregator: %s twin", aggregator.implementation_name(aggregator_class))
     front_ipc, back_ipc = config.front_ipc, config.back_ipc
-    core = BrokerCore(aggregator_class, max_request_bytes=config.max_request_bytes)
+    gpu_count = count_visible_gpus(environ)
+    if config.number_of_gpu is not None:
+        gpu_count = min(gpu_count, config.number_of_gpu)
+    log.info("GPUs in use: %d", gpu_count)
+    core = BrokerCore(aggregator_class, max_request_bytes=config.max_request_bytes,
+                      scale_up_after_ns=round(config.scale_up_after_s * 1e9),
+                      scale_down_after_ns=round(config.scale_down_after_s * 1e9),
+                      cpu_limit=os.cpu_count(), gpu_count=gpu_count)
     for model in config.models:
         core.add_model(model)
+    if config.key_file:  # the management key authorizes control calls from any client too
+        core.management_key_check = functools.partial(
+            token_keys.key_is_valid, config.key_file, "management")
 
     wake_read, wake_write = socket.socketpair()
     wake_read.setblocking(False)
@@ -99,7 +123,7 @@ def _serve(config: ServerConfig, environ: dict[str, str],
         curve_keys = curve.load_secret(config.curve_secret_key)
         log.info("CURVE on %s: %d authorized client key(s)", config.client_address,
                  curve.check_authorized_dir(config.curve_authorized_keys))
-    http_socket = None
+    http_socket = management_socket = None
     try:
         endpoints = Endpoints(
             client=config.client_address, front_ipc=front_ipc,
@@ -110,6 +134,8 @@ def _serve(config: ServerConfig, environ: dict[str, str],
         loop = BrokerLoop(core, endpoints, wakeup_fd=wake_read.fileno())
         if config.frontends:
             http_socket = bind_http(config.host, config.http_port)
+        if config.serves_management:
+            management_socket = bind_http(*management_endpoint(config)[1:])
     except (zmq.ZMQError, OSError) as exc:
         log.error("cannot bind: %s (is another server running on these ports? pick others "
                   "with --http-port / --client-address)", exc)
@@ -122,23 +148,30 @@ def _serve(config: ServerConfig, environ: dict[str, str],
     signal.signal(signal.SIGTERM, on_stop_signal)
     signal.signal(signal.SIGINT, on_stop_signal)
 
-    gpu_count = count_visible_gpus(environ)
-    if config.number_of_gpu is not None:
-        gpu_count = min(gpu_count, config.number_of_gpu)
-    log.info("GPUs in use: %d", gpu_count)
     supervisor = Supervisor(config, back_ipc, front_ipc, gpu_count,
                             http_socket.fileno() if http_socket else None, preloaded)
+    if management_socket is not None:
+        supervisor.add_management(management_socket.fileno())
     loop.supervisor = supervisor
+    if config.config_snapshots:
+        loop.on_registry_change = functools.partial(_save_snapshot, config, core, "snapshot")
     try:
         supervisor.start_all()
-        log.info("serving: clients %s, http %s:%s, %d model(s)", config.client_address,
-                 config.host, config.http_port if config.frontends else "-", len(config.models))
+        if config.config_snapshots:
+            _save_snapshot(config, core, "startup")
+        log.info("serving: clients %s, http %s:%s, management %s, %d model(s)",
+                 config.client_address, config.host,
+                 config.http_port if config.frontends else "-",
+                 config.management_address if management_socket else "-", len(config.models))
         freeze_startup_objects()  # full collections would stall the poll loop (gc_policy)
         loop.run()
+        if config.config_snapshots:
+            _save_snapshot(config, core, "shutdown")
     finally:
         supervisor.stop_all()
-        if http_socket is not None:
-            http_socket.close()
+        for listener in (http_socket, management_socket):
+            if listener is not None:
+                listener.close()
         for path in (front_ipc[6:], back_ipc[6:], config.control_address[6:]):
             try:
                 os.unlink(path)
@@ -146,6 +179,18 @@ def _serve(config: ServerConfig, environ: dict[str, str],
                 pass
         log.info("stopped")
     return 0
+
+
+def _save_snapshot(config: ServerConfig, core: BrokerCore, kind: str) -> None:
+    """Save the models and their worker counts (zerobatch/snapshot.py); a failure to write
+    is logged, never the end of the broker."""
+    try:
+        path = snapshot.save(config.run_dir, kind, config,
+                             snapshot.model_table(core.registered()))
+    except OSError as exc:
+        log.warning("cannot save a %s snapshot in %s: %s", kind, config.run_dir, exc)
+        return
+    log.debug("%s snapshot saved: %s", kind, path)
 
 
 def main(argv: list[str] | None = None) -> int:

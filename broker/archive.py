@@ -142,7 +142,7 @@ def prepare_models(models: Iterable[ModelConfig], work_root: str, *,
     refused: list[tuple[ModelConfig, ConfigError]] = []
     for model in models:
         try:
-            kept.append(_prepare_one(model, work_root, install_py_deps))
+            kept.append(prepare_one(model, work_root, install_py_deps))
         except ConfigError as exc:
             refused.append((model, exc))
         except OSError as exc:
@@ -183,7 +183,7 @@ def remove_stale_staging(models_dir: str) -> list[str]:
     return removed
 
 
-def _prepare_one(model: ModelConfig, work_root: str, install_py_deps: bool) -> ModelConfig:
+def prepare_one(model: ModelConfig, work_root: str, install_py_deps: bool) -> ModelConfig:
     if is_archive(model.path):
         model_dir = prepare_model(model.path, work_root)
         log.info("model %s: archive %s extracted to %s", model.key, model.path, model_dir)

@@ -24,10 +24,12 @@ from dataclasses import replace
 from typing import Any, Callable
 
 from zerobatch import protocol as p
+from zerobatch.broker.autoscale import Autoscaler
 from zerobatch.broker.batching_policy import BatchingPolicy
 from zerobatch.config import ModelConfig
 from zerobatch.errors import (
     BadRequest,
+    Conflict,
     DeadlineExceeded,
     DeadlineUnreachable,
     Forbidden,
@@ -51,7 +53,8 @@ MAX_WORKERS_PER_MODEL = 64
 #: Control operations any client may call on the client endpoint: liveness (`ping`, the
 #: verdict alone, as TorchServe's /ping) and readiness (`ready`: model names, no paths or
 #: errors), nothing more. The others (stop, describe, the management calls) need the local
-#: control socket or a client that authenticated with CURVE.
+#: control socket, a client that authenticated with CURVE, or, with token authorization on,
+#: the management key as the call's "token" (the same key the management API asks for).
 PUBLIC_CONTROL_OPS = frozenset({"ping", "ready"})
 #: Control operations that change nothing: an accepted one is logged at DEBUG (`zerobatch
 #: start` polls `describe` while the models load); the others at INFO.
@@ -70,9 +73,11 @@ class ModelQueue:
     workers (LRU first)."""
 
     __slots__ = ("config", "aggregator", "policy", "pending", "idle", "workers", "batch_sizes",
-                 "requests_total", "deadline_ns", "load_error", "batch_messages", "max_workers")
+                 "requests_total", "deadline_ns", "load_error", "batch_messages", "max_workers",
+                 "target_workers", "autoscaler")
 
-    def __init__(self, config: ModelConfig, aggregator: Any) -> None:
+    def __init__(self, config: ModelConfig, aggregator: Any,
+                 autoscaler: Autoscaler | None = None) -> None:
         self.config = config
         self.aggregator = aggregator
         self.policy = BatchingPolicy(aggregator, config.key,
@@ -90,7 +95,11 @@ class ModelQueue:
         #: why the last worker failed to load the model; cleared when a worker says READY
         self.load_error: str | None = None
         #: TorchServe's maxWorkers, as the last `scale` set it (config.workers is minWorkers)
-        self.max_workers = config.workers
+        self.max_workers = config.most_workers
+        #: the worker slots last asked of the supervisor (at start, by `scale`, by autoscaling)
+        self.target_workers = config.workers
+        #: moves target_workers between config.workers and max_workers with the load
+        self.autoscaler = autoscaler
 
 
 class WorkerRecord:
@@ -138,8 +147,15 @@ class BrokerCore:
     def __init__(self, aggregator_class: Callable[..., Any], *,
                  max_request_bytes: int = p.DEFAULT_MAX_BODY_BYTES,
                  heartbeat_interval_ms: int = p.HEARTBEAT_INTERVAL_MS,
-                 heartbeat_liveness: int = p.HEARTBEAT_LIVENESS) -> None:
+                 heartbeat_liveness: int = p.HEARTBEAT_LIVENESS,
+                 scale_up_after_ns: int = 0, scale_down_after_ns: int = 0,
+                 cpu_limit: int | None = None, gpu_count: int = 0) -> None:
         self._aggregator_class = aggregator_class
+        #: autoscaling delays (0: off), and the cap for models whose workers run on the CPU
+        self.scale_up_after_ns = scale_up_after_ns
+        self.scale_down_after_ns = scale_down_after_ns
+        self.cpu_limit = cpu_limit
+        self.gpu_count = gpu_count
         self.max_request_bytes = max_request_bytes
         self.heartbeat_interval_ns = heartbeat_interval_ms * _NS_PER_MS
         self.worker_ttl_ns = heartbeat_liveness * self.heartbeat_interval_ns
@@ -154,14 +170,20 @@ class BrokerCore:
         self.out_control: list[list] = []
         #: who sent a message: (address, CURVE key or None); the socket loop sets the real one
         self.peer_of: Callable[[list], tuple[str, str | None]] = _unknown_peer
+        #: with token authorization on: whether a control call's "token" is the management
+        #: key (zerobatch/token_keys.py), which authorizes it on the client endpoint too
+        self.management_key_check: Callable[[str], bool] | None = None
         self._refusal_window_ns = 0
         self._refusals_logged = 0
         self._refusals_unlogged = 0
         #: worker ids declared lost (silent, timed out, disconnected): the supervisor reaps them
         self.lost_worker_ids: list[str] = []
-        #: (model key, worker count) asked by `scale` control calls: the socket loop has the
-        #: supervisor add or retire worker slots, and calls `retire` for the ones retired
-        self.scale_requests: list[tuple[str, int]] = []
+        #: (model, worker count) asked by `scale`, `register` and `unregister` control calls:
+        #: the socket loop has the supervisor add or retire worker slots, and calls `retire`
+        #: for the ones retired
+        self.scale_requests: list[tuple[ModelConfig, int]] = []
+        #: set when the registry or a worker count changed: the loop saves a snapshot
+        self.registry_changed = False
         #: retiring workers with nothing in flight: the supervisor stops them (SIGTERM)
         self.retired_worker_ids: list[str] = []
         self.stop_requested = False
@@ -176,6 +198,9 @@ class BrokerCore:
             "describe": lambda _args: self.describe(),
             "stop": self._control_stop,
             "scale": self._control_scale,
+            "register": self._control_register,
+            "unregister": self._control_unregister,
+            "set_default": self._control_set_default,
         }
 
     # ------------------------------------------------------------------ registry
@@ -184,7 +209,13 @@ class BrokerCore:
         aggregator = self._aggregator_class(
             config.batch_size, config.max_batch_delay_ms * _NS_PER_MS, config.max_queue,
             config.batch_policy == "adaptive")
-        queue = ModelQueue(config, aggregator)
+        autoscaler = None
+        if self.scale_up_after_ns:
+            on_cpu = config.device_type == "cpu" or (self.gpu_count <= 0
+                                                     and not config.device_ids)
+            autoscaler = Autoscaler(self.scale_up_after_ns, self.scale_down_after_ns,
+                                    self.cpu_limit if on_cpu else None)
+        queue = ModelQueue(config, aggregator, autoscaler)
         versions = self.models.setdefault(config.name, {})
         versions[config.version] = queue
         self.default_version.setdefault(config.name, config.version)
@@ -335,15 +366,22 @@ class BrokerCore:
                                 f"{', '.join(sorted(self.control_handlers))}")
         if op not in PUBLIC_CONTROL_OPS:
             address, key = self.peer_of(frames)
+            token = control.pop("token", None)
+            if not (local or key) and isinstance(token, str) \
+                    and self.management_key_check is not None \
+                    and self.management_key_check(token):
+                key = "(management key)"
             if not (local or key):
                 self._log_refused_control(op, address, now_ns)
                 raise Forbidden(f"control operation {op!r} is not accepted from an "
                                 "unauthenticated client on the client endpoint; use the "
-                                "server's local control socket (RUN_DIR/control.sock) or CURVE "
-                                "keys (zerobatch keys)")
+                                "server's local control socket (RUN_DIR/control.sock), CURVE "
+                                "keys (zerobatch keys), or the management key of token "
+                                "authorization as the call's \"token\"")
             log.log(logging.DEBUG if op in READ_ONLY_CONTROL_OPS else logging.INFO,
                     "control %s accepted from %s", op,
                     f"the local control socket (peer {address})" if local
+                    else f"client {key} at {address}" if key.startswith("(")
                     else f"CURVE client {key} at {address}")
         out.append(p.encode_control_reply(identity, rid, handler(control)))
 
@@ -381,11 +419,81 @@ class BrokerCore:
         if max_workers < workers:
             raise BadRequest("max_workers cannot be less than workers")
         queue = self.find_model(model, version)
-        queue.config = replace(queue.config, workers=workers)
+        queue.config = replace(queue.config, workers=workers, max_workers=max_workers)
         queue.max_workers = max_workers
-        self.scale_requests.append((queue.config.key, workers))
+        queue.target_workers = workers
+        self.scale_requests.append((queue.config, workers))
+        self.registry_changed = True
         return {"status": f"Processing worker updates: model {queue.config.key} to "
                           f"{workers} worker(s)"}
+
+    def _control_register(self, args: dict) -> dict:
+        """{"op": "register", "model": {ModelConfig fields}}: serve a model version that is
+        ready for its workers (a directory: the management API extracted the archive), with
+        `workers` workers started now and up to `max_workers` under load. The socket loop
+        has the supervisor start them; the caller watches `describe` for them to say READY."""
+        fields = args.get("model")
+        if not isinstance(fields, dict):
+            raise ProtocolError('register needs "model" as an object of ModelConfig fields')
+        try:
+            config = ModelConfig(**fields)
+        except TypeError as exc:
+            raise BadRequest(f"register: {exc}") from None
+        if config.most_workers > MAX_WORKERS_PER_MODEL:
+            raise BadRequest(f"register: at most {MAX_WORKERS_PER_MODEL} workers a model")
+        if config.version in self.models.get(config.name, {}):
+            raise Conflict(f"Model version {config.version} is already registered for model "
+                           f"{config.name}")
+        self.add_model(config)
+        if config.workers:
+            self.scale_requests.append((config, config.workers))
+        self.registry_changed = True
+        log.info("model %s registered (url %s), %d worker(s)", config.key, config.url or "-",
+                 config.workers)
+        return {"status": f"Model {config.key} registered"}
+
+    def _control_unregister(self, args: dict) -> dict:
+        """{"op": "unregister", "model": name, "version": v or absent (the default)}: new
+        requests get 404 at once, waiting ones are answered 503, the workers finish what
+        they run and stop. The default version goes last (TorchServe's rule)."""
+        name, version = args.get("model"), args.get("version")
+        if not isinstance(name, str) or (version is not None and not isinstance(version, str)):
+            raise ProtocolError('unregister needs "model" (and optionally "version") as strings')
+        queue = self.find_model(name, version)
+        versions = self.models[name]
+        version = queue.config.version
+        if version == self.default_version[name] and len(versions) > 1:
+            raise BadRequest(f"Cannot remove default version for model {name}")
+        del versions[version]
+        if not versions:
+            del self.models[name]
+            del self.default_version[name]
+        error = ShuttingDown(f"Model {name} version {version} was unregistered")
+        for request_id in queue.aggregator.drain():
+            identity, rid, _meta, _body = queue.pending.pop(request_id)
+            self.out_front.append([identity] + p.encode_error(rid, *error.to_wire()))
+        queue.idle.clear()
+        for worker in queue.workers.values():
+            worker.retiring = True
+        self.scale_requests.append((queue.config, 0))
+        self.registry_changed = True
+        log.info("model %s unregistered", queue.config.key)
+        return {"status": f'Model "{name}" unregistered', "url": queue.config.url}
+
+    def _control_set_default(self, args: dict) -> dict:
+        """{"op": "set_default", "model": name, "version": v}: requests that name no version
+        go to v from now on."""
+        name, version = args.get("model"), args.get("version")
+        if not isinstance(name, str) or not isinstance(version, str):
+            raise ProtocolError('set_default needs "model" and "version" as strings')
+        if name not in self.models:
+            raise ModelNotFound(f"Model not found: {name}")
+        if version not in self.models[name]:
+            raise ModelNotFound(f"Model version {version} does not exist for model {name}")
+        self.default_version[name] = version
+        self.registry_changed = True
+        return {"status": f'Default version successfully updated for model "{name}" to '
+                          f'"{version}"'}
 
     def retire(self, worker_id: str) -> bool:
         """Give a worker no new batch, and stop it (retired_worker_ids) once what it was sent
@@ -651,6 +759,8 @@ class BrokerCore:
             for queue in versions.values():
                 self._schedule(queue, now_ns)
                 queue.policy.refusals.log_due(now_ns)
+                if queue.autoscaler is not None and queue.max_workers > queue.config.workers:
+                    self._autoscale(queue, now_ns)
         for worker in list(self.workers.values()):
             if worker.expiry_ns <= now_ns:
                 self.worker_lost(worker.worker_id, now_ns, "it stopped sending heartbeats")
@@ -664,6 +774,21 @@ class BrokerCore:
             for identity in self.workers:
                 self.out_back.append(p.encode_heartbeat_for(identity))
 
+    def _autoscale(self, queue: ModelQueue, now_ns: int) -> None:
+        """Ask the supervisor for one worker more or fewer where the autoscaler says so. A
+        model counts as idle only with nothing waiting and no worker busy: a busy worker
+        counts as one request waiting (not a backlog, which is more than a batch)."""
+        queued = len(queue.aggregator) or int(len(queue.idle) < len(queue.workers))
+        target = queue.autoscaler.decide(
+            now_ns, queued=queued, batch_size=queue.config.batch_size,
+            workers=queue.target_workers, minimum=queue.config.workers,
+            maximum=queue.max_workers)
+        if target is not None:
+            log.info("model %s: autoscaling from %d to %d worker(s), %d waiting",
+                     queue.config.key, queue.target_workers, target, len(queue.aggregator))
+            queue.target_workers = target
+            self.scale_requests.append((queue.config, target))
+
     def next_wakeup_ns(self, now_ns: int) -> int:
         """The time of the next timer; the loop polls its sockets until then."""
         wakeup = self._next_heartbeat_ns
@@ -672,6 +797,10 @@ class BrokerCore:
                 at = queue.policy.next_wakeup_ns(now_ns, len(queue.idle))
                 if 0 <= at < wakeup:
                     wakeup = at
+                if queue.autoscaler is not None and queue.max_workers > queue.config.workers:
+                    at = queue.autoscaler.next_decision_ns(now_ns)
+                    if at is not None and at < wakeup:
+                        wakeup = at
         for worker in self.workers.values():
             if worker.expiry_ns < wakeup:
                 wakeup = worker.expiry_ns
@@ -731,6 +860,13 @@ class BrokerCore:
                           if queue.config.workers and not _serving(queue)})
         return {"ready": not loading, "loading": loading}
 
+    def registered(self) -> list[tuple[ModelConfig, bool, int]]:
+        """(model, is its name's default version, maxWorkers) of every model version: what a
+        snapshot keeps (zerobatch/snapshot.py)."""
+        return [(queue.config, self.default_version[name] == version, queue.max_workers)
+                for name, versions in self.models.items()
+                for version, queue in versions.items()]
+
     def describe(self) -> dict:
         models = []
         for name, versions in self.models.items():
@@ -747,6 +883,7 @@ class BrokerCore:
                     "maxQueue": queue.config.max_queue,
                     "responseTimeout": queue.config.response_timeout_s,
                     "startupTimeout": queue.config.startup_timeout_s,
+                    "modelUrl": queue.config.url,
                     "queued": len(queue.aggregator),
                     "requests": queue.requests_total,
                     # refused at arrival: late (deadline_unreachable), or the queue full

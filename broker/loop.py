@@ -31,6 +31,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
@@ -149,6 +150,9 @@ class BrokerLoop:
         self._watched_pidfds: set[int] = set()
         self._synced_changes = -1
         self.stop_signalled = False
+        #: called after a control call changed the models or their worker counts (the
+        #: broker saves a snapshot)
+        self.on_registry_change: Callable[[], None] | None = None
         #: replies dropped since the last log line (a client's queue was full), and when
         #: that line may next be written
         self._dropped_replies = 0
@@ -196,6 +200,10 @@ class BrokerLoop:
             core.lost_worker_ids.clear()
         if core.scale_requests or core.retired_worker_ids:
             self._apply_scaling()
+        if core.registry_changed:
+            core.registry_changed = False
+            if self.on_registry_change is not None:
+                self.on_registry_change()
 
     def _apply_scaling(self) -> None:
         """What `scale` calls decided: the supervisor adds or retires worker slots; a retired
@@ -203,10 +211,10 @@ class BrokerLoop:
         says when), one that is not yet connected is stopped at once."""
         core = self.core
         supervisor = self.supervisor
-        for model_key, workers in core.scale_requests:
+        for model, workers in core.scale_requests:
             if supervisor is None:
                 continue
-            for worker_id in supervisor.scale(model_key, workers):
+            for worker_id in supervisor.scale(model, workers):
                 if not core.retire(worker_id):
                     supervisor.stop_worker(worker_id)
         core.scale_requests.clear()

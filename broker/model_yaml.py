@@ -10,7 +10,7 @@ The file is the model directory's `model-config.yaml`, or the one the manifest's
     clientTimeoutInMills -> default_timeout_ms
     deviceType ("cpu" | "gpu") -> device_type
     deviceIds -> device_ids (round robin over that list)
-    maxWorkers: accepted (>= minWorkers); there is no autoscaling, minWorkers workers run
+    maxWorkers -> max_workers (>= minWorkers): autoscaling runs between the two
 
 Every other key is left for the handler (`context.model_yaml_config`). A bad value raises a
 ConfigError naming the file and the key, and the broker refuses that model only.
@@ -57,10 +57,7 @@ def apply_front_end_keys(model: ModelConfig, config: dict[str, Any], path: str) 
         if max_workers < min_workers:
             raise ConfigError(f"{path}: maxWorkers ({max_workers}) is smaller than minWorkers "
                               f"({min_workers}); raise maxWorkers")
-        if max_workers > min_workers:
-            log.warning("model %s: %s: maxWorkers %d accepted, but there is no autoscaling: "
-                        "%d worker(s) (minWorkers) run", model.key, path, max_workers,
-                        min_workers)
+        changes["max_workers"] = max_workers
     if "deviceType" in config:
         device_type = config["deviceType"]
         if not isinstance(device_type, str) or device_type.lower() not in ("cpu", "gpu"):

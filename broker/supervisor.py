@@ -21,12 +21,14 @@ import signal
 import subprocess
 import time
 
+from zerobatch import ts_config
 from zerobatch.broker import preload
 from zerobatch.broker.gpus import GpuAssigner
 from zerobatch.config import (
     RESTART_BACKOFF_MAX_S,
     RESTART_BACKOFF_MIN_S,
     FrontendConfig,
+    ManagementConfig,
     ModelConfig,
     ServerConfig,
     WorkerConfig,
@@ -74,6 +76,30 @@ def discard_preloaded(preloaded: dict[str, subprocess.Popen]) -> None:
     preloaded.clear()
 
 
+def management_endpoint(config: ServerConfig) -> tuple[bool, str, int]:
+    """(TLS, host, port) of the management API (TorchServe's default ports: 8081, 8444)."""
+    return ts_config.split_address(config.management_address, "management_address",
+                                   ts_config.MANAGEMENT_PORTS)
+
+
+def management_config(config: ServerConfig) -> ManagementConfig:
+    """What the management API's process gets from the server's configuration."""
+    tls, host, port = management_endpoint(config)
+    return ManagementConfig(
+        control_address=config.control_address, run_dir=config.run_dir,
+        model_store=config.model_store, host=host, port=port,
+        allowed_urls=config.allowed_urls, enable_model_api=config.enable_model_api,
+        install_py_dep_per_model=config.install_py_dep_per_model,
+        model_defaults=config.model_defaults, default_workers=config.registration_workers,
+        key_file=config.key_file, token_expiration_min=config.token_expiration_min,
+        certificate_file=config.certificate_file if tls else "",
+        private_key_file=config.private_key_file if tls else "",
+        max_request_bytes=config.max_request_bytes,
+        request_read_timeout_s=config.request_read_timeout_s,
+        request_min_rate_bytes_s=config.request_min_rate_bytes_s,
+        max_header_bytes=config.max_header_bytes, log_level=config.log_level)
+
+
 class Child:
     """One supervised slot: a worker slot of a model, or a front end."""
 
@@ -119,6 +145,13 @@ class Supervisor:
                 self.children.append(self._worker_slot(model, index))
         for index in range(config.frontends if http_fd is not None else 0):
             self.children.append(Child("frontend", f"frontend#{index}"))
+        #: the management API's listening socket, bound by the broker; None: no such process
+        self.management_fd: int | None = None
+
+    def add_management(self, fd: int) -> None:
+        """Supervise the management API's process, serving on the inherited socket fd."""
+        self.management_fd = fd
+        self.children.append(Child("management", "management"))
 
     def _worker_slot(self, model: ModelConfig, index: int) -> Child:
         gpu_id = (None if model.device_type == "cpu"
@@ -127,19 +160,17 @@ class Supervisor:
 
     # ------------------------------------------------------------------ scaling
 
-    def scale(self, model_key: str, workers: int) -> list[str]:
-        """Start worker slots for model_key up to `workers`, or retire the newest ones down
-        to it; the worker ids of the retired slots whose process runs (the broker lets each
-        finish what it was sent, then has it stopped with stop_worker)."""
+    def scale(self, model: ModelConfig, workers: int) -> list[str]:
+        """Start worker slots for `model` up to `workers`, or retire the newest ones down
+        to it (0 for a model unregistered); the worker ids of the retired slots whose process
+        runs (the broker lets each finish what it was sent, then has it stopped with
+        stop_worker). New slots run `model` as given: a registered model, or one whose
+        settings a scale call changed."""
+        model_key = model.key
         slots = [c for c in self.children
                  if c.kind == "worker" and c.model.key == model_key and not c.retiring]
         retired = []
         if workers > len(slots):
-            model = slots[0].model if slots else next(
-                (m for m in self.config.models if m.key == model_key), None)
-            if model is None:
-                log.warning("scale: model %s is not served", model_key)
-                return []
             next_index = 1 + max((int(c.slot_name.rsplit("#", 1)[1]) for c in self.children
                                   if c.kind == "worker" and c.model.key == model_key),
                                  default=-1)
@@ -195,6 +226,11 @@ class Supervisor:
                 self._started(child, process, "preloaded ")
                 return
             argv = module_argv("zerobatch.worker", "--config", worker_config.to_json())
+        elif child.kind == "management":
+            argv = module_argv("zerobatch.api.management_server",
+                               "--config", management_config(self.config).to_json(),
+                               "--fd", str(self.management_fd))
+            pass_fds = (self.management_fd,)
         else:
             frontend_config = FrontendConfig(
                 broker_address=self.frontend_address, host=self.config.host,
@@ -203,6 +239,11 @@ class Supervisor:
                 request_min_rate_bytes_s=self.config.request_min_rate_bytes_s,
                 max_header_bytes=self.config.max_header_bytes,
                 max_connections=self.config.max_connections,
+                certificate_file=(self.config.certificate_file
+                                  if self.config.inference_https else ""),
+                private_key_file=(self.config.private_key_file
+                                  if self.config.inference_https else ""),
+                key_file=self.config.key_file,
                 log_level=self.config.log_level)
             argv = module_argv("zerobatch.api.frontend", "--config", frontend_config.to_json(),
                                "--fd", str(self.http_fd))

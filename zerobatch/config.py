@@ -65,8 +65,11 @@ DEFAULT_FRONTENDS = 1
 DEFAULT_RUN_DIR_PREFIX = "/tmp/zerobatch-"
 RESTART_BACKOFF_MIN_S = 0.1
 RESTART_BACKOFF_MAX_S = 10.0
-#: TorchServe's defaults for settings stored but not served yet (zerobatch/ts_config.py)
-DEFAULT_MANAGEMENT_ADDRESS = "http://127.0.0.1:8081"
+#: TorchServe's default addresses of the management and metrics APIs
+DEFAULT_MANAGEMENT_PORT = 8081
+DEFAULT_MANAGEMENT_ADDRESS = f"http://127.0.0.1:{DEFAULT_MANAGEMENT_PORT}"
+#: a management_address that turns the management API off
+NO_ADDRESS = "none"
 DEFAULT_METRICS_ADDRESS = "http://127.0.0.1:8082"
 DEFAULT_ALLOWED_URLS = ("file://.*|http(s)?://.*",)
 #: TorchServe's token_expiration_min
@@ -103,6 +106,11 @@ class ModelConfig:
     #: directories the worker puts first on sys.path before importing the handler (the
     #: model's private dependencies, see --install-py-dep-per-model)
     python_path: tuple[str, ...] = ()
+    #: the most workers autoscaling may run (TorchServe's maxWorkers); 0 means `workers`
+    max_workers: int = 0
+    #: where the model came from, as it was given (a model store entry or a URL): what
+    #: describe calls modelUrl and a snapshot's marName; "" when unknown
+    url: str = ""
 
     def __post_init__(self) -> None:
         if not _MODEL_NAME.match(self.name):
@@ -116,6 +124,10 @@ class ModelConfig:
         _positive(self, "response_timeout_s", minimum=1)
         _positive(self, "startup_timeout_s", minimum=1)
         _positive(self, "default_timeout_ms", minimum=0)
+        _positive(self, "max_workers", minimum=0)
+        if self.max_workers and self.max_workers < self.workers:
+            raise ConfigError(f"model {self.name}: max_workers ({self.max_workers}) is smaller "
+                              f"than workers ({self.workers}); raise max_workers")
         if self.max_queue < self.batch_size:
             raise ConfigError(f"model {self.name}: max_queue ({self.max_queue}) must be at least "
                               f"batch_size ({self.batch_size}); raise max_queue")
@@ -136,6 +148,11 @@ class ModelConfig:
     def key(self) -> str:
         """The registry key of this model version."""
         return f"{self.name}/{self.version}"
+
+    @property
+    def most_workers(self) -> int:
+        """The most workers the model may run: max_workers, or workers when it is 0."""
+        return max(self.max_workers, self.workers)
 
     @property
     def deadline_ms(self) -> int:
@@ -172,8 +189,8 @@ class ServerConfig:
     aggregator: str = "auto"
     #: install each model's requirementsFile into a private directory before its workers start
     install_py_dep_per_model: bool = False
-    # TorchServe settings accepted (config.properties, flags) and stored for the control plane
-    # to come (issue 17); nothing acts on them yet. Defaults are TorchServe's.
+    # The control plane's TorchServe settings (config.properties, flags); defaults are
+    # TorchServe's. metrics_address and max_response_bytes are stored, not acted on yet.
     management_address: str = DEFAULT_MANAGEMENT_ADDRESS
     metrics_address: str = DEFAULT_METRICS_ADDRESS
     #: TorchServe's max_response_size; not enforced
@@ -199,6 +216,12 @@ class ServerConfig:
     #: request waiting for this long
     scale_up_after_s: float = DEFAULT_SCALE_UP_AFTER_S
     scale_down_after_s: float = DEFAULT_SCALE_DOWN_AFTER_S
+    #: the settings (ModelConfig fields) a model registered through the management API gets
+    #: where neither its call nor its archive names them: the `zerobatch start` flags
+    model_defaults: dict[str, Any] = field(default_factory=dict)
+    #: workers a registration starts when it names none (TorchServe: default_workers_per_model
+    #: when configured, else 0)
+    registration_workers: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", tuple(self.models))
@@ -254,6 +277,11 @@ class ServerConfig:
     def control_address(self) -> str:
         """The local endpoint for control calls (stop, describe): see control_address()."""
         return control_address(self.run_dir)
+
+    @property
+    def serves_management(self) -> bool:
+        """Whether the management API has a process (management_address is not "none")."""
+        return self.management_address.lower() != NO_ADDRESS
 
     @property
     def key_file(self) -> str:
@@ -321,6 +349,48 @@ class FrontendConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "FrontendConfig":
+        return cls(**json.loads(text))
+
+
+@dataclass(frozen=True)
+class ManagementConfig:
+    """What the management API's process needs (api/management_server.py)."""
+
+    #: the broker's local control socket (zerobatch.config.control_address)
+    control_address: str
+    run_dir: str
+    model_store: str
+    host: str = DEFAULT_HOST
+    port: int = 8081
+    allowed_urls: tuple[str, ...] = DEFAULT_ALLOWED_URLS
+    enable_model_api: bool = False
+    install_py_dep_per_model: bool = False
+    #: the settings a registered model gets where its call and its archive name none
+    model_defaults: dict[str, Any] = field(default_factory=dict)
+    #: workers a registration starts when it names none (TorchServe's
+    #: default_workers_per_model when configured, else 0)
+    default_workers: int = 0
+    #: the largest archive a registration may download from an http(s) URL
+    max_download_bytes: int = 2 * 1024**3
+    key_file: str = ""
+    token_expiration_min: float = DEFAULT_TOKEN_EXPIRATION_MIN
+    certificate_file: str = ""
+    private_key_file: str = ""
+    max_request_bytes: int = DEFAULT_MAX_BODY_BYTES
+    request_read_timeout_s: float = DEFAULT_REQUEST_READ_TIMEOUT_S
+    request_min_rate_bytes_s: int = DEFAULT_REQUEST_MIN_RATE_BYTES_S
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "allowed_urls", tuple(self.allowed_urls))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "ManagementConfig":
         return cls(**json.loads(text))
 
 

@@ -108,6 +108,13 @@ class ModelNotFound(ServingError, LookupError):
     http_status = 404
 
 
+class Conflict(ServingError, ValueError):
+    """The model version is registered already (TorchServe's ConflictStatusException)."""
+
+    code = "conflict"
+    http_status = 409
+
+
 class QueueFull(ServingError, OverflowError):
     """The model's queue is full; retry later."""
 
@@ -190,6 +197,7 @@ _ALL: tuple[type[ServingError], ...] = (
     RequestTimeout,
     HeaderTooLarge,
     ModelNotFound,
+    Conflict,
     QueueFull,
     DeadlineUnreachable,
     DeadlineExceeded,

@@ -32,6 +32,10 @@ _INTEGER = re.compile(r"[+-]?[0-9]+")
 _JAVA_INT_MAX = 2**31 - 1
 # ConfigManager.ADDRESS_PATTERN, matched whole
 _ADDRESS = re.compile(r"(?i)(https|http)://([^:^/]+)(?::([0-9]+))?|unix:(/.*)")
+#: TorchServe's ports for an address that gives none (Connector.parse): (http, https)
+INFERENCE_PORTS = (80, 443)
+MANAGEMENT_PORTS = (8081, 8444)
+METRICS_PORTS = (8082, 8445)
 
 
 # ---------------------------------------------------------------------- the file syntax
@@ -187,7 +191,7 @@ def configure(props: Mapping[str, str], path: str, environ: Mapping[str, str]) -
             settings.update(_KEYS[key](value, where))
         elif key in IGNORED_KEYS:
             warnings.append(f"{where}: a TorchServe setting that zerobatch does not implement; "
-                            "ignored")
+                            "ignored" + _IGNORED_ADVICE.get(key, ""))
         else:
             warnings.append(f"{where}: unknown key; ignored")
     return TsConfig(path=path, settings=settings, models=models, warnings=tuple(warnings))
@@ -238,20 +242,42 @@ def _flag(dest: str | None) -> Callable[[str, str], dict[str, Any]]:
     return convert
 
 
-def parse_address(value: str, where: str, default_port: int) -> tuple[str, int]:
-    """(host, port) of an `http://HOST[:PORT]` address; https:// and unix: are refused."""
+def split_address(value: str, where: str,
+                  default_ports: tuple[int, int]) -> tuple[bool, str, int]:
+    """(https, host, port) of an `http://HOST[:PORT]` or `https://HOST[:PORT]` address (any
+    case); without a port, default_ports[0] for http and default_ports[1] for https, as
+    TorchServe's Connector.parse; unix: is refused."""
     match = _ADDRESS.fullmatch(value.strip())
     if not match:
-        raise ConfigError(f"{where}: {value!r} is not an address of the form http://HOST:PORT")
+        raise ConfigError(f"{where}: {value!r} is not an address of the form http://HOST:PORT "
+                          "or https://HOST:PORT")
     if match.group(4) is not None:
         raise ConfigError(f"{where}: unix: socket addresses are not supported; use "
                           "http://HOST:PORT")
-    if match.group(1).lower() == "https":
-        raise ConfigError(f"{where}: TLS is not supported yet; use an http:// address")
-    port = int(match.group(3)) if match.group(3) is not None else default_port
+    https = match.group(1).lower() == "https"
+    port = int(match.group(3)) if match.group(3) is not None else default_ports[https]
     if port >= 65535:  # TorchServe's own bound (Connector.parse)
         raise ConfigError(f"{where}: port {port} must be below 65535")
-    return match.group(2), port
+    return https, match.group(2), port
+
+
+def parse_address(value: str, where: str, default_port: int) -> tuple[str, int]:
+    """(host, port) of an http:// or https:// address (see split_address); default_port
+    when it gives none."""
+    _, host, port = split_address(value, where, (default_port, default_port))
+    return host, port
+
+
+def _minutes(dest: str) -> Callable[[str, str], dict[str, Any]]:
+    def convert(value: str, where: str) -> dict[str, Any]:
+        try:
+            minutes = float(value)
+        except ValueError:
+            minutes = float("nan")
+        if not 0 < minutes < float("inf"):
+            raise ConfigError(f"{where}: must be a number of minutes above 0, got {value!r}")
+        return {dest: minutes}
+    return convert
 
 
 def _workers(value: str, where: str) -> dict[str, Any]:
@@ -262,14 +288,21 @@ def _workers(value: str, where: str) -> dict[str, Any]:
 
 
 def _inference_address(value: str, where: str) -> dict[str, Any]:
-    host, port = parse_address(value, where, default_port=80)
-    return {"host": host, "http_port": port}
+    """host and port; https:// also sets inference_https (TLS, with certificate_file and
+    private_key_file)."""
+    https, host, port = split_address(value, where, INFERENCE_PORTS)
+    settings: dict[str, Any] = {"host": host, "http_port": port}
+    if https:
+        settings["inference_https"] = True
+    return settings
 
 
-def _stored_address(dest: str, default_port: int) -> Callable[[str, str], dict[str, Any]]:
+def _stored_address(dest: str, default_ports: tuple[int, int]
+                    ) -> Callable[[str, str], dict[str, Any]]:
+    """The address as a URL with its scheme (http or https) and its port always given."""
     def convert(value: str, where: str) -> dict[str, Any]:
-        host, port = parse_address(value, where, default_port)
-        return {dest: f"http://{host}:{port}"}
+        https, host, port = split_address(value, where, default_ports)
+        return {dest: f"{'https' if https else 'http'}://{host}:{port}"}
     return convert
 
 
@@ -356,10 +389,8 @@ def _models_json(value: str, where: str, warnings: list[str]) -> dict[str, dict[
                 if max_workers < fields["workers"]:
                     raise ConfigError(f"{at}: maxWorkers ({max_workers}) is smaller than "
                                       f"minWorkers ({fields['workers']}); raise maxWorkers")
-                if max_workers > fields["workers"]:
-                    warnings.append(f"{at}: maxWorkers {max_workers} accepted, but there is "
-                                    f"no autoscaling: {fields['workers']} worker(s) (minWorkers) "
-                                    "run")
+            if max_workers is not None:
+                fields["max_workers"] = max_workers
             models.setdefault(name, {})[version] = fields
     return models
 
@@ -386,16 +417,19 @@ _KEYS: dict[str, Callable[[str, str], dict[str, Any]]] = {
     "default_response_timeout": _integer(1, "response_timeout"),
     "install_py_dep_per_model": _flag("install_py_dep_per_model"),
     "enable_envvars_config": _flag(None),  # acted on in configure()
+    "certificate_file": _text("certificate_file"),  # TLS for the https:// addresses (PEM)
+    "private_key_file": _text("private_key_file"),
     "use_env_allowed_urls": _flag(None),
-    # stored for the parts of the control plane to come
     "default_startup_timeout": _integer(1, "startup_timeout_s"),
-    "management_address": _stored_address("management_address", 8081),
-    "metrics_address": _stored_address("metrics_address", 8082),
-    "max_response_size": _integer(1, "max_response_bytes"),
+    "management_address": _stored_address("management_address", MANAGEMENT_PORTS),
+    "metrics_address": _stored_address("metrics_address", METRICS_PORTS),
     "allowed_urls": _allowed_urls,
     "disable_token_authorization": _flag("disable_token_auth"),
     "enable_model_api": _flag("enable_model_api"),
     "model_snapshot": _model_snapshot,
+    "token_expiration_min": _minutes("token_expiration_min"),
+    # stored, not acted on yet (the metrics API comes with the observability work)
+    "max_response_size": _integer(1, "max_response_bytes"),
 }
 
 #: TorchServe 0.12's other keys (ConfigManager, ts/model_server.py): warned and ignored
@@ -405,18 +439,25 @@ IGNORED_KEYS = frozenset({
     "disable_system_metrics", "ipex_enable", "cpu_launcher_enable", "cpu_launcher_args",
     "ipex_gpu_enable", "async_logging", "cors_allowed_origin", "cors_allowed_methods",
     "cors_allowed_headers", "decode_input_request", "keystore", "keystore_pass",
-    "keystore_type", "certificate_file", "private_key_file", "limit_max_image_pixels",
+    "keystore_type", "limit_max_image_pixels",
     "default_service_handler", "service_envelope", "model_server_home",
     "prefer_direct_buffer", "enable_metrics_api", "grpc_inference_address",
     "grpc_management_address", "grpc_inference_port", "grpc_management_port",
     "grpc_inference_max_connection_age_ms", "grpc_management_max_connection_age_ms",
     "grpc_inference_max_connection_age_grace_ms", "grpc_management_max_connection_age_grace_ms",
     "enable_grpc_ssl", "initial_worker_port", "initial_distribution_port", "workflow_store",
-    "cpp_log_config", "ts_open_inference_protocol", "token_expiration_min",
+    "cpp_log_config", "ts_open_inference_protocol",
     "ts_header_key_sequence_id", "ts_header_key_sequence_start", "ts_header_key_sequence_end",
     "use_native_io", "io_ratio", "metric_time_interval", "system_metrics_cmd", "python",
     "vmargs", "plugins_path",
 })
+
+#: what to do instead of an ignored key, appended to its warning
+_IGNORED_ADVICE = dict.fromkeys(
+    ("keystore", "keystore_pass", "keystore_type"),
+    ": zerobatch reads no Java keystore; give the certificate chain and the private key as "
+    "PEM files with certificate_file and private_key_file (`openssl pkcs12 -in KEYSTORE "
+    "-nodes` prints both from a PKCS12 keystore)")
 
 #: keys with no TS_* variable (ConfigManager's constants without the TS_ prefix)
 _NOT_FROM_ENV = frozenset({"enable_envvars_config", "use_env_allowed_urls", "model_snapshot",

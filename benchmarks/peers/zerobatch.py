@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
 
-from benchmarks.common import ROOT, free_port
+from benchmarks.common import BENCHMARK_FLAGS, ROOT, free_port
 from benchmarks.loadgen import HttpTarget
 from benchmarks.peers import ModelSettings, Peer, Started, procs
 from benchmarks.peers.startup import time_first_success
@@ -86,7 +86,7 @@ class ZerobatchPeer(Peer):
                     "--max-batch-delay", str(settings.max_batch_delay_ms),
                     "--max-queue", str(settings.max_queue),
                     "--batch-policy", settings.policy or "adaptive",
-                    "--models", f"{workload.name}={workload.archive}"]
+                    *BENCHMARK_FLAGS, "--models", f"{workload.name}={workload.archive}"]
             started_at = time.monotonic()
             process = procs.spawn(argv, env={**os.environ, **env}, cwd=ROOT, log_path=log_path)
             startup_s = time_first_success(target, started_at, process,

@@ -13,7 +13,15 @@ import zipfile
 
 import pytest
 
-from tests.support.servers import TEST_MODELS, Server, cli, finish, free_port, json_body
+from tests.support.servers import (
+    TEST_MODELS,
+    Server,
+    cli,
+    finish,
+    free_port,
+    isolated_flags,
+    json_body,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -131,7 +139,8 @@ def test_start_removes_stale_staging_without_following_links(stale_run_dir):
     try:
         result = cli("start", "--run-dir", run_dir, "--http-port", str(server.http_port),
                      "--client-address", server.client_address, "--startup-timeout", "60",
-                     "--model-store", TEST_MODELS, "--models", "echo=echo")
+                     "--model-store", TEST_MODELS, "--models", "echo=echo",
+                     *isolated_flags())
         assert result.returncode == 0, result.stdout + result.stderr
         assert os.listdir(os.path.join(run_dir, "models")) == []
         assert sorted(os.listdir(outside)) == ["precious.txt"]

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from tests.support.load import Load, over_bound
-from tests.support.servers import ROOT, TEST_MODELS, Server, free_port
+from tests.support.servers import ROOT, TEST_MODELS, Server, free_port, isolated_flags
 from zerobatch import run_dir
 from zerobatch.api.client import Client
 from zerobatch.launch import EXIT_ADDRESS_IN_USE
@@ -110,7 +110,7 @@ def foreground(run_directory: str, *flags: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "zerobatch.api.cli", "start", "--foreground", "--run-dir",
          run_directory, "--client-address", f"tcp://127.0.0.1:{free_port()}",
-         "--model-store", TEST_MODELS, "--models", "echo=echo", *flags],
+         "--model-store", TEST_MODELS, "--models", "echo=echo", *isolated_flags(), *flags],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 

@@ -26,7 +26,7 @@ import falcon.testing
 import pytest
 
 from tests.support.fake_client_broker import FakeBroker, control_reply
-from tests.support.servers import ROOT, TEST_MODELS, Server, finish, free_port
+from tests.support.servers import ROOT, TEST_MODELS, Server, finish, free_port, isolated_flags
 from zerobatch.api import http_app
 from zerobatch.api.http_app import create_app
 from zerobatch.config import FrontendConfig
@@ -146,7 +146,7 @@ class Foreground:
                 "--run-dir", self.server.run_dir, "--http-port", str(self.server.http_port),
                 "--client-address", self.server.client_address, "--frontends", "1",
                 "--model-store", TEST_MODELS, "--models",
-                *[f"{name}={path}" for name, path in models.items()]]
+                *[f"{name}={path}" for name, path in models.items()], *isolated_flags()]
         with open(self.log_path, "wb") as log_file:
             self.process = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL,
                                             stdout=log_file, stderr=subprocess.STDOUT)

@@ -21,7 +21,7 @@ import pytest
 
 import zerobatch
 from tests.support.http_request import http_request
-from tests.support.servers import TEST_MODELS, free_port, processes_mentioning
+from tests.support.servers import TEST_MODELS, free_port, isolated_flags, processes_mentioning
 from zerobatch import launch
 from zerobatch.api.client import Client
 
@@ -70,7 +70,8 @@ def test_a_server_started_from_a_hostile_directory_serves(hostile_dir):
     run_dir = os.path.join(hostile_dir, "zerobatch")
     started = cli_in(hostile_dir, "start", "--run-dir", "./zerobatch",
                      "--http-port", str(http_port), "--client-address", address,
-                     "--startup-timeout", "60", "--models", f"echo={TEST_MODELS}/echo")
+                     "--startup-timeout", "60", "--models", f"echo={TEST_MODELS}/echo",
+                     *isolated_flags())
     assert started.returncode == 0, started.stdout + started.stderr + log_of(run_dir)
     assert os.path.isfile(os.path.join(run_dir, "broker.pid"))
 

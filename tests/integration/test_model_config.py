@@ -24,6 +24,7 @@ from tests.support.servers import (
     TEST_MODELS,
     Server,
     free_port,
+    isolated_flags,
     json_body,
 )
 
@@ -191,7 +192,8 @@ class foreground_server:
         self.argv = [sys.executable, "-m", "zerobatch.api.cli", "start", "--foreground",
                      "--run-dir", self.run_dir, "--http-port", str(self.server.http_port),
                      "--client-address", self.server.client_address, "--model-store",
-                     TEST_MODELS, "--models", *[f"{k}={v}" for k, v in models.items()], *flags]
+                     TEST_MODELS, "--models", *[f"{k}={v}" for k, v in models.items()], *flags,
+                     *isolated_flags()]
         self.process: subprocess.Popen | None = None
 
     def __enter__(self) -> tuple[Server, str]:

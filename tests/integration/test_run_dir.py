@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from tests.support.servers import TEST_MODELS, cli, free_port
+from tests.support.servers import TEST_MODELS, cli, free_port, isolated_flags
 from zerobatch import run_dir
 
 NOBODY_UID = 65534
@@ -22,7 +22,7 @@ def start_args(directory: str, *flags: str) -> list[str]:
     return ["start", "--run-dir", directory, "--http-port", str(free_port()),
             "--client-address", f"tcp://127.0.0.1:{free_port()}", "--frontends", "0",
             "--startup-timeout", "60", "--model-store", TEST_MODELS, "--models", "echo=echo",
-            *flags]
+            *isolated_flags(), *flags]
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from tests.support.servers import (
     cli,
     finish,
     free_port,
+    isolated_flags,
     json_body,
     processes_mentioning,
 )
@@ -91,7 +92,7 @@ colour=blue
     result = cli("start", "--ts-config", str(properties), "--run-dir", server.run_dir,
                  "--client-address", server.client_address, "--startup-timeout", "60",
                  "--response-timeout", "30",  # the flag over the file
-                 env=server.env)
+                 *isolated_flags(), env=server.env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"{properties}: number_of_netty_threads: a TorchServe setting" in result.stderr
     assert f"{properties}: colour: unknown key; ignored" in result.stderr
@@ -159,7 +160,9 @@ def test_torchserve_runs_models_all_from_its_config_file(store, server, tmp_path
     directory's config.properties), everything from the file, `load_models=all`."""
     properties = tmp_path / "config.properties"
     properties.write_text(f"inference_address=http://127.0.0.1:{server.http_port}\n"
-                          f"model_store={store}\nload_models=all\n")
+                          f"model_store={store}\nload_models=all\n"
+                          f"management_address=http://127.0.0.1:{free_port()}\n"
+                          "disable_token_authorization=true\n")
     started = subprocess.run(
         [TORCHSERVE, "--start", "--ncs", "--run-dir", server.run_dir,
          "--client-address", server.client_address],

@@ -4,6 +4,11 @@ Every server gets free ports and its own short run directory; its finalizer runs
 `zerobatch stop` and then SIGKILLs any process still naming that run directory, so a failing
 test never leaves processes behind. Readiness is `zerobatch start` returning, which waits for
 the broker, a ready worker per model and the HTTP ping; no fixed sleeps.
+
+Token authorization (api/token_auth.py) is on by default in zerobatch, as in TorchServe; a
+server started here runs with `--disable-token-auth` unless the test's flags include the
+marker `--token-auth` (taken out before the command runs), so that only the tests of token
+authorization need keys.
 """
 
 from __future__ import annotations
@@ -60,6 +65,8 @@ class Server:
     client_address: str
     start_output: str = ""
     env: dict = field(default_factory=dict)
+    #: the management API's port (0 when the test turned it off)
+    management_port: int = 0
 
     # -- HTTP
     def http(self, method: str, path: str, body: bytes | None = None,
@@ -72,6 +79,10 @@ class Server:
         if timeout_ms is not None:
             headers["x-zerobatch-timeout-ms"] = str(timeout_ms)
         return self.http("POST", f"/predictions/{model}", body, headers)
+
+    def management(self, method: str, path: str, body: bytes | None = None,
+                   headers: dict | None = None, timeout: float = 60) -> tuple[int, dict, bytes]:
+        return http_request(self.management_port, method, path, body, headers, timeout)
 
     # -- ZeroMQ
     def client(self):
@@ -129,11 +140,29 @@ class Server:
         return leftovers
 
 
+def isolated_flags() -> list[str]:
+    """What a test that runs `zerobatch start` itself adds, as start_server does: the
+    management API on a free port (never the shared default, 8081) and no token
+    authorization (the tests of those two start their servers with them)."""
+    return ["--disable-token-auth", "--management-address",
+            f"http://127.0.0.1:{free_port()}"]
+
+
+#: a start_server flag of the tests only: keep zerobatch's default, token authorization on
+TOKEN_AUTH = "--token-auth"
+
+
 def start_server(models: dict[str, str], *flags: str, env: dict | None = None) -> Server:
+    flags = (tuple(flag for flag in flags if flag != TOKEN_AUTH) if TOKEN_AUTH in flags
+             else (*flags, "--disable-token-auth"))
     run_dir = tempfile.mkdtemp(prefix="zb")
     server = Server(run_dir=run_dir, http_port=free_port(),
                     client_address=f"tcp://127.0.0.1:{free_port()}",
                     env=dict(os.environ if env is None else env))
+    if "--management-address" not in flags:  # never the shared default port, 8081
+        server.management_port = free_port()
+        flags = (*flags, "--management-address",
+                 f"http://127.0.0.1:{server.management_port}")
     args = ["start", "--run-dir", run_dir, "--http-port", str(server.http_port),
             "--client-address", server.client_address, "--startup-timeout", "60",
             "--model-store", TEST_MODELS, "--models",

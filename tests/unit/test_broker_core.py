@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import time
 
 import pytest
 
@@ -23,6 +25,7 @@ from tests.support.broker_core import (
     take_front,
 )
 from zerobatch import protocol as p
+from zerobatch import token_keys
 from zerobatch.broker.core import BrokerCore
 
 
@@ -209,6 +212,36 @@ def test_client_endpoint_accepts_control_from_a_curve_client(core, caplog):
         core.on_front([CLIENT] + p.encode_control(b"c1", "stop"), 0)
     assert core.stop_requested
     assert "control stop accepted from CURVE client KEY-OF-ALICE at 127.0.0.1" in caplog.text
+
+
+def test_client_endpoint_accepts_control_with_the_management_key(core, caplog, tmp_path):
+    """Token authorization covers the ZeroMQ control calls: the management key (the one the
+    management API asks for), sent as the call's "token", authorizes it; a wrong, expired or
+    missing one is refused, as is any key when token authorization is off."""
+    add(core)
+    key_file = str(tmp_path / "key_file.json")
+    keys = token_keys.create_key_file(key_file, 60)
+    core.peer_of = lambda frames: ("198.51.100.7", None)
+    for token in (None, "wrong", keys.inference, keys.api):
+        args = {} if token is None else {"token": token}
+        core.on_front([CLIENT] + p.encode_control(b"s", "scale", model="echo", workers=2,
+                                                  **args), 0)
+        assert errors(take_front(core)) == [(b"s", "forbidden")]  # no check configured
+    core.management_key_check = functools.partial(token_keys.key_is_valid, key_file,
+                                                  "management")
+    for token in (None, "wrong", keys.inference, keys.api):
+        args = {} if token is None else {"token": token}
+        core.on_front([CLIENT] + p.encode_control(b"s", "scale", model="echo", workers=2,
+                                                  **args), 0)
+        assert errors(take_front(core)) == [(b"s", "forbidden")], token
+    with caplog.at_level(logging.INFO, logger="zerobatch.broker"):
+        core.on_front([CLIENT] + p.encode_control(b"s", "scale", model="echo", workers=2,
+                                                  token=keys.management), 0)
+    [reply] = take_front(core)
+    assert p.unpack_header(reply[-1])["status"].startswith("Processing worker updates")
+    assert "control scale accepted from client (management key) at 198.51.100.7" in caplog.text
+    assert not token_keys.key_is_valid(key_file, "management", keys.management,
+                                       now_s=time.time() + 3601)  # it expires
 
 
 def test_refused_control_calls_are_counted_not_each_logged_in_a_flood(core, caplog):

@@ -23,6 +23,7 @@ from zerobatch import protocol as p
 from zerobatch.api.client_helpers import decode_control
 from zerobatch.api.management_app import create_management_app
 from zerobatch.api.management_helpers import java_int, list_page, ts_json
+from zerobatch.config import ManagementConfig
 from zerobatch.errors import BrokerUnavailable
 
 #: DescribeModelResponse's fields in their declared order (Gson writes them so), those this
@@ -88,8 +89,10 @@ class CoreControl:
             self._countdown -= 1
             return
         requests, self.core.scale_requests = self.core.scale_requests, []
-        for key, count in requests:
-            name, version = key.split("/")
+        for model, count in requests:
+            name, version = model.name, model.version
+            if version not in self.core.models.get(name, {}):  # unregistered: nothing runs
+                continue
             live = list(self.core.find_model(name, version).workers.values())
             self.start(name, version, count - len(live))
             for worker in live[count:]:  # retired, then gone (it says DISCONNECT)
@@ -257,11 +260,12 @@ def test_scale_answers_202_at_once_and_asks_the_broker(control):
     # ApiUtils.updateModelWorkers: new StatusResponse("Processing worker updates...", 202)
     assert_status(call(control, "PUT", "/models/echo", "min_worker=3"), 202,
                   "Processing worker updates...")
-    assert control.scales() == [{"model": "echo", "workers": 3}]
+    assert control.scales() == [{"model": "echo", "workers": 3, "max_workers": 3}]
     call(control, "PUT", "/models/echo/2.0", "min_worker=2&max_worker=4")
     call(control, "PUT", "/models/echo", "model_version=2.0")  # min_worker defaults to 1
-    assert control.scales()[1:] == [{"model": "echo", "version": "2.0", "workers": 2},
-                                    {"model": "echo", "version": "2.0", "workers": 1}]
+    assert control.scales()[1:] == [
+        {"model": "echo", "version": "2.0", "workers": 2, "max_workers": 4},
+        {"model": "echo", "version": "2.0", "workers": 1, "max_workers": 1}]
 
 
 def test_synchronous_scale_up_waits_for_the_workers(core):
@@ -340,37 +344,92 @@ def test_scale_of_an_unknown_model_or_version_is_404(control, path, query, type_
 
 # ------------------------------------------------------------------ not possible yet
 
-def test_register_is_not_implemented(control):
-    result = call(control, "POST", "/models", "url=squeezenet.mar&initial_workers=1")
-    assert result.status_code == 501
-    assert result.json["type"] == "NotImplementedException"
-    assert "POST /models" in result.json["message"]
-    assert control.calls == []
+def client_with_model_api(control, store: str) -> falcon.testing.TestClient:
+    settings = ManagementConfig(control_address="ipc:///nowhere", run_dir=store,
+                                model_store=store, enable_model_api=True,
+                                allowed_urls=(r"https://models\.example/.*",))
+    return falcon.testing.TestClient(create_management_app(control, poll_s=0.001,
+                                                           settings=settings))
 
 
-def test_unregister_refuses_what_torchserve_refuses_and_is_not_implemented(control):
-    assert_error(call(control, "DELETE", "/models/nope"), 404, "ModelNotFoundException",
+@pytest.mark.parametrize("method, path", [("POST", "/models"), ("DELETE", "/models/echo/2.0"),
+                                          ("DELETE", "/models/alpha")])
+def test_register_and_unregister_are_405_unless_the_model_api_is_enabled(control, method,
+                                                                         path):
+    # ManagementRequestHandler: POST and DELETE only when configManager.isModelApiEnabled()
+    assert_error(call(control, method, path, "url=squeezenet.mar"), 405,
+                 "MethodNotAllowedException", NOT_ALLOWED)
+    assert [op for op, _args in control.calls if op != "describe"] == []
+
+
+@pytest.mark.parametrize("query, status, type_name, message", [
+    ("", 400, "BadRequestException", "Parameter url is required."),
+    ("url=", 404, "ModelNotFoundException", "empty url"),
+    ("url=../secret.mar", 404, "ModelNotFoundException",
+     "Relative path is not allowed in url: ../secret.mar"),
+    ("url=a/..%2F..%2Fb.mar", 404, "ModelNotFoundException",
+     "Relative path is not allowed in url: a/../../b.mar"),
+    ("url=http://elsewhere/m.mar", 404, "ModelNotFoundException",
+     "Given URL http://elsewhere/m.mar does not match any allowed URL(s)"),
+    ("url=file:///etc/passwd", 404, "ModelNotFoundException",
+     "Given URL file:///etc/passwd does not match any allowed URL(s)"),
+    ("url=missing.mar", 404, "ModelNotFoundException", "Model not found at: missing.mar"),
+    ("url=/missing.mar", 404, "ModelNotFoundException", "Model not found at: /missing.mar"),
+    ("url=m.mar&batch_size=two", 400, "BadRequestException",
+     "Parameter batch_size must be an integer, got 'two'."),
+    ("url=m.mar&initial_workers=1x", 400, "BadRequestException",
+     "Parameter initial_workers must be an integer, got '1x'."),
+])
+def test_register_refuses_bad_input_as_torchserve(control, tmp_path, query, status,
+                                                  type_name, message):
+    result = client_with_model_api(control, str(tmp_path)).simulate_post(
+        "/models", query_string=query)
+    assert_error(result, status, type_name, message)
+    assert [op for op, _args in control.calls if op == "register"] == []
+
+
+def test_register_reads_a_json_body_and_refuses_a_bad_or_oversized_one(control, tmp_path):
+    app = client_with_model_api(control, str(tmp_path))
+    result = app.simulate_post("/models", json={"url": "../x.mar", "initial_workers": 1})
+    assert_error(result, 404, "ModelNotFoundException",
+                 "Relative path is not allowed in url: ../x.mar")
+    result = app.simulate_post("/models", body=b"{not json",
+                               headers={"content-type": "application/json"})
+    assert_error(result, 400, "BadRequestException", "The request body is not valid JSON.")
+    result = app.simulate_post("/models", json={"url": "m.mar", "batch_size": "x" * 70_000})
+    assert result.status_code == 413, result.text
+    assert result.json["code"] == 413 and "at most 65536 bytes" in result.json["message"]
+
+
+def test_unregister_refuses_what_torchserve_refuses_then_unregisters(control, tmp_path):
+    app = client_with_model_api(control, str(tmp_path))
+    assert_error(app.simulate_delete("/models/nope"), 404, "ModelNotFoundException",
                  "Model not found: nope")
-    assert_error(call(control, "DELETE", "/models/echo/9.9"), 404,
+    assert_error(app.simulate_delete("/models/echo/9.9"), 404,
                  "ModelVersionNotFoundException",
                  "Model version: 9.9 does not exist for model: echo")
     # ApiUtils.unregisterModel: the default version of a model with others is refused with
     # InvalidModelVersionException, an IllegalArgumentException: HttpRequestHandler's 403
     for path in ("/models/echo", "/models/echo/1.0"):
-        assert_error(call(control, "DELETE", path), 403, "InvalidModelVersionException",
+        assert_error(app.simulate_delete(path), 403, "InvalidModelVersionException",
                      "Cannot remove default version for model echo")
-    for path in ("/models/echo/2.0", "/models/alpha"):
-        result = call(control, "DELETE", path)
-        assert result.status_code == 501, result.text
-        assert "DELETE" in result.json["message"]
+    assert_status(app.simulate_delete("/models/echo/2.0"), 200, 'Model "echo" unregistered')
+    assert_status(app.simulate_delete("/models/alpha"), 200, 'Model "alpha" unregistered')
+    assert sorted(control.core.models) == ["echo"]
+    assert list(control.core.models["echo"]) == ["1.0"]
+    # the only version left is the default: it may go
+    assert_status(app.simulate_delete("/models/echo"), 200, 'Model "echo" unregistered')
+    assert control.core.models == {}
 
 
 def test_set_default(control):
-    # ApiUtils.setDefault's message, for the version that is the default already
+    # ApiUtils.setDefault's message
     assert_status(call(control, "PUT", "/models/echo/1.0/set-default"), 200,
                   'Default version successfully updated for model "echo" to "1.0"')
-    result = call(control, "PUT", "/models/echo/2.0/set-default")
-    assert result.status_code == 501 and result.json["type"] == "NotImplementedException"
+    assert_status(call(control, "PUT", "/models/echo/2.0/set-default"), 200,
+                  'Default version successfully updated for model "echo" to "2.0"')
+    assert control.core.find_model("echo", None).config.version == "2.0"
+    assert [m["modelVersion"] for m in call(control, "GET", "/models/echo").json] == ["2.0"]
     assert_error(call(control, "PUT", "/models/nope/1.0/set-default"), 404,
                  "ModelNotFoundException", "Model not found: nope")
     # ModelVersionedRefs.setDefaultVersion: its own words, without colons
@@ -392,7 +451,8 @@ def test_options_root_is_the_openapi_description_of_what_is_served(control):
         for name, value in concrete.items():
             path = path.replace(name, value)
         for method in operations:
-            status = call(control, method.upper(), path, "min_worker=1").status_code
+            status = client_with_model_api(control, "/nonexistent").simulate_request(
+                method.upper(), path, query_string="min_worker=1").status_code
             assert status not in (404, 405), (method, path)
     assert set(document["paths"]) == {
         "/", "/api-description", "/models", "/models/{model_name}",

@@ -5,7 +5,6 @@ named, deviceType cpu in the supervisor, the dependency directory and its reuse.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 
@@ -88,13 +87,9 @@ def test_yaml_overrides_the_cli_flags_and_leaves_the_rest(tmp_path):
     assert (model.max_queue, model.response_timeout_s) == (64, 30)  # not in the yaml
 
 
-def test_max_workers_is_accepted_and_logged_once(tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, "zerobatch.broker.model_yaml"):
-        model = prepared(tmp_path, "minWorkers: 2\nmaxWorkers: 4\n")
-    assert model.workers == 2
-    assert [r.message for r in caplog.records if "no autoscaling" in r.message] == [
-        f"model m/1.0: {os.path.join(tmp_path, 'm', 'model-config.yaml')}: maxWorkers 4 "
-        "accepted, but there is no autoscaling: 2 worker(s) (minWorkers) run"]
+def test_max_workers_bounds_autoscaling(tmp_path):
+    model = prepared(tmp_path, "minWorkers: 2\nmaxWorkers: 4\n")
+    assert (model.workers, model.max_workers, model.most_workers) == (2, 4, 4)
 
 
 def test_the_manifest_config_file_is_read(tmp_path):

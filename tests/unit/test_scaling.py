@@ -35,7 +35,7 @@ def test_scale_is_recorded_for_the_loop_and_sets_the_models_minimum(core):
     add(core)
     [reply] = control(core, b"s", "scale", model="echo", workers=3)
     assert p.unpack_header(reply[-1])["status"].startswith("Processing worker updates")
-    assert core.scale_requests == [("echo/1.0", 3)]
+    assert [(m.key, n) for m, n in core.scale_requests] == [("echo/1.0", 3)]
     assert core.find_model("echo", None).config.workers == 3
 
 

@@ -163,9 +163,6 @@ def test_an_address_without_a_port_gets_torchserves_default():
 
 
 @pytest.mark.parametrize("text, message", [
-    ("inference_address=https://127.0.0.1:8443", "inference_address: TLS is not supported yet"),
-    ("management_address=https://127.0.0.1:8444",
-     "management_address: TLS is not supported yet"),
     ("inference_address=unix:/tmp/ts.sock", "inference_address: unix: socket addresses"),
     ("inference_address=127.0.0.1:8080", "inference_address: '127.0.0.1:8080' is not an addr"),
     ("inference_address=http://127.0.0.1:8080/", "inference_address: .* is not an address"),
@@ -230,7 +227,7 @@ def test_models_json_maps_onto_model_settings():
                    '"vgg": {"2.0": {"batchSize": "8"}}}')
     assert ts.models == {
         "noop": {"1.0": {"workers": 2, "batch_size": 4, "max_batch_delay_ms": 50,
-                         "response_timeout_s": 30, "startup_timeout_s": 60}},
+                         "response_timeout_s": 30, "startup_timeout_s": 60, "max_workers": 2}},
         "vgg": {"2.0": {"batch_size": 8}}}  # Gson reads a string of digits as a number
     assert ts.warnings == ()
 
@@ -246,9 +243,8 @@ def test_models_json_warnings_and_refusals():
     ts = configure('models={"m": {"1.0": {"minWorkers": 1, "maxWorkers": 4, "colour": 1}}}')
     assert ts.warnings == (
         "/etc/ts/config.properties: models: m 1.0: colour is not a TorchServe model setting; "
-        "ignored",
-        "/etc/ts/config.properties: models: m 1.0: maxWorkers 4 accepted, but there is no "
-        "autoscaling: 1 worker(s) (minWorkers) run")
+        "ignored",)
+    assert ts.models == {"m": {"1.0": {"workers": 1, "max_workers": 4}}}
     for bad, message in [
             ('{"m": 1}', "models: m: must be an object of versions"),
             ('{"m": {"1.0": []}}', "models: m 1.0: must be an object of settings"),
@@ -514,3 +510,92 @@ def test_a_models_json_entry_that_breaks_a_model_names_the_file(properties):
     with pytest.raises(ConfigError, match=rf"^{path}: models: echo 1.0: .*max_queue \(2\) must "
                                           r"be at least batch_size \(8\)"):
         start_config("--ts-config", path)
+
+
+# ---------------------------------------------------------------------- TLS (https://)
+
+def test_an_https_inference_address_asks_for_tls_with_torchserves_default_port():
+    assert configure("inference_address=https://127.0.0.1:8443").settings == {
+        "host": "127.0.0.1", "http_port": 8443, "inference_https": True}
+    assert configure("inference_address=HTTPS://h").settings == {
+        "host": "h", "http_port": 443, "inference_https": True}
+    assert "inference_https" not in configure("inference_address=http://h:1").settings
+
+
+def test_https_management_and_metrics_addresses_are_stored_with_their_scheme():
+    ts = configure("management_address=https://0.0.0.0\nmetrics_address=HTTPS://m:9\n")
+    assert ts.settings == {"management_address": "https://0.0.0.0:8444",  # TorchServe's ports
+                           "metrics_address": "https://m:9"}
+
+
+def test_certificate_and_key_files_are_applied_and_keystores_warn_with_the_fix():
+    ts = configure("certificate_file= certs/server.pem \nprivate_key_file=/etc/ts/key.pem\n"
+                   "keystore=keystore.p12\nkeystore_pass=changeit\n")
+    assert ts.settings == {"certificate_file": "certs/server.pem",
+                           "private_key_file": "/etc/ts/key.pem"}
+    assert len(ts.warnings) == 2
+    for warning, key in zip(ts.warnings, ("keystore", "keystore_pass"), strict=True):
+        assert warning.startswith(f"/etc/ts/config.properties: {key}: a TorchServe setting "
+                                  "that zerobatch does not implement; ignored: ")
+        assert "certificate_file and private_key_file" in warning and "PEM" in warning
+    with pytest.raises(ConfigError, match="certificate_file: must not be empty"):
+        configure("certificate_file=")
+    environ = {"TS_CERTIFICATE_FILE": "/env/c.pem", "TS_PRIVATE_KEY_FILE": "/env/k.pem"}
+    assert configure("enable_envvars_config=true", environ).settings == {
+        "certificate_file": "/env/c.pem", "private_key_file": "/env/k.pem"}
+
+
+def test_tls_flags_reach_the_server_config_as_absolute_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _, config = start_config("--model-store", TEST_MODELS, "--models", "echo",
+                             "--inference-https", "--certificate-file", "c.pem",
+                             "--private-key-file", "k.pem")
+    assert config.inference_https
+    assert (config.certificate_file, config.private_key_file) == (
+        str(tmp_path / "c.pem"), str(tmp_path / "k.pem"))
+    assert cli.inference_url(config) == f"https://127.0.0.1:{defaults.DEFAULT_HTTP_PORT}"
+    assert defaults.ServerConfig.from_json(config.to_json()) == config
+    _, plain = start_config("--model-store", TEST_MODELS, "--models", "echo")
+    assert not plain.inference_https and plain.certificate_file == ""
+    assert cli.inference_url(plain) == f"http://127.0.0.1:{defaults.DEFAULT_HTTP_PORT}"
+
+
+def test_an_https_config_file_gives_tls_and_flags_win_over_it(properties, tmp_path,
+                                                               monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = properties(f"model_store={TEST_MODELS}\nload_models=echo\n"
+                      "inference_address=https://127.0.0.1:8443\n"
+                      "management_address=https://127.0.0.1:8444\n"
+                      "certificate_file=c.pem\nprivate_key_file=/keys/k.pem\n")
+    _, config = start_config("--ts-config", path)
+    assert config.inference_https and config.http_port == 8443
+    assert config.management_address == "https://127.0.0.1:8444"
+    assert (config.certificate_file, config.private_key_file) == (str(tmp_path / "c.pem"),
+                                                                  "/keys/k.pem")
+    _, config = start_config("--ts-config", path, "--no-inference-https",
+                             "--certificate-file", "/other/c.pem")
+    assert not config.inference_https and config.certificate_file == "/other/c.pem"
+
+
+def test_https_without_a_certificate_is_refused_with_the_fix(properties):
+    with pytest.raises(ConfigError, match="inference_address start with https:// but no "
+                                          "certificate is configured"):
+        start_config("--model-store", TEST_MODELS, "--models", "echo", "--inference-https")
+    path = properties(f"model_store={TEST_MODELS}\nload_models=echo\n"
+                      "inference_address=https://127.0.0.1:8443\n")
+    with pytest.raises(ConfigError, match="no certificate is configured"):
+        start_config("--ts-config", path)
+
+
+def test_start_refuses_an_unreadable_certificate_before_anything_starts(tmp_path, capsys):
+    key = tmp_path / "k.pem"
+    key.write_text("not a key")
+    run_dir = tmp_path / "run"
+    assert cli.main(["start", "--model-store", TEST_MODELS, "--models", "echo",
+                     "--run-dir", str(run_dir), "--inference-https",
+                     "--certificate-file", str(tmp_path / "missing.pem"),
+                     "--private-key-file", str(key)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"zerobatch: error: TLS: certificate_file {tmp_path / 'missing.pem'} cannot "
+                   "be read: No such file or directory\n")
+    assert not run_dir.exists()  # refused before the run directory is even made

@@ -1,0 +1,100 @@
+"""Entry point of the management API's process: TorchServe's management API (api/management_app.py)
+on uvicorn, over the broker's local control socket.
+
+    python -P -m zerobatch.api.management_server --config '<ManagementConfig JSON>' [--fd N]
+
+One process per server, started and restarted by the broker's supervisor like a front end:
+with --fd N it serves on the listening socket the broker bound (so a port in use fails at
+start, before any child runs), else it binds config.host:config.port itself. It talks to
+the broker on RUN_DIR/control.sock, where every control call is accepted, so who may call
+it is decided here: the management key of the token authorization (api/token_auth.py) when
+it is on, and loopback by default. Registration extracts archives in this process (in a
+thread, one at a time): the broker's loop and the inference front ends never wait for it.
+The same HTTP protocol limits as the inference port apply (api/http_protocol.py), and TLS
+when the management address is https://. SIGTERM or SIGINT: finish in-flight calls, exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import signal
+import socket
+import sys
+
+import uvicorn
+
+from zerobatch.api.aio_client import AsyncClient
+from zerobatch.api.frontend import tls_options
+from zerobatch.api.http_protocol import CoalescingHttpToolsProtocol
+from zerobatch.api.management_app import create_management_app
+from zerobatch.config import ManagementConfig
+
+log = logging.getLogger("zerobatch.management")
+
+
+class BrokerControl:
+    """The AsyncClient of the broker's control socket, made on first use inside the server's
+    event loop (an AsyncClient belongs to the loop it was made in), closed at shutdown."""
+
+    def __init__(self, address: str) -> None:
+        self._address = address
+        self._client: AsyncClient | None = None
+
+    async def control(self, op: str, **kwargs):
+        if self._client is None:
+            self._client = AsyncClient(self._address)
+        return await self._client.control(op, **kwargs)
+
+    async def process_shutdown(self, scope: dict, event: dict) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
+
+
+def build_server(config: ManagementConfig, fd: int | None
+                 ) -> tuple[uvicorn.Server, list | None]:
+    control = BrokerControl(config.control_address)
+    app = create_management_app(control, key_file=config.key_file,
+                                token_expiration_min=config.token_expiration_min,
+                                settings=config)
+    app.add_middleware(control)
+    uv_config = uvicorn.Config(
+        app, host=config.host, port=config.port, loop="uvloop",
+        http=functools.partial(CoalescingHttpToolsProtocol,
+                               max_body_bytes=config.max_request_bytes,
+                               read_timeout_s=config.request_read_timeout_s,
+                               min_rate_bytes_s=config.request_min_rate_bytes_s,
+                               max_header_bytes=config.max_header_bytes,
+                               max_connections=config.max_connections),
+        lifespan="on", access_log=False, log_level=config.log_level.lower(), log_config=None,
+        server_header=False, proxy_headers=False,
+        **tls_options(config.certificate_file, config.private_key_file))
+    sockets = [socket.socket(fileno=fd)] if fd is not None else None
+    return uvicorn.Server(uv_config), sockets
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -P -m zerobatch.api.management_server")
+    parser.add_argument("--config", required=True, help="ManagementConfig as JSON")
+    parser.add_argument("--fd", type=int, default=None,
+                        help="serve on this inherited, bound, listening socket")
+    args = parser.parse_args(argv)
+    try:
+        config = ManagementConfig.from_json(args.config)
+    except (ValueError, TypeError) as exc:
+        print(f"api.management_server: bad --config: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s management[%(process)d] %(name)s: %(message)s")
+    server, sockets = build_server(config, args.fd)
+    for sig in (signal.SIGTERM, signal.SIGINT):  # uvicorn re-raises it after shutdown
+        signal.signal(sig, lambda signum, frame: None)
+    server.run(sockets=sockets)
+    return 0 if server.started else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
