@@ -6,14 +6,16 @@ VPY    := $(VENV)/bin/python
 STAMP  := $(VENV)/.deps-installed
 DEMO   := examples/digits/model
 
-# `make serve` settings (docs/configuration.md): the HTTP port, the ZeroMQ client endpoint and
-# the run directory (lock files, log, local sockets, extracted archives; empty: zerobatch's
-# default, /tmp/zerobatch-UID).
+# `make serve` settings (docs/configuration.md): the HTTP port, the management API's address
+# (`none`: no management API), the ZeroMQ client endpoint and the run directory (lock files,
+# log, local sockets, token keys, snapshots, extracted archives; empty: zerobatch's default,
+# /tmp/zerobatch-UID).
 HTTP_PORT ?= 8080
+MANAGEMENT_ADDRESS ?= http://127.0.0.1:8081
 ZMQ_ADDRESS ?= tcp://127.0.0.1:9500
 RUN_DIR ?=
 
-.PHONY: all build demo serve test lint fuzz bench bench-test package-test clean
+.PHONY: all build demo serve test lint docs fuzz bench bench-test package-test clean
 
 all: build
 
@@ -35,13 +37,19 @@ demo: build
 
 serve: demo
 	$(VENV)/bin/zerobatch start --foreground --models digits=$(DEMO) --http-port $(HTTP_PORT) \
-		--client-address $(ZMQ_ADDRESS) $(if $(RUN_DIR),--run-dir $(RUN_DIR))
+		--management-address $(MANAGEMENT_ADDRESS) --client-address $(ZMQ_ADDRESS) \
+		$(if $(RUN_DIR),--run-dir $(RUN_DIR))
 
 test: demo
 	ZEROBATCH_REQUIRE_COMPILED=1 $(VPY) -m pytest
 
 lint: build
 	$(VENV)/bin/ruff check .
+
+# The HTTP APIs' reference pages, docs/api/*.md, rendered from api/openapi/*.json (run it after
+# editing the JSON; tests/unit/test_api_docs.py fails while a page is stale).
+docs: build
+	$(VPY) -m zerobatch.api.api_docs --out docs/api
 
 # Coverage-guided fuzzing (docs/fuzzing.md): each atheris target in tests/fuzz/ for
 # FUZZ_SECONDS (the four take about 40 minutes at the default), corpus and crash files in

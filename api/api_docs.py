@@ -39,9 +39,13 @@ APIS = {
         "server answers this same description to `OPTIONS /`."),
     "management": (
         "Management API",
-        "zerobatch's management API: TorchServe's paths for listing, describing and scaling "
-        "models, on the management address (TorchServe's `management_address`, port 8081 by "
-        "default). The server answers this same description to `OPTIONS /`."),
+        "zerobatch's management API: TorchServe's paths for listing, describing, scaling, "
+        "registering and unregistering models and choosing their default versions, on the "
+        "management address (TorchServe's `management_address`, http://127.0.0.1:8081 by "
+        "default; `zerobatch start --management-address`). With token authorization on (the "
+        "default), every call sends the management key as `Authorization: Bearer KEY` "
+        "(`zerobatch token management`); registering and unregistering need "
+        "`--enable-model-api`. The server answers this same description to `OPTIONS /`."),
 }
 #: what regenerates the pages, run from the repository root
 COMMAND = "python -m zerobatch.api.api_docs --out docs/api"

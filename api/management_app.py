@@ -1,5 +1,5 @@
 """The HTTP management app: TorchServe 0.12's management API as a Falcon ASGI app over the
-broker's control calls (`describe`, `scale`).
+broker's control calls (`describe`, `scale`, `register`, `unregister`, `set_default`).
 
     OPTIONS /                                     the OpenAPI description (api/openapi/)
     *       /api-description                      the same (TorchServe's deprecated path)
@@ -8,9 +8,19 @@ broker's control calls (`describe`, `scale`).
     PUT     /models/{name}[/{version}]            scale: min_worker, max_worker, synchronous,
                                                   timeout (and model_version)
     OPTIONS /models/{name}[/{version}]            the model's management API description
-    POST    /models                               501: the broker cannot register yet
-    DELETE  /models/{name}[/{version}]            501: ... nor unregister
-    PUT     /models/{name}/{version}/set-default  200 for the current default, else 501
+    POST    /models                               register (url, model_name, batch_size,
+                                                  max_batch_delay, initial_workers, synchronous,
+                                                  response_timeout, startup_timeout; query or
+                                                  JSON body): api/registration.py
+    DELETE  /models/{name}[/{version}]            unregister
+    PUT     /models/{name}/{version}/set-default  the version requests without one go to
+    GET     /token?type=management|inference     with token authorization: a new key
+
+POST and DELETE need the model API (`settings.enable_model_api`, --enable-model-api); without
+it they answer TorchServe's 405. Registrations run one at a time; the archive is fetched and
+prepared in threads (a download, `python -m zerobatch.broker.prepare_model`), so the app keeps
+answering meanwhile, and a synchronous one waits for the workers as a synchronous scale does
+(up to the model's startup timeout; a failure unregisters the model again and answers 500).
 
 Paths, parameters, JSON (Gson's pretty printing and a final newline), status codes and
 messages are TorchServe's (http/api/rest/ManagementRequestHandler.java and util/ApiUtils.java
@@ -198,7 +208,8 @@ class ModelsResource:
         synchronous = params.pop("synchronous")
         async with self._lock:
             source = await asyncio.to_thread(registration.resolve, url, settings.model_store,
-                                             settings.max_download_bytes)
+                                             settings.max_download_bytes,
+                                             settings.allowed_urls)
             try:
                 model = await asyncio.to_thread(self._prepare, source, url, params)
                 await self._broker.register(model)

@@ -30,6 +30,7 @@ import logging
 import os
 import re
 import subprocess
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -51,7 +52,9 @@ EXIT_REFUSED = 2
 #: ArchiveUtils.VALID_URL_PATTERN: what counts as a URL (the rest names a model store entry)
 VALID_URL = re.compile(r"(?i)(file?://.*|http(s)?://.*)")
 DOWNLOAD_CHUNK_BYTES = 1 << 20
+#: the longest one read of a download may wait, and the longest a whole download may take
 DOWNLOAD_TIMEOUT_S = 60.0
+DOWNLOAD_TOTAL_S = 900.0
 #: TorchServe's runtime names for a Python handler; others are refused
 PYTHON_RUNTIMES = ("python", "python3")
 
@@ -78,17 +81,18 @@ def check_url(url: str | None, allowed_urls: tuple[str, ...]) -> str:
         raise not_found("empty url")
     if ".." in url:
         raise not_found(f"Relative path is not allowed in url: {url}")
-    if VALID_URL.fullmatch(url) and not any(
-            re.fullmatch(pattern, url, re.IGNORECASE) for pattern in allowed_urls):
+    if VALID_URL.fullmatch(url) and not is_allowed(url, allowed_urls):
         raise not_found(f"Given URL {url} does not match any allowed URL(s)")
     return url
 
 
-def resolve(url: str, model_store: str, max_download_bytes: int) -> Source:
+def resolve(url: str, model_store: str, max_download_bytes: int,
+            allowed_urls: tuple[str, ...]) -> Source:
     """The file or directory a checked url names (step 2)."""
     lowered = url.lower()
     if lowered.startswith(("http://", "https://")):
-        return Source(download(url, model_store, max_download_bytes), downloaded=True)
+        return Source(download(url, model_store, max_download_bytes, allowed_urls),
+                      downloaded=True)
     if lowered.startswith("file://"):
         path = urllib.parse.unquote(url[len("file://"):])
     else:
@@ -104,8 +108,29 @@ def file_name_of(url: str) -> str:
     return os.path.basename(urllib.parse.urlsplit(url).path)
 
 
-def download(url: str, model_store: str, max_bytes: int) -> str:
-    """Fetch url into the model store under its file name; the file's path."""
+class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow a redirect only to a URL that allowed_urls admits too (and with no '..'): a
+    redirect must not take a download where the URL itself could not go."""
+
+    def __init__(self, allowed_urls: tuple[str, ...]) -> None:
+        self.allowed_urls = allowed_urls
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if ".." in newurl or not is_allowed(newurl, self.allowed_urls) \
+                or not newurl.lower().startswith(("http://", "https://")):
+            raise urllib.error.URLError(f"redirected to a URL outside allowed_urls: {newurl}")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def is_allowed(url: str, allowed_urls: tuple[str, ...]) -> bool:
+    return any(re.fullmatch(pattern, url, re.IGNORECASE) for pattern in allowed_urls)
+
+
+def download(url: str, model_store: str, max_bytes: int,
+             allowed_urls: tuple[str, ...] = (".*",)) -> str:
+    """Fetch url into the model store under its file name; the file's path. Redirects are
+    followed only where allowed_urls admits them; the download is bounded in bytes (counted
+    as they arrive) and in time (DOWNLOAD_TIMEOUT_S per read, DOWNLOAD_TOTAL_S in all)."""
     name = file_name_of(url)
     if not name or name.startswith(".") or "\\" in name:
         raise ApiError(400, "DownloadArchiveException",
@@ -114,8 +139,10 @@ def download(url: str, model_store: str, max_bytes: int) -> str:
     if os.path.lexists(target):
         raise ApiError(500, "InternalServerException", f"Model file already exists {name}")
     partial = f"{target}.{os.getpid()}.download"
+    opener = urllib.request.build_opener(_CheckedRedirects(allowed_urls))
+    deadline_s = time.monotonic() + DOWNLOAD_TOTAL_S
     try:
-        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response, \
+        with opener.open(url, timeout=DOWNLOAD_TIMEOUT_S) as response, \
                 open(partial, "xb") as out:
             received = 0
             while chunk := response.read(DOWNLOAD_CHUNK_BYTES):
@@ -124,6 +151,10 @@ def download(url: str, model_store: str, max_bytes: int) -> str:
                     raise ApiError(400, "DownloadArchiveException",
                                    f"Failed to download archive from: {url}: larger than "
                                    f"{max_bytes} bytes")
+                if time.monotonic() > deadline_s:
+                    raise ApiError(400, "DownloadArchiveException",
+                                   f"Failed to download archive from: {url}: it took longer "
+                                   f"than {DOWNLOAD_TOTAL_S:.0f} s")
                 out.write(chunk)
         os.link(partial, target)  # fails, rather than replaces, if the name appeared meanwhile
     except ApiError:

@@ -668,11 +668,23 @@ class BrokerCore:
             queue = self.find_model(info["model"], info["version"])
         except ModelNotFound:
             return
+        self._load_failed(queue, info["worker_id"], info["error"])
+
+    def load_timed_out(self, model: ModelConfig, worker_id: str) -> None:
+        """A worker has not said READY within its model's startup_timeout (the supervisor
+        kills it and starts another, with backoff): a load failure, as TorchServe counts
+        it."""
+        queue = self.models.get(model.name, {}).get(model.version)
+        if queue is not None:
+            self._load_failed(queue, worker_id, "it did not finish loading within the model's "
+                                                f"startup timeout ({model.startup_timeout_s} s)")
+
+    def _load_failed(self, queue: ModelQueue, worker_id: str, error: str) -> None:
         # the log keeps the worker's full text; clients (503s, describe) get it without the
         # server's paths
-        message = f"model {queue.config.key} failed to load in worker {info['worker_id']}: "
-        log.error("%s%s", message, info["error"])
-        queue.load_error = message + client_safe(info["error"])
+        message = f"model {queue.config.key} failed to load in worker {worker_id}: "
+        log.error("%s%s", message, error)
+        queue.load_error = message + client_safe(error)
         if queue.workers:
             return
         error = ModelLoadFailed(queue.load_error)

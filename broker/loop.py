@@ -65,6 +65,7 @@ _WORKER_HWM = 100_000
 _MAX_POLL_MS = 1000
 _SHUTDOWN_GRACE_S = 3.0
 _DROP_LOG_INTERVAL_S = 10.0
+_LOAD_CHECK_INTERVAL_NS = 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,8 @@ class BrokerLoop:
         #: called after a control call changed the models or their worker counts (the
         #: broker saves a snapshot)
         self.on_registry_change: Callable[[], None] | None = None
+        #: when the workers' startup timeouts are next checked
+        self._next_load_check_ns = 0
         #: replies dropped since the last log line (a client's queue was full), and when
         #: that line may next be written
         self._dropped_replies = 0
@@ -190,6 +193,8 @@ class BrokerLoop:
             for worker_id in supervisor.reap():
                 core.worker_lost(worker_id, now_ns, "its process exited")
             supervisor.restart_due()
+        if supervisor is not None and now_ns >= self._next_load_check_ns:
+            self._check_loads(now_ns)
         if now_ns >= wakeup_ns:
             core.on_tick(now_ns)
         self._flush()
@@ -222,6 +227,15 @@ class BrokerLoop:
             for worker_id in core.retired_worker_ids:
                 supervisor.stop_worker(worker_id)
         core.retired_worker_ids.clear()
+
+    def _check_loads(self, now_ns: int) -> None:
+        """Kill the workers that overran their model's startup timeout (once a second)."""
+        self._next_load_check_ns = now_ns + _LOAD_CHECK_INTERVAL_NS
+        workers = self.core.workers
+        for child in self.supervisor.overdue_loads(
+                time.monotonic(), lambda worker_id: worker_id.encode() in workers):
+            self.core.load_timed_out(child.model, child.worker_id)
+            self.supervisor.kill_worker(child.worker_id)
 
     def _timeout_ms(self, now_ns: int, wakeup_ns: int) -> int:
         timeout_ms = max(0, -(-(wakeup_ns - now_ns) // 1_000_000))  # ceil

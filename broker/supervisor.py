@@ -97,7 +97,8 @@ def management_config(config: ServerConfig) -> ManagementConfig:
         max_request_bytes=config.max_request_bytes,
         request_read_timeout_s=config.request_read_timeout_s,
         request_min_rate_bytes_s=config.request_min_rate_bytes_s,
-        max_header_bytes=config.max_header_bytes, log_level=config.log_level)
+        max_header_bytes=config.max_header_bytes, max_connections=config.max_connections,
+        log_level=config.log_level)
 
 
 class Child:
@@ -118,6 +119,8 @@ class Child:
         self.restart_at_s: float | None = None
         #: scaled down: stopped once idle, and not restarted
         self.retiring = False
+        #: the worker of this generation said READY (its startup timeout no longer applies)
+        self.loaded = False
 
 
 class Supervisor:
@@ -271,6 +274,7 @@ class Supervisor:
 
     def _started(self, child: Child, process: subprocess.Popen, how: str = "") -> None:
         child.process = process
+        child.loaded = False
         child.started_s = time.monotonic()
         try:
             child.pidfd = os.pidfd_open(process.pid)
@@ -330,6 +334,21 @@ class Supervisor:
         if any(c.process is not None and c.pidfd is None for c in self.children):
             times.append(time.monotonic() + 0.1)
         self.next_wakeup_s = min(times) if times else None
+
+    def overdue_loads(self, now_s: float, is_ready) -> list[Child]:
+        """Worker processes that have not said READY (`is_ready(worker_id)`) within their
+        model's startup_timeout_s since they started: the broker kills them, and they are
+        restarted with backoff (TorchServe's startup timeout)."""
+        overdue = []
+        for child in self.children:
+            if child.kind != "worker" or child.process is None or child.loaded \
+                    or child.retiring:
+                continue
+            if is_ready(child.worker_id):
+                child.loaded = True
+            elif now_s - child.started_s > child.model.startup_timeout_s:
+                overdue.append(child)
+        return overdue
 
     def kill_worker(self, worker_id: str) -> None:
         """The broker declared this worker lost (silent or stuck): make sure it is gone."""

@@ -260,7 +260,7 @@ class ServerConfig:
             ("management_address", self.management_address.lower().startswith("https://")))
             if on]
         if https and not self.certificate_file:
-            raise ConfigError(f"{' and '.join(https)} start with https:// but no certificate "
+            raise ConfigError(f"{' and '.join(https)}: https:// needs a certificate, and none "
                               "is configured: set certificate_file and private_key_file")
 
     @property

@@ -66,7 +66,9 @@ def model_table(models: Iterable[tuple[ModelConfig, bool, int]]) -> dict[str, di
 def properties_text(config: ServerConfig, name: str, table: dict[str, dict[str, dict]],
                     created_ms: int) -> str:
     """The snapshot file: the server settings `zerobatch start --ts-config` reads back, and
-    model_snapshot."""
+    model_snapshot. Unlike TorchServe's, it leaves out the settings that open the server
+    (enable_model_api, disable_token_authorization): a restore never relaxes security that
+    the command line restoring it did not relax itself."""
     snapshot = {"name": name, "modelCount": sum(len(v) for v in table.values()),
                 "created": created_ms, "models": table}
     inference = "https" if config.inference_https else "http"
@@ -77,8 +79,6 @@ def properties_text(config: ServerConfig, name: str, table: dict[str, dict[str, 
         f"model_store={config.model_store}",
         f"max_request_size={config.max_request_bytes}",
         f"allowed_urls={','.join(config.allowed_urls)}",
-        f"enable_model_api={str(config.enable_model_api).lower()}",
-        f"disable_token_authorization={str(config.disable_token_authorization).lower()}",
         f"model_snapshot={json.dumps(snapshot, separators=(',', ':'))}",
     ]
     if config.number_of_gpu is not None:

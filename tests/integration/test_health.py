@@ -266,3 +266,23 @@ def test_killing_the_only_worker_of_a_model_shows_until_it_has_restarted(foregro
     assert server.answer("/ready") == (200, READY)
     (restarted,) = server.server.workers("gated")
     assert restarted["pid"] != worker["pid"]
+
+
+def test_a_worker_that_overruns_its_startup_timeout_is_a_load_failure(foreground, tmp_path):
+    """TorchServe's startupTimeout: a worker still loading after it is killed and started
+    again (with backoff); meanwhile the model counts as failed to load: /ping is Unhealthy
+    with no worker serving it, and describe says why. Once a worker loads in time, healthy."""
+    gate = str(tmp_path / "gate")
+    gated = model_dir(str(tmp_path), "gated", gated_handler(gate))
+    with open(os.path.join(gated, "model-config.yaml"), "w") as handle:
+        handle.write("startupTimeout: 2\n")
+    server = foreground({"echo": "echo", "gated": gated})
+    error = server.server.wait_for(lambda: server.load_error("gated"), timeout_s=WAIT_S,
+                                   what="gated's startup timeout")
+    assert "did not finish loading within the model's startup timeout (2 s)" in error
+    assert server.answer("/ping") == (500, TS_UNHEALTHY)
+    server.server.wait_for(lambda: "started worker gated@1.0#0.2" in server.log(),
+                           timeout_s=WAIT_S, what="a second worker started for gated")
+    open_gate(gate)
+    assert server.until("/ready", lambda got: got[0] == 200, "ready") == (200, READY)
+    assert server.answer("/ping") == (200, TS_HEALTHY)

@@ -6,16 +6,19 @@ TorchServe 0.12's status codes and JSON (pretty, then a newline)."""
 from __future__ import annotations
 
 import functools
+import http.client
 import http.server
 import json
 import os
 import shutil
+import ssl
+import subprocess
 import threading
 
 import pytest
 
 from tests.support.load import Load, errors, over_bound
-from tests.support.servers import TEST_MODELS, Server, cli, finish, start_server
+from tests.support.servers import TEST_MODELS, Server, cli, finish, free_port, start_server
 
 #: how long a registration, a scale or a worker's exit may take on a busy 2-core machine
 BOUND_S = 60
@@ -139,6 +142,16 @@ def test_versions_side_by_side_set_default_and_delete_rules(model_api_server, tm
 
 
 class _ArchiveServer(http.server.SimpleHTTPRequestHandler):
+    """Files from the site's directory; /redirect/NAME answers 302 to /NAME."""
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/redirect/"):
+            self.send_response(302)
+            self.send_header("Location", self.path[len("/redirect"):])
+            self.end_headers()
+            return
+        super().do_GET()
+
     def log_message(self, *args) -> None:  # keep the test output clean
         pass
 
@@ -184,6 +197,21 @@ def test_register_from_an_http_url_downloads_into_the_model_store(tmp_path, arch
         assert os.listdir(store) == []  # what the registration downloaded goes with it
     finally:
         finish(server)
+
+
+def test_a_redirect_outside_allowed_urls_is_not_followed(make_server, tmp_path, archive_site):
+    site, base = archive_site
+    shutil.make_archive(str(site / "counter"), "zip", os.path.join(TEST_MODELS, "init_counter"))
+    store = tmp_path / "store"
+    store.mkdir()
+    allowed = base.replace(".", "\\\\.") + "/redirect/.*"
+    server = make_server({"echo": os.path.join(TEST_MODELS, "echo")}, "--enable-model-api",
+                         "--model-store", str(store), "--ts-config",
+                         str(_properties(tmp_path, f"allowed_urls={allowed}")))
+    status, answer = management(server, "POST", f"/models?url={base}/redirect/counter.zip")
+    assert (status, answer["type"]) == (400, "DownloadArchiveException"), answer
+    assert "redirected to a URL outside allowed_urls" in answer["message"]
+    assert os.listdir(store) == []
 
 
 def test_urls_outside_allowed_urls_and_relative_paths_are_refused(make_server, tmp_path):
@@ -307,3 +335,73 @@ def test_registered_models_and_worker_counts_survive_a_restart(model_api_server,
     assert (described[("echo", "1.0")]["minWorkers"],
             described[("echo", "1.0")]["maxWorkers"]) == (1, 3)
     assert server.predict("m", b"{}")[0] == 200
+
+
+def key(server: Server, kind: str) -> str:
+    result = cli("token", kind, "--run-dir", server.run_dir, env=server.env)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def bearer(token: str) -> dict:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_the_management_api_and_zeromq_control_need_the_management_key(make_server):
+    server = make_server({"echo": "echo"}, "--token-auth")
+    refused = {"code": 400, "type": "InvalidKeyException",
+               "message": "Token Authorization failed. Token either incorrect, expired, or "
+                          "not provided correctly"}
+    management_key, inference_key, api_key = (key(server, kind) for kind in
+                                              ("management", "inference", "api"))
+    for headers in (None, bearer("nonsense"), bearer(inference_key), bearer(api_key)):
+        assert management(server, "GET", "/models", headers=headers) == (400, refused)
+    status, listed = management(server, "GET", "/models", headers=bearer(management_key))
+    assert status == 200 and listed["models"][0]["modelName"] == "echo"
+    # /token replaces the inference key; only the API key may ask
+    status, _h, body = server.management("GET", "/token?type=inference",
+                                         headers=bearer(management_key))
+    assert status == 400 and json.loads(body)["message"].startswith("Token Authentication")
+    status, _h, body = server.management("GET", "/token?type=inference",
+                                         headers=bearer(api_key))
+    assert (status, body) == (200, b"\n")
+    new_key = key(server, "inference")
+    assert new_key != inference_key
+    server.wait_for(lambda: server.http("POST", "/predictions/echo", b"[1]",
+                                        bearer(new_key))[0] == 200,
+                    what="the new inference key accepted")
+    assert server.http("POST", "/predictions/echo", b"[1]", bearer(inference_key))[0] == 400
+    # the same authorization covers the ZeroMQ control calls on the client endpoint
+    from zerobatch.api.client import Client
+    from zerobatch.errors import Forbidden
+    with Client(server.client_address, timeout_ms=5000) as client:
+        with pytest.raises(Forbidden):
+            client.control("describe")
+        with pytest.raises(Forbidden):
+            client.control("describe", token=inference_key)
+        described = client.control("describe", token=management_key)
+    assert described["models"][0]["modelName"] == "echo"
+
+
+def test_the_management_api_over_tls(make_server, tmp_path):
+    cert, private_key = str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
+    made = subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", private_key,
+         "-out", cert, "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"], capture_output=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    port = free_port()
+    server = make_server({"echo": "echo"}, "--management-address", f"https://127.0.0.1:{port}",
+                         "--certificate-file", cert, "--private-key-file", private_key)
+    context = ssl.create_default_context(cafile=cert)
+    connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=30)
+    try:
+        connection.request("GET", "/models")
+        response = connection.getresponse()
+        assert response.status == 200
+        assert json.loads(response.read())["models"][0]["modelName"] == "echo"
+    finally:
+        connection.close()
+    with pytest.raises((ConnectionError, http.client.HTTPException)):  # no HTTP answer
+        server.management_port = port
+        server.management("GET", "/models", timeout=10)

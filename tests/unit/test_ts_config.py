@@ -578,12 +578,12 @@ def test_an_https_config_file_gives_tls_and_flags_win_over_it(properties, tmp_pa
 
 
 def test_https_without_a_certificate_is_refused_with_the_fix(properties):
-    with pytest.raises(ConfigError, match="inference_address start with https:// but no "
-                                          "certificate is configured"):
+    with pytest.raises(ConfigError, match="inference_address: https:// needs a certificate, "
+                                          "and none is configured"):
         start_config("--model-store", TEST_MODELS, "--models", "echo", "--inference-https")
     path = properties(f"model_store={TEST_MODELS}\nload_models=echo\n"
                       "inference_address=https://127.0.0.1:8443\n")
-    with pytest.raises(ConfigError, match="no certificate is configured"):
+    with pytest.raises(ConfigError, match="needs a certificate, and none is configured"):
         start_config("--ts-config", path)
 
 
@@ -599,3 +599,12 @@ def test_start_refuses_an_unreadable_certificate_before_anything_starts(tmp_path
     assert err == (f"zerobatch: error: TLS: certificate_file {tmp_path / 'missing.pem'} cannot "
                    "be read: No such file or directory\n")
     assert not run_dir.exists()  # refused before the run directory is even made
+
+
+def test_token_expiration_min_is_applied_and_checked():
+    assert configure("token_expiration_min=30").settings["token_expiration_min"] == 30.0
+    assert configure("token_expiration_min=0.5").settings["token_expiration_min"] == 0.5
+    for bad in ("0", "-1", "soon", "inf"):
+        with pytest.raises(ConfigError, match="token_expiration_min: must be a number of "
+                                              "minutes above 0"):
+            configure(f"token_expiration_min={bad}")
