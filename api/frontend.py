@@ -26,13 +26,14 @@ import resource
 import signal
 import socket
 import sys
+from collections.abc import Callable
 
 import uvicorn
 
 from zerobatch.api.http_app import create_app
 from zerobatch.api.http_protocol import CoalescingHttpToolsProtocol
 from zerobatch.api.tls import tls_options
-from zerobatch.config import FrontendConfig
+from zerobatch.config import FrontendConfig, ManagementConfig
 from zerobatch.errors import ConfigError
 from zerobatch.gc_policy import freeze_startup_objects
 
@@ -55,8 +56,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def build_server(config: FrontendConfig, fd: int | None) -> tuple[uvicorn.Server, list | None]:
     """The uvicorn server for config, and the inherited socket list to run it on (or None)."""
+    return http_server(create_app(config), config, fd)
+
+
+def http_server(app, config: FrontendConfig | ManagementConfig, fd: int | None
+                ) -> tuple[uvicorn.Server, list | None]:
+    """A uvicorn server of app with config's address, HTTP limits, log level and TLS (the
+    front ends' and the management API's), and the inherited socket list (or None)."""
     uv_config = uvicorn.Config(
-        create_app(config),
+        app,
         host=config.host,
         port=config.port,
         loop="uvloop",
@@ -120,13 +128,21 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError) as exc:
         print(f"api.frontend: bad --config: {exc}", file=sys.stderr)
         return 2
+    return run(config, "frontend", lambda: build_server(config, args.fd))
+
+
+def run(config: FrontendConfig | ManagementConfig, name: str,
+        build: Callable[[], tuple[uvicorn.Server, list | None]]) -> int:
+    """Serve until SIGTERM or SIGINT (a graceful stop, status 0), as the process `name`: the
+    logging, the open-file limit for config.max_connections, then build()'s server; 2 when
+    it cannot be built (a bad certificate, a socket that cannot be used)."""
     logging.basicConfig(
         level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s frontend[%(process)d] %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s {name}[%(process)d] %(name)s: %(message)s",
     )
     raise_open_file_limit(config.max_connections)
     try:
-        server, sockets = build_server(config, args.fd)
+        server, sockets = build()
     except (ConfigError, OSError) as exc:
         log.error("cannot start: %s", exc)
         return 2

@@ -17,17 +17,13 @@ when the management address is https://. SIGTERM or SIGINT: finish in-flight cal
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
-import signal
-import socket
 import sys
 
 import uvicorn
 
 from zerobatch.api.aio_client import AsyncClient
-from zerobatch.api.frontend import tls_options
-from zerobatch.api.http_protocol import CoalescingHttpToolsProtocol
+from zerobatch.api.frontend import http_server, run
 from zerobatch.api.management_app import create_management_app
 from zerobatch.config import ManagementConfig
 
@@ -60,19 +56,7 @@ def build_server(config: ManagementConfig, fd: int | None
                                 token_expiration_min=config.token_expiration_min,
                                 settings=config)
     app.add_middleware(control)
-    uv_config = uvicorn.Config(
-        app, host=config.host, port=config.port, loop="uvloop",
-        http=functools.partial(CoalescingHttpToolsProtocol,
-                               max_body_bytes=config.max_request_bytes,
-                               read_timeout_s=config.request_read_timeout_s,
-                               min_rate_bytes_s=config.request_min_rate_bytes_s,
-                               max_header_bytes=config.max_header_bytes,
-                               max_connections=config.max_connections),
-        lifespan="on", access_log=False, log_level=config.log_level.lower(), log_config=None,
-        server_header=False, proxy_headers=False,
-        **tls_options(config.certificate_file, config.private_key_file))
-    sockets = [socket.socket(fileno=fd)] if fd is not None else None
-    return uvicorn.Server(uv_config), sockets
+    return http_server(app, config, fd)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,14 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError) as exc:
         print(f"api.management_server: bad --config: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s management[%(process)d] %(name)s: %(message)s")
-    server, sockets = build_server(config, args.fd)
-    for sig in (signal.SIGTERM, signal.SIGINT):  # uvicorn re-raises it after shutdown
-        signal.signal(sig, lambda signum, frame: None)
-    server.run(sockets=sockets)
-    return 0 if server.started else 1
+    return run(config, "management", lambda: build_server(config, args.fd))
 
 
 if __name__ == "__main__":
