@@ -142,11 +142,12 @@ def test_local_deadlines_fail_only_the_silent_calls_and_leave_nothing_behind(
             assert client.in_flight == 2  # only the two silent calls are left
             with pytest.raises(errors.DeadlineExceeded):
                 await short
-            assert loop.time() - started >= 0.05  # its 30 ms and the 20 ms grace
+            # its 30 ms and the 20 ms grace (uvloop's clock has millisecond steps: 1 ms slack)
+            assert loop.time() - started >= 0.049
             assert not long.done()
             with pytest.raises(errors.DeadlineExceeded):
                 await long
-            assert loop.time() - started >= 0.22
+            assert loop.time() - started >= 0.219
             assert client.in_flight == 0
             assert client._sweeper is None  # the sweep that failed the last one stopped it
     run(main())
