@@ -18,7 +18,7 @@ import urllib.request
 from contextlib import contextmanager
 from typing import Iterator
 
-from zerobatch.config import control_address
+from zerobatch.config import KEY_FILE, control_address
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH_MODELS = os.path.join(ROOT, "benchmarks", "models")
@@ -85,20 +85,28 @@ def processes(*argvs: list[str]) -> Iterator[list[subprocess.Popen]]:
 
 
 @contextmanager
-def zerobatch_server(models: dict[str, str], *flags: str) -> Iterator[dict]:
-    """A real zerobatch server started with the CLI; yields its addresses; always stopped."""
+def zerobatch_server(models: dict[str, str], *flags: str,
+                     token_auth: bool = False) -> Iterator[dict]:
+    """A real zerobatch server started with the CLI; yields its addresses; always stopped.
+    With token_auth, token authorization stays on (zerobatch's default) and the inference
+    key is yielded as "inference_key"."""
     run_dir = tempfile.mkdtemp(prefix="zbb")
     client_address = f"ipc://{run_dir}/client.sock"
+    server_flags = [f for f in BENCHMARK_FLAGS if not (token_auth and f == "--disable-token-auth")]
     argv = [sys.executable, "-m", "zerobatch.api.cli", "start", "--run-dir", run_dir,
             "--client-address", client_address, "--log-level", "WARNING",
-            "--startup-timeout", "60", *BENCHMARK_FLAGS,
+            "--startup-timeout", "60", *server_flags,
             "--models", *[f"{n}={p}" for n, p in models.items()], *flags]
     try:
         result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=90)
         if result.returncode != 0:
             raise RuntimeError(f"zerobatch start failed:\n{result.stdout}{result.stderr}")
-        yield {"run_dir": run_dir, "client_address": client_address,
-               "control_address": control_address(run_dir)}
+        server = {"run_dir": run_dir, "client_address": client_address,
+                  "control_address": control_address(run_dir)}
+        if token_auth:
+            with open(os.path.join(run_dir, KEY_FILE), encoding="utf-8") as handle:
+                server["inference_key"] = json.load(handle)["inference"]["key"]
+        yield server
     finally:
         subprocess.run([sys.executable, "-m", "zerobatch.api.cli", "stop", "--run-dir", run_dir],
                        cwd=ROOT, capture_output=True, timeout=60)
