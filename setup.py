@@ -100,6 +100,7 @@ setup(
         "pillow>=9",
         "numpy>=1.23",
         "pyyaml>=6",
+        "prometheus_client>=0.17",
     ],
     entry_points={"console_scripts": ["zerobatch=zerobatch.api.cli:main",
                                       "zerobatch-archiver=zerobatch.api.archiver:main",

@@ -80,6 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the management API (TorchServe's management_address): "
                             "http://HOST:PORT, https://HOST:PORT (TLS), or none "
                             "(default: http://127.0.0.1:8081)")
+    start.add_argument("--metrics-address", metavar="URL",
+                       help="the metrics API, Prometheus text on /metrics (TorchServe's "
+                            "metrics_address): http://HOST:PORT, https://HOST:PORT, or none "
+                            "(default: http://127.0.0.1:8082)")
+    start.add_argument("--access-log", action="store_true",
+                       help="one log line per HTTP request: time, client, method, path, "
+                            "model, version, status, bytes, latency, request id")
+    start.add_argument("--log-format", choices=defaults.LOG_FORMATS, default="text",
+                       help="log lines as text or as one JSON object each (default: text)")
     start.add_argument("--scale-up-after", type=float, metavar="S",
                        default=defaults.DEFAULT_SCALE_UP_AFTER_S,
                        help="autoscaling (models with maxWorkers above minWorkers): add a "
@@ -235,12 +244,12 @@ FILE_FLAG_DEFAULTS: dict[str, Any] = {
     "max_request_size": defaults.DEFAULT_MAX_BODY_BYTES, "number_of_gpu": None,
     "install_py_dep_per_model": False, "disable_token_auth": False, "enable_model_api": False,
     "management_address": defaults.DEFAULT_MANAGEMENT_ADDRESS,
+    "metrics_address": defaults.DEFAULT_METRICS_ADDRESS,
     "inference_https": False, "certificate_file": "", "private_key_file": "",
 }
 #: settings only a --ts-config file gives (no flag), and their defaults
 FILE_ONLY_DEFAULTS: dict[str, Any] = {
     "startup_timeout_s": defaults.DEFAULT_STARTUP_TIMEOUT_S,
-    "metrics_address": defaults.DEFAULT_METRICS_ADDRESS,
     "max_response_bytes": defaults.DEFAULT_MAX_BODY_BYTES,
     "allowed_urls": defaults.DEFAULT_ALLOWED_URLS, "model_snapshot": "",
     "token_expiration_min": defaults.DEFAULT_TOKEN_EXPIRATION_MIN,
@@ -370,6 +379,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         enable_model_api=args.enable_model_api, model_snapshot=args.model_snapshot,
         config_snapshots=not args.ncs, model_defaults=model_settings(args),
         token_expiration_min=args.token_expiration_min,
+        log_format=args.log_format, access_log=args.access_log,
         registration_workers=args.workers if "workers" in args.explicit else 0,
         scale_up_after_s=args.scale_up_after, scale_down_after_s=args.scale_down_after)
 

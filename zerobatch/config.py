@@ -76,6 +76,10 @@ DEFAULT_ALLOWED_URLS = ("file://.*|http(s)?://.*",)
 DEFAULT_TOKEN_EXPIRATION_MIN = 60.0
 DEFAULT_SCALE_UP_AFTER_S = 1.0
 DEFAULT_SCALE_DOWN_AFTER_S = 60.0
+#: how log lines are written: plain text, or one JSON object a line
+LOG_FORMATS = ("text", "json")
+#: the metrics API's process files (prometheus_client's multiprocess mode), in the run directory
+METRICS_DIR = "metrics"
 #: the token authorization keys, in the run directory (TorchServe: ./key_file.json)
 KEY_FILE = "key_file.json"
 
@@ -190,7 +194,7 @@ class ServerConfig:
     #: install each model's requirementsFile into a private directory before its workers start
     install_py_dep_per_model: bool = False
     # The control plane's TorchServe settings (config.properties, flags); defaults are
-    # TorchServe's. metrics_address and max_response_bytes are stored, not acted on yet.
+    # TorchServe's. max_response_bytes is stored, not acted on yet.
     management_address: str = DEFAULT_MANAGEMENT_ADDRESS
     metrics_address: str = DEFAULT_METRICS_ADDRESS
     #: TorchServe's max_response_size; not enforced
@@ -222,6 +226,13 @@ class ServerConfig:
     #: workers a registration starts when it names none (TorchServe: default_workers_per_model
     #: when configured, else 0)
     registration_workers: int = 0
+    #: observability (issue 18): log lines as "text" or "json"; one access-log line per
+    #: HTTP request; TorchServe's metrics_mode ("prometheus" or "log") and metrics_config
+    #: (its metrics.yaml), for the metrics API on metrics_address
+    log_format: str = "text"
+    access_log: bool = False
+    metrics_mode: str = "prometheus"
+    metrics_config: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", tuple(self.models))
@@ -250,6 +261,9 @@ class ServerConfig:
             if address and not address.startswith(("tcp://", "ipc://", "inproc://")):
                 raise ConfigError(f"address {address!r} must start with tcp://, ipc:// or inproc://")
         _positive_seconds(self, "token_expiration_min")
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(f"log_format {self.log_format!r} must be one of "
+                              f"{', '.join(LOG_FORMATS)}")
         _positive_seconds(self, "scale_up_after_s")
         _positive_seconds(self, "scale_down_after_s")
         if bool(self.certificate_file) != bool(self.private_key_file):
@@ -277,6 +291,16 @@ class ServerConfig:
     def control_address(self) -> str:
         """The local endpoint for control calls (stop, describe): see control_address()."""
         return control_address(self.run_dir)
+
+    @property
+    def serves_metrics(self) -> bool:
+        """Whether the metrics API has a process (metrics_address is not "none")."""
+        return self.metrics_address.lower() != NO_ADDRESS
+
+    @property
+    def metrics_dir(self) -> str:
+        """Where the processes keep their metrics for the metrics API (RUN_DIR/metrics)."""
+        return f"{self.run_dir}/{METRICS_DIR}"
 
     @property
     def serves_management(self) -> bool:
@@ -311,6 +335,7 @@ class WorkerConfig:
     gpu_id: int | None = None
     heartbeat_interval_ms: int = 1000
     log_level: str = "INFO"
+    log_format: str = "text"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -342,6 +367,8 @@ class FrontendConfig:
     #: TLS: the certificate chain and private key (PEM files), "" for plain HTTP
     certificate_file: str = ""
     private_key_file: str = ""
+    log_format: str = "text"
+    access_log: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -382,6 +409,7 @@ class ManagementConfig:
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     log_level: str = "INFO"
+    log_format: str = "text"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "allowed_urls", tuple(self.allowed_urls))
