@@ -15,7 +15,7 @@ MANAGEMENT_ADDRESS ?= http://127.0.0.1:8081
 ZMQ_ADDRESS ?= tcp://127.0.0.1:9500
 RUN_DIR ?=
 
-.PHONY: all build demo serve test lint docs fuzz bench bench-test package-test clean
+.PHONY: all build demo serve test chromium lint docs fuzz bench bench-test package-test clean
 
 all: build
 
@@ -40,8 +40,20 @@ serve: demo
 		--management-address $(MANAGEMENT_ADDRESS) --client-address $(ZMQ_ADDRESS) \
 		$(if $(RUN_DIR),--run-dir $(RUN_DIR))
 
-test: demo
+test: demo chromium
 	ZEROBATCH_REQUIRE_COMPILED=1 $(VPY) -m pytest
+
+# The dashboard's browser test (tests/integration/test_dashboard.py) drives headless Chromium:
+# as root, Debian's package is installed when none is found; otherwise this says how, and the
+# test is skipped (CHROMIUM=/path/to/chrome picks another executable).
+chromium:
+	@command -v $${CHROMIUM:-chromium} >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -q && apt-get install -y -q --no-install-recommends chromium; \
+	else \
+		echo "chromium is not installed: the dashboard's browser test will be skipped" \
+			"(Debian: sudo apt-get install --no-install-recommends chromium)"; \
+	fi
 
 lint: build
 	$(VENV)/bin/ruff check .

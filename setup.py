@@ -86,7 +86,8 @@ setup(
     ],
     packages=list(PACKAGE_DIRS),
     package_dir=PACKAGE_DIRS,
-    package_data={"zerobatch.broker": ["_aggregator.pyi"], "zerobatch.api": ["openapi/*.json"]},
+    package_data={"zerobatch.broker": ["_aggregator.pyi"],
+                  "zerobatch.api": ["openapi/*.json", "dashboard/*"]},
     ext_modules=extensions(),
     cmdclass={"build_ext": LoudBuildExt},
     python_requires=">=3.10",
@@ -102,6 +103,10 @@ setup(
         "pyyaml>=6",
         "prometheus_client>=0.17",
     ],
+    # Tracing (zerobatch/tracing.py) is on when these are installed and OTEL_* says where
+    # spans go: `pip install zerobatch[tracing]`.
+    extras_require={"tracing": ["opentelemetry-sdk>=1.20",
+                                "opentelemetry-exporter-otlp-proto-http>=1.20"]},
     entry_points={"console_scripts": ["zerobatch=zerobatch.api.cli:main",
                                       "zerobatch-archiver=zerobatch.api.archiver:main",
                                       "zerobatch-torchserve=zerobatch.api.torchserve_cli:main"]},

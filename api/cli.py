@@ -253,6 +253,7 @@ FILE_ONLY_DEFAULTS: dict[str, Any] = {
     "max_response_bytes": defaults.DEFAULT_MAX_BODY_BYTES,
     "allowed_urls": defaults.DEFAULT_ALLOWED_URLS, "model_snapshot": "",
     "token_expiration_min": defaults.DEFAULT_TOKEN_EXPIRATION_MIN,
+    "metrics_mode": "prometheus", "metrics_config": "",
 }
 
 
@@ -380,6 +381,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         config_snapshots=not args.ncs, model_defaults=model_settings(args),
         token_expiration_min=args.token_expiration_min,
         log_format=args.log_format, access_log=args.access_log,
+        metrics_mode=args.metrics_mode, metrics_config=_abspath_or_empty(args.metrics_config),
         registration_workers=args.workers if "workers" in args.explicit else 0,
         scale_up_after_s=args.scale_up_after, scale_down_after_s=args.scale_down_after)
 
@@ -417,6 +419,9 @@ def start(args: argparse.Namespace) -> int:
     if config.serves_management:  # a bad address fails here, not in the broker's log
         ts_config.split_address(config.management_address, "management_address",
                                 ts_config.MANAGEMENT_PORTS)
+    if config.serves_metrics:
+        ts_config.split_address(config.metrics_address, "metrics_address",
+                                ts_config.METRICS_PORTS)
     pid = running_pid(config.run_dir)
     if pid is not None:
         raise CliError(f"a server is already running from {config.run_dir} (pid {pid}); "
@@ -449,8 +454,9 @@ def start(args: argparse.Namespace) -> int:
               file=sys.stderr)
     http = inference_url(config) if config.frontends else "disabled"
     management = config.management_address if config.serves_management else "disabled"
+    metrics = config.metrics_address if config.serves_metrics else "disabled"
     print(f"zerobatch started (pid {keeper.pid}): HTTP {http}, management {management}, "
-          f"ZeroMQ {config.client_address}, log {log_path}")
+          f"metrics {metrics}, ZeroMQ {config.client_address}, log {log_path}")
     if config.key_file:
         run_dir_flag = f" --run-dir {shlex.quote(config.run_dir)}" if args.run_dir else ""
         example = (f"; e.g. curl -H \"Authorization: Bearer $(zerobatch token inference"
@@ -538,10 +544,11 @@ def check_tls(config: ServerConfig) -> None:
     except ConfigError as exc:
         raise CliError(str(exc)) from None
     if not (config.inference_https
-            or config.management_address.lower().startswith("https://")):
+            or config.management_address.lower().startswith("https://")
+            or config.metrics_address.lower().startswith("https://")):
         print("zerobatch: warning: a certificate and a private key are given but no address "
-              "is https:// (--inference-https, or an https:// inference_address or "
-              "management_address): they are unused", file=sys.stderr)
+              "is https:// (--inference-https, or an https:// inference_address, "
+              "management_address or metrics_address): they are unused", file=sys.stderr)
 
 
 def log_tail(path: str, lines: int = 20) -> str:

@@ -30,6 +30,7 @@ from collections.abc import Callable
 
 import uvicorn
 
+from zerobatch import logs
 from zerobatch.api.http_app import create_app
 from zerobatch.api.http_protocol import CoalescingHttpToolsProtocol
 from zerobatch.api.tls import tls_options
@@ -136,10 +137,7 @@ def run(config: FrontendConfig | ManagementConfig, name: str,
     """Serve until SIGTERM or SIGINT (a graceful stop, status 0), as the process `name`: the
     logging, the open-file limit for config.max_connections, then build()'s server; 2 when
     it cannot be built (a bad certificate, a socket that cannot be used)."""
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format=f"%(asctime)s %(levelname)s {name}[%(process)d] %(name)s: %(message)s",
-    )
+    logs.configure(config.log_level, config.log_format, name)
     raise_open_file_limit(config.max_connections)
     try:
         server, sockets = build()

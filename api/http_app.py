@@ -14,14 +14,16 @@ TorchServe's 400 InvalidKeyException. /ping, /ready and the OpenAPI description 
 (api/token_auth.py says why).
 
 A prediction forwards the raw body, its Content-Type (default application/octet-stream), the
-request headers (lowercase names) and a fresh request id (32 hex digits: a random prefix per
-process and a counter; echoed as the `x-request-id` response header). Its deadline is the
-front end's default, or shorter when the caller sends `x-zerobatch-timeout-ms`. The worker's
-reply status, content type, headers and body go back as they are; a handler that streams
-(send_intermediate_predict_response) is answered chunked (Transfer-Encoding: chunked), with
-the status and headers of its first chunk, each chunk as it arrives, and the final body last
-(an error after the first chunk cuts the response short). Errors are
-TorchServe-shaped JSON (see api.http_helpers).
+request headers (lowercase names) and its request id: the caller's `x-request-id` header
+when it is 1 to 128 visible ASCII characters (api.http_helpers.valid_request_id), else a
+fresh one (32 hex digits: a random prefix per process and a counter); the handler reads it
+as context.get_request_id(i), and it comes back as the `x-request-id` response header. Its
+deadline is the front end's default, or shorter when the caller sends
+`x-zerobatch-timeout-ms`. The worker's reply status, content type, headers and body go back
+as they are; a handler that streams (send_intermediate_predict_response) is answered chunked
+(Transfer-Encoding: chunked), with the status and headers of its first chunk, each chunk as
+it arrives, and the final body last (an error after the first chunk cuts the response
+short). Errors are TorchServe-shaped JSON (see api.http_helpers).
 
 /ping answers TorchServe's bytes: its StatusResponse as Gson pretty-prints it, then a newline
 (`{\n  "status": "Healthy"\n}\n`), 200 for "Healthy" and "Partial Healthy", 500 for
@@ -33,19 +35,31 @@ every model has a live worker, else 503 `{"status": "Not Ready", "loading": [nam
 
 The AsyncClient is created at lifespan startup, inside the server's event loop, and closed at
 shutdown; a client passed to create_app is used as is and left open.
+
+Metrics (api/request_metrics.py): TorchServe's request counters and zerobatch's request
+histogram, recorded when prometheus_client's multiprocess directory is set
+(PROMETHEUS_MULTIPROC_DIR, which the supervisor sets when the metrics API runs) or when
+create_app is given a RequestMetrics. Access log (api/access_log.py): with
+config.access_log, one line per request on the logger "zerobatch.access"; off, the app is
+not wrapped at all.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
 import os
+from collections.abc import Awaitable, Callable
+from time import monotonic_ns, time_ns
+from typing import Any
 
 import falcon
 import falcon.asgi
 
-from zerobatch import __version__
+from zerobatch import __version__, tracing
+from zerobatch.api.access_log import AccessLog
 from zerobatch.api.aio_client import AsyncClient, ReplyStream
 from zerobatch.api.http_helpers import (
     REQUEST_ID_HEADER,
@@ -55,18 +69,23 @@ from zerobatch.api.http_helpers import (
     http_error_serializer,
     read_body,
     timeout_from_header,
+    valid_request_id,
 )
 from zerobatch.api.management_app import ApiDescriptionResource
 from zerobatch.api.management_helpers import JSON, openapi, ts_json
+from zerobatch.api.request_metrics import MetricsMiddleware, RequestMetrics
 from zerobatch.api.token_auth import INVALID_KEY_BODY, TokenCheck
 from zerobatch.config import FrontendConfig
-from zerobatch.errors import ServingError
+from zerobatch.errors import HandlerError, ModelNotFound, ServingError
+from zerobatch.tracing import SENT_HEADER
 
 __all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
 
 PING_TIMEOUT_MS = 1000
+#: prometheus_client's switch for multiprocess mode: set, requests are counted (see above)
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 OCTET_STREAM = "application/octet-stream"
 #: what a reply whose worker named no content type is sent as (TorchServe's default)
 DEFAULT_REPLY_TYPE = "application/json"
@@ -155,7 +174,8 @@ class ReadyResource:
 
 
 class PredictionsResource:
-    def __init__(self, holder: _ClientHolder, config: FrontendConfig) -> None:
+    def __init__(self, holder: _ClientHolder, config: FrontendConfig,
+                 metrics: RequestMetrics | None = None) -> None:
         # 32 hex digits like a uuid4: a random prefix per process and a counter, without a
         # syscall per request.
         self._request_ids = map(f"{os.urandom(8).hex()}{{:016x}}".format, itertools.count(1))
@@ -164,9 +184,30 @@ class PredictionsResource:
         self._check = TokenCheck(config.key_file).check if config.key_file else None
         self._limit = config.max_request_bytes
         self._default_timeout_ms = config.default_timeout_ms
+        self._metrics = metrics
+        #: _predict inside the request's span when tracing is on (api.request_tracing, only
+        #: imported then), else None
+        self._traced: Callable[..., Awaitable[None]] | None = None
+        tracer = tracing.tracer("frontend")
+        if tracer is not None:
+            from zerobatch.api.request_tracing import traced
+            self._traced = functools.partial(traced, tracer, self._predict)
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
                       model_name: str, model_version: str | None = None) -> None:
+        if self._traced is None:
+            await self._predict(req, resp, model_name, model_version, req.headers)
+        else:
+            await self._traced(req, resp, model_name, model_version)
+
+    on_put = on_post
+
+    async def _predict(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
+                       model_name: str, model_version: str | None,
+                       forwarded: dict[str, str]) -> None:
+        """Answer one prediction; forwarded: the headers the worker gets (the request's, or
+        the traced copy that carries the front end's span)."""
+        start_ns = monotonic_ns()
         if not model_name:  # /predictions/ or /predictions/%2F: no model is named ""
             raise falcon.HTTPRouteNotFound()
         headers = req.headers
@@ -176,32 +217,54 @@ class PredictionsResource:
             resp.content_type = JSON
             resp.data = INVALID_KEY_BODY
             return
-        request_id = next(self._request_ids)
+        request_id = headers.get(REQUEST_ID_HEADER)
+        if request_id is None or not valid_request_id(request_id):
+            request_id = next(self._request_ids)
         resp.set_header(REQUEST_ID_HEADER, request_id)
         timeout = headers.get(TIMEOUT_HEADER)
         timeout_ms = (self._default_timeout_ms if timeout is None
                       else timeout_from_header(timeout, self._default_timeout_ms))
         body = await read_body(req, self._limit)
-        reply = await self._holder.get().predict_or_stream(
-            model_name, body, version=model_version, timeout_ms=timeout_ms,
-            content_type=headers.get("content-type") or OCTET_STREAM, headers=headers,
-            request_id=request_id)
+        if forwarded is not headers:  # traced: the queue's span starts at the send
+            forwarded[SENT_HEADER] = str(time_ns())
+        metrics = self._metrics
+        try:
+            reply = await self._holder.get().predict_or_stream(
+                model_name, body, version=model_version, timeout_ms=timeout_ms,
+                content_type=headers.get("content-type") or OCTET_STREAM, headers=forwarded,
+                request_id=request_id)
+        except ServingError as exc:
+            if metrics is not None and not isinstance(exc, ModelNotFound):
+                metrics.record(model_name, model_version, start_ns,
+                               answered=isinstance(exc, HandlerError))
+            raise
         resp.status = reply.status
         resp.content_type = reply.content_type or DEFAULT_REPLY_TYPE
         if reply.headers:
             resp.set_headers(reply.headers)
         if type(reply) is ReplyStream:  # chunked: each chunk as it comes, the final body last
-            resp.stream = reply.chunks()
+            chunks = reply.chunks()
+            resp.stream = chunks if metrics is None else metrics.stream(
+                chunks, model_name, model_version, start_ns)
         else:
             resp.data = reply.body
+            if metrics is not None:
+                metrics.record(model_name, model_version, start_ns)
 
-    on_put = on_post
 
-
-def create_app(config: FrontendConfig, client: AsyncClient | None = None) -> falcon.asgi.App:
-    """The inference app for one front-end process (see the module docstring)."""
+def create_app(config: FrontendConfig, client: AsyncClient | None = None,
+               metrics: RequestMetrics | None = None) -> Any:
+    """The inference app for one front-end process (see the module docstring): a falcon
+    app, wrapped in the access log when config.access_log. metrics: where requests are
+    counted; by default a RequestMetrics when prometheus_client's multiprocess directory is
+    set, else none."""
     holder = _ClientHolder(config, client)
-    app = falcon.asgi.App(middleware=[holder])
+    if metrics is None and os.environ.get(MULTIPROC_ENV):
+        metrics = RequestMetrics()
+    middleware: list = [holder]
+    if metrics is not None:
+        middleware.append(MetricsMiddleware(metrics))
+    app = falcon.asgi.App(middleware=middleware)
     # ApiDescriptionRequestHandler, first in TorchServe's inference chain: OPTIONS / (any
     # other method of /: 405) and every method of /api-description, Gson-pretty JSON
     document = ts_json(openapi(__version__, "inference"))
@@ -209,10 +272,10 @@ def create_app(config: FrontendConfig, client: AsyncClient | None = None) -> fal
     app.add_route("/api-description", ApiDescriptionResource(document, any_method=True))
     app.add_route("/ping", PingResource(holder))
     app.add_route("/ready", ReadyResource(holder))
-    predictions = PredictionsResource(holder, config)
+    predictions = PredictionsResource(holder, config, metrics)
     app.add_route("/predictions/{model_name}", predictions)
     app.add_route("/predictions/{model_name}/{model_version}", predictions)
     app.set_error_serializer(http_error_serializer)
     app.add_error_handler(Exception, handle_unexpected)
     app.add_error_handler(ServingError, handle_serving_error)
-    return app
+    return AccessLog(app) if config.access_log else app

@@ -1,5 +1,6 @@
 """Helpers of the HTTP inference app: the JSON error body, falcon's error serializer and
-handlers, the request body reader with its size limit, and the deadline header.
+handlers, the request body reader with its size limit, the deadline header, and the check of
+a caller's request id.
 
 Every error leaves the front end in TorchServe's shape, `{"code": <HTTP status>, "type":
 <error name>, "message": <text>}`, whether it is a zerobatch ServingError (from the broker, a
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
 
 import falcon
@@ -23,6 +25,11 @@ log = logging.getLogger(__name__)
 JSON = "application/json"
 TIMEOUT_HEADER = "x-zerobatch-timeout-ms"
 REQUEST_ID_HEADER = "x-request-id"
+#: the longest request id a caller may choose (x-request-id); a longer one is replaced
+MAX_REQUEST_ID_CHARS = 128
+#: 1 to MAX_REQUEST_ID_CHARS visible ASCII characters: printable, without spaces, so that the
+#: id is one token in a log line
+_REQUEST_ID = re.compile(r"[!-~]{1,%d}" % MAX_REQUEST_ID_CHARS)
 #: TorchServe's words for a path it does not serve
 NOT_FOUND_MESSAGE = "Requested resource is not found, please refer to API document."
 
@@ -99,3 +106,9 @@ def timeout_from_header(value: str, default_ms: int) -> int:
         raise BadRequest(f"header {TIMEOUT_HEADER} must be a positive integer (milliseconds), "
                          f"got {value[:32]!r}")
     return min(timeout_ms, default_ms) if default_ms else timeout_ms
+
+
+def valid_request_id(value: str) -> bool:
+    """Whether a caller's x-request-id is kept as the request's id (else a fresh one is
+    made): 1 to MAX_REQUEST_ID_CHARS visible ASCII characters (0x21 to 0x7E)."""
+    return _REQUEST_ID.fullmatch(value) is not None

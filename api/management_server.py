@@ -22,31 +22,12 @@ import sys
 
 import uvicorn
 
-from zerobatch.api.aio_client import AsyncClient
+from zerobatch.api.broker_control import BrokerControl
 from zerobatch.api.frontend import http_server, run
 from zerobatch.api.management_app import create_management_app
 from zerobatch.config import ManagementConfig
 
 log = logging.getLogger("zerobatch.management")
-
-
-class BrokerControl:
-    """The AsyncClient of the broker's control socket, made on first use inside the server's
-    event loop (an AsyncClient belongs to the loop it was made in), closed at shutdown."""
-
-    def __init__(self, address: str) -> None:
-        self._address = address
-        self._client: AsyncClient | None = None
-
-    async def control(self, op: str, **kwargs):
-        if self._client is None:
-            self._client = AsyncClient(self._address)
-        return await self._client.control(op, **kwargs)
-
-    async def process_shutdown(self, scope: dict, event: dict) -> None:
-        if self._client is not None:
-            client, self._client = self._client, None
-            await client.aclose()
 
 
 def build_server(config: ManagementConfig, fd: int | None

@@ -23,9 +23,10 @@ from zerobatch.config import KEY_FILE, control_address
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH_MODELS = os.path.join(ROOT, "benchmarks", "models")
 #: what every benchmarked zerobatch server is started with: the inference path alone (no
-#: management API, whose port two servers would share; no token check, which TorchServe's
-#: benchmarks leave off too)
-BENCHMARK_FLAGS = ("--management-address", "none", "--disable-token-auth")
+#: management or metrics API, whose ports two servers would share; no token check, which
+#: TorchServe's benchmarks leave off too)
+BENCHMARK_FLAGS = ("--management-address", "none", "--metrics-address", "none",
+                   "--disable-token-auth")
 
 
 def free_port() -> int:

@@ -1,11 +1,12 @@
 """Entry point of the broker process: `python -P -m zerobatch.broker --config '<JSON>'`.
 
 The only place in the broker that reads argv and the environment. It first makes sure the run
-directory is private and takes its lock (zerobatch/run_dir.py), then starts the first
-worker of each model whose archive is worth preloading (broker/preload.py), then prepares the
-models (archives extracted into RUN_DIR/models/, model-config.yaml applied, per-model
-requirements installed into RUN_DIR/deps/ with --install-py-dep-per-model), leaving out any
-that is refused, then binds every endpoint (so a port in use fails fast, before the
+directory is private and takes its lock (zerobatch/run_dir.py), empties the metrics folder
+of an earlier run's files when the metrics API is on (zerobatch/metrics_dir.py), then starts
+the first worker of each model whose archive is worth preloading (broker/preload.py), then
+prepares the models (archives extracted into RUN_DIR/models/, model-config.yaml applied,
+per-model requirements installed into RUN_DIR/deps/ with --install-py-dep-per-model), leaving
+out any that is refused, then binds every endpoint (so a port in use fails fast, before the
 supervised children start; a preloaded worker is killed), starts the supervised children,
 and runs the loop until SIGTERM/SIGINT or a `stop` control call.
 
@@ -27,7 +28,7 @@ import sys
 
 import zmq
 
-from zerobatch import curve, run_dir, snapshot, token_keys
+from zerobatch import curve, logs, metrics_dir, run_dir, snapshot, token_keys
 from zerobatch.broker import aggregator, archive
 from zerobatch.broker.core import BrokerCore
 from zerobatch.broker.gpus import count_visible_gpus
@@ -36,6 +37,7 @@ from zerobatch.broker.supervisor import (
     Supervisor,
     discard_preloaded,
     management_endpoint,
+    metrics_endpoint,
     start_preloaded_workers,
 )
 from zerobatch.config import ServerConfig
@@ -74,11 +76,21 @@ def serve(config: ServerConfig, environ: dict[str, str]) -> int:
         run_dir.release(lock_fd, config.run_dir, run_dir.BROKER_LOCK)
 
 
+def child_environ(config: ServerConfig, environ: dict[str, str]) -> dict[str, str]:
+    """The environment of every child: ours, with the metrics folder when the metrics API is
+    on (zerobatch/metrics_dir.py)."""
+    return metrics_dir.child_environ(environ,
+                                     config.metrics_dir if config.serves_metrics else None)
+
+
 def _serve_locked(config: ServerConfig, environ: dict[str, str]) -> int:
+    if config.serves_metrics:  # private, and rid of what an earlier run left, before any child
+        metrics_dir.prepare(config.metrics_dir)
     # first workers that import torch while the archives are extracted (broker/preload.py);
     # the supervisor hands them their configuration, and whatever is left is killed
     preloaded = start_preloaded_workers(config.models, config.run_dir,
-                                        config.install_py_dep_per_model)
+                                        config.install_py_dep_per_model,
+                                        child_environ(config, environ))
     try:
         return _serve(config, environ, preloaded)
     finally:
@@ -123,7 +135,7 @@ def _serve(config: ServerConfig, environ: dict[str, str],
         curve_keys = curve.load_secret(config.curve_secret_key)
         log.info("CURVE on %s: %d authorized client key(s)", config.client_address,
                  curve.check_authorized_dir(config.curve_authorized_keys))
-    http_socket = management_socket = None
+    http_socket = management_socket = metrics_socket = None
     try:
         endpoints = Endpoints(
             client=config.client_address, front_ipc=front_ipc,
@@ -136,9 +148,12 @@ def _serve(config: ServerConfig, environ: dict[str, str],
             http_socket = bind_http(config.host, config.http_port)
         if config.serves_management:
             management_socket = bind_http(*management_endpoint(config)[1:])
+        if config.serves_metrics:
+            metrics_socket = bind_http(*metrics_endpoint(config)[1:])
     except (zmq.ZMQError, OSError) as exc:
         log.error("cannot bind: %s (is another server running on these ports? pick others "
-                  "with --http-port / --client-address)", exc)
+                  "with --http-port / --client-address / --management-address / "
+                  "--metrics-address)", exc)
         return EXIT_ADDRESS_IN_USE
 
     def on_stop_signal(signum: int, _frame: object) -> None:
@@ -149,9 +164,12 @@ def _serve(config: ServerConfig, environ: dict[str, str],
     signal.signal(signal.SIGINT, on_stop_signal)
 
     supervisor = Supervisor(config, back_ipc, front_ipc, gpu_count,
-                            http_socket.fileno() if http_socket else None, preloaded)
+                            http_socket.fileno() if http_socket else None, preloaded,
+                            env=child_environ(config, environ))
     if management_socket is not None:
         supervisor.add_management(management_socket.fileno())
+    if metrics_socket is not None:
+        supervisor.add_metrics(metrics_socket.fileno())
     loop.supervisor = supervisor
     if config.config_snapshots:
         loop.on_registry_change = functools.partial(_save_snapshot, config, core, "snapshot")
@@ -159,17 +177,18 @@ def _serve(config: ServerConfig, environ: dict[str, str],
         supervisor.start_all()
         if config.config_snapshots:
             _save_snapshot(config, core, "startup")
-        log.info("serving: clients %s, http %s:%s, management %s, %d model(s)",
+        log.info("serving: clients %s, http %s:%s, management %s, metrics %s, %d model(s)",
                  config.client_address, config.host,
                  config.http_port if config.frontends else "-",
-                 config.management_address if management_socket else "-", len(config.models))
+                 config.management_address if management_socket else "-",
+                 config.metrics_address if metrics_socket else "-", len(config.models))
         freeze_startup_objects()  # full collections would stall the poll loop (gc_policy)
         loop.run()
         if config.config_snapshots:
             _save_snapshot(config, core, "shutdown")
     finally:
         supervisor.stop_all()
-        for listener in (http_socket, management_socket):
+        for listener in (http_socket, management_socket, metrics_socket):
             if listener is not None:
                 listener.close()
         for path in (front_ipc[6:], back_ipc[6:], config.control_address[6:]):
@@ -202,9 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError, TypeError) as exc:
         print(f"zerobatch broker: bad configuration: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    logging.basicConfig(
-        level=config.log_level,
-        format="%(asctime)s %(levelname)s broker[%(process)d] %(name)s: %(message)s")
+    logs.configure(config.log_level, config.log_format, "broker")
     try:
         return serve(config, dict(os.environ))
     except ConfigError as exc:

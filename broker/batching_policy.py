@@ -42,7 +42,10 @@ ones, and the estimate (each run weighs 1/8) would refuse on that past for dozen
 
 Refusals (`Refusals`). Each refusal (deadline_unreachable, queue_full) is counted for
 `describe`, and logged at INFO as one summary line per model at most every
-REFUSAL_LOG_INTERVAL_NS: how many, and why, since the last line.
+REFUSAL_LOG_INTERVAL_NS: how many, and why, since the last line. Requests that expired in the
+queue (answered deadline_exceeded, 504, without reaching a worker) are counted and summarized
+the same way, in a line of their own written with the refusals' (same interval, same
+wakeup): never one line per request, whatever the load.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from zerobatch.errors import DeadlineUnreachable, QueueFull
+from zerobatch.errors import DeadlineExceeded, DeadlineUnreachable, QueueFull
 
 log = logging.getLogger("zerobatch.broker")
 
@@ -77,11 +80,12 @@ _REFUSAL_REASONS = {
 
 
 class Refusals:
-    """Requests of one model refused at arrival: counted by error code, and logged as a
-    summary line at most once per interval (the clock passed in)."""
+    """Requests of one model refused at arrival, counted by error code, and those that expired
+    in its queue; logged as summary lines at most once per interval (the clock passed in)."""
 
-    __slots__ = ("model_key", "interval_ns", "counts", "_unlogged", "_first_unlogged_ns",
-                 "_next_line_ns")
+    __slots__ = ("model_key", "interval_ns", "counts", "expired", "_unlogged",
+                 "_first_unlogged_ns", "_next_line_ns", "_unlogged_expired",
+                 "_first_expired_ns")
 
     def __init__(self, model_key: str, interval_ns: int = REFUSAL_LOG_INTERVAL_NS) -> None:
         self.model_key = model_key
@@ -91,6 +95,10 @@ class Refusals:
         self._unlogged = dict.fromkeys(_REFUSAL_REASONS, 0)
         self._first_unlogged_ns = 0
         self._next_line_ns = 0
+        #: requests that expired in the queue since the start (deadline_exceeded)
+        self.expired = 0
+        self._unlogged_expired = 0
+        self._first_expired_ns = 0
 
     def add(self, code: str, now_ns: int) -> None:
         """Count one refusal with this error code (DeadlineUnreachable or QueueFull)."""
@@ -100,9 +108,28 @@ class Refusals:
         self._unlogged[code] += 1
         self.log_due(now_ns)
 
+    def add_expired(self, count: int, now_ns: int) -> None:
+        """Count `count` requests that expired in the queue (answered deadline_exceeded)."""
+        if not self._unlogged_expired:
+            self._first_expired_ns = now_ns
+        self.expired += count
+        self._unlogged_expired += count
+        self.log_due(now_ns)
+
     def log_due(self, now_ns: int) -> None:
-        """Log the refusals not yet logged, if any and if the last line is an interval old."""
-        if now_ns < self._next_line_ns or not any(self._unlogged.values()):
+        """Log the refusals and expirations not yet logged, if any and if the last lines are
+        an interval old."""
+        if now_ns < self._next_line_ns:
+            return
+        expired = self._unlogged_expired
+        if expired:
+            log.info("model %s: %d request%s expired in the queue in %.1f s: %s (their "
+                     "deadline passed before they reached a worker)", self.model_key,
+                     expired, "" if expired == 1 else "s",
+                     (now_ns - self._first_expired_ns) / 1e9, DeadlineExceeded.code)
+            self._unlogged_expired = 0
+            self._next_line_ns = now_ns + self.interval_ns
+        if not any(self._unlogged.values()):
             return
         unlogged = self._unlogged
         reasons = "; ".join(f"{count} {code} ({_REFUSAL_REASONS[code]})"
@@ -114,8 +141,9 @@ class Refusals:
         self._next_line_ns = now_ns + self.interval_ns
 
     def next_line_ns(self) -> int:
-        """When `log_due` has a line to write; -1 when no refusal waits to be logged."""
-        return self._next_line_ns if any(self._unlogged.values()) else -1
+        """When `log_due` has a line to write; -1 when nothing waits to be logged."""
+        return (self._next_line_ns if self._unlogged_expired or any(self._unlogged.values())
+                else -1)
 
 
 class BatchingPolicy:

@@ -19,6 +19,7 @@ decisions; every frame it sends is built by zerobatch.protocol.
 from __future__ import annotations
 
 import logging
+from bisect import bisect_left
 from collections import deque
 from dataclasses import replace
 from typing import Any, Callable
@@ -26,6 +27,7 @@ from typing import Any, Callable
 from zerobatch import protocol as p
 from zerobatch.broker.autoscale import Autoscaler
 from zerobatch.broker.batching_policy import BatchingPolicy
+from zerobatch.broker.model_stats import QUEUE_BUCKETS_NS, ModelStats, answer
 from zerobatch.config import ModelConfig
 from zerobatch.errors import (
     BadRequest,
@@ -57,8 +59,9 @@ MAX_WORKERS_PER_MODEL = 64
 #: the management key as the call's "token" (the same key the management API asks for).
 PUBLIC_CONTROL_OPS = frozenset({"ping", "ready"})
 #: Control operations that change nothing: an accepted one is logged at DEBUG (`zerobatch
-#: start` polls `describe` while the models load); the others at INFO.
-READ_ONLY_CONTROL_OPS = frozenset({"describe"})
+#: start` polls `describe` while the models load, the metrics API asks for `metrics` at each
+#: scrape); the others at INFO.
+READ_ONLY_CONTROL_OPS = frozenset({"describe", "metrics"})
 #: Refused control calls logged one by one per window; beyond, one line counts the rest.
 _REFUSAL_LOG_LINES = 20
 _REFUSAL_LOG_WINDOW_NS = 10_000_000_000
@@ -74,7 +77,7 @@ class ModelQueue:
 
     __slots__ = ("config", "aggregator", "policy", "pending", "idle", "workers", "batch_sizes",
                  "requests_total", "deadline_ns", "load_error", "batch_messages", "max_workers",
-                 "target_workers", "autoscaler")
+                 "target_workers", "autoscaler", "stats")
 
     def __init__(self, config: ModelConfig, aggregator: Any,
                  autoscaler: Autoscaler | None = None) -> None:
@@ -82,7 +85,7 @@ class ModelQueue:
         self.aggregator = aggregator
         self.policy = BatchingPolicy(aggregator, config.key,
                                      refuses_late=config.admission == "deadline")
-        #: request id -> (client identity, rid head, meta, body frame)
+        #: request id -> (client identity, rid head, meta, body frame, arrival ns)
         self.pending: dict[int, tuple] = {}
         self.idle: deque[WorkerRecord] = deque()
         self.workers: dict[bytes, WorkerRecord] = {}
@@ -100,6 +103,8 @@ class ModelQueue:
         self.target_workers = config.workers
         #: moves target_workers between config.workers and max_workers with the load
         self.autoscaler = autoscaler
+        #: the counters the `metrics` control call reports (broker/model_stats.py)
+        self.stats = ModelStats()
 
 
 class WorkerRecord:
@@ -196,6 +201,7 @@ class BrokerCore:
             "ping": lambda _args: {"status": self.health()},
             "ready": lambda _args: self.readiness(),
             "describe": lambda _args: self.describe(),
+            "metrics": lambda _args: self.metrics(),
             "stop": self._control_stop,
             "scale": self._control_scale,
             "register": self._control_register,
@@ -338,7 +344,7 @@ class BrokerCore:
             policy.refusals.add(QueueFull.code, now_ns)
             raise QueueFull(f"Model {queue.config.name} has {queue.config.max_queue} requests "
                             "waiting, its queue is full; retry later")
-        queue.pending[request_id] = (identity, rid, meta, body)
+        queue.pending[request_id] = (identity, rid, meta, body, now_ns)
         queue.requests_total += 1
         policy.arrived()
         self._schedule(queue, now_ns)
@@ -470,7 +476,7 @@ class BrokerCore:
             del self.default_version[name]
         error = ShuttingDown(f"Model {name} version {version} was unregistered")
         for request_id in queue.aggregator.drain():
-            identity, rid, _meta, _body = queue.pending.pop(request_id)
+            identity, rid, _meta, _body, _arrived_ns = queue.pending.pop(request_id)
             self.out_front.append([identity] + p.encode_error(rid, *error.to_wire()))
         queue.idle.clear()
         for worker in queue.workers.values():
@@ -574,12 +580,19 @@ class BrokerCore:
         items = []
         requests = []
         pending = queue.pending
+        waits = queue.stats.queue_counts  # each request's queue time, for `metrics`
+        bounds = QUEUE_BUCKETS_NS
+        waited_ns = 0
         for batch in batches:
             for request_id in batch:
-                identity, rid, meta, body = pending.pop(request_id)
+                identity, rid, meta, body, arrived_ns = pending.pop(request_id)
                 items.append(meta)
                 items.append(body)
                 requests.append((identity, rid))
+                wait_ns = now_ns - arrived_ns
+                waits[bisect_left(bounds, wait_ns)] += 1
+                waited_ns += wait_ns
+        queue.stats.queue_ns_total += waited_ns
         record = InFlightBatch(batch_id, worker, requests, sizes, now_ns)
         self.batches[batch_id] = record
         counts = queue.batch_sizes
@@ -590,9 +603,10 @@ class BrokerCore:
         return record
 
     def _expire(self, queue: ModelQueue, expired: list[int], now_ns: int) -> None:
+        queue.policy.refusals.add_expired(len(expired), now_ns)  # an INFO summary, not a line each
         name = queue.config.name
         for request_id in expired:
-            identity, rid, _meta, _body = queue.pending.pop(request_id)
+            identity, rid, _meta, _body, _arrived_ns = queue.pending.pop(request_id)
             self.out_front.append([identity] + p.encode_error(
                 rid, DeadlineExceeded.code,
                 f"the deadline of this request to model {name} passed while it waited in the "
@@ -685,11 +699,12 @@ class BrokerCore:
         message = f"model {queue.config.key} failed to load in worker {worker_id}: "
         log.error("%s%s", message, error)
         queue.load_error = message + client_safe(error)
+        queue.stats.load_failures += 1
         if queue.workers:
             return
         error = ModelLoadFailed(queue.load_error)
         for request_id in queue.aggregator.drain():
-            identity, rid, _meta, _body = queue.pending.pop(request_id)
+            identity, rid, _meta, _body, _arrived_ns = queue.pending.pop(request_id)
             self.out_front.append([identity] + p.encode_error(rid, *error.to_wire()))
 
     def _on_worker_reply(self, worker: WorkerRecord | None, frames: list, now_ns: int) -> None:
@@ -763,6 +778,7 @@ class BrokerCore:
             log.info("worker %s retired: %s", worker_id, why)  # the supervisor stops it
         else:
             self.lost_worker_ids.append(worker_id)
+            queue.stats.worker_restarts += 1
             log.warning("worker %s lost: %s", worker_id, why)
 
     def on_tick(self, now_ns: int) -> None:
@@ -826,7 +842,7 @@ class BrokerCore:
         for versions in self.models.values():
             for queue in versions.values():
                 for request_id in queue.aggregator.drain():
-                    identity, rid, _meta, _body = queue.pending.pop(request_id)
+                    identity, rid, _meta, _body, _arrived_ns = queue.pending.pop(request_id)
                     self.out_front.append([identity] + p.encode_error(
                         rid, *ShuttingDown("the server is stopping").to_wire()))
 
@@ -916,6 +932,17 @@ class BrokerCore:
                     ],
                 })
         return {"models": models}
+
+
+    # ------------------------------------------------------------------ metrics
+
+    def metrics(self) -> dict:
+        """The `metrics` control call's answer (broker/model_stats.py): each model version's
+        queue, workers, refusals, expirations, restarts, load failures, requests, batch
+        sizes and queue times, for the metrics API (api/metrics_app.py). Read-only; O(models
+        + workers)."""
+        return answer((queue for versions in self.models.values()
+                       for queue in versions.values()), self.default_version)
 
 
 def _serving(queue: ModelQueue) -> int:

@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 
-from zerobatch import run_dir
+from zerobatch import logs, run_dir
 from zerobatch.config import ServerConfig
 from zerobatch.errors import ConfigError
 from zerobatch.launch import EXIT_CONFIG, PERMANENT_EXITS, module_argv
@@ -89,9 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError, TypeError) as exc:
         print(f"zerobatch keeper: bad configuration: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    logging.basicConfig(
-        level=config.log_level,
-        format="%(asctime)s %(levelname)s keeper[%(process)d] %(name)s: %(message)s")
+    logs.configure(config.log_level, config.log_format, "keeper")
     try:
         run_dir.make_private(config.run_dir)
         lock_fd = run_dir.acquire(config.run_dir, run_dir.KEEPER_LOCK)

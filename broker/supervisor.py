@@ -5,6 +5,9 @@ zerobatch.api.frontend` per front end (zerobatch.launch), notices at once when o
 pidfd per child sits in the broker's poll set), restarts it with exponential backoff, and
 stops everything on shutdown: SIGTERM, a grace period, then SIGKILL.
 Children get PR_SET_PDEATHSIG, so they die with the broker even if it is SIGKILLed.
+Every child gets the environment the broker's entry point gives (`env`): with the metrics
+API on, PROMETHEUS_MULTIPROC_DIR names the run directory's metrics folder, and a child that
+exits has its live gauges dropped there (zerobatch/metrics_dir.py).
 
 A model's first worker may have been started before the supervisor existed, while the model's
 archive was extracted (`start_preloaded_workers`, broker/preload.py): its slot's first spawn
@@ -21,7 +24,7 @@ import signal
 import subprocess
 import time
 
-from zerobatch import ts_config
+from zerobatch import metrics_dir, ts_config
 from zerobatch.broker import preload
 from zerobatch.broker.gpus import GpuAssigner
 from zerobatch.config import (
@@ -29,6 +32,7 @@ from zerobatch.config import (
     RESTART_BACKOFF_MIN_S,
     FrontendConfig,
     ManagementConfig,
+    MetricsConfig,
     ModelConfig,
     ServerConfig,
     WorkerConfig,
@@ -50,25 +54,29 @@ def _die_with_parent() -> None:
 
 
 def start_preloaded_workers(models: tuple[ModelConfig, ...], run_dir: str,
-                            install_py_deps: bool) -> dict[str, subprocess.Popen]:
+                            install_py_deps: bool, env: dict[str, str] | None = None
+                            ) -> dict[str, subprocess.Popen]:
     """model key -> a worker importing torch, waiting for its configuration on stdin, for
-    each model that broker.preload says to preload."""
+    each model that broker.preload says to preload; env is its environment (None: ours)."""
     started = {}
     for model in models:
         if preload.wants_preload(model.path, install_py_deps):
             started[model.key] = subprocess.Popen(
                 module_argv("zerobatch.worker", "--preload", preload.PRELOAD_MODULE,
                             "--config", "-", "--label", f"{model.key} {run_dir}"),
-                stdin=subprocess.PIPE, preexec_fn=_die_with_parent)
+                stdin=subprocess.PIPE, preexec_fn=_die_with_parent, env=env)
     return started
 
 
-def discard_preloaded(preloaded: dict[str, subprocess.Popen]) -> None:
-    """Kill and reap the preloaded workers that no slot took."""
+def discard_preloaded(preloaded: dict[str, subprocess.Popen], metrics_folder: str = "") -> None:
+    """Kill and reap the preloaded workers that no slot took (their live gauges in
+    metrics_folder dropped, when there is one)."""
     for key, process in preloaded.items():
         log.info("model %s: its preloaded worker (pid %d) is not needed", key, process.pid)
         process.kill()
         process.wait()
+        if metrics_folder:
+            metrics_dir.mark_process_dead(process.pid, metrics_folder)
         try:
             process.stdin.close()
         except OSError:  # what a failed hand-over left unflushed
@@ -98,11 +106,32 @@ def management_config(config: ServerConfig) -> ManagementConfig:
         request_read_timeout_s=config.request_read_timeout_s,
         request_min_rate_bytes_s=config.request_min_rate_bytes_s,
         max_header_bytes=config.max_header_bytes, max_connections=config.max_connections,
-        log_level=config.log_level)
+        log_level=config.log_level, log_format=config.log_format)
+
+
+def metrics_endpoint(config: ServerConfig) -> tuple[bool, str, int]:
+    """(TLS, host, port) of the metrics API (TorchServe's default ports: 8082, 8445)."""
+    return ts_config.split_address(config.metrics_address, "metrics_address",
+                                   ts_config.METRICS_PORTS)
+
+
+def metrics_config(config: ServerConfig) -> MetricsConfig:
+    """What the metrics API's process gets from the server's configuration."""
+    tls, host, port = metrics_endpoint(config)
+    return MetricsConfig(
+        control_address=config.control_address, metrics_dir=config.metrics_dir,
+        host=host, port=port,
+        certificate_file=config.certificate_file if tls else "",
+        private_key_file=config.private_key_file if tls else "",
+        request_read_timeout_s=config.request_read_timeout_s,
+        request_min_rate_bytes_s=config.request_min_rate_bytes_s,
+        max_header_bytes=config.max_header_bytes, max_connections=config.max_connections,
+        log_level=config.log_level, log_format=config.log_format)
 
 
 class Child:
-    """One supervised slot: a worker slot of a model, or a front end."""
+    """One supervised slot: a worker slot of a model, a front end, the management API or the
+    metrics API."""
 
     def __init__(self, kind: str, slot_name: str, model: ModelConfig | None = None,
                  gpu_id: int | None = None) -> None:
@@ -126,8 +155,13 @@ class Child:
 class Supervisor:
     def __init__(self, config: ServerConfig, worker_address: str, frontend_address: str,
                  gpu_count: int, http_fd: int | None,
-                 preloaded: dict[str, subprocess.Popen] | None = None) -> None:
+                 preloaded: dict[str, subprocess.Popen] | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.config = config
+        #: every child's environment (None: the broker's own)
+        self.env = env
+        #: where the children keep their metrics, "" without the metrics API
+        self.metrics_folder = config.metrics_dir if config.serves_metrics else ""
         #: model key -> its preloaded first worker, until that model's first spawn takes it
         self.preloaded = preloaded if preloaded is not None else {}
         self.worker_address = worker_address
@@ -150,11 +184,18 @@ class Supervisor:
             self.children.append(Child("frontend", f"frontend#{index}"))
         #: the management API's listening socket, bound by the broker; None: no such process
         self.management_fd: int | None = None
+        #: the metrics API's listening socket, bound by the broker; None: no such process
+        self.metrics_fd: int | None = None
 
     def add_management(self, fd: int) -> None:
         """Supervise the management API's process, serving on the inherited socket fd."""
         self.management_fd = fd
         self.children.append(Child("management", "management"))
+
+    def add_metrics(self, fd: int) -> None:
+        """Supervise the metrics API's process, serving on the inherited socket fd."""
+        self.metrics_fd = fd
+        self.children.append(Child("metrics", "metrics"))
 
     def _worker_slot(self, model: ModelConfig, index: int) -> Child:
         gpu_id = (None if model.device_type == "cpu"
@@ -209,7 +250,7 @@ class Supervisor:
     def start_all(self) -> None:
         for child in self.children:
             self._spawn(child)
-        discard_preloaded(self.preloaded)
+        discard_preloaded(self.preloaded, self.metrics_folder)
         self._plan()
 
     def _spawn(self, child: Child) -> None:
@@ -223,7 +264,9 @@ class Supervisor:
             worker_config = WorkerConfig(worker_id=child.worker_id,
                                          broker_address=self.worker_address,
                                          model=child.model, gpu_id=child.gpu_id,
-                                         log_level=self.config.log_level)
+                                         log_level=self.config.log_level,
+                                         log_format=self.config.log_format,
+                                         metrics_config=self.config.metrics_config)
             process = self._hand_over(child.model.key, worker_config)
             if process is not None:
                 self._started(child, process, "preloaded ")
@@ -234,6 +277,11 @@ class Supervisor:
                                "--config", management_config(self.config).to_json(),
                                "--fd", str(self.management_fd))
             pass_fds = (self.management_fd,)
+        elif child.kind == "metrics":
+            argv = module_argv("zerobatch.api.metrics_server",
+                               "--config", metrics_config(self.config).to_json(),
+                               "--fd", str(self.metrics_fd))
+            pass_fds = (self.metrics_fd,)
         else:
             frontend_config = FrontendConfig(
                 broker_address=self.frontend_address, host=self.config.host,
@@ -247,13 +295,14 @@ class Supervisor:
                 private_key_file=(self.config.private_key_file
                                   if self.config.inference_https else ""),
                 key_file=self.config.key_file,
-                log_level=self.config.log_level)
+                log_level=self.config.log_level, log_format=self.config.log_format,
+                access_log=self.config.access_log)
             argv = module_argv("zerobatch.api.frontend", "--config", frontend_config.to_json(),
                                "--fd", str(self.http_fd))
             pass_fds = (self.http_fd,)
         self._started(child, subprocess.Popen(argv, pass_fds=pass_fds,
                                               preexec_fn=_die_with_parent,
-                                              stdin=subprocess.DEVNULL))
+                                              stdin=subprocess.DEVNULL, env=self.env))
 
     def _hand_over(self, model_key: str, worker_config: WorkerConfig
                    ) -> subprocess.Popen | None:
@@ -299,6 +348,8 @@ class Supervisor:
             code = process.returncode
             self._close_pidfd(child)
             child.process = None
+            if self.metrics_folder:  # its live gauges go; its counters stay
+                metrics_dir.mark_process_dead(process.pid, self.metrics_folder)
             if child.kind == "worker":
                 exited.append(child.worker_id)
             self.changes += 1

@@ -6,7 +6,8 @@ while it extracts the model's archive (broker/preload.py). EOF instead of a conf
 exits 0. A module that is not installed is skipped: the handler that needs it says so when
 the model loads (for torch, in one line: worker.handler_loader.torch_missing_error).
 
-The only module of the worker that reads argv and sets up logging and signals. SIGTERM (or
+The only module of the worker that reads argv and the environment (PROMETHEUS_MULTIPROC_DIR
+turns the export of metrics on: worker.metrics_export) and sets up logging and signals. SIGTERM (or
 SIGINT) stops the worker cleanly: it finishes the batch in hand, says DISCONNECT and exits 0.
 
 Exit codes, for the supervisor:
@@ -27,10 +28,12 @@ import sys
 import threading
 import time
 
+from zerobatch import logs
 from zerobatch.config import WorkerConfig
 from zerobatch.errors import ConfigError
 from zerobatch.gc_policy import freeze_startup_objects
 from zerobatch.worker.loop import STOPPED, WorkerLoop, report_load_failure
+from zerobatch.worker.metrics_export import MULTIPROC_ENV
 from zerobatch.worker.model_dir import add_python_path
 from zerobatch.worker.service import Service
 
@@ -39,7 +42,6 @@ EXIT_USAGE = 2
 EXIT_LOAD_FAILED = 3
 EXIT_BROKER_LOST = 4
 
-LOG_FORMAT = "%(asctime)s %(levelname)s worker[%(process)d] %(name)s: %(message)s"
 #: After the broker is lost, how long a handler still running may delay the exit.
 STUCK_EXIT_GRACE_S = 5.0
 
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, KeyError) as exc:
         print(f"worker: invalid --config: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    logging.basicConfig(level=config.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    logs.configure(config.log_level, config.log_format, "worker")
 
     stop_event = threading.Event()
 
@@ -80,13 +82,21 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, request_stop)
 
     add_python_path(config.model.python_path)  # the model's own dependencies come first
+    load_start_ns = time.monotonic_ns()
     try:
-        service = Service.load(config.model, config.gpu_id)
+        # metrics go to prometheus_client when its multiprocess directory is set: the
+        # supervisor sets it when the metrics API runs (worker.metrics_export)
+        service = Service.load(config.model, config.gpu_id,
+                               export_metrics=bool(os.environ.get(MULTIPROC_ENV)),
+                               metrics_config=config.metrics_config)
     except ConfigError as exc:
         log.error("cannot load model %s from %s: %s", config.model.name, config.model.path, exc,
                   exc_info=exc.__cause__ is not None)
         report_load_failure(config, str(exc))
         return EXIT_LOAD_FAILED
+    if service.exporter is not None:  # TorchServe's WorkerLoadTime, once
+        service.exporter.set_load_time(config.worker_id,
+                                       (time.monotonic_ns() - load_start_ns) / 1e6)
     # before READY: the model stays out of every later collection (gc_policy)
     freeze_startup_objects()
     loop = WorkerLoop(config, service=service)

@@ -6,8 +6,9 @@ keep `self.context` from `initialize` and read request headers through it later)
 to one batch (`request_ids`, one `RequestProcessor` per request) is replaced before each call,
 so nothing leaks from one batch into the next.
 
-`MetricsCache` records what handlers report through `context.metrics` into a plain list; the
-worker clears it before each batch. Exporting those records comes later.
+`context.metrics` is TorchServe's metric cache (worker.compat.metrics_cache.MetricsCache): what
+handlers record through it is a list of records that the worker clears before each handler
+call and exports to prometheus_client after it (worker.metrics_export).
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ from __future__ import annotations
 from typing import Any
 
 import zerobatch
+from zerobatch.worker.compat.metrics_cache import MetricsCache
 
-# Units TorchServe accepts for time and size metrics.
-_TIME_UNITS = ("ms", "s")
-_SIZE_UNITS = ("MB", "kB", "GB", "B")
+__all__ = ["Context", "MetricsCache", "RequestProcessor"]
 
 
 class RequestProcessor:
@@ -65,69 +65,6 @@ class RequestProcessor:
 
     def get_response_header(self, key: str) -> str | None:
         return self._response_header.get(key)
-
-
-class MetricsCache:
-    """The `context.metrics` object: TorchServe's add_* methods, recording into `records`.
-
-    Each record is a dict: name, value, unit, request_id, dimensions, metric_type.
-    """
-
-    def __init__(self, model_name: str) -> None:
-        self.model_name = model_name
-        self.request_ids: dict[int, str] | None = None
-        self.records: list[dict[str, Any]] = []
-
-    def reset(self, request_ids: dict[int, str] | None) -> None:
-        """Start a new batch: forget the previous batch's records."""
-        self.request_ids = request_ids
-        self.records.clear()
-
-    def _request_id(self, idx: int | None) -> str | None:
-        ids = self.request_ids
-        if not ids:
-            return None
-        if idx is not None and idx in ids:
-            return ids[idx]
-        return ",".join(ids.values())
-
-    def _record(self, name: str, value: Any, unit: str, idx: int | None,
-                dimensions: list | None, metric_type: str, error: bool = False) -> None:
-        if dimensions is not None and not isinstance(dimensions, list):
-            raise ValueError("Please provide a list of dimensions")
-        self.records.append({
-            "name": name, "value": value, "unit": unit,
-            "request_id": None if error else self._request_id(idx),
-            "dimensions": list(dimensions or ()),
-            "metric_type": metric_type,
-        })
-
-    def add_metric(self, name: str, value: Any, unit: str = "count", idx: int | None = None,
-                   dimensions: list | None = None, metric_type: str = "counter") -> None:
-        self._record(name, value, unit, idx, dimensions, metric_type)
-
-    def add_counter(self, name: str, value: Any, idx: int | None = None,
-                    dimensions: list | None = None) -> None:
-        self._record(name, value, "count", idx, dimensions, "counter")
-
-    def add_time(self, name: str, value: Any, idx: int | None = None, unit: str = "ms",
-                 dimensions: list | None = None, metric_type: str = "gauge") -> None:
-        if unit not in _TIME_UNITS:
-            raise ValueError(f"the unit for a timed metric should be one of {list(_TIME_UNITS)}")
-        self._record(name, value, unit, idx, dimensions, metric_type)
-
-    def add_size(self, name: str, value: Any, idx: int | None = None, unit: str = "MB",
-                 dimensions: list | None = None, metric_type: str = "gauge") -> None:
-        if unit not in _SIZE_UNITS:
-            raise ValueError(f"the unit for a size metric should be one of {list(_SIZE_UNITS)}")
-        self._record(name, value, unit, idx, dimensions, metric_type)
-
-    def add_percent(self, name: str, value: Any, idx: int | None = None,
-                    dimensions: list | None = None, metric_type: str = "gauge") -> None:
-        self._record(name, value, "percent", idx, dimensions, metric_type)
-
-    def add_error(self, name: str, value: Any, dimensions: list | None = None) -> None:
-        self._record(name, value, "", None, dimensions, "counter", error=True)
 
 
 class Context:

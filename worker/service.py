@@ -26,16 +26,30 @@ pair per request, in order. Per request:
 Streaming: `send_partial(batch_id, position, value, processor)` sends one intermediate chunk
 through the `partial_sink` the worker loop installs (the data socket's send, as W_PARTIAL);
 `ts.handler_utils.utils.send_intermediate_predict_response` calls it while the handler runs.
+
+Metrics: what the handler records through `context.metrics` (TorchServe's custom metrics API,
+worker.compat.metrics_cache; PredictionTime is recorded here after a call that succeeded, as
+TorchServe's service does) is exported after each handler call, its retries included, by the
+service's MetricsExporter (worker.metrics_export), which also observes each handler call's
+time; what `initialize` recorded is exported once the model has loaded. Without an exporter
+(`Service.load(..., export_metrics=False)`, the default) the records are kept until the next
+call and go nowhere. A metrics file (TorchServe's metrics.yaml, `metrics_config`) puts its
+`model_metrics` in the cache before the handler initializes.
+
+Tracing: when zerobatch.tracing is on, each handler batch's queue, batch and handler spans are
+recorded in the traces of its requests (worker.tracing); off, a batch pays one `is None` test.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
+import uuid
 from typing import Any, Callable, Sequence
 
-from zerobatch import protocol
+from zerobatch import protocol, tracing
 from zerobatch.config import ModelConfig
 from zerobatch.errors import (
     BadRequest,
@@ -47,9 +61,11 @@ from zerobatch.errors import (
 )
 from zerobatch.model_files import load_model_config, manifest_file, read_manifest
 from zerobatch.worker.codec import decode_body, encode_value
+from zerobatch.worker.compat.metrics import set_default_sink
 from zerobatch.worker.context import Context, MetricsCache, RequestProcessor
 from zerobatch.worker.forms import FormError, decode_form
 from zerobatch.worker.handler_loader import EntryPoint, load_entry_point, torch_missing_error
+from zerobatch.worker.metrics_export import MetricsExporter
 from zerobatch.worker.model_dir import add_to_sys_path
 
 log = logging.getLogger(__name__)
@@ -66,9 +82,23 @@ RETRY_FAILED_BATCH_KEY = "retryFailedBatch"
 class Service:
     """One loaded model version: its handler entry point and the Context it runs with."""
 
-    def __init__(self, entry_point: EntryPoint, context: Context) -> None:
+    def __init__(self, entry_point: EntryPoint, context: Context,
+                 exporter: MetricsExporter | None = None, model_version: str = "") -> None:
         self.entry_point = entry_point
         self.context = context
+        #: each batch's spans, when tracing is on (worker.tracing, only imported then)
+        self._record_spans: Callable[..., None] | None = None
+        tracer = tracing.tracer("worker")
+        if tracer is not None:
+            from zerobatch.worker.tracing import record_batch
+            self._record_spans = functools.partial(record_batch, tracer)
+        self._span_attributes = {"zerobatch.model": context.model_name,
+                                 "zerobatch.model_version": model_version}
+        #: while a traced batch runs: the wall-clock ns each handler call began and ended
+        self._handler_calls: list[int] | None = None
+        #: where the handler's metrics go after each call (None: nowhere)
+        self.exporter = exporter
+        self._observe_handler_s = exporter.observe_handler_s if exporter is not None else None
         retry = context.model_yaml_config.get(RETRY_FAILED_BATCH_KEY, True)
         if not isinstance(retry, bool):
             raise ConfigError(f"model-config.yaml of {context.model_name}: "
@@ -83,15 +113,27 @@ class Service:
         context.send_partial = self.send_partial
 
     @classmethod
-    def load(cls, model: ModelConfig, gpu_id: int | None = None) -> "Service":
-        """Read the model directory, resolve the handler and initialize it."""
+    def load(cls, model: ModelConfig, gpu_id: int | None = None, *,
+             export_metrics: bool = False, metrics_config: str = "") -> "Service":
+        """Read the model directory, resolve the handler and initialize it; with
+        export_metrics, the handler's metrics go to prometheus_client (see the docstring)."""
         model_dir = os.path.abspath(model.path)
         manifest = read_manifest(model_dir)
         handler = manifest["model"]["handler"]
         add_to_sys_path(model_dir)
+        try:
+            metrics = MetricsCache(model.name, metrics_config or None)
+        except Exception as exc:  # the MetricsCache* errors: IO, YAML, a bad model_metrics
+            raise ConfigError(f"metrics file {os.path.basename(metrics_config)}: "
+                              f"{type(exc).__name__}: {exc}") from exc
+        # TorchServe's load has a request id of its own: initialize's metrics get the
+        # ModelName and Level "Model" dimensions
+        metrics.set_request_ids(str(uuid.uuid4()))
+        set_default_sink(metrics.records)
         context = Context(model.name, model_dir, manifest, model.batch_size, gpu_id,
-                          metrics=MetricsCache(model.name),
+                          metrics=metrics,
                           model_yaml_config=load_model_config(model_dir, manifest))
+        exporter = MetricsExporter(model.name, model.version) if export_metrics else None
         try:
             entry_point, initialize = load_entry_point(model_dir, handler)
             initialize(context)
@@ -105,7 +147,16 @@ class Service:
                               f"initialize: {type(exc).__name__}: {exc}") from exc
         log.info("model %s/%s loaded from %s (handler %s)", model.name, model.version,
                  model_dir, handler)
-        return cls(entry_point, context)
+        service = cls(entry_point, context, exporter, model.version)
+        service.export_metrics()  # what initialize recorded
+        return service
+
+    def export_metrics(self) -> None:
+        """Hand the records of the last handler call (or of initialize) to the exporter."""
+        exporter = self.exporter
+        records = self.context.metrics.records
+        if exporter is not None and records:
+            exporter.export(records)
 
     def run_batch(self, batch_id: int, items: Sequence[tuple[Any, Any]],
                   sizes: Sequence[int] | None = None) -> list:
@@ -161,7 +212,19 @@ class Service:
             data.append(row)
 
         self.context.metrics.reset(None)
-        answered = self._run(data, request_headers, request_ids, positions) if data else []
+        record_spans = self._record_spans
+        if record_spans is None or not data:
+            answered = self._run(data, request_headers, request_ids, positions) if data else []
+        else:
+            received_ns = time.time_ns()
+            self._handler_calls = handler_calls = []
+            try:
+                answered = self._run(data, request_headers, request_ids, positions)
+            finally:
+                self._handler_calls = None
+            record_spans(request_headers, dict(self._span_attributes, **{
+                "zerobatch.batch.id": batch_id}), received_ns, handler_calls, time.time_ns())
+        self.export_metrics()
         if rejected:
             answered_iter = iter(answered)
             answers.extend(rejected.get(position) or next(answered_iter)
@@ -203,11 +266,16 @@ class Service:
         context.metrics.request_ids = ids
         self._positions = positions
         count = len(data)
+        handler_calls = self._handler_calls
+        if handler_calls is not None:
+            handler_calls.append(time.time_ns())
         start_ns = time.monotonic_ns()
         try:
             results = self.entry_point(data, context)
         except Exception as exc:
+            self._handler_ran(start_ns, handler_calls)
             return [_handler_failure(exc)] * count, exc
+        elapsed_ns = self._handler_ran(start_ns, handler_calls)
         if not isinstance(results, list):
             message = (f"handler returned {type(results).__name__}, expected a list with one "
                        f"result for each of {count} requests")
@@ -215,9 +283,20 @@ class Service:
         if len(results) != count:
             message = f"handler returned {len(results)} results for {count} requests"
             return [_error(HandlerError.code, message, HandlerError.http_status)] * count, message
-        context.metrics.add_time("PredictionTime", (time.monotonic_ns() - start_ns) / 1e6)
+        context.metrics.add_time("PredictionTime", round(elapsed_ns / 1e6, 2))
         return [_reply(index, value, processors[index])
                 for index, value in enumerate(results)], None
+
+    def _handler_ran(self, start_ns: int, handler_calls: list[int] | None) -> int:
+        """The handler call that started at start_ns is over: its time, observed (and its
+        end noted for the batch's spans when they are recorded)."""
+        elapsed_ns = time.monotonic_ns() - start_ns
+        if handler_calls is not None:
+            handler_calls.append(time.time_ns())
+        observe = self._observe_handler_s
+        if observe is not None:
+            observe(elapsed_ns / 1e9)
+        return elapsed_ns
 
     def send_partial(self, index: int, value: Any, status: int | None = None) -> None:
         """Stream `value` now as an intermediate chunk for request `index` of the running call.

@@ -1,12 +1,14 @@
 """TorchServe's `ts.*` import names, answered by zerobatch's own modules inside a worker.
 
 TorchServe handler files import `ts.context`, `ts.torch_handler.base_handler`,
-`ts.utils.util`, ... . No package named `ts` is installed: `install_ts_aliases()` puts a
-meta-path finder first on `sys.meta_path` that maps each name of `TS_ALIASES` to a zerobatch
-module, so that `ts.torch_handler.base_handler.BaseHandler is worker.base_handler.BaseHandler`
-(the same module objects, not copies). The packages `ts`, `ts.torch_handler`, `ts.utils` and
-`ts.handler_utils` are small synthetic modules with an empty `__path__`, so a `ts.*` name not
-in the table is a plain ModuleNotFoundError.
+`ts.utils.util`, `ts.metrics.dimension`, ... . No package named `ts` is installed:
+`install_ts_aliases()` puts a meta-path finder first on `sys.meta_path` that maps each name
+of `TS_ALIASES` to a zerobatch module, so that
+`ts.torch_handler.base_handler.BaseHandler is worker.base_handler.BaseHandler` (the same
+module objects, not copies; several `ts.metrics` names answer with one module). The packages
+`ts`, `ts.torch_handler`, `ts.utils`, `ts.handler_utils` and `ts.metrics` are small
+synthetic modules with an empty `__path__`, so a `ts.*` name not in the table is a plain
+ModuleNotFoundError.
 
 If a real TorchServe (`pip install torchserve`) is installed too, ours still wins inside the
 worker: the finder runs before the path finders, and installing it evicts any `ts` modules
@@ -39,10 +41,20 @@ TS_ALIASES: dict[str, str] = {
     "ts.utils.util": "zerobatch.worker.compat.util",
     "ts.handler_utils.utils": "zerobatch.worker.compat.handler_utils",
     "ts.handler_utils.timer": "zerobatch.worker.compat.timer",
+    # TorchServe's custom metrics API: the small modules are one of ours, the cache another
+    "ts.metrics.dimension": "zerobatch.worker.compat.metrics",
+    "ts.metrics.metric_type_enum": "zerobatch.worker.compat.metrics",
+    "ts.metrics.unit": "zerobatch.worker.compat.metrics",
+    "ts.metrics.metric_cache_errors": "zerobatch.worker.compat.metrics",
+    "ts.metrics.metric_abstract": "zerobatch.worker.compat.metrics",
+    "ts.metrics.caching_metric": "zerobatch.worker.compat.metrics",
+    "ts.metrics.metric": "zerobatch.worker.compat.metrics",
+    "ts.metrics.metric_cache_abstract": "zerobatch.worker.compat.metrics_cache",
+    "ts.metrics.metric_cache_yaml_impl": "zerobatch.worker.compat.metrics_cache",
 }
 
 #: Synthetic packages: they hold the aliased submodules and nothing else.
-TS_PACKAGES = ("ts", "ts.torch_handler", "ts.utils", "ts.handler_utils")
+TS_PACKAGES = ("ts", "ts.torch_handler", "ts.utils", "ts.handler_utils", "ts.metrics")
 
 
 class _AliasLoader(importlib.abc.Loader):

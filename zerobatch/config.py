@@ -70,7 +70,15 @@ DEFAULT_MANAGEMENT_PORT = 8081
 DEFAULT_MANAGEMENT_ADDRESS = f"http://127.0.0.1:{DEFAULT_MANAGEMENT_PORT}"
 #: a management_address that turns the management API off
 NO_ADDRESS = "none"
-DEFAULT_METRICS_ADDRESS = "http://127.0.0.1:8082"
+DEFAULT_METRICS_PORT = 8082
+DEFAULT_METRICS_ADDRESS = f"http://127.0.0.1:{DEFAULT_METRICS_PORT}"
+#: TorchServe's metrics_mode values: zerobatch serves the metrics API in each and writes no
+#: metric log ("log" and "legacy" are accepted with a warning)
+METRICS_MODES = ("prometheus", "log", "legacy")
+#: the largest request the metrics API reads (it takes no body)
+METRICS_MAX_REQUEST_BYTES = 64 * 1024
+#: how long a scrape of the metrics API waits for the broker's figures
+METRICS_BROKER_TIMEOUT_MS = 1000
 DEFAULT_ALLOWED_URLS = ("file://.*|http(s)?://.*",)
 #: TorchServe's token_expiration_min
 DEFAULT_TOKEN_EXPIRATION_MIN = 60.0
@@ -264,6 +272,9 @@ class ServerConfig:
         if self.log_format not in LOG_FORMATS:
             raise ConfigError(f"log_format {self.log_format!r} must be one of "
                               f"{', '.join(LOG_FORMATS)}")
+        if self.metrics_mode not in METRICS_MODES:
+            raise ConfigError(f"metrics_mode {self.metrics_mode!r} must be one of "
+                              f"{', '.join(METRICS_MODES)}")
         _positive_seconds(self, "scale_up_after_s")
         _positive_seconds(self, "scale_down_after_s")
         if bool(self.certificate_file) != bool(self.private_key_file):
@@ -271,7 +282,8 @@ class ServerConfig:
                               "(--certificate-file and --private-key-file)")
         https = [name for name, on in (
             ("inference_address", self.inference_https),
-            ("management_address", self.management_address.lower().startswith("https://")))
+            ("management_address", self.management_address.lower().startswith("https://")),
+            ("metrics_address", self.metrics_address.lower().startswith("https://")))
             if on]
         if https and not self.certificate_file:
             raise ConfigError(f"{' and '.join(https)}: https:// needs a certificate, and none "
@@ -336,6 +348,9 @@ class WorkerConfig:
     heartbeat_interval_ms: int = 1000
     log_level: str = "INFO"
     log_format: str = "text"
+    #: TorchServe's metrics.yaml (ServerConfig.metrics_config): its model_metrics are put in
+    #: the handler's metric cache before it initializes, as TorchServe's workers do
+    metrics_config: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -419,6 +434,38 @@ class ManagementConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "ManagementConfig":
+        return cls(**json.loads(text))
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """What the metrics API's process needs (api/metrics_server.py): where to serve, the
+    broker's control socket for the broker's figures, and the folder of the other processes'
+    figures (zerobatch/metrics_dir.py)."""
+
+    #: the broker's local control socket (zerobatch.config.control_address)
+    control_address: str
+    #: the processes' prometheus_client files (ServerConfig.metrics_dir)
+    metrics_dir: str
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_METRICS_PORT
+    #: how long a scrape waits for the broker's figures before it answers without them
+    broker_timeout_ms: int = METRICS_BROKER_TIMEOUT_MS
+    certificate_file: str = ""
+    private_key_file: str = ""
+    max_request_bytes: int = METRICS_MAX_REQUEST_BYTES
+    request_read_timeout_s: float = DEFAULT_REQUEST_READ_TIMEOUT_S
+    request_min_rate_bytes_s: int = DEFAULT_REQUEST_MIN_RATE_BYTES_S
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    log_level: str = "INFO"
+    log_format: str = "text"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "MetricsConfig":
         return cls(**json.loads(text))
 
 

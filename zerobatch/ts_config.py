@@ -189,6 +189,8 @@ def configure(props: Mapping[str, str], path: str, environ: Mapping[str, str]) -
             models = _models_json(value, where, warnings)
         elif key in _KEYS:
             settings.update(_KEYS[key](value, where))
+        elif key in _WARNED_KEYS:
+            settings.update(_WARNED_KEYS[key](value, where, warnings))
         elif key in IGNORED_KEYS:
             warnings.append(f"{where}: a TorchServe setting that zerobatch does not implement; "
                             "ignored" + _IGNORED_ADVICE.get(key, ""))
@@ -428,14 +430,44 @@ _KEYS: dict[str, Callable[[str, str], dict[str, Any]]] = {
     "enable_model_api": _flag("enable_model_api"),
     "model_snapshot": _model_snapshot,
     "token_expiration_min": _minutes("token_expiration_min"),
-    # stored, not acted on yet (the metrics API comes with the observability work)
+    # stored, not acted on yet
     "max_response_size": _integer(1, "max_response_bytes"),
+}
+
+
+def _metrics_mode(value: str, where: str, warnings: list[str]) -> dict[str, Any]:
+    """TorchServe's metrics_mode (MetricBuilder.MetricMode, whitespace removed, any case):
+    prometheus; log and legacy are accepted, with a warning, and serve as prometheus does."""
+    mode = "".join(value.split()).lower()
+    if mode not in ("prometheus", "log", "legacy"):
+        raise ConfigError(f"{where}: must be prometheus, log or legacy, got {value!r}")
+    if mode != "prometheus":
+        warnings.append(f"{where}: {mode}: zerobatch writes no metric log; its metrics are "
+                        "served as Prometheus text by the metrics API on metrics_address, as "
+                        "with metrics_mode=prometheus")
+    return {"metrics_mode": mode}
+
+
+def _metrics_config(value: str, where: str, warnings: list[str]) -> dict[str, Any]:
+    """TorchServe's metrics_config, a metrics.yaml: its model_metrics reach the handlers'
+    metric caches (worker.service); a warning says that its ts_metrics change nothing."""
+    settings = _text("metrics_config")(value, where)
+    warnings.append(f"{where}: its model_metrics are declared in each "
+                    "handler's metric cache, as in TorchServe; its ts_metrics are not applied: "
+                    "the front end's, broker's and metrics API's families are fixed")
+    return settings
+
+
+#: the keys applied or stored with a warning: key -> converter(value, where, warnings)
+_WARNED_KEYS: dict[str, Callable[[str, str, list[str]], dict[str, Any]]] = {
+    "metrics_mode": _metrics_mode,
+    "metrics_config": _metrics_config,
 }
 
 #: TorchServe 0.12's other keys (ConfigManager, ts/model_server.py): warned and ignored
 IGNORED_KEYS = frozenset({
     "debug", "blacklist_env_vars", "unregister_model_timeout", "number_of_netty_threads",
-    "netty_client_threads", "metrics_config", "metrics_mode", "model_metrics_auto_detect",
+    "netty_client_threads", "model_metrics_auto_detect",
     "disable_system_metrics", "ipex_enable", "cpu_launcher_enable", "cpu_launcher_args",
     "ipex_gpu_enable", "async_logging", "cors_allowed_origin", "cors_allowed_methods",
     "cors_allowed_headers", "decode_input_request", "keystore", "keystore_pass",
@@ -466,7 +498,8 @@ _NOT_FROM_ENV = frozenset({"enable_envvars_config", "use_env_allowed_urls", "mod
 #: key -> its TS_* variable: the ConfigManager constant's name, TS_ + the key in capitals but
 #: for these
 _ENV_NAMES = {key: "TS_" + key.upper()
-              for key in sorted((set(_KEYS) | IGNORED_KEYS) - _NOT_FROM_ENV)}
+              for key in sorted((set(_KEYS) | set(_WARNED_KEYS) | IGNORED_KEYS)
+                                - _NOT_FROM_ENV)}
 _ENV_NAMES.update({key: key.upper() for key in _ENV_NAMES if key.startswith("ts_")})
 _ENV_NAMES["token_expiration_min"] = "TS_TOKEN_EXPIRATION_TIME_MIN"
 

@@ -326,6 +326,7 @@ def test_registered_models_and_worker_counts_survive_a_restart(model_api_server,
     result = cli("start", "--run-dir", server.run_dir, "--http-port", str(server.http_port),
                  "--client-address", server.client_address, "--disable-token-auth",
                  "--management-address", f"http://127.0.0.1:{server.management_port}",
+                 "--metrics-address", f"http://127.0.0.1:{server.metrics_port}",
                  env=server.env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "restoring the models of the snapshot" in result.stderr

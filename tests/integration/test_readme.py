@@ -166,7 +166,7 @@ def own_server(env: dict) -> Server:
     directory (see for_server and start_flags)."""
     return Server(run_dir=tempfile.mkdtemp(prefix="zb"), http_port=free_port(),
                   client_address=f"tcp://127.0.0.1:{free_port()}", env=env,
-                  management_port=free_port())
+                  management_port=free_port(), metrics_port=free_port())
 
 
 def for_own_server(command: str, server: Server) -> str:
@@ -175,7 +175,8 @@ def for_own_server(command: str, server: Server) -> str:
     default)."""
     flags = (f"--http-port {server.http_port} --client-address {server.client_address} "
              f"--run-dir {server.run_dir} "
-             f"--management-address http://127.0.0.1:{server.management_port}")
+             f"--management-address http://127.0.0.1:{server.management_port} "
+             f"--metrics-address http://127.0.0.1:{server.metrics_port}")
     command = for_server(command, server)
     command = command.replace("zerobatch start", f"zerobatch start {flags}", 1)
     return command.replace("zerobatch stop", f"zerobatch stop --run-dir {server.run_dir}", 1)

@@ -87,7 +87,8 @@ def server(request):
 
 def start_args(server: Server, *flags: str) -> list[str]:
     return ["start", "--run-dir", server.run_dir, "--client-address", server.client_address,
-            "--startup-timeout", "60", "--disable-token-auth", *flags]
+            "--startup-timeout", "60", "--disable-token-auth",
+            "--metrics-address", f"http://127.0.0.1:{free_port()}", *flags]
 
 
 def assert_nothing_runs(server: Server) -> None:

@@ -67,6 +67,8 @@ class Server:
     env: dict = field(default_factory=dict)
     #: the management API's port (0 when the test turned it off)
     management_port: int = 0
+    #: the metrics API's port (0 when the test turned it off)
+    metrics_port: int = 0
 
     # -- HTTP
     def http(self, method: str, path: str, body: bytes | None = None,
@@ -83,6 +85,10 @@ class Server:
     def management(self, method: str, path: str, body: bytes | None = None,
                    headers: dict | None = None, timeout: float = 60) -> tuple[int, dict, bytes]:
         return http_request(self.management_port, method, path, body, headers, timeout)
+
+    def metrics(self, query: str = "", timeout: float = 30) -> tuple[int, dict, bytes]:
+        """GET /metrics of the metrics API (query: e.g. "?name[]=QueueTime")."""
+        return http_request(self.metrics_port, "GET", f"/metrics{query}", None, None, timeout)
 
     # -- ZeroMQ
     def client(self):
@@ -142,9 +148,10 @@ class Server:
 
 def isolated_flags() -> list[str]:
     """What a test that runs `zerobatch start` itself adds, as start_server does: the
-    management API on a free port (never the shared default, 8081) and no token
-    authorization (the tests of those two start their servers with them)."""
+    management and metrics APIs on free ports (never the shared defaults, 8081 and 8082) and
+    no token authorization (the tests of those start their servers with them)."""
     return ["--disable-token-auth", "--management-address",
+            f"http://127.0.0.1:{free_port()}", "--metrics-address",
             f"http://127.0.0.1:{free_port()}"]
 
 
@@ -163,6 +170,12 @@ def start_server(models: dict[str, str], *flags: str, env: dict | None = None) -
         server.management_port = free_port()
         flags = (*flags, "--management-address",
                  f"http://127.0.0.1:{server.management_port}")
+    if "--metrics-address" not in flags:  # never the shared default port, 8082
+        server.metrics_port = free_port()
+        flags = (*flags, "--metrics-address", f"http://127.0.0.1:{server.metrics_port}")
+    else:
+        address = flags[flags.index("--metrics-address") + 1]
+        server.metrics_port = 0 if address.lower() == "none" else int(address.rsplit(":", 1)[1])
     args = ["start", "--run-dir", run_dir, "--http-port", str(server.http_port),
             "--client-address", server.client_address, "--startup-timeout", "60",
             "--model-store", TEST_MODELS, "--models",
