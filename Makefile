@@ -6,12 +6,13 @@ VPY    := $(VENV)/bin/python
 STAMP  := $(VENV)/.deps-installed
 DEMO   := examples/digits/model
 
-# `make serve` settings (docs/configuration.md): the HTTP port, the management API's address
-# (`none`: no management API), the ZeroMQ client endpoint and the run directory (lock files,
+# `make serve` settings (docs/configuration.md): the HTTP port, the management and metrics APIs'
+# addresses (`none`: no such API), the ZeroMQ client endpoint and the run directory (lock files,
 # log, local sockets, token keys, snapshots, extracted archives; empty: zerobatch's default,
 # /tmp/zerobatch-UID).
 HTTP_PORT ?= 8080
 MANAGEMENT_ADDRESS ?= http://127.0.0.1:8081
+METRICS_ADDRESS ?= http://127.0.0.1:8082
 ZMQ_ADDRESS ?= tcp://127.0.0.1:9500
 RUN_DIR ?=
 
@@ -37,7 +38,8 @@ demo: build
 
 serve: demo
 	$(VENV)/bin/zerobatch start --foreground --models digits=$(DEMO) --http-port $(HTTP_PORT) \
-		--management-address $(MANAGEMENT_ADDRESS) --client-address $(ZMQ_ADDRESS) \
+		--management-address $(MANAGEMENT_ADDRESS) --metrics-address $(METRICS_ADDRESS) \
+		--client-address $(ZMQ_ADDRESS) \
 		$(if $(RUN_DIR),--run-dir $(RUN_DIR))
 
 test: demo chromium

@@ -58,8 +58,8 @@ from typing import Any
 import falcon
 import falcon.asgi
 
-from zerobatch import __version__, tracing
-from zerobatch.api.access_log import AccessLog
+from zerobatch import __version__, logs, tracing
+from zerobatch.api.access_log import ACCESS_LOGGER, AccessLog
 from zerobatch.api.aio_client import AsyncClient, ReplyStream
 from zerobatch.api.http_helpers import (
     REQUEST_ID_HEADER,
@@ -278,4 +278,6 @@ def create_app(config: FrontendConfig, client: AsyncClient | None = None,
     app.set_error_serializer(http_error_serializer)
     app.add_error_handler(Exception, handle_unexpected)
     app.add_error_handler(ServingError, handle_serving_error)
-    return AccessLog(app) if config.access_log else app
+    if not config.access_log:
+        return app
+    return AccessLog(app, lines=logs.buffered_lines(ACCESS_LOGGER))

@@ -20,6 +20,11 @@ The broker's families (labels model_name and model_version unless said):
                                             requests dispatched since the previous scrape that
                                             reached the broker, over every model; unchanged
                                             when none were (labels Level="Host", Hostname)
+    WorkerThreadTime               gauge    TorchServe's, in ms: the broker's own time on
+                                            the last batch answered, sending it and routing
+                                            its replies (TorchServe: its worker thread's time
+                                            outside the backend); absent before the first
+                                            (labels Level="Host", Hostname)
     zerobatch_queue_depth          gauge    requests waiting in the broker's queue
     zerobatch_in_flight_requests   gauge    requests sent to workers and not yet answered
     zerobatch_workers              gauge    workers by state: live (said READY, not lost, not
@@ -92,7 +97,7 @@ TORCHSERVE_BARE_COUNTERS = frozenset({
     "Requests2XX", "Requests4XX", "Requests5XX"})
 #: the families BrokerCollector makes (prometheus_client's family names: no _total)
 BROKER_FAMILIES = (
-    "ts_queue_latency_microseconds", "QueueTime", "zerobatch_queue_depth",
+    "ts_queue_latency_microseconds", "QueueTime", "WorkerThreadTime", "zerobatch_queue_depth",
     "zerobatch_in_flight_requests", "zerobatch_workers", "zerobatch_refusals",
     "zerobatch_expired", "zerobatch_worker_restarts", "zerobatch_load_failures",
     "zerobatch_requests", "zerobatch_batch_size", "zerobatch_queue_seconds",
@@ -120,6 +125,10 @@ def broker_families(answer: dict[str, Any], hostname: str,
     queue_time = GaugeMetricFamily("QueueTime", _ts_help("gauge", "Milliseconds"),
                                    labels=["Level", "Hostname"])
     queue_time.add_metric(["Host", hostname], queue_time_ms)
+    thread_time = GaugeMetricFamily("WorkerThreadTime", _ts_help("gauge", "Milliseconds"),
+                                    labels=["Level", "Hostname"])
+    if answer.get("worker_thread_ns") is not None:
+        thread_time.add_metric(["Host", hostname], answer["worker_thread_ns"] / 1e6)
     depth = GaugeMetricFamily("zerobatch_queue_depth",
                               "Requests waiting in the broker's queue", labels=_MODEL_LABELS)
     in_flight = GaugeMetricFamily("zerobatch_in_flight_requests",
@@ -173,8 +182,8 @@ def broker_families(answer: dict[str, Any], hostname: str,
             raise ValueError("queue_counts does not match queue_buckets_ns")
         queue_seconds.add_metric(labels, _cumulative([*bounds_s, "+Inf"], counts),
                                  model["queue_ns_total"] / 1e9)
-    return [latency, queue_time, depth, in_flight, workers, refusals, *counters.values(),
-            batch_size, queue_seconds, default_version]
+    return [latency, queue_time, thread_time, depth, in_flight, workers, refusals,
+            *counters.values(), batch_size, queue_seconds, default_version]
 
 
 def _batch_size_buckets(sizes: list[list[int]]) -> tuple[list[tuple[str, float]], float]:

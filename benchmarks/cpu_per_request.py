@@ -1,12 +1,15 @@
 """Where the CPU of an HTTP request goes: each zerobatch process's CPU time per request.
 
     python -m benchmarks.cpu_per_request [--batch-size 8] [--frontends 1] [--duration 6]
+                                         [--metrics] [--access-log]
 
 Serves the echo model, drives it with wrk (100-byte POSTs, concurrency 64, 2 threads) after a
 2 s warm-up, and divides each process's CPU time (user + system, from /proc, its libzmq I/O
 thread included) over the run by the requests answered, and gives the share of the run its
 threads spent runnable but waiting for a CPU (schedstat, summed over threads). The figures
-docs/architecture.md quotes come from this. Needs Debian's wrk.
+docs/architecture.md quotes come from this. With --metrics the metrics API runs (each
+process records its figures; its own process is listed, not scraped) and --access-log adds
+the access log: what observability costs each process. Needs Debian's wrk.
 """
 
 from __future__ import annotations
@@ -67,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--frontends", type=int, default=1)
     parser.add_argument("--duration", type=int, default=6, help="seconds of measured load")
+    parser.add_argument("--metrics", action="store_true",
+                        help="run the metrics API: every process records its figures")
+    parser.add_argument("--access-log", action="store_true", help="log a line per request")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         parser.error("wrk is not installed: apt-get install wrk")
@@ -74,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     flags = ["--http-port", str(port), "--frontends", str(args.frontends),
              "--batch-size", str(args.batch_size), "--max-batch-delay", "5",
              "--max-queue", "1000"]
+    if args.metrics:
+        flags += ["--metrics-address", f"http://127.0.0.1:{free_port()}"]
+    if args.access_log:
+        flags.append("--access-log")
     target = HttpTarget("127.0.0.1", port, "/predictions/echo", b"x" * 100,
                         {"Content-Type": "application/octet-stream"})
     with zerobatch_server({"echo": os.path.join(BENCH_MODELS, "echo")}, *flags) as server:
@@ -88,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         waited = {pid: cpu_wait_seconds(pid) - waited_before[pid] for pid in roles}
     answered = result.ok + sum(result.errors.values())
     print(f"{answered:,} requests, {result.rps():,.0f} req/s, batch size {args.batch_size}, "
-          f"{args.frontends} front end(s)")
+          f"{args.frontends} front end(s), metrics {'on' if args.metrics else 'off'}, "
+          f"access log {'on' if args.access_log else 'off'}")
     total = 0.0
     for pid, role in sorted(roles.items(), key=lambda item: item[1]):
         per_request_us = (after[pid] - before[pid]) / answered * 1e6

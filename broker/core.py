@@ -4,7 +4,9 @@
 or front end, `on_back(frames, now_ns)` for a message from a worker, and `on_tick(now_ns)`.
 Each appends what must be sent to `out_front` / `out_back` (lists of frame lists, identity
 first); the socket loop (broker/loop.py) sends them and clears the lists. The clock is always
-passed in, so every timing rule is a deterministic unit test.
+passed in, so every timing rule is a deterministic unit test. (One figure reads a clock of
+its own, perf_counter_ns: the broker's time on the last batch, `worker_thread_ns`, which the
+metrics API reports as TorchServe's WorkerThreadTime; no decision depends on it.)
 
 Request bodies and metas are never decoded here: they are stored as received and handed to
 the worker as they are. Only the rid and the route of a request head are read (and the
@@ -22,6 +24,7 @@ import logging
 from bisect import bisect_left
 from collections import deque
 from dataclasses import replace
+from time import perf_counter_ns
 from typing import Any, Callable
 
 from zerobatch import protocol as p
@@ -131,9 +134,9 @@ class WorkerRecord:
 
 class InFlightBatch:
     """A batch message a worker is running (one batch, or several grouped): whom to answer,
-    the size of each batch in it, and since when it runs."""
+    the size of each batch in it, since when it runs, and what sending it cost the broker."""
 
-    __slots__ = ("batch_id", "worker", "requests", "sizes", "dispatched_ns")
+    __slots__ = ("batch_id", "worker", "requests", "sizes", "dispatched_ns", "send_ns")
 
     def __init__(self, batch_id: int, worker: WorkerRecord, requests: list, sizes: list[int],
                  dispatched_ns: int) -> None:
@@ -144,6 +147,8 @@ class InFlightBatch:
         #: the size of each batch in the message, in order (one entry unless grouped)
         self.sizes = sizes
         self.dispatched_ns = dispatched_ns
+        #: the broker's own time taking the requests from the queue and encoding the message
+        self.send_ns = 0
 
 
 class BrokerCore:
@@ -169,6 +174,10 @@ class BrokerCore:
         self.default_version: dict[str, str] = {}
         self.workers: dict[bytes, WorkerRecord] = {}
         self.batches: dict[int, InFlightBatch] = {}
+        #: the broker's own time on the last batch answered: sending it, then routing its
+        #: replies (TorchServe's WorkerThreadTime: its worker thread's time outside the
+        #: backend); None before the first
+        self.worker_thread_ns: int | None = None
         self.out_front: list[list] = []
         self.out_back: list[list] = []
         #: replies on the local control socket
@@ -574,6 +583,7 @@ class BrokerCore:
     def _dispatch(self, queue: ModelQueue, worker: WorkerRecord, batches: list[list[int]],
                   now_ns: int) -> InFlightBatch:
         """Send these batches to the worker in one message: BATCH, or BATCHES for several."""
+        started_ns = perf_counter_ns()
         batch_id = self._next_batch_id
         self._next_batch_id = batch_id + 1
         sizes = [len(batch) for batch in batches]
@@ -600,6 +610,7 @@ class BrokerCore:
             counts[size] = counts.get(size, 0) + 1
         queue.batch_messages += 1
         self.out_back.append(p.encode_batch(worker.identity, batch_id, sizes, items))
+        record.send_ns = perf_counter_ns() - started_ns
         return record
 
     def _expire(self, queue: ModelQueue, expired: list[int], now_ns: int) -> None:
@@ -708,6 +719,7 @@ class BrokerCore:
             self.out_front.append([identity] + p.encode_error(rid, *error.to_wire()))
 
     def _on_worker_reply(self, worker: WorkerRecord | None, frames: list, now_ns: int) -> None:
+        started_ns = perf_counter_ns()
         batch_id, items = p.split_worker_reply(frames[1:])
         batch = self.batches.get(batch_id)
         if worker is None or batch is None or batch is not worker.batch:
@@ -730,6 +742,7 @@ class BrokerCore:
             except ProtocolError:
                 out.append([identity] + p.encode_error(
                     rid, "internal_error", "the worker sent an unknown reply command", 500))
+        self.worker_thread_ns = batch.send_ns + perf_counter_ns() - started_ns
         queue = worker.model
         queue.policy.answered(batch.sizes, now_ns - batch.dispatched_ns, now_ns)
         if next_batch is None:
@@ -942,7 +955,8 @@ class BrokerCore:
         sizes and queue times, for the metrics API (api/metrics_app.py). Read-only; O(models
         + workers)."""
         return answer((queue for versions in self.models.values()
-                       for queue in versions.values()), self.default_version)
+                       for queue in versions.values()), self.default_version,
+                      self.worker_thread_ns)
 
 
 def _serving(queue: ModelQueue) -> int:

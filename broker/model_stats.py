@@ -10,6 +10,7 @@ answer into Prometheus families; the broker never imports prometheus_client.
 The answer, a msgpack map (lists, not maps keyed by integers):
 
     {"queue_buckets_ns": [upper bound, ...],      # the histogram's buckets, +Inf implied
+     "worker_thread_ns": n or None,               # the broker's time on the last batch
      "models": [{"model": name, "version": v,
                  "default": bool,                 # the version a request naming none gets
                  "queued": n, "in_flight": n,     # waiting now; sent to workers, unanswered
@@ -81,9 +82,11 @@ def model_figures(queue: Any, default: bool) -> dict[str, Any]:
     }
 
 
-def answer(queues: Iterable[Any], default_versions: Mapping[str, str]) -> dict[str, Any]:
+def answer(queues: Iterable[Any], default_versions: Mapping[str, str],
+           worker_thread_ns: int | None = None) -> dict[str, Any]:
     """The `metrics` control call's answer over these model queues; default_versions: each
-    model name's default version."""
-    return {"queue_buckets_ns": list(QUEUE_BUCKETS_NS),
+    model name's default version; worker_thread_ns: the broker's time on its last batch
+    (BrokerCore.worker_thread_ns)."""
+    return {"queue_buckets_ns": list(QUEUE_BUCKETS_NS), "worker_thread_ns": worker_thread_ns,
             "models": [model_figures(queue, default_versions.get(queue.config.name)
                                      == queue.config.version) for queue in queues]}

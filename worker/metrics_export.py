@@ -108,8 +108,12 @@ class MetricsExporter:
         #: (name, type, dimension names, dimension values) -> the series' writer
         self._series: dict[tuple, Callable[[Any], None]] = {}
         self._said: set = set()
-        for name in ("HandlerTime", "PredictionTime"):
-            self._new_family(name, "gauge", MODEL_LABELS, "ms")
+        self._new_family("HandlerTime", "gauge", MODEL_LABELS, "ms")
+        prediction_time = self._new_family("PredictionTime", "gauge", MODEL_LABELS, "ms")
+        #: set(ms) of a handler call that succeeded (written here, not through the handler's
+        #: records: a batch pays one gauge write for it)
+        self.set_prediction_ms: Callable[[float], None] = prediction_time.labels(
+            model_name, "Model", self.hostname).set
         self._load_time = self._new_family("WorkerLoadTime", "gauge", WORKER_LOAD_LABELS,
                                            "Milliseconds")
         handler = Histogram(HANDLER_SECONDS, "Seconds a handler call took (one per batch)",

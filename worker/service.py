@@ -28,10 +28,10 @@ through the `partial_sink` the worker loop installs (the data socket's send, as 
 `ts.handler_utils.utils.send_intermediate_predict_response` calls it while the handler runs.
 
 Metrics: what the handler records through `context.metrics` (TorchServe's custom metrics API,
-worker.compat.metrics_cache; PredictionTime is recorded here after a call that succeeded, as
-TorchServe's service does) is exported after each handler call, its retries included, by the
+worker.compat.metrics_cache) is exported after each handler call, its retries included, by the
 service's MetricsExporter (worker.metrics_export), which also observes each handler call's
-time; what `initialize` recorded is exported once the model has loaded. Without an exporter
+time and sets PredictionTime after a call that succeeded (as TorchServe's service does); what
+`initialize` recorded is exported once the model has loaded. Without an exporter
 (`Service.load(..., export_metrics=False)`, the default) the records are kept until the next
 call and go nowhere. A metrics file (TorchServe's metrics.yaml, `metrics_config`) puts its
 `model_metrics` in the cache before the handler initializes.
@@ -99,6 +99,7 @@ class Service:
         #: where the handler's metrics go after each call (None: nowhere)
         self.exporter = exporter
         self._observe_handler_s = exporter.observe_handler_s if exporter is not None else None
+        self._set_prediction_ms = exporter.set_prediction_ms if exporter is not None else None
         retry = context.model_yaml_config.get(RETRY_FAILED_BATCH_KEY, True)
         if not isinstance(retry, bool):
             raise ConfigError(f"model-config.yaml of {context.model_name}: "
@@ -283,7 +284,8 @@ class Service:
         if len(results) != count:
             message = f"handler returned {len(results)} results for {count} requests"
             return [_error(HandlerError.code, message, HandlerError.http_status)] * count, message
-        context.metrics.add_time("PredictionTime", round(elapsed_ns / 1e6, 2))
+        if self._set_prediction_ms is not None:
+            self._set_prediction_ms(round(elapsed_ns / 1e6, 2))
         return [_reply(index, value, processors[index])
                 for index, value in enumerate(results)], None
 

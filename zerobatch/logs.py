@@ -33,13 +33,22 @@ record per line). Bytes written straight to file descriptors 1 and 2 by C code (
 process that inherits them) still reach the log as they are. Text mode changes none of this.
 
 The cost per record is what logging.Formatter does anyway plus one json.dumps of a small dict.
+
+A logger with a line a request (the access log) would pay that per request: `BufferedLines`
+writes its INFO lines straight to configure()'s stream instead, in the same format (text or
+JSON, the same fields), without a LogRecord, a batch of lines at a time (at most
+FLUSH_LINES lines, or FLUSH_INTERVAL_S late on an event loop). `buffered_lines(name)` gives
+one when configure() set this process's log up, else None (the caller logs as usual).
 """
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import io
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -51,6 +60,13 @@ from zerobatch.config import LOG_FORMATS
 TEXT_FORMAT = "%(asctime)s %(levelname)s {process}[%(process)d] %(name)s: %(message)s"
 #: Fields of a record's `extra` that a JSON line carries, each under its own name.
 EXTRA_KEYS = ("access",)
+#: BufferedLines writes when it holds this many lines ...
+FLUSH_LINES = 256
+#: ... or this long after the first of them, on an event loop (at once without one)
+FLUSH_INTERVAL_S = 0.25
+
+#: what configure() set up in this process: (handler, log format, process name), or None
+_configured: tuple[logging.Handler, str, str] | None = None
 
 
 class JsonFormatter(logging.Formatter):
@@ -164,7 +180,89 @@ def configure(level: str | int, log_format: str, process: str,
     logging.basicConfig(level=level, handlers=[handler], force=True)
     if log_format == "json":
         _route_into_logging(stream)
+    global _configured
+    _configured = (handler, log_format, process)
     return handler
+
+
+def buffered_lines(logger_name: str) -> BufferedLines | None:
+    """A BufferedLines for logger_name's INFO lines on the stream configure() set up; None
+    when configure() has not run in this process (the log is not zerobatch's to write)."""
+    if _configured is None:
+        return None
+    handler, log_format, process = _configured
+    return BufferedLines(logger_name, handler, log_format, process)
+
+
+class BufferedLines:
+    """INFO lines of one logger, formatted as configure()'s handler formats a record and
+    written to its stream a batch at a time (see the module docstring). Not thread-safe: one
+    event loop's lines."""
+
+    def __init__(self, logger_name: str, handler: logging.Handler, log_format: str,
+                 process: str) -> None:
+        self.logger_name = logger_name
+        self._handler = handler
+        self._json = log_format == "json"
+        self._text_head = f" INFO {process}[{os.getpid()}] {logger_name}: "
+        self._json_head = {"level": "INFO", "process": process, "pid": os.getpid(),
+                           "logger": logger_name}
+        self._lines: list[str] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._second = -1
+        self._second_text = ""
+        atexit.register(self.flush)
+
+    def write(self, message: str, extra: dict[str, Any] | None = None) -> None:
+        """One line: `message`, with `extra` (EXTRA_KEYS) in a JSON line as a record's."""
+        now = time.time()
+        if self._json:
+            line = dict(time=self._stamp(now, True), **self._json_head, message=message)
+            if extra:
+                line.update((key, extra[key]) for key in EXTRA_KEYS if key in extra)
+            self._lines.append(json.dumps(line, default=str))
+        else:
+            self._lines.append(self._stamp(now, False) + self._text_head + message)
+        if len(self._lines) >= FLUSH_LINES:
+            self.flush()
+        elif self._timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.flush()
+                return
+            self._timer = loop.call_later(FLUSH_INTERVAL_S, self._tick)
+
+    def flush(self) -> None:
+        """Write the lines held, under the handler's lock (no record lands inside them)."""
+        lines, self._lines = self._lines, []
+        if not lines:
+            return
+        handler = self._handler
+        handler.acquire()
+        try:
+            stream = handler.stream
+            stream.write("\n".join(lines) + "\n")
+            stream.flush()
+        except Exception:  # a log line never fails a request; logging says why, as usual
+            handler.handleError(logging.makeLogRecord({"msg": lines[0]}))
+        finally:
+            handler.release()
+
+    def _tick(self) -> None:
+        self._timer = None
+        self.flush()
+
+    def _stamp(self, now: float, utc: bool) -> str:
+        """now as the handler's formatter writes a record's time: UTC ISO-8601 with
+        milliseconds in JSON, logging's default asctime (local time, ",mmm") in text."""
+        second = int(now)
+        if second != self._second:  # one strftime a second, not one a line
+            self._second_text = (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)) if utc
+                                 else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second)))
+            self._second = second
+        millis = int((now - second) * 1000)
+        return f"{self._second_text}.{millis:03d}Z" if utc else f"{self._second_text},{millis:03d}"
 
 
 def _route_into_logging(stream: TextIO) -> None:

@@ -174,3 +174,52 @@ def test_off_the_app_is_not_wrapped_and_logs_nothing(access_records):
     falcon.testing.TestClient(app).simulate_post("/predictions/echo", body=b"1")
     assert access_records() == []
     assert isinstance(app_with_log(), access_log.AccessLog)
+
+
+def test_in_a_served_process_lines_are_buffered_and_flushed_at_shutdown(monkeypatch):
+    """After zerobatch.logs.configure (as a front end runs), create_app's access log writes
+    buffered lines in the log's own format; the server's lifespan shutdown flushes them."""
+    import io
+
+    from zerobatch import logs
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter(logs.TEXT_FORMAT.format(process="frontend")))
+    monkeypatch.setattr(logs, "_configured", (handler, "text", "frontend"))
+    app = app_with_log()
+    assert app.lines is not None and app.lines.logger_name == ACCESS_LOGGER
+    events = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+    sent = []
+
+    async def receive():
+        return events.pop(0)
+
+    async def send(message):
+        if message["type"] == "lifespan.shutdown.complete":
+            sent.append(stream.getvalue())  # what was written when shutdown completed
+
+    async def main():
+        body = []
+
+        async def http_send(message):
+            body.append(message)
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                 "method": "POST", "path": "/predictions/echo", "raw_path": b"/predictions/echo",
+                 "query_string": b"", "headers": [(b"content-length", b"1")],
+                 "client": ("127.0.0.1", 4000), "server": ("127.0.0.1", 8080),
+                 "scheme": "http", "root_path": ""}
+
+        async def http_receive():
+            return {"type": "http.request", "body": b"1", "more_body": False}
+
+        await app(scope, http_receive, http_send)
+        assert stream.getvalue() == ""  # held: the timer has not fired
+        await app({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)
+
+    asyncio.run(main())
+    (written,) = sent
+    (line,) = written.splitlines()
+    assert " INFO frontend[" in line and " zerobatch.access: " in line
+    assert LINE.search(line.split(" zerobatch.access: ", 1)[1]).group("status") == "200"

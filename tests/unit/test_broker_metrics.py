@@ -59,9 +59,12 @@ def test_queue_times_from_arrival_to_dispatch_fill_fixed_buckets(core):
     assert model["queue_counts"] == waits(50 * MS, 20 * MS)
     assert model["queue_counts"][QUEUE_BUCKETS_NS.index(50 * MS)] == 1
     assert model["queue_ns_total"] == 70 * MS
+    assert core.metrics()["worker_thread_ns"] is None  # no batch answered yet
     reply_batch(core, batch, 80 * MS)
     model = figures(core)
     assert model["in_flight"] == 0 and model["batch_sizes"] == [[2, 1]]
+    # the broker's own time on it (a clock of its own, not the loop's): some, far under 1 s
+    assert 0 < core.metrics()["worker_thread_ns"] < 10**9
 
 
 def test_a_wait_past_the_last_bound_counts_in_the_last_bucket(core):

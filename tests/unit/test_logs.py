@@ -28,6 +28,7 @@ def restore_logging(monkeypatch):
     for name in ("stdout", "stderr", "excepthook"):
         monkeypatch.setattr(sys, name, getattr(sys, name))
     monkeypatch.setattr(threading, "excepthook", threading.excepthook)
+    monkeypatch.setattr(logs, "_configured", None)
     yield
     logging.captureWarnings(False)
     root.handlers[:] = handlers
@@ -159,3 +160,62 @@ def test_configuring_twice_does_not_loop_through_the_replaced_stderr(restore_log
 def test_an_unknown_format_is_refused(restore_logging):
     with pytest.raises(ValueError, match="text, json"):
         logs.configure("INFO", "xml", "broker", stream=io.StringIO())
+
+
+# ------------------------------------------------------------------ BufferedLines
+
+def test_without_configure_there_are_no_buffered_lines(restore_logging):
+    assert logs.buffered_lines("zerobatch.access") is None
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_buffered_lines_are_written_as_the_handler_writes_a_record(restore_logging,
+                                                                   log_format):
+    stream = io.StringIO()
+    logs.configure("WARNING", log_format, "frontend", stream=stream)
+    fields = {"status": 200, "path": "/predictions/echo"}
+    logger = logging.getLogger("zerobatch.access")
+    logger.setLevel(logging.INFO)
+    try:
+        logger.info("GET %s", "/x", extra={"access": fields})
+    finally:
+        logger.setLevel(logging.NOTSET)
+    buffered = logs.buffered_lines("zerobatch.access")
+    buffered.write("GET /x", {"access": fields})  # no event loop: written at once
+    by_record, by_buffer = lines(stream)
+    if log_format == "json":
+        record, line = json.loads(by_record), json.loads(by_buffer)
+        assert ISO_UTC_MS.match(line["time"])
+        del record["time"], line["time"]
+        assert line == record == {"level": "INFO", "process": "frontend", "pid": os.getpid(),
+                                  "logger": "zerobatch.access", "message": "GET /x",
+                                  "access": fields}
+    else:
+        record, line = TEXT_LINE.match(by_record), TEXT_LINE.match(by_buffer)
+        assert line.groups() == record.groups() == (
+            "INFO", "frontend", str(os.getpid()), "zerobatch.access", "GET /x")
+
+
+def test_buffered_lines_wait_for_the_timer_or_a_full_buffer(restore_logging, monkeypatch):
+    import asyncio
+
+    stream = io.StringIO()
+    logs.configure("INFO", "text", "frontend", stream=stream)
+    monkeypatch.setattr(logs, "FLUSH_INTERVAL_S", 0.05)
+    monkeypatch.setattr(logs, "FLUSH_LINES", 10)
+    buffered = logs.buffered_lines("zerobatch.access")
+
+    async def main():
+        buffered.write("one")
+        assert lines(stream) == []  # held until the timer
+        while not lines(stream):
+            await asyncio.sleep(0.01)  # poll: the timer fires within FLUSH_INTERVAL_S
+        assert [line.rsplit(": ", 1)[1] for line in lines(stream)] == ["one"]
+        for index in range(10):  # the tenth fills the buffer: all ten written at once
+            buffered.write(str(index))
+        assert len(lines(stream)) == 11
+        buffered.write("last")
+        buffered.flush()  # as the server's stop does
+        assert lines(stream)[-1].endswith(": last")
+
+    asyncio.run(asyncio.wait_for(main(), 10))

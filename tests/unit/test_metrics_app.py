@@ -39,8 +39,9 @@ def model_answer(**overrides) -> dict:
     return entry
 
 
-def answer(*models: dict) -> dict:
-    return {"queue_buckets_ns": [1_000_000, 10_000_000], "models": list(models)}
+def answer(*models: dict, worker_thread_ns: int | None = 2_500_000) -> dict:
+    return {"queue_buckets_ns": [1_000_000, 10_000_000], "worker_thread_ns": worker_thread_ns,
+            "models": list(models)}
 
 
 CANNED = answer(model_answer())
@@ -81,6 +82,7 @@ def test_a_canned_answer_becomes_the_documented_families():
     parsed = families(text)
     assert {name: family.type for name, family in parsed.items()} == {
         "ts_queue_latency_microseconds": "counter", "QueueTime": "gauge",
+        "WorkerThreadTime": "gauge",
         "zerobatch_queue_depth": "gauge", "zerobatch_in_flight_requests": "gauge",
         "zerobatch_workers": "gauge", "zerobatch_refusals": "counter",
         "zerobatch_expired": "counter", "zerobatch_worker_restarts": "counter",
@@ -91,6 +93,7 @@ def test_a_canned_answer_becomes_the_documented_families():
     assert samples(text)[("ts_queue_latency_microseconds_total", (
         ("hostname", HOST), ("model_name", "echo"), ("model_version", "1.0")))] == 45500.0
     assert value(text, "QueueTime", Level="Host", Hostname=HOST) == 3.5
+    assert value(text, "WorkerThreadTime", Level="Host", Hostname=HOST) == 2.5
     assert value(text, "zerobatch_queue_depth", **MODEL) == 3
     assert value(text, "zerobatch_in_flight_requests", **MODEL) == 4
     assert {state: value(text, "zerobatch_workers", state=state, **MODEL)
@@ -114,6 +117,12 @@ def test_a_canned_answer_becomes_the_documented_families():
     assert value(text, "zerobatch_queue_seconds_count", **MODEL) == 12
     assert value(text, "zerobatch_queue_seconds_sum", **MODEL) == pytest.approx(0.0455)
     assert value(text, "zerobatch_default_version", **MODEL) == 1
+
+
+def test_before_the_first_batch_there_is_no_worker_thread_time():
+    text = exposition(broker_families(answer(model_answer(), worker_thread_ns=None), HOST,
+                                      0.0)).decode()
+    assert families(text)["WorkerThreadTime"].samples == []
 
 
 def test_only_a_default_version_has_a_default_version_sample():

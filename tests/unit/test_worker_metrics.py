@@ -180,8 +180,8 @@ def test_each_type_goes_to_its_prometheus_family(exporter, registry):
 def test_the_workers_own_families(exporter, registry):
     exporter.set_load_time("w-1", 1234.5)
     exporter.observe_handler_s(0.02)
-    exporter.export([record("PredictionTime", 3.5, "gauge"),
-                     record("HandlerTime", 3.0, "gauge")])
+    exporter.set_prediction_ms(3.5)
+    exporter.export([record("HandlerTime", 3.0, "gauge")])
     assert value(registry, "WorkerLoadTime", WorkerName="w-1", Level="Host",
                  Hostname=HOST) == 1234.5
     assert value(registry, f"{HANDLER_SECONDS}_count", model_name="m",

@@ -1,0 +1,145 @@
+"""What observability costs the inference path: the same echo model behind four servers that
+run at once, loaded in turn by the HTTP load generator at a fixed concurrency, round by round
+(the order reversed every other round):
+
+  off       `--metrics-address none`: no metrics API, nothing recorded (the benchmarks'
+            default)
+  recorded  the metrics API on (zerobatch's default): every process records its figures;
+            nobody scrapes them
+  scraped   the same, and /metrics scraped every SCRAPE_INTERVAL_S by a thread for the whole
+            run (a Prometheus scrapes every 15 to 60 s)
+  access    scraped, with `--access-log`: a log line per request
+
+For each: the median throughput and latency over rounds, and each one's ratio to off.
+Tracing is not measured: without OTEL_* variables it is one `is None` test per request and
+per batch.
+
+    python -m benchmarks.observability [--rounds 3] [--duration 6] [--concurrency 32]
+                                       [--json PATH]
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import statistics
+import threading
+
+from benchmarks.common import (
+    BENCH_MODELS,
+    at_least,
+    bench_parser,
+    free_port,
+    run_record,
+    write_json,
+    zerobatch_server,
+)
+from benchmarks.loadgen import HttpTarget
+from benchmarks.loadgen_http import run_http
+
+ECHO = {"echo": os.path.join(BENCH_MODELS, "echo")}
+BODY = b'{"x": 1}'
+COMMON = ("--frontends", "1", "--batch-size", "8", "--max-batch-delay", "5",
+          "--max-queue", "1000")
+KINDS = ("off", "recorded", "scraped", "access")
+SCRAPE_INTERVAL_S = 1.0
+
+
+def measure(port: int, concurrency: int, duration_s: float) -> dict:
+    target = HttpTarget(host="127.0.0.1", port=port, path="/predictions/echo", body=BODY,
+                        headers={"Content-Type": "application/json"})
+    result = run_http(target, concurrency=concurrency, duration_s=duration_s,
+                      max_requests=10_000_000)
+    return {"rps": result.ok / result.duration_s,
+            "p50_ms": result.latency.percentile(50) / 1000,
+            "p99_ms": result.latency.percentile(99) / 1000,
+            "errors": sum(result.errors.values())}
+
+
+class Scraper:
+    """GET /metrics every SCRAPE_INTERVAL_S until stopped; counts the scrapes and their
+    bytes, and the failures."""
+
+    def __init__(self, ports: list[int]) -> None:
+        self.ports = ports
+        self.scrapes = 0
+        self.failures = 0
+        self.last_bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="scraper", daemon=True)
+
+    def __enter__(self) -> "Scraper":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(SCRAPE_INTERVAL_S):
+            for port in self.ports:
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                try:
+                    connection.request("GET", "/metrics")
+                    response = connection.getresponse()
+                    body = response.read()
+                    if response.status == 200:
+                        self.scrapes += 1
+                        self.last_bytes = len(body)
+                    else:
+                        self.failures += 1
+                except OSError:
+                    self.failures += 1
+                finally:
+                    connection.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = bench_parser("benchmarks.observability")
+    parser.add_argument("--rounds", type=at_least(1), default=3)
+    parser.add_argument("--duration", type=float, default=6.0, help="seconds per run")
+    parser.add_argument("--concurrency", type=at_least(1), default=32)
+    args = parser.parse_args(argv)
+    ports = {kind: free_port() for kind in KINDS}
+    metrics_ports = {kind: free_port() for kind in KINDS[1:]}
+
+    def metrics(kind: str) -> tuple[str, str]:
+        return "--metrics-address", f"http://127.0.0.1:{metrics_ports[kind]}"
+
+    runs: dict[str, list[dict]] = {kind: [] for kind in KINDS}
+    with zerobatch_server(ECHO, "--http-port", str(ports["off"]), *COMMON), \
+            zerobatch_server(ECHO, "--http-port", str(ports["recorded"]), *COMMON,
+                             *metrics("recorded")), \
+            zerobatch_server(ECHO, "--http-port", str(ports["scraped"]), *COMMON,
+                             *metrics("scraped")), \
+            zerobatch_server(ECHO, "--http-port", str(ports["access"]), *COMMON,
+                             *metrics("access"), "--access-log"), \
+            Scraper([metrics_ports["scraped"], metrics_ports["access"]]) as scraper:
+        for round_index in range(args.rounds):
+            order = KINDS if round_index % 2 == 0 else KINDS[::-1]
+            for kind in order:
+                runs[kind].append(measure(ports[kind], args.concurrency, args.duration))
+                figures = runs[kind][-1]
+                print(f"round {round_index + 1} {kind}: {figures['rps']:,.0f} req/s, p50 "
+                      f"{figures['p50_ms']:.2f} ms, p99 {figures['p99_ms']:.2f} ms, errors "
+                      f"{figures['errors']}", flush=True)
+    median = {kind: {key: statistics.median(run[key] for run in kind_runs)
+                     for key in kind_runs[0]} for kind, kind_runs in runs.items()}
+    figures = {"median": median, "runs": runs, "scrapes": scraper.scrapes,
+               "scrape_failures": scraper.failures, "scrape_bytes": scraper.last_bytes,
+               "ratios_to_off": {kind: median[kind]["rps"] / median["off"]["rps"]
+                                 for kind in KINDS[1:]}}
+    print()
+    for kind in KINDS:
+        print(f"{kind}: {median[kind]['rps']:,.0f} req/s, p50 {median[kind]['p50_ms']:.2f} ms, "
+              f"p99 {median[kind]['p99_ms']:.2f} ms")
+    print(", ".join(f"{kind}/off {ratio:.3f}" for kind, ratio in figures["ratios_to_off"].items())
+          + f" ({scraper.scrapes} scrapes of {scraper.last_bytes:,} bytes, "
+          f"{scraper.failures} failed)")
+    write_json(args.json, run_record("observability", vars(args), figures))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
