@@ -6,11 +6,15 @@ run at once, loaded in turn by the HTTP load generator at a fixed concurrency, r
             default)
   recorded  the metrics API on (zerobatch's default): every process records its figures;
             nobody scrapes them
-  scraped   the same, and /metrics scraped every SCRAPE_INTERVAL_S by a thread for the whole
-            run (a Prometheus scrapes every 15 to 60 s)
-  access    scraped, with `--access-log`: a log line per request
+  scraped   the same, and its /metrics scraped every SCRAPE_INTERVAL_S by a thread while it
+            is loaded (a Prometheus scrapes every 15 to 60 s)
+  access    scraped (while loaded), with `--access-log`: a log line per request
 
-For each: the median throughput and latency over rounds, and each one's ratio to off.
+So recorded/off is what recording costs, scraped/recorded what scraping adds.
+
+For each: the median throughput and latency over rounds, each one's ratio to off, and the
+median of its ratios to off round by round (steadier on a machine whose speed moves between
+rounds: both sides of a round ran within seconds of each other).
 Tracing is not measured: without OTEL_* variables it is one `is None` test per request and
 per batch.
 
@@ -42,6 +46,7 @@ BODY = b'{"x": 1}'
 COMMON = ("--frontends", "1", "--batch-size", "8", "--max-batch-delay", "5",
           "--max-queue", "1000")
 KINDS = ("off", "recorded", "scraped", "access")
+SCRAPED_KINDS = ("scraped", "access")
 SCRAPE_INTERVAL_S = 1.0
 
 
@@ -57,11 +62,11 @@ def measure(port: int, concurrency: int, duration_s: float) -> dict:
 
 
 class Scraper:
-    """GET /metrics every SCRAPE_INTERVAL_S until stopped; counts the scrapes and their
-    bytes, and the failures."""
+    """GET /metrics of the metrics ports in `ports` (set it to [] for none) every
+    SCRAPE_INTERVAL_S until stopped; counts the scrapes and their bytes, and the failures."""
 
-    def __init__(self, ports: list[int]) -> None:
-        self.ports = ports
+    def __init__(self) -> None:
+        self.ports: list[int] = []
         self.scrapes = 0
         self.failures = 0
         self.last_bytes = 0
@@ -78,7 +83,7 @@ class Scraper:
 
     def _run(self) -> None:
         while not self._stop.wait(SCRAPE_INTERVAL_S):
-            for port in self.ports:
+            for port in list(self.ports):
                 connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
                 try:
                     connection.request("GET", "/metrics")
@@ -115,11 +120,13 @@ def main(argv: list[str] | None = None) -> int:
                              *metrics("scraped")), \
             zerobatch_server(ECHO, "--http-port", str(ports["access"]), *COMMON,
                              *metrics("access"), "--access-log"), \
-            Scraper([metrics_ports["scraped"], metrics_ports["access"]]) as scraper:
+            Scraper() as scraper:
         for round_index in range(args.rounds):
             order = KINDS if round_index % 2 == 0 else KINDS[::-1]
             for kind in order:
+                scraper.ports = [metrics_ports[kind]] if kind in SCRAPED_KINDS else []
                 runs[kind].append(measure(ports[kind], args.concurrency, args.duration))
+                scraper.ports = []
                 figures = runs[kind][-1]
                 print(f"round {round_index + 1} {kind}: {figures['rps']:,.0f} req/s, p50 "
                       f"{figures['p50_ms']:.2f} ms, p99 {figures['p99_ms']:.2f} ms, errors "
@@ -129,7 +136,14 @@ def main(argv: list[str] | None = None) -> int:
     figures = {"median": median, "runs": runs, "scrapes": scraper.scrapes,
                "scrape_failures": scraper.failures, "scrape_bytes": scraper.last_bytes,
                "ratios_to_off": {kind: median[kind]["rps"] / median["off"]["rps"]
-                                 for kind in KINDS[1:]}}
+                                 for kind in KINDS[1:]},
+               "round_ratio_medians": {
+                   kind: statistics.median(run["rps"] / off["rps"] for run, off
+                                           in zip(runs[kind], runs["off"], strict=True))
+                   for kind in KINDS[1:]},
+               "scraped_over_recorded_round_median": statistics.median(
+                   scraped["rps"] / recorded["rps"] for scraped, recorded
+                   in zip(runs["scraped"], runs["recorded"], strict=True))}
     print()
     for kind in KINDS:
         print(f"{kind}: {median[kind]['rps']:,.0f} req/s, p50 {median[kind]['p50_ms']:.2f} ms, "
@@ -137,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     print(", ".join(f"{kind}/off {ratio:.3f}" for kind, ratio in figures["ratios_to_off"].items())
           + f" ({scraper.scrapes} scrapes of {scraper.last_bytes:,} bytes, "
           f"{scraper.failures} failed)")
+    print("round by round, median: " + ", ".join(
+        f"{kind}/off {ratio:.3f}" for kind, ratio in figures["round_ratio_medians"].items())
+        + f", scraped/recorded {figures['scraped_over_recorded_round_median']:.3f}")
     write_json(args.json, run_record("observability", vars(args), figures))
     return 0
 
