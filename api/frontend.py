@@ -27,6 +27,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import uvicorn
 
@@ -34,7 +35,7 @@ from zerobatch import logs
 from zerobatch.api.http_app import create_app
 from zerobatch.api.http_protocol import CoalescingHttpToolsProtocol
 from zerobatch.api.tls import tls_options
-from zerobatch.config import FrontendConfig, ManagementConfig
+from zerobatch.config import FrontendConfig, ManagementConfig, MetricsConfig
 from zerobatch.errors import ConfigError
 from zerobatch.gc_policy import freeze_startup_objects
 
@@ -44,15 +45,6 @@ log = logging.getLogger("zerobatch.frontend")
 #: the broker's ZeroMQ sockets and their threads' pipes, the event loop's, the log; and the
 #: connections it accepts only to refuse them.
 FD_MARGIN = 256
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -P -m zerobatch.api.frontend",
-                                     description="one zerobatch HTTP front-end process")
-    parser.add_argument("--config", required=True, help="FrontendConfig as JSON")
-    parser.add_argument("--fd", type=int, default=None,
-                        help="serve on this inherited, bound, listening socket")
-    return parser.parse_args(argv)
 
 
 def build_server(config: FrontendConfig, fd: int | None) -> tuple[uvicorn.Server, list | None]:
@@ -123,16 +115,29 @@ def raise_open_file_limit(connections: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    return process_main(argv, "zerobatch.api.frontend", FrontendConfig, "frontend", build_server)
+
+
+def process_main(argv: list[str] | None, module: str, config_class: Any, name: str,
+                 build_server: Callable[[Any, int | None], tuple[uvicorn.Server, list | None]]
+                 ) -> int:
+    """The entry point of a process that serves HTTP (a front end, the management or the
+    metrics API): `python -P -m MODULE --config JSON [--fd N]`; run() as `name`, or 2 for a
+    config that does not parse."""
+    parser = argparse.ArgumentParser(prog=f"python -P -m {module}")
+    parser.add_argument("--config", required=True, help=f"{config_class.__name__} as JSON")
+    parser.add_argument("--fd", type=int, default=None,
+                        help="serve on this inherited, bound, listening socket")
+    args = parser.parse_args(argv)
     try:
-        config = FrontendConfig.from_json(args.config)
+        config = config_class.from_json(args.config)
     except (ValueError, TypeError) as exc:
-        print(f"api.frontend: bad --config: {exc}", file=sys.stderr)
+        print(f"{module}: bad --config: {exc}", file=sys.stderr)
         return 2
-    return run(config, "frontend", lambda: build_server(config, args.fd))
+    return run(config, name, lambda: build_server(config, args.fd))
 
 
-def run(config: FrontendConfig | ManagementConfig, name: str,
+def run(config: FrontendConfig | ManagementConfig | MetricsConfig, name: str,
         build: Callable[[], tuple[uvicorn.Server, list | None]]) -> int:
     """Serve until SIGTERM or SIGINT (a graceful stop, status 0), as the process `name`: the
     logging, the open-file limit for config.max_connections, then build()'s server; 2 when

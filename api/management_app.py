@@ -52,8 +52,6 @@ from zerobatch import __version__
 from zerobatch.api import registration
 from zerobatch.api.management_helpers import (
     JSON,
-    METHOD_NOT_ALLOWED_MESSAGE,
-    NOT_FOUND_MESSAGE,
     ApiError,
     bad_request,
     error_answer,
@@ -66,6 +64,7 @@ from zerobatch.api.management_helpers import (
     openapi,
     param,
     select,
+    serialize_http_error,
     strict_int,
     ts_describe,
     ts_json,
@@ -391,22 +390,6 @@ class SetDefaultResource:
         raise falcon.HTTPMethodNotAllowed(["PUT"])
 
 
-def _serialize_http_error(req: falcon.Request, resp: falcon.Response,
-                          error: falcon.HTTPError) -> None:
-    """falcon's own errors in TorchServe's words: ResourceNotFoundException (an unknown path),
-    MethodNotAllowedException, and the status's own name otherwise."""
-    status = error.status_code
-    if status == 404:
-        type_name, message = "ResourceNotFoundException", NOT_FOUND_MESSAGE
-    elif status == 405:
-        type_name, message = "MethodNotAllowedException", METHOD_NOT_ALLOWED_MESSAGE
-    else:
-        type_name = "BadRequestException" if status == 400 else type(error).__name__
-        message = error.description or error.title or str(status)
-    resp.content_type = JSON
-    resp.data = error_body(status, type_name, message)
-
-
 async def _handle_serving_error(req: falcon.asgi.Request, resp: falcon.asgi.Response,
                                 error: ServingError, params: dict) -> None:
     resp.status, resp.data = error_answer(error)
@@ -447,7 +430,7 @@ def create_management_app(control: Any, *, key_file: str = "",
     app.add_route("/models/{model_name}/{model_version}/set-default", SetDefaultResource(broker))
     if check:  # not in the OpenAPI description, as in TorchServe's
         app.add_route("/token", TokenResource(check, token_expiration_min))
-    app.set_error_serializer(_serialize_http_error)
+    app.set_error_serializer(serialize_http_error)
     app.add_error_handler(Exception, _handle_unexpected)
     app.add_error_handler(ServingError, _handle_serving_error)
     return app

@@ -17,6 +17,8 @@ import re
 import time
 from typing import Any
 
+import falcon
+
 from zerobatch.errors import (
     BadRequest,
     BrokerUnavailable,
@@ -102,6 +104,23 @@ def error_answer(error: ServingError) -> tuple[int, bytes]:
 
 def error_body(status: int, type_name: str, message: str) -> bytes:
     return ts_json({"code": status, "type": type_name, "message": message})
+
+
+def serialize_http_error(req: falcon.Request, resp: falcon.Response,
+                         error: falcon.HTTPError) -> None:
+    """falcon's own errors in TorchServe's words, for the management and metrics APIs:
+    ResourceNotFoundException (an unknown path), MethodNotAllowedException, and the status's
+    own name otherwise."""
+    status = error.status_code
+    if status == 404:
+        type_name, message = "ResourceNotFoundException", NOT_FOUND_MESSAGE
+    elif status == 405:
+        type_name, message = "MethodNotAllowedException", METHOD_NOT_ALLOWED_MESSAGE
+    else:
+        type_name = "BadRequestException" if status == 400 else type(error).__name__
+        message = error.description or error.title or str(status)
+    resp.content_type = JSON
+    resp.data = error_body(status, type_name, message)
 
 
 # ------------------------------------------------------------------ parameters

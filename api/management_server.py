@@ -16,14 +16,13 @@ when the management address is https://. SIGTERM or SIGINT: finish in-flight cal
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 
 import uvicorn
 
 from zerobatch.api.broker_control import BrokerControl
-from zerobatch.api.frontend import http_server, run
+from zerobatch.api.frontend import http_server, process_main
 from zerobatch.api.management_app import create_management_app
 from zerobatch.config import ManagementConfig
 
@@ -41,17 +40,8 @@ def build_server(config: ManagementConfig, fd: int | None
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -P -m zerobatch.api.management_server")
-    parser.add_argument("--config", required=True, help="ManagementConfig as JSON")
-    parser.add_argument("--fd", type=int, default=None,
-                        help="serve on this inherited, bound, listening socket")
-    args = parser.parse_args(argv)
-    try:
-        config = ManagementConfig.from_json(args.config)
-    except (ValueError, TypeError) as exc:
-        print(f"api.management_server: bad --config: {exc}", file=sys.stderr)
-        return 2
-    return run(config, "management", lambda: build_server(config, args.fd))
+    return process_main(argv, "zerobatch.api.management_server", ManagementConfig,
+                        "management", build_server)
 
 
 if __name__ == "__main__":

@@ -76,12 +76,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.utils import floatToGoString
 
 from zerobatch.api.dashboard_app import add_dashboard_routes
-from zerobatch.api.management_helpers import (
-    JSON,
-    METHOD_NOT_ALLOWED_MESSAGE,
-    NOT_FOUND_MESSAGE,
-    error_body,
-)
+from zerobatch.api.management_helpers import serialize_http_error
 from zerobatch.config import METRICS_BROKER_TIMEOUT_MS
 from zerobatch.errors import ConfigError, ServingError
 
@@ -349,21 +344,6 @@ class MetricsResource:
         resp.data = exposition(select(families, names))
 
 
-def _serialize_http_error(req: falcon.Request, resp: falcon.Response,
-                          error: falcon.HTTPError) -> None:
-    """falcon's errors in TorchServe's words (an unknown path, a method other than GET)."""
-    status = error.status_code
-    if status == 404:
-        type_name, message = "ResourceNotFoundException", NOT_FOUND_MESSAGE
-    elif status == 405:
-        type_name, message = "MethodNotAllowedException", METHOD_NOT_ALLOWED_MESSAGE
-    else:
-        type_name = "BadRequestException" if status == 400 else type(error).__name__
-        message = error.description or error.title or str(status)
-    resp.content_type = JSON
-    resp.data = error_body(status, type_name, message)
-
-
 def create_metrics_app(control: Any, metrics_dir: str, *, hostname: str | None = None,
                        broker_timeout_ms: int = METRICS_BROKER_TIMEOUT_MS) -> falcon.asgi.App:
     """The metrics app over `control` (the broker's control socket) and the processes' files in
@@ -373,5 +353,5 @@ def create_metrics_app(control: Any, metrics_dir: str, *, hostname: str | None =
     app = falcon.asgi.App()
     app.add_route("/metrics", MetricsResource(metrics_dir, broker))
     add_dashboard_routes(app)  # the live page over /metrics (api/dashboard_app.py)
-    app.set_error_serializer(_serialize_http_error)
+    app.set_error_serializer(serialize_http_error)
     return app

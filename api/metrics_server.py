@@ -16,13 +16,12 @@ address is https://. SIGTERM or SIGINT: finish in-flight scrapes, exit 0.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import uvicorn
 
 from zerobatch.api.broker_control import BrokerControl
-from zerobatch.api.frontend import http_server, run
+from zerobatch.api.frontend import http_server, process_main
 from zerobatch.api.metrics_app import create_metrics_app
 from zerobatch.config import MetricsConfig
 
@@ -36,17 +35,8 @@ def build_server(config: MetricsConfig, fd: int | None) -> tuple[uvicorn.Server,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -P -m zerobatch.api.metrics_server")
-    parser.add_argument("--config", required=True, help="MetricsConfig as JSON")
-    parser.add_argument("--fd", type=int, default=None,
-                        help="serve on this inherited, bound, listening socket")
-    args = parser.parse_args(argv)
-    try:
-        config = MetricsConfig.from_json(args.config)
-    except (ValueError, TypeError) as exc:
-        print(f"api.metrics_server: bad --config: {exc}", file=sys.stderr)
-        return 2
-    return run(config, "metrics", lambda: build_server(config, args.fd))
+    return process_main(argv, "zerobatch.api.metrics_server", MetricsConfig, "metrics",
+                        build_server)
 
 
 if __name__ == "__main__":

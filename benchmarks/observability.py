@@ -25,12 +25,10 @@ per batch.
 from __future__ import annotations
 
 import http.client
-import os
 import statistics
 import threading
 
 from benchmarks.common import (
-    BENCH_MODELS,
     at_least,
     bench_parser,
     free_port,
@@ -38,27 +36,11 @@ from benchmarks.common import (
     write_json,
     zerobatch_server,
 )
-from benchmarks.loadgen import HttpTarget
-from benchmarks.loadgen_http import run_http
+from benchmarks.control_plane import COMMON, ECHO, measure
 
-ECHO = {"echo": os.path.join(BENCH_MODELS, "echo")}
-BODY = b'{"x": 1}'
-COMMON = ("--frontends", "1", "--batch-size", "8", "--max-batch-delay", "5",
-          "--max-queue", "1000")
 KINDS = ("off", "recorded", "scraped", "access")
 SCRAPED_KINDS = ("scraped", "access")
 SCRAPE_INTERVAL_S = 1.0
-
-
-def measure(port: int, concurrency: int, duration_s: float) -> dict:
-    target = HttpTarget(host="127.0.0.1", port=port, path="/predictions/echo", body=BODY,
-                        headers={"Content-Type": "application/json"})
-    result = run_http(target, concurrency=concurrency, duration_s=duration_s,
-                      max_requests=10_000_000)
-    return {"rps": result.ok / result.duration_s,
-            "p50_ms": result.latency.percentile(50) / 1000,
-            "p99_ms": result.latency.percentile(99) / 1000,
-            "errors": sum(result.errors.values())}
 
 
 class Scraper:
@@ -125,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             order = KINDS if round_index % 2 == 0 else KINDS[::-1]
             for kind in order:
                 scraper.ports = [metrics_ports[kind]] if kind in SCRAPED_KINDS else []
-                runs[kind].append(measure(ports[kind], args.concurrency, args.duration))
+                runs[kind].append(measure(ports[kind], {}, args.concurrency, args.duration))
                 scraper.ports = []
                 figures = runs[kind][-1]
                 print(f"round {round_index + 1} {kind}: {figures['rps']:,.0f} req/s, p50 "
