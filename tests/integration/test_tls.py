@@ -18,6 +18,7 @@ import tempfile
 
 import pytest
 
+from tests.support.http_request import http_request
 from tests.support.servers import (
     TEST_MODELS,
     Server,
@@ -130,6 +131,22 @@ def test_predictions_over_https_and_plain_http_gets_no_answer(make_server, pem):
     ((status, _h, body),) = https_request(server.http_port, cert, [
         ("POST", "/predictions/echo", b"hello", {"Content-Type": "text/plain"})])
     assert (status, body) == (200, b"hello")
+
+
+def test_the_metrics_api_over_https(make_server, pem):
+    cert, key = pem
+    metrics_port = free_port()
+    server = make_server({"echo": "echo"}, "--certificate-file", cert, "--private-key-file",
+                         key, "--metrics-address", f"https://127.0.0.1:{metrics_port}")
+    assert server.metrics_port == metrics_port
+    ((status, headers, body), (page_status, _h, page)) = https_request(metrics_port, cert, [
+        ("GET", "/metrics?name[]=zerobatch_workers", None, {}),
+        ("GET", "/dashboard", None, {})])
+    assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert b'zerobatch_workers{model_name="echo",model_version="1.0",state="live"} 1.0' in body
+    assert page_status == 200 and b"<html" in page.lower()
+    with pytest.raises((http.client.HTTPException, OSError)):  # no plain HTTP on that port
+        http_request(metrics_port, "GET", "/metrics", None, None, 10)
 
 
 def test_a_refusal_reaches_the_client_before_the_tls_connection_closes(make_server, pem):

@@ -125,6 +125,7 @@ def test_torchserve_command_line_starts_and_stops(store, server, tmp_path):
                     "--no-deps -e .` to install the console script")
     properties = tmp_path / "config.properties"
     properties.write_text(f"inference_address=http://127.0.0.1:{server.http_port}\n"
+                          f"management_address=http://127.0.0.1:{free_port()}\n"
                           f"metrics_address=http://127.0.0.1:{free_port()}\n"
                           "default_workers_per_model=2\n")
 
