@@ -71,8 +71,10 @@ from zerobatch.api.http_helpers import (
     timeout_from_header,
     valid_request_id,
 )
+from zerobatch.api.kserve_v1 import add_kserve_v1_routes
 from zerobatch.api.management_app import ApiDescriptionResource
 from zerobatch.api.management_helpers import JSON, openapi, ts_json
+from zerobatch.api.open_inference import add_open_inference_routes
 from zerobatch.api.request_metrics import MetricsMiddleware, RequestMetrics
 from zerobatch.api.token_auth import INVALID_KEY_BODY, TokenCheck
 from zerobatch.config import FrontendConfig
@@ -275,6 +277,8 @@ def create_app(config: FrontendConfig, client: AsyncClient | None = None,
     predictions = PredictionsResource(holder, config, metrics)
     app.add_route("/predictions/{model_name}", predictions)
     app.add_route("/predictions/{model_name}/{model_version}", predictions)
+    add_open_inference_routes(app, holder, config)  # KServe v2 (api/open_inference.py)
+    add_kserve_v1_routes(app, holder, config)  # KServe v1 (api/kserve_v1.py)
     app.set_error_serializer(http_error_serializer)
     app.add_error_handler(Exception, handle_unexpected)
     app.add_error_handler(ServingError, handle_serving_error)

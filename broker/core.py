@@ -60,7 +60,7 @@ MAX_WORKERS_PER_MODEL = 64
 #: errors), nothing more. The others (stop, describe, the management calls) need the local
 #: control socket, a client that authenticated with CURVE, or, with token authorization on,
 #: the management key as the call's "token" (the same key the management API asks for).
-PUBLIC_CONTROL_OPS = frozenset({"ping", "ready"})
+PUBLIC_CONTROL_OPS = frozenset({"ping", "ready", "models"})
 #: Control operations that change nothing: an accepted one is logged at DEBUG (`zerobatch
 #: start` polls `describe` while the models load, the metrics API asks for `metrics` at each
 #: scrape); the others at INFO.
@@ -209,6 +209,7 @@ class BrokerCore:
         self.control_handlers: dict[str, Callable[[dict], Any]] = {
             "ping": lambda _args: {"status": self.health()},
             "ready": lambda _args: self.readiness(),
+            "models": lambda _args: self.model_list(),
             "describe": lambda _args: self.describe(),
             "metrics": lambda _args: self.metrics(),
             "stop": self._control_stop,
@@ -900,6 +901,17 @@ class BrokerCore:
                           for queue in versions.values()
                           if queue.config.workers and not _serving(queue)})
         return {"ready": not loading, "loading": loading}
+
+    def model_list(self) -> dict:
+        """The `models` answer, for the Open Inference Protocol's metadata and readiness:
+        {"models": [{"modelName", "modelVersion", "default": bool, "ready": bool,
+        "maxQueue": n}]}, ready when a live worker that is not retiring serves it. Names and
+        numbers only, like `ready` (anyone on the client endpoint may ask)."""
+        return {"models": [
+            {"modelName": name, "modelVersion": version,
+             "default": self.default_version.get(name) == version,
+             "ready": _serving(queue) > 0, "maxQueue": queue.config.max_queue}
+            for name, versions in self.models.items() for version, queue in versions.items()]}
 
     def registered(self) -> list[tuple[ModelConfig, bool, int]]:
         """(model, is its name's default version, maxWorkers) of every model version: what a

@@ -1,9 +1,10 @@
 """Request bodies in, results out: the codec of TorchServe's Python backend.
 
 In: a request body becomes the value a handler finds under `data[i]["body"]`: the decoded
-JSON for content types containing `application/json`, a `str` for `text/*`, and a
-`bytearray` for anything else. A body that fails to decode is passed on as a `bytearray`
-(TorchServe logs a warning and does the same).
+JSON for content types containing `application/json`, a `str` for `text/*`, a dict of numpy
+arrays for an Open Inference Protocol request (application/x-zerobatch-tensors, packed by the
+front end: worker/tensors.py), and a `bytearray` for anything else. A body that fails to
+decode is passed on as a `bytearray` (TorchServe logs a warning and does the same).
 
 Out: each result becomes a body and a default content type: bytes-like values go raw
 (application/octet-stream), `str` as UTF-8 (text/plain), a torch tensor through `torch.save`,
@@ -26,6 +27,8 @@ JSON_INDENT = 2
 OCTET_STREAM = "application/octet-stream"
 TEXT_PLAIN = "text/plain"
 APPLICATION_JSON = "application/json"
+#: an Open Inference Protocol request packed by the front end (worker/tensors.py)
+TENSORS_TYPE = "application/x-zerobatch-tensors"
 
 
 def decode_body(content_type: str, body: Any) -> Any:
@@ -36,6 +39,13 @@ def decode_body(content_type: str, body: Any) -> Any:
             return json.loads(bytes(body))
         except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, deep nesting
             log.warning("request body is not valid JSON; passing the raw bytes on")
+    elif kind == TENSORS_TYPE:  # a v2 infer request (numpy only imported then)
+        from zerobatch.worker.tensors import decode_tensors
+        try:
+            return decode_tensors(body)
+        except ValueError as exc:
+            log.warning("request body is not a packed v2 request (%s); passing the raw bytes "
+                        "on", exc)
     elif kind.startswith("text"):
         try:
             return str(body, "utf-8")

@@ -167,3 +167,16 @@ def test_the_metrics_call_is_read_only_local_and_logged_at_debug(core, caplog):
     # not public: an anonymous client on the client endpoint is refused
     core.on_front([CLIENT] + p.encode_control(b"m2", "metrics"), 0)
     assert errors(take_front(core)) == [(b"m2", "forbidden")]
+
+
+
+def test_the_public_models_call_names_versions_defaults_and_readiness(core):
+    add(core)
+    add(core, version="2.0")
+    ready(core, 0)  # echo 1.0's worker
+    max_queue = core.models["echo"]["1.0"].config.max_queue
+    assert core.model_list() == {"models": [
+        {"modelName": "echo", "modelVersion": "1.0", "default": True, "ready": True,
+         "maxQueue": max_queue},
+        {"modelName": "echo", "modelVersion": "2.0", "default": False, "ready": False,
+         "maxQueue": max_queue}]}

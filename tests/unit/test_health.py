@@ -137,7 +137,7 @@ def test_a_model_whose_load_failed_is_still_loading_by_name_only(core):
 # ---------------------------------------------------------------- who may ask
 
 
-@pytest.mark.parametrize("op", ["ping", "ready"])
+@pytest.mark.parametrize("op", ["ping", "ready", "models"])
 def test_anonymous_clients_may_ask(core, op):
     add(core)
     core.peer_of = lambda frames: ("203.0.113.9", None)

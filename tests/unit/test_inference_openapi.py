@@ -8,7 +8,8 @@ application/json, Gson's pretty printing and a final newline
 method of `/` is a MethodNotAllowedException, 405). The description must not drift from the
 app: every route the router holds is described, with the methods its resource answers, every
 described operation is answered (never 404 or 405), and the statuses the app gives are among
-those described for the operation.
+those described for the operation. That holds for the KServe v1 and Open Inference Protocol (v2)
+paths (api/kserve_v1.py, api/open_inference.py) too, whose errors are KServe's `{"error": ...}`.
 """
 
 from __future__ import annotations
@@ -19,25 +20,33 @@ import falcon.testing
 import pytest
 
 from tests.support.openapi import refs
-from zerobatch import __version__
+from zerobatch import __version__, token_keys
 from zerobatch.api.client_helpers import Reply
 from zerobatch.api.http_app import create_app
 from zerobatch.api.http_helpers import TIMEOUT_HEADER
 from zerobatch.api.management_helpers import ts_json
+from zerobatch.api.token_auth import AUTHORIZATION_FAILED, INVALID_KEY_BODY
 from zerobatch.config import FrontendConfig
-from zerobatch.errors import BrokerUnavailable, ModelNotFound
+from zerobatch.errors import BrokerUnavailable, DeadlineExceeded, ModelNotFound, ServingError
 
+#: name -> versions, the first the default
 MODELS = {"echo": ("1.0",)}
 #: what a described path's template parameters are replaced with to call it
-CONCRETE = {"{model_name}": "echo", "{model_version}": "1.0"}
+CONCRETE = {"{model_name}": "echo", "{model_version}": "1.0", "{model}": "echo",
+            "{version}": "1.0"}
+#: the smallest valid v2 infer request (the test app takes bodies of at most 64 bytes)
+V2_REQUEST = b'{"inputs":[{"name":"x","datatype":"INT8","shape":[],"data":1}]}'
+#: the paths whose errors are KServe's {"error": ...}, not TorchServe's shape
+KSERVE_PREFIXES = ("/v1/", "/v2")
 #: /api-description answers every method (ApiDescriptionRequestHandler), and is described, as
 #: TorchServe describes it, by its GET alone
 ANY_METHOD_PATHS = {"/api-description"}
 
 
 class FakeClient:
-    """The AsyncClient calls the inference app makes: control (ping, ready) and
-    predict_or_stream, answered from MODELS; `error` makes every call raise it."""
+    """The AsyncClient calls the inference app makes: control (ping, ready, models), ping,
+    predict and predict_or_stream, answered from MODELS, `loading` naming the models without a
+    live worker; `error` makes every call raise it."""
 
     def __init__(self) -> None:
         self.health = "Healthy"
@@ -51,7 +60,19 @@ class FakeClient:
             return {"status": self.health}
         if op == "ready":
             return {"ready": not self.loading, "loading": list(self.loading)}
+        if op == "models":  # BrokerCore.model_list
+            return {"models": [
+                {"modelName": name, "modelVersion": version, "default": version == versions[0],
+                 "ready": name not in self.loading, "maxQueue": 100}
+                for name, versions in MODELS.items() for version in versions]}
         raise AssertionError(f"unexpected control call {op!r}")
+
+    async def ping(self, timeout_ms: int = 1000) -> bool:
+        try:
+            await self.control("ping", timeout_ms=timeout_ms)
+        except ServingError:
+            return False
+        return True
 
     async def predict_or_stream(self, model: str, body: bytes, *, version: str | None = None,
                                 **kwargs) -> Reply:
@@ -60,6 +81,8 @@ class FakeClient:
         if model not in MODELS or (version is not None and version not in MODELS[model]):
             raise ModelNotFound(f"Model not found: {model}")
         return Reply(200, "application/json", None, b'{"echo": true}')
+
+    predict = predict_or_stream
 
 
 @pytest.fixture
@@ -160,11 +183,14 @@ def test_every_described_operation_is_answered_with_a_described_status(app, docu
 
 
 def test_undescribed_torchserve_paths_are_not_served(app, document):
-    # TorchServe's KServe paths are in its listing; zerobatch serves neither
-    for path in ("/v1/models/echo:predict", "/v2/models/echo/infer", "/explanations/echo",
-                 "/models"):
-        assert call(app, "POST", path).status_code == 404, path
-    assert not {"/v1/models/{model_name}:predict", "/v2/models/{model_name}/infer",
+    # in TorchServe's listing or on its other ports, and not served on zerobatch's inference
+    # port: explanations (but KServe v1's :explain, answered 501), the v2 explain path, the
+    # management API's /models and the metrics API's /metrics
+    for method, path in (("POST", "/explanations/echo"), ("POST", "/v2/models/echo/explain"),
+                         ("POST", "/models"), ("GET", "/models"), ("GET", "/v2/models"),
+                         ("GET", "/metrics")):
+        assert call(app, method, path).status_code == 404, (method, path)
+    assert not {"/explanations/{model_name}", "/v2/models/{model_name}/explain", "/models",
                 "/metrics"} & set(document["paths"])
 
 
@@ -211,12 +237,24 @@ def test_prediction_statuses_are_described(app, document, method, path, kwargs, 
         assert result.json["code"] == status
 
 
-def test_broker_failures_are_described(app, fake, document):
-    fake.error = BrokerUnavailable("the broker did not answer")
-    for path, method in (("/predictions/{model_name}", "post"), ("/ping", "get"),
-                         ("/ready", "get")):
-        status = call(app, method.upper(), concrete(path)).status_code
-        assert status >= 500 and status in described_statuses(document, path, method), path
+@pytest.mark.parametrize("error", [BrokerUnavailable("the broker is gone"),
+                                   DeadlineExceeded("no reply from the broker")])
+def test_broker_failures_are_described(app, fake, document, error):
+    fake.error = error
+    bodies = {"/v1/models/{model_name}:predict": b'{"instances": [1]}',
+              "/v2/models/{model}/infer": V2_REQUEST,
+              "/v2/models/{model}/versions/{version}/infer": V2_REQUEST}
+    asked = [("/predictions/{model_name}", "post"), ("/ping", "get"), ("/ready", "get")]
+    no_broker = {"/v2", "/v1/models/{model_name}:explain"}  # answered without asking it
+    asked += [(path, method) for path, item in document["paths"].items()
+              if path.startswith(KSERVE_PREFIXES) and path not in no_broker for method in item]
+    for path, method in asked:
+        result = call(app, method.upper(), concrete(path), body=bodies.get(path, b""))
+        status = result.status_code
+        assert status >= 500 and status in described_statuses(document, path, method), (
+            path, status)
+        if path.startswith(KSERVE_PREFIXES):
+            assert set(result.json) == {"error"}, path
 
 
 def test_health_and_readiness_statuses_are_described(app, fake, document):
@@ -231,6 +269,107 @@ def test_health_and_readiness_statuses_are_described(app, fake, document):
     schema = document["components"]["schemas"][schema_name]
     assert set(result.json) <= set(schema["properties"])
     assert result.json["status"] in schema["properties"]["status"]["enum"]
+
+
+# ------------------------------------------------------------------ KServe v1 and v2
+
+PREDICT_V1 = "/v1/models/{model_name}:predict"
+INFER = "/v2/models/{model}/infer"
+VERSION_INFER = "/v2/models/{model}/versions/{version}/infer"
+
+
+@pytest.mark.parametrize("method, path, kwargs, status", [
+    ("post", PREDICT_V1, {"body": b'{"instances": [{"data": "a"}, [1]]}'}, 200),
+    ("post", PREDICT_V1, {"body": b'{"inputs": [1]}'}, 200),
+    ("post", PREDICT_V1, {"body": b'{"instances": 1}'}, 400),
+    ("post", PREDICT_V1, {"body": b'{"instances": [1]}', "headers": {TIMEOUT_HEADER: "soon"}},
+     400),
+    ("post", PREDICT_V1, {"body": b"x" * 65}, 413),
+    ("post", PREDICT_V1, {"path": "/v1/models/nope:predict", "body": b'{"instances": [1]}'},
+     404),
+    ("get", "/v1/models/{model_name}", {"path": "/v1/models/nope"}, 404),
+    ("post", "/v1/models/{model_name}:explain", {}, 501),
+    ("post", INFER, {"body": V2_REQUEST}, 200),
+    ("post", VERSION_INFER, {"body": V2_REQUEST}, 200),
+    ("post", INFER, {"body": V2_REQUEST, "headers": {"Content-Encoding": "gzip"}}, 400),
+    ("post", INFER, {"body": V2_REQUEST, "headers": {"Inference-Header-Content-Length": "99"}},
+     400),
+    ("post", INFER, {"body": V2_REQUEST, "headers": {TIMEOUT_HEADER: "soon"}}, 400),
+    ("post", INFER, {"body": b"x" * 65}, 413),
+    ("post", INFER, {"path": "/v2/models/nope/infer", "body": V2_REQUEST}, 404),
+    ("post", VERSION_INFER, {"path": "/v2/models/echo/versions/9/infer", "body": V2_REQUEST},
+     404),
+    ("get", "/v2/models/{model}", {"path": "/v2/models/nope"}, 404),
+    ("get", "/v2/models/{model}/versions/{version}", {"path": "/v2/models/echo/versions/9"},
+     404),
+    ("get", "/v2/models/{model}/ready", {"path": "/v2/models/nope/ready"}, 404),
+    ("get", "/v2/models/{model}/versions/{version}/ready",
+     {"path": "/v2/models/echo/versions/9/ready"}, 404),
+])
+def test_kserve_statuses_are_described(app, document, method, path, kwargs, status):
+    kwargs = dict(kwargs)
+    target = kwargs.pop("path", concrete(path))
+    result = call(app, method.upper(), target, **kwargs)
+    assert result.status_code == status, result.text
+    assert status in described_statuses(document, path, method)
+    if status >= 400:
+        assert set(result.json) == {"error"}
+    elif path == PREDICT_V1:
+        assert len(result.json["predictions"]) == len(json.loads(kwargs["body"]).popitem()[1])
+    else:
+        assert result.json["model_name"] == "echo"
+
+
+def test_kserve_readiness_statuses_are_described(app, fake, document):
+    fake.loading = ["echo"]
+    result = call(app, "GET", "/v1/models/echo")
+    assert result.status_code == 503
+    assert 503 in described_statuses(document, "/v1/models/{model_name}", "get")
+    schema = document["components"]["schemas"]["V1ModelStatus"]
+    assert set(result.json) == set(schema["properties"]) and result.json["ready"] is False
+    for path in ("/v2/models/{model}/ready", "/v2/models/{model}/versions/{version}/ready"):
+        result = call(app, "GET", concrete(path))
+        assert result.status_code == 400 and set(result.json) == {"error"}, path
+        assert 400 in described_statuses(document, path, "get")
+    assert call(app, "GET", "/v2/health/ready").status_code == 503
+    assert 503 in described_statuses(document, "/v2/health/ready", "get")
+
+
+def header_parameters(operation: dict) -> set[str]:
+    return {param["name"] for param in operation["parameters"] if param["in"] == "header"}
+
+
+def test_the_inference_key_is_described_where_it_is_asked(fake, document, tmp_path):
+    """With token authorization on, exactly the operations that describe the Authorization
+    header refuse a request without the inference key, with a described 400; with the key,
+    none refuses."""
+    key_file = str(tmp_path / "key_file.json")
+    token_keys.create_key_file(key_file, 60)
+    key = token_keys.read_keys(key_file).inference
+    app = create_app(FrontendConfig(broker_address="tcp://127.0.0.1:9", max_request_bytes=64,
+                                    key_file=key_file), client=fake)
+
+    def refused(result: falcon.testing.Result) -> bool:
+        return result.status_code == 400 and (
+            result.content == INVALID_KEY_BODY or result.json == {"error": AUTHORIZATION_FAILED})
+
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            asks = "Authorization" in header_parameters(operation)
+            result = call(app, method.upper(), concrete(path), body=b"{}")
+            assert refused(result) == asks, (method, path)
+            assert not asks or 400 in described_statuses(document, path, method)
+            result = call(app, method.upper(), concrete(path), body=b"{}",
+                          headers={"Authorization": f"Bearer {key}"})
+            assert not refused(result), (method, path)
+
+
+def test_the_v2_infer_headers_are_described(document):
+    for path in (INFER, VERSION_INFER):
+        operation = document["paths"][path]["post"]
+        assert {"Inference-Header-Content-Length", TIMEOUT_HEADER, "x-request-id",
+                "Authorization"} <= header_parameters(operation)
+        assert "Inference-Header-Content-Length" in operation["responses"]["200"]["headers"]
 
 
 def test_the_description_file_is_gson_pretty_json():
