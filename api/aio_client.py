@@ -27,6 +27,7 @@ does); `stream` is the async generator of those bodies.
 
 Create an AsyncClient inside the event loop that will use it (it binds to that loop on first
 use), and close it there: `await client.aclose()` or `async with AsyncClient(...)`.
+`AsyncClient([address, ...])` spreads requests over several brokers (api.client_pool).
 """
 
 from __future__ import annotations
@@ -92,7 +93,15 @@ class ReplyStream:
 
 
 class AsyncClient:
-    """Asyncio ZeroMQ client; the same calls as `Client`, awaited."""
+    """Asyncio ZeroMQ client; the same calls as `Client`, awaited. A list of addresses makes
+    a client over several brokers (api.client_pool.PooledAsyncClient)."""
+
+    def __new__(cls, address: str | list[str] | tuple[str, ...] = DEFAULT_ADDRESS,
+                *args: Any, **kwargs: Any) -> AsyncClient:
+        if cls is AsyncClient and isinstance(address, (list, tuple)):
+            from zerobatch.api.client_pool import PooledAsyncClient
+            return object.__new__(PooledAsyncClient)
+        return object.__new__(cls)
 
     def __init__(self, address: str = DEFAULT_ADDRESS, *, timeout_ms: int | None = None,
                  context: zmq.Context | None = None, curve_server_key: str | None = None,

@@ -77,7 +77,15 @@ class PendingReply:
 
 
 class Client:
-    """Blocking ZeroMQ client; see the module docstring."""
+    """Blocking ZeroMQ client; see the module docstring. A list of addresses makes a client
+    over several brokers (api.client_pool.PooledClient)."""
+
+    def __new__(cls, address: str | list[str] | tuple[str, ...] = DEFAULT_ADDRESS,
+                *args: Any, **kwargs: Any) -> Client:
+        if cls is Client and isinstance(address, (list, tuple)):
+            from zerobatch.api.client_pool import PooledClient
+            return object.__new__(PooledClient)
+        return object.__new__(cls)
 
     def __init__(self, address: str = DEFAULT_ADDRESS, *, timeout_ms: int | None = None,
                  context: zmq.Context | None = None, curve_server_key: str | None = None,

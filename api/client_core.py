@@ -263,6 +263,17 @@ class ClientCore:
         if call.outcome is None:
             call.outcome = error
 
+    def fail_all(self, error: ServingError) -> list[Call]:
+        """Finish every waiting call with error and drop what was not sent (the broker behind
+        this core is gone: api.client_pool); the core stays open. Returns the failed calls."""
+        failed = list(self._calls.values())
+        for call in failed:
+            call.outcome = error
+        self._calls.clear()
+        self._deadlines.clear()
+        self._outbox = []
+        return failed
+
     def forget(self, call: Call) -> None:
         """Stop tracking a call whose caller no longer waits; later replies are dropped."""
         self._calls.pop(call.rid, None)
