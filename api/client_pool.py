@@ -194,6 +194,40 @@ def _options(timeout_ms: int | None, context: Any, curve_server_key: str | None,
 # ---------------------------------------------------------------------- blocking
 
 
+class _Members:
+    """What the pooled clients share over their per-broker members (`_members`, `_pool`,
+    `_options`, `_closed`): the timeout they all use, the load and the brokers up."""
+
+    _members: list
+    _options: dict
+    _closed: bool
+    addresses: tuple[str, ...]
+    _pool: BrokerPool
+
+    @property
+    def timeout_ms(self) -> int:
+        return self._members[0].timeout_ms
+
+    @timeout_ms.setter
+    def timeout_ms(self, timeout_ms: int | None) -> None:
+        self._options["timeout_ms"] = timeout_ms
+        for member in self._members:
+            member.timeout_ms = timeout_ms
+
+    @property
+    def brokers_up(self) -> list[str]:
+        """The addresses of the brokers considered up."""
+        return [self.addresses[index] for index in self._pool.up()]
+
+    @property
+    def in_flight(self) -> int:
+        return sum(member.in_flight for member in self._members)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
 class PooledPendingReply(PendingReply):
     """A request in flight to one of the pool's brokers; `result()` as PendingReply's. A
     `shutting_down` refusal is resent to another broker (it never reached a worker)."""
@@ -220,7 +254,7 @@ class PooledPendingReply(PendingReply):
                 self._index, self._call = client._send_request(*self._request)
 
 
-class PooledClient(Client):
+class PooledClient(_Members, Client):
     """A blocking client over several brokers; see the module docstring. Built by
     `Client([...])`; the same calls as Client, and control calls take `broker=`."""
 
@@ -240,21 +274,6 @@ class PooledClient(Client):
         except BaseException:
             self.close()
             raise
-
-    @property
-    def timeout_ms(self) -> int:
-        return self._members[0].timeout_ms
-
-    @timeout_ms.setter
-    def timeout_ms(self, timeout_ms: int | None) -> None:
-        self._options["timeout_ms"] = timeout_ms
-        for member in self._members:
-            member.timeout_ms = timeout_ms
-
-    @property
-    def brokers_up(self) -> list[str]:
-        """The addresses of the brokers considered up."""
-        return [self.addresses[index] for index in self._pool.up()]
 
     # ------------------------------------------------------------------ requests
 
@@ -343,10 +362,6 @@ class PooledClient(Client):
             return False
         return True
 
-    @property
-    def in_flight(self) -> int:
-        return sum(member.in_flight for member in self._members)
-
     # ------------------------------------------------------------------ health
 
     def _wait_on(self, index: int, call: Call, timeout_s: float | None,
@@ -422,10 +437,6 @@ class PooledClient(Client):
         for member in self._members:
             member.close()
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
     def __repr__(self) -> str:
         return (f"<Client {', '.join(self.addresses)} up={self.brokers_up} "
                 f"in_flight={self.in_flight}>")
@@ -442,7 +453,7 @@ def _receive_waiting(member: Client, now_ns: int) -> None:
 # ---------------------------------------------------------------------- asyncio
 
 
-class PooledAsyncClient(AsyncClient):
+class PooledAsyncClient(_Members, AsyncClient):
     """An asyncio client over several brokers; see the module docstring. Built by
     `AsyncClient([...])`; the same calls as AsyncClient, and control calls take `broker=`.
     Pings run from a timer of the loop the client is first used in."""
@@ -464,21 +475,6 @@ class PooledAsyncClient(AsyncClient):
         except BaseException:
             self.close()
             raise
-
-    @property
-    def timeout_ms(self) -> int:
-        return self._members[0].timeout_ms
-
-    @timeout_ms.setter
-    def timeout_ms(self, timeout_ms: int | None) -> None:
-        self._options["timeout_ms"] = timeout_ms
-        for member in self._members:
-            member.timeout_ms = timeout_ms
-
-    @property
-    def brokers_up(self) -> list[str]:
-        """The addresses of the brokers considered up."""
-        return [self.addresses[index] for index in self._pool.up()]
 
     async def _request(self, model: str, body: Any, version: str | None,
                        timeout_ms: int | None, content_type: str | None,
@@ -525,10 +521,6 @@ class PooledAsyncClient(AsyncClient):
         except ServingError:
             return False
         return True
-
-    @property
-    def in_flight(self) -> int:
-        return sum(member.in_flight for member in self._members)
 
     # ------------------------------------------------------------------ health
 
@@ -582,10 +574,6 @@ class PooledAsyncClient(AsyncClient):
             task.cancel()
         for member in self._members:
             member.close()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     def __repr__(self) -> str:
         return (f"<AsyncClient {', '.join(self.addresses)} up={self.brokers_up} "
