@@ -11,6 +11,8 @@ HTTP front end answers, or fails with the broker's own error. `zerobatch stop` s
 process that holds the run directory's lock (the keeper, else the broker), as the kernel
 reports it, and waits until it is gone. `zerobatch keys` makes CURVE key pairs. `zerobatch
 token KIND` prints a key of a running server's token authorization (zerobatch/token_keys.py).
+`zerobatch worker` runs one remote worker, on another host, joining a broker's TCP worker
+endpoint with CURVE (docs/remote-workers.md).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from typing import Any
 from zerobatch import __version__, model_files, run_dir, snapshot, token_keys, ts_config
 from zerobatch import config as defaults
 from zerobatch.api import archiver, tls
-from zerobatch.config import ModelConfig, ServerConfig
+from zerobatch.config import ModelConfig, ServerConfig, WorkerConfig
 from zerobatch.errors import ConfigError, ServingError
 from zerobatch.launch import module_argv
 
@@ -102,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
                        default=f"tcp://{defaults.DEFAULT_HOST}:{defaults.DEFAULT_CLIENT_PORT}",
                        help="ZeroMQ endpoint for clients (default: tcp://127.0.0.1:9500)")
     start.add_argument("--worker-address", default="",
-                       help="extra ZeroMQ endpoint for workers on other hosts (default: none)")
+                       help="extra ZeroMQ endpoint for remote workers (`zerobatch worker`), "
+                            "e.g. tcp://10.0.0.1:9600; TCP requires --curve-secret-key and "
+                            "--curve-worker-keys (default: none)")
     start.add_argument("--frontends", type=int, default=defaults.DEFAULT_FRONTENDS,
                        help="HTTP front-end processes (default: 1; 0 disables HTTP)")
     start.add_argument("--workers", type=int, help="worker processes per model (default: 1)")
@@ -150,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--curve-authorized-keys", default="", metavar="DIR",
                        help="with --curve-secret-key: a directory of the public key files "
                             "(*.key) of the clients to accept")
+    start.add_argument("--curve-worker-keys", default="", metavar="DIR",
+                       help="with --worker-address and --curve-secret-key: a directory of the "
+                            "public key files (*.key) of the remote workers to accept")
     start.add_argument("--number-of-gpu", type=int, default=None,
                        help="GPUs to use (default: all visible)")
     start.add_argument("--run-dir", default=None,
@@ -192,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("--authorize", metavar="DIR",
                       help="also copy the public key into DIR, the server's "
                            "--curve-authorized-keys directory")
+
+    add_worker_parser(commands)
 
     stop = commands.add_parser("stop", help="stop a running server")
     stop.add_argument("--run-dir", default=None,
@@ -371,6 +380,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         max_connections=args.max_connections,
         curve_secret_key=_abspath_or_empty(args.curve_secret_key),
         curve_authorized_keys=_abspath_or_empty(args.curve_authorized_keys),
+        curve_worker_keys=_abspath_or_empty(args.curve_worker_keys),
         inference_https=args.inference_https,
         certificate_file=_abspath_or_empty(args.certificate_file),
         private_key_file=_abspath_or_empty(args.private_key_file),
@@ -620,6 +630,84 @@ def keys(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- worker
+
+def add_worker_parser(commands: Any) -> None:
+    worker_parser = commands.add_parser(
+        "worker", help="run one remote worker that joins a broker over TCP with CURVE",
+        description="Run one worker process on this host for a broker elsewhere, started with "
+                    "`zerobatch start --worker-address tcp://HOST:PORT --curve-secret-key "
+                    "FILE --curve-worker-keys DIR`. The broker accepts it only if its key is "
+                    "in DIR and its model directory's files are the broker's own (same "
+                    "digest); see docs/remote-workers.md.")
+    worker_parser.add_argument("--broker", required=True, metavar="tcp://HOST:PORT",
+                               help="the broker's --worker-address")
+    worker_parser.add_argument("--model", required=True, metavar="NAME=PATH",
+                               help="the model to serve and its directory (an extracted "
+                                    "archive: the same files as the broker's)")
+    worker_parser.add_argument("--model-version", default=None, metavar="VERSION",
+                               help="the model version (default: the manifest's modelVersion, "
+                                    f"else {defaults.DEFAULT_VERSION}, as `zerobatch start`)")
+    worker_parser.add_argument("--curve-server-key", required=True, metavar="FILE",
+                               help="the broker's public key file (its --curve-secret-key's "
+                                    ".key)")
+    worker_parser.add_argument("--curve-secret-key", required=True, metavar="FILE",
+                               help="this worker's secret key file (`zerobatch keys`); its "
+                                    ".key must be in the broker's --curve-worker-keys")
+    worker_parser.add_argument("--gpu-id", type=int, default=None, metavar="N",
+                               help="the GPU to run on (default: the CPU)")
+    worker_parser.add_argument("--batch-size", type=int, default=defaults.DEFAULT_BATCH_SIZE,
+                               help="the batch size the handler's context reports; give the "
+                                    "broker's (default: 1)")
+    worker_parser.add_argument("--worker-id", default="", metavar="ID",
+                               help="a name for this worker after 'remote.' (default: "
+                                    "HOST.PID.RANDOM)")
+    worker_parser.add_argument("--log-level", default="INFO",
+                               choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    worker_parser.add_argument("--log-format", choices=defaults.LOG_FORMATS, default="text")
+
+
+def worker_config(args: argparse.Namespace) -> WorkerConfig:
+    """The WorkerConfig of `zerobatch worker`'s flags; CliError for what the user can fix."""
+    import secrets
+    import socket
+
+    if not args.broker.startswith("tcp://"):
+        raise CliError(f"--broker {args.broker}: a remote worker joins a tcp:// worker "
+                       "endpoint (local workers are started by the broker itself)")
+    name, sep, path = args.model.partition("=")
+    if not sep or not name or not path:
+        raise CliError(f"--model {args.model}: give NAME=PATH")
+    path = os.path.abspath(path)
+    if not os.path.isdir(path):
+        raise CliError(f"--model {args.model}: {path} is not a directory (extract the archive "
+                       "first: the worker serves a model directory)")
+    manifest = read_manifest(path)
+    version = args.model_version or str(manifest["model"].get("modelVersion")
+                                         or defaults.DEFAULT_VERSION)
+    for flag, key_file in (("--curve-server-key", args.curve_server_key),
+                           ("--curve-secret-key", args.curve_secret_key)):
+        if not os.path.isfile(key_file):
+            raise CliError(f"{flag} {key_file}: no such file (`zerobatch keys` makes them)")
+    suffix = args.worker_id or (f"{socket.gethostname()}.{os.getpid()}."
+                                f"{secrets.token_hex(3)}")
+    return WorkerConfig(
+        worker_id=f"remote.{suffix}", broker_address=args.broker,
+        model=ModelConfig(name=name, path=path, version=version, batch_size=args.batch_size,
+                          workers=0),
+        gpu_id=args.gpu_id, log_level=args.log_level, log_format=args.log_format,
+        curve_server_key=os.path.abspath(args.curve_server_key),
+        curve_secret_key=os.path.abspath(args.curve_secret_key))
+
+
+def worker(args: argparse.Namespace) -> int:
+    """Become the worker process (`python -m zerobatch.worker`, same pid): its exit status is
+    the worker's (worker/__main__.py)."""
+    config = worker_config(args)
+    os.execv(sys.executable, module_argv("zerobatch.worker", "--config", config.to_json()))
+    return 0  # not reached
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
@@ -633,6 +721,8 @@ def main(argv: list[str] | None = None) -> int:
             return keys(args)
         if args.command == "token":
             return token(args)
+        if args.command == "worker":
+            return worker(args)
         return stop(args)
     except (CliError, ConfigError) as exc:
         print(f"zerobatch: error: {exc}", file=sys.stderr)

@@ -28,7 +28,7 @@ import sys
 
 import zmq
 
-from zerobatch import curve, logs, metrics_dir, run_dir, snapshot, token_keys
+from zerobatch import curve, logs, metrics_dir, model_files, run_dir, snapshot, token_keys
 from zerobatch.broker import aggregator, archive
 from zerobatch.broker.core import BrokerCore
 from zerobatch.broker.gpus import count_visible_gpus
@@ -133,16 +133,28 @@ def _serve(config: ServerConfig, environ: dict[str, str],
     curve_keys = None
     if config.curve_secret_key:
         curve_keys = curve.load_secret(config.curve_secret_key)
+    if config.curve_authorized_keys:
         log.info("CURVE on %s: %d authorized client key(s)", config.client_address,
                  curve.check_authorized_dir(config.curve_authorized_keys))
+    remote_back = ""
+    if config.curve_worker_keys:  # remote workers: CURVE, and their models' digests
+        remote_back = config.worker_address
+        log.info("CURVE on the worker endpoint %s: %d authorized worker key(s)", remote_back,
+                 curve.check_authorized_dir(config.curve_worker_keys, "worker"))
+        for model in config.models:
+            core.model_digests[model.key] = model_files.model_digest(model.path)
+            log.info("model %s: digest %s (remote workers must match it)", model.key,
+                     core.model_digests[model.key])
+    local_back = (config.worker_address,) if config.worker_address and not remote_back else ()
     http_socket = management_socket = metrics_socket = None
     try:
         endpoints = Endpoints(
             client=config.client_address, front_ipc=front_ipc,
-            back=(back_ipc,) + ((config.worker_address,) if config.worker_address else ()),
+            back=(back_ipc,) + local_back,
             control=config.control_address,
             max_frame_bytes=config.max_request_bytes + FRAME_SLACK_BYTES,
-            curve_keys=curve_keys, curve_authorized_keys=config.curve_authorized_keys)
+            curve_keys=curve_keys, curve_authorized_keys=config.curve_authorized_keys,
+            remote_back=remote_back, curve_worker_keys=config.curve_worker_keys)
         loop = BrokerLoop(core, endpoints, wakeup_fd=wake_read.fileno())
         if config.frontends:
             http_socket = bind_http(config.host, config.http_port)

@@ -31,6 +31,7 @@ from zerobatch import protocol as p
 from zerobatch.broker.autoscale import Autoscaler
 from zerobatch.broker.batching_policy import BatchingPolicy
 from zerobatch.broker.model_stats import QUEUE_BUCKETS_NS, ModelStats, answer
+from zerobatch.broker.remote_workers import refusal
 from zerobatch.config import ModelConfig
 from zerobatch.errors import (
     BadRequest,
@@ -173,6 +174,9 @@ class BrokerCore:
         self.models: dict[str, dict[str, ModelQueue]] = {}
         self.default_version: dict[str, str] = {}
         self.workers: dict[bytes, WorkerRecord] = {}
+        #: model key -> its directory's digest, for remote workers (broker/remote_workers.py);
+        #: filled at start when the worker endpoint takes remote workers
+        self.model_digests: dict[str, str] = {}
         self.batches: dict[int, InFlightBatch] = {}
         #: the broker's own time on the last batch answered: sending it, then routing its
         #: replies (TorchServe's WorkerThreadTime: its worker thread's time outside the
@@ -674,14 +678,22 @@ class BrokerCore:
                         info["worker_id"], info["model"], info["version"])
             self.out_back.append(p.encode_disconnect_for(identity))
             return
+        curve_key = self.peer_of(frames)[1]
+        why = refusal(info, curve_key, self.model_digests.get(queue.config.key))
+        if why is not None:
+            log.warning("worker %s (key %s) refused, told to disconnect: %s",
+                        info["worker_id"], curve_key, why)
+            self.out_back.append(p.encode_disconnect_for(identity, f"refused: {why}"))
+            return
         worker = WorkerRecord(identity, info["worker_id"], queue, info["gpu_id"], info["pid"],
                               now_ns + self.worker_ttl_ns)
         self.workers[identity] = worker
         queue.workers[identity] = worker
         queue.load_error = None
         queue.idle.append(worker)
-        log.info("worker %s ready: model %s gpu %s pid %s", worker.worker_id,
-                 queue.config.key, worker.gpu_id, worker.pid)
+        log.info("worker %s ready: model %s gpu %s pid %s%s", worker.worker_id,
+                 queue.config.key, worker.gpu_id, worker.pid,
+                 f" (remote, key {curve_key})" if curve_key else "")
         self._schedule(queue, now_ns)
 
     def _on_load_failed(self, frames: list) -> None:

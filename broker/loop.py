@@ -20,7 +20,10 @@ frame's length, at most CLIENT_REQUEST_HWM messages are read ahead from a client
 replies wait for a client in a queue of at most CLIENT_REPLY_HWM messages; a reply to a
 client whose queue is full is dropped and counted in the log.
 With CURVE configured, the client endpoint (TCP) accepts only the authorized keys (a ZAP
-handler in a thread of this process); the front ends' local endpoint stays plain.
+handler in a thread of this process); the front ends' local endpoint stays plain. The remote
+workers' endpoint (--worker-address) is CURVE too, with the same server key pair and its own
+directory of authorized worker keys (ZAP domain WORKER_ZAP_DOMAIN, so a client key never
+opens it); the local workers' IPC endpoint stays plain (docs/remote-workers.md).
 """
 
 from __future__ import annotations
@@ -66,6 +69,8 @@ _MAX_POLL_MS = 1000
 _SHUTDOWN_GRACE_S = 3.0
 _DROP_LOG_INTERVAL_S = 10.0
 _LOAD_CHECK_INTERVAL_NS = 1_000_000_000
+#: the ZAP domain of the remote workers' endpoint: its keys are the authorized worker keys
+WORKER_ZAP_DOMAIN = "zerobatch-workers"
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,15 @@ class Endpoints:
     #: the authorized clients' public key files; None and "" for none
     curve_keys: tuple[bytes, bytes] | None = None
     curve_authorized_keys: str = ""
+    #: the remote workers' endpoint, CURVE with curve_keys, accepting the public keys in
+    #: curve_worker_keys; "" for none
+    remote_back: str = ""
+    curve_worker_keys: str = ""
+
+    @property
+    def client_curve(self) -> bool:
+        """Whether the client endpoint requires CURVE."""
+        return self.curve_keys is not None and bool(self.curve_authorized_keys)
 
 
 def _router(context: zmq.Context, send_hwm: int, receive_hwm: int) -> zmq.Socket:
@@ -104,7 +118,7 @@ def _client_router(context: zmq.Context, endpoints: Endpoints) -> zmq.Socket:
     socket = _router(context, CLIENT_REPLY_HWM, CLIENT_REQUEST_HWM)
     socket.setsockopt(zmq.MAXMSGSIZE, endpoints.max_frame_bytes)
     socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
-    if endpoints.curve_keys is not None:
+    if endpoints.client_curve:
         public, secret = endpoints.curve_keys
         socket.curve_secretkey = secret
         socket.curve_publickey = public
@@ -114,6 +128,25 @@ def _client_router(context: zmq.Context, endpoints: Endpoints) -> zmq.Socket:
     else:
         socket.bind(endpoints.client)
     socket.bind(endpoints.front_ipc)
+    return socket
+
+
+def _worker_router(context: zmq.Context, endpoints: Endpoints) -> zmq.Socket:
+    """The back ROUTER: the local workers' plain endpoints, then the remote workers' CURVE
+    endpoint (libzmq takes the security options at bind, so only that one requires them)."""
+    socket = _router(context, _WORKER_HWM, _WORKER_HWM)
+    for address in endpoints.back:
+        socket.bind(address)
+    if endpoints.remote_back:
+        if endpoints.curve_keys is None or not endpoints.curve_worker_keys:
+            raise ValueError("a remote worker endpoint needs the server's CURVE keys and the "
+                             "authorized worker keys")
+        public, secret = endpoints.curve_keys
+        socket.curve_secretkey = secret
+        socket.curve_publickey = public
+        socket.curve_server = True
+        socket.zap_domain = WORKER_ZAP_DOMAIN.encode()
+        socket.bind(endpoints.remote_back)  # last: nothing bound after it takes its options
     return socket
 
 
@@ -127,15 +160,17 @@ class BrokerLoop:
         self.supervisor = supervisor
         self.context = context or zmq.Context.instance()
         self.authenticator = None
-        if endpoints.curve_keys is not None:
+        if endpoints.client_curve or endpoints.remote_back:
             self.authenticator = ThreadAuthenticator(self.context, log=log)
             self.authenticator.start()
+        if endpoints.client_curve:
             self.authenticator.configure_curve(domain="*",
                                                location=endpoints.curve_authorized_keys)
+        if endpoints.remote_back:
+            self.authenticator.configure_curve(domain=WORKER_ZAP_DOMAIN,
+                                               location=endpoints.curve_worker_keys)
         self.front = _client_router(self.context, endpoints)
-        self.back = _router(self.context, _WORKER_HWM, _WORKER_HWM)
-        for address in endpoints.back:
-            self.back.bind(address)
+        self.back = _worker_router(self.context, endpoints)
         self.control = None
         self.poller = zmq.Poller()
         self.poller.register(self.front, zmq.POLLIN)

@@ -14,7 +14,12 @@ Exit codes, for the supervisor:
   0  stopped on request (or not needed: EOF on stdin with --config -);
   2  bad command line or configuration;
   3  the model could not be loaded (the log says why);
-  4  the broker was lost (silent for HEARTBEAT_LIVENESS intervals, or the parent exited).
+  4  the broker was lost (silent for HEARTBEAT_LIVENESS intervals, or the parent exited);
+  5  the broker refused this worker (a remote worker whose model files differ from the
+     broker's, or a model it does not serve: the log says why).
+
+A remote worker (`zerobatch worker`: WorkerConfig.remote, docs/remote-workers.md) computes
+its model directory's digest once, before the model loads, and sends it in READY.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import sys
 import threading
 import time
 
-from zerobatch import logs
+from zerobatch import logs, model_files
 from zerobatch.config import WorkerConfig
 from zerobatch.errors import ConfigError
 from zerobatch.gc_policy import freeze_startup_objects
@@ -41,6 +46,7 @@ EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_LOAD_FAILED = 3
 EXIT_BROKER_LOST = 4
+EXIT_REFUSED = 5
 
 #: After the broker is lost, how long a handler still running may delay the exit.
 STUCK_EXIT_GRACE_S = 5.0
@@ -83,7 +89,11 @@ def main(argv: list[str] | None = None) -> int:
 
     add_python_path(config.model.python_path)  # the model's own dependencies come first
     load_start_ns = time.monotonic_ns()
+    digest = None
     try:
+        if config.remote:  # before the handler can write into the directory
+            digest = model_files.model_digest(config.model.path)
+            log.info("model %s: digest %s", config.model.key, digest)
         # metrics go to prometheus_client when its multiprocess directory is set: the
         # supervisor sets it when the metrics API runs (worker.metrics_export)
         service = Service.load(config.model, config.gpu_id,
@@ -99,13 +109,13 @@ def main(argv: list[str] | None = None) -> int:
                                        (time.monotonic_ns() - load_start_ns) / 1e6)
     # before READY: the model stays out of every later collection (gc_policy)
     freeze_startup_objects()
-    loop = WorkerLoop(config, service=service)
+    loop = WorkerLoop(config, service=service, digest=digest)
     loop.start()
     threading.Thread(target=_exit_if_stuck, args=(loop,), name="exit-watchdog",
                      daemon=True).start()
     reason = loop.run(stop_event)
     if reason == STOPPED:
-        return EXIT_OK
+        return EXIT_REFUSED if loop.dismissed_reason else EXIT_OK
     log.error("exiting: %s", loop.heartbeat.lost_reason)
     return EXIT_BROKER_LOST
 

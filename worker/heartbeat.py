@@ -9,7 +9,8 @@ is set with a reason, when
 
 - nothing arrived from the broker for `liveness` intervals, or
 - the parent process changed (`os.getppid()` differs from the one at start: the broker
-  that spawned this worker is gone).
+  that spawned this worker is gone); not checked with parent_pid=0 (a remote worker, whose
+  parent is not the broker).
 
 The data loop watches `lost` and ends the process with a non-zero exit code; a local worker
 is then restarted by its supervisor. `stop()` ends the thread; the socket closes with
@@ -22,6 +23,7 @@ import logging
 import os
 import threading
 import time
+from typing import Callable
 
 import zmq
 
@@ -41,7 +43,8 @@ class Heartbeat(threading.Thread):
     def __init__(self, zmq_context: zmq.Context, broker_address: str, worker_id: str,
                  interval_ms: int = protocol.HEARTBEAT_INTERVAL_MS,
                  liveness: int = protocol.HEARTBEAT_LIVENESS,
-                 parent_pid: int | None = None) -> None:
+                 parent_pid: int | None = None,
+                 socket_setup: Callable[[zmq.Socket], None] | None = None) -> None:
         super().__init__(name=f"heartbeat-{worker_id}", daemon=True)
         if interval_ms <= 0:
             raise ValueError(f"heartbeat interval must be positive, got {interval_ms} ms")
@@ -51,6 +54,8 @@ class Heartbeat(threading.Thread):
         self._interval_ns = interval_ms * _NS_PER_MS
         self._expiry_ns = liveness * interval_ms * _NS_PER_MS
         self._parent_pid = os.getppid() if parent_pid is None else parent_pid
+        #: called with the socket before it connects (a remote worker's CURVE keys)
+        self._socket_setup = socket_setup
         self._stop_event = threading.Event()
         self._last_seen_ns = time.monotonic_ns()
         self.lost = threading.Event()
@@ -74,6 +79,8 @@ class Heartbeat(threading.Thread):
             # Queue heartbeats only on a live connection: none pile up while disconnected.
             socket.setsockopt(zmq.IMMEDIATE, 1)
             socket.setsockopt(zmq.SNDHWM, protocol.HEARTBEAT_LIVENESS)
+            if self._socket_setup is not None:
+                self._socket_setup(socket)
             socket.connect(self._broker_address)
             self._last_seen_ns = time.monotonic_ns()
             self._beat(socket)
@@ -99,7 +106,7 @@ class Heartbeat(threading.Thread):
                 self._declare_lost(f"no message from the broker for {silent_ns // _NS_PER_MS} "
                                    f"ms (liveness {self._expiry_ns // _NS_PER_MS} ms)")
                 return
-            if os.getppid() != self._parent_pid:
+            if self._parent_pid and os.getppid() != self._parent_pid:
                 self._declare_lost(f"parent process {self._parent_pid} is gone")
                 return
             wait_ms = min(STOP_CHECK_MS, max(0, (next_beat_ns - now_ns) // _NS_PER_MS) + 1)

@@ -8,6 +8,9 @@ HEARTBEAT only proves the broker alive; a DISCONNECT dismisses the worker (the b
 no such model); anything malformed is logged and dropped. `run(stop_event)` repeats that
 until the stop event is set or the broker dismisses it (then it says DISCONNECT: STOPPED), or
 the heartbeat thread declares the broker lost (BROKER_LOST); it returns which happened.
+A remote worker (WorkerConfig.remote: `zerobatch worker`) connects every socket with CURVE
+and sends its model's digest in READY; the broker may refuse it with a DISCONNECT that says
+why (`dismissed_reason`).
 
 The handler runs on this thread; heartbeats live on their own thread and socket, so a long
 forward pass never silences them. Sends never block: a reply the broker cannot take (it is
@@ -22,7 +25,7 @@ import threading
 
 import zmq
 
-from zerobatch import protocol
+from zerobatch import curve, protocol
 from zerobatch.config import WorkerConfig
 from zerobatch.errors import ProtocolError
 from zerobatch.transport import recv_frames, send_frames
@@ -44,15 +47,19 @@ class WorkerLoop:
     """One worker: its model service, its data socket and its heartbeat thread."""
 
     def __init__(self, config: WorkerConfig, zmq_context: zmq.Context | None = None,
-                 service: Service | None = None) -> None:
+                 service: Service | None = None, digest: str | None = None) -> None:
         self.config = config
         self.service = service
+        #: the model directory's digest, sent in READY (remote workers: model_files)
+        self.digest = digest
         self._zmq_context = zmq_context or zmq.Context.instance()
         self._socket: zmq.Socket | None = None
         self._recv_timeout_ms = -1
         self.heartbeat: Heartbeat | None = None
         #: the broker said DISCONNECT: it will send this worker nothing; run() ends STOPPED
         self.dismissed = False
+        #: the reason the broker's DISCONNECT gave, "" for none
+        self.dismissed_reason = ""
 
     @property
     def broker_lost(self) -> bool:
@@ -66,6 +73,7 @@ class WorkerLoop:
         socket = self._zmq_context.socket(zmq.DEALER)
         socket.setsockopt(zmq.LINGER, 0)
         socket.setsockopt(zmq.IDENTITY, config.worker_id.encode("utf-8"))
+        secure(socket, config)
         # No IMMEDIATE here (unlike the heartbeat socket): READY is queued until the
         # connection is up instead of being refused while the broker is still starting.
         socket.connect(config.broker_address)
@@ -73,9 +81,12 @@ class WorkerLoop:
         # Streamed chunks go out at once on this socket: the handler runs on this thread.
         self.service.partial_sink = self._send
         self._send(protocol.encode_ready(config.model.name, config.model.version,
-                                         config.worker_id, config.gpu_id, os.getpid()))
+                                         config.worker_id, config.gpu_id, os.getpid(),
+                                         self.digest))
         self.heartbeat = Heartbeat(self._zmq_context, config.broker_address, config.worker_id,
-                                   config.heartbeat_interval_ms)
+                                   config.heartbeat_interval_ms,
+                                   parent_pid=0 if config.remote else None,
+                                   socket_setup=lambda socket: secure(socket, config))
         self.heartbeat.start()
         log.info("worker %s ready for %s/%s at %s (gpu %s)", config.worker_id,
                  config.model.name, config.model.version, config.broker_address, config.gpu_id)
@@ -97,8 +108,13 @@ class WorkerLoop:
             if protocol.is_heartbeat(frames):
                 return True
             if protocol.is_disconnect(frames):
-                log.warning("worker %s: the broker said DISCONNECT (it does not serve %s); "
-                            "stopping", self.config.worker_id, self.config.model.key)
+                self.dismissed_reason = protocol.disconnect_reason(frames)
+                if self.dismissed_reason:
+                    log.error("worker %s: the broker said DISCONNECT: %s; stopping",
+                              self.config.worker_id, self.dismissed_reason)
+                else:
+                    log.warning("worker %s: the broker said DISCONNECT (it does not serve "
+                                "%s); stopping", self.config.worker_id, self.config.model.key)
                 self.dismissed = True
                 return True
             log.warning("dropped a malformed message from the broker (%d frames): %s",
@@ -145,12 +161,20 @@ class WorkerLoop:
             log.warning("broker unreachable: dropped a %r message", frames[1])
 
 
+def secure(socket: zmq.Socket, config: WorkerConfig) -> None:
+    """A remote worker's socket is a CURVE client of the broker (before connect); a local
+    worker's stays plain."""
+    if config.remote:
+        curve.connect_with_curve(socket, config.curve_server_key, config.curve_secret_key)
+
+
 def report_load_failure(config: WorkerConfig, error: str,
                         zmq_context: zmq.Context | None = None) -> None:
     """Tell the broker why the model did not load (W_LOAD_FAILED), best effort, so that it can
     answer that model's requests with the reason instead of letting them wait."""
     socket = (zmq_context or zmq.Context.instance()).socket(zmq.DEALER)
     socket.setsockopt(zmq.IDENTITY, config.worker_id.encode("utf-8"))
+    secure(socket, config)
     socket.connect(config.broker_address)
     try:
         send_frames(socket, protocol.encode_load_failed(

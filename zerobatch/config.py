@@ -181,7 +181,8 @@ class ServerConfig:
     host: str = DEFAULT_HOST
     http_port: int = DEFAULT_HTTP_PORT
     client_address: str = f"tcp://{DEFAULT_HOST}:{DEFAULT_CLIENT_PORT}"
-    #: an extra endpoint for workers on other hosts; local workers always use ipc in run_dir
+    #: an extra endpoint for workers on other hosts; local workers always use ipc in run_dir.
+    #: A tcp:// one requires CURVE: curve_secret_key and curve_worker_keys
     worker_address: str = ""
     frontends: int = DEFAULT_FRONTENDS
     #: GPUs to use; None means every GPU of the machine
@@ -196,6 +197,9 @@ class ServerConfig:
     #: directory of the public key files of the clients it accepts; both or neither
     curve_secret_key: str = ""
     curve_authorized_keys: str = ""
+    #: CURVE on the worker endpoint (worker_address): a directory of the public key files of
+    #: the remote workers it accepts; the server's key pair is curve_secret_key's
+    curve_worker_keys: str = ""
     log_level: str = "INFO"
     #: aggregator twin: "auto" (compiled if built), "compiled" (fail if missing), "python"
     aggregator: str = "auto"
@@ -255,10 +259,23 @@ class ServerConfig:
         _positive(self, "request_min_rate_bytes_s", minimum=1)
         _positive(self, "max_header_bytes", minimum=1024)
         _positive(self, "max_connections", minimum=1)
-        if bool(self.curve_secret_key) != bool(self.curve_authorized_keys):
+        if self.curve_worker_keys and not self.curve_secret_key:
+            raise ConfigError("--curve-worker-keys needs --curve-secret-key, the server's key "
+                              "pair (the workers are given its public .key); `zerobatch keys` "
+                              "makes it")
+        if bool(self.curve_secret_key) != bool(self.curve_authorized_keys
+                                               or self.curve_worker_keys):
             raise ConfigError("CURVE needs both the server's secret key file and the directory "
                               "of authorized client keys (--curve-secret-key and "
                               "--curve-authorized-keys); `zerobatch keys` makes them")
+        if self.curve_worker_keys and not self.worker_address:
+            raise ConfigError("--curve-worker-keys needs --worker-address, the endpoint remote "
+                              "workers connect to")
+        if self.worker_address.startswith("tcp://") and not self.curve_worker_keys:
+            raise ConfigError(f"worker address {self.worker_address} is TCP: remote workers "
+                              "must authenticate; give --curve-secret-key (the server's key "
+                              "pair) and --curve-worker-keys DIR (the workers' public keys), "
+                              "both made by `zerobatch keys`")
         if not 0 <= self.http_port <= 65535:
             raise ConfigError(f"http_port {self.http_port} must be within 0..65535")
         if self.number_of_gpu is not None and self.number_of_gpu < 0:
@@ -351,6 +368,16 @@ class WorkerConfig:
     #: TorchServe's metrics.yaml (ServerConfig.metrics_config): its model_metrics are put in
     #: the handler's metric cache before it initializes, as TorchServe's workers do
     metrics_config: str = ""
+    #: a remote worker (`zerobatch worker`, docs/remote-workers.md): the broker's public key
+    #: file and this worker's secret key file, for CURVE; "" for a local worker. A remote
+    #: worker sends its model's digest in READY and is not tied to a parent process
+    curve_server_key: str = ""
+    curve_secret_key: str = ""
+
+    @property
+    def remote(self) -> bool:
+        """Whether this is a remote worker (it connects with CURVE)."""
+        return bool(self.curve_server_key)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

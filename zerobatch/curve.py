@@ -3,7 +3,9 @@
 A key pair is two files in ZeroMQ's certificate format (pyzmq's zmq.auth): NAME.key holds
 the public key, NAME.key_secret the public and the secret key (mode 0600). The server is given
 its .key_secret file and a directory of the public .key files of the clients it accepts; a
-client is given the server's public .key file and its own .key_secret file.
+client is given the server's public .key file and its own .key_secret file. Remote workers
+(docs/remote-workers.md) are CURVE clients of the broker's worker endpoint in the same way,
+with their own directory of authorized keys (--curve-worker-keys).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import glob
 import os
 import shutil
 
+import zmq
 import zmq.auth
 
 from zerobatch.errors import ConfigError
@@ -60,15 +63,26 @@ def load_public(path: str) -> bytes:
     return _load(path)[0]
 
 
-def check_authorized_dir(directory: str) -> int:
-    """The number of public key files in directory; ConfigError when it holds none."""
+def check_authorized_dir(directory: str, peers: str = "client") -> int:
+    """The number of public key files in directory; ConfigError when it holds none. peers
+    names whose keys it holds ("client", "worker"), for the message."""
     if not os.path.isdir(directory):
         raise ConfigError(f"authorized keys directory {directory} does not exist")
     count = len(glob.glob(os.path.join(directory, "*.key")))
     if not count:
         raise ConfigError(f"authorized keys directory {directory} holds no .key file: copy "
-                          "the public key (NAME.key) of each client into it")
+                          f"the public key (NAME.key) of each {peers} into it")
     return count
+
+
+def connect_with_curve(socket: zmq.Socket, server_key_file: str, secret_key_file: str) -> None:
+    """Make socket a CURVE client of the server whose public key server_key_file holds,
+    authenticating with the key pair in secret_key_file; before `connect`. The files are
+    read each time (a worker has three sockets; they are small)."""
+    public, secret = load_secret(secret_key_file)
+    socket.curve_serverkey = load_public(server_key_file)
+    socket.curve_publickey = public
+    socket.curve_secretkey = secret
 
 
 def _load(path: str) -> tuple[bytes, bytes | None]:

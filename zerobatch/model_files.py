@@ -135,3 +135,41 @@ def load_model_config(model_dir: str, manifest: dict[str, Any]) -> dict[str, Any
     """The model's YAML config as a dict, {} when it has none (context.model_yaml_config)."""
     path = model_config_path(model_dir, manifest)
     return {} if path is None else read_model_config(path)
+
+
+#: what model_digest leaves out: bytecode a handler's import writes next to its source, which
+#: differs between hosts that imported it and hosts that did not
+_DIGEST_SKIPPED_DIRS = frozenset({"__pycache__"})
+_DIGEST_CHUNK_BYTES = 1 << 20
+
+
+def model_digest(model_dir: str) -> str:
+    """"sha256:" and the hex SHA-256 over a model directory's files: each regular file's path
+    (relative, "/"-separated, in sorted order), size and contents, so that a renamed, added,
+    removed or changed file changes it. `__pycache__` folders and symbolic links to folders
+    are left out (bytecode differs between hosts; a linked folder is not walked). A remote
+    worker sends it in READY and the broker compares it with its own (docs/remote-workers.md).
+    Reads every byte once: about a second per GB."""
+    if not os.path.isdir(model_dir):
+        raise ConfigError(f"model directory {model_dir!r} does not exist or is not a directory")
+    import hashlib
+
+    digest = hashlib.sha256()
+    files = []
+    for folder, dirs, names in os.walk(model_dir):
+        dirs[:] = [name for name in dirs if name not in _DIGEST_SKIPPED_DIRS]
+        for name in names:
+            path = os.path.join(folder, name)
+            if os.path.isfile(path):
+                files.append(os.path.relpath(path, model_dir).replace(os.sep, "/"))
+    for relative in sorted(files):
+        path = os.path.join(model_dir, relative)
+        try:
+            with open(path, "rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                digest.update(f"{relative}\0{size}\0".encode("utf-8", "surrogateescape"))
+                while chunk := handle.read(_DIGEST_CHUNK_BYTES):
+                    digest.update(chunk)
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read it for the model digest: {exc}") from None
+    return "sha256:" + digest.hexdigest()

@@ -54,7 +54,9 @@ client's message can hold the broker's loop (broker/loop.py).
 Worker <-> broker (back ROUTER; the worker's identity is its worker id)::
 
     READY      [VERSION, W_READY, info]     info = msgpack {"model", "version", "worker_id",
-                                                            "gpu_id", "pid"}
+                                                            "gpu_id", "pid"[, "digest"]}
+                 digest: the model directory's model_files.model_digest (str); local
+                 workers leave it out, a remote worker must send the broker's own
     BATCH      [VERSION, W_BATCH, batch_id, meta_1, body_1, ..., meta_n, body_n]
     BATCHES    [VERSION, W_BATCHES, batch_id, sizes, meta_1, body_1, ..., meta_n, body_n]
                  several batches in one message (see Grouping below); sizes = u32 LE per
@@ -72,6 +74,8 @@ Worker <-> broker (back ROUTER; the worker's identity is its worker id)::
     DISCONNECT [VERSION, W_DISCONNECT]       worker -> broker, before a clean exit; broker ->
                                             worker, to dismiss one whose model it does not
                                             serve (the worker stops)
+    DISCONNECT [VERSION, W_DISCONNECT, why]  broker -> worker, a dismissal with its reason
+                                            (UTF-8): a remote worker refused at READY
     LOAD_FAILED [VERSION, W_LOAD_FAILED, info]  info = msgpack {"model", "version",
                                             "worker_id", "error"}: the model did not load;
                                             sent once, then the worker exits
@@ -407,8 +411,10 @@ def encode_heartbeat_for(worker_identity: bytes) -> list:
     return [worker_identity + HEARTBEAT_SUFFIX, VERSION, W_HEARTBEAT]
 
 
-def encode_disconnect_for(worker_identity: bytes) -> list:
-    """A DISCONNECT to a worker: it exits."""
+def encode_disconnect_for(worker_identity: bytes, why: str = "") -> list:
+    """A DISCONNECT to a worker: it exits (and logs `why`, when given)."""
+    if why:
+        return [worker_identity, VERSION, W_DISCONNECT, why.encode("utf-8")[:MAX_HEADER_BYTES]]
     return [worker_identity, VERSION, W_DISCONNECT]
 
 
@@ -446,9 +452,12 @@ def parse_batch_id(data: bytes) -> int:
     return _BATCH_ID.unpack(data)[0]
 
 
-def encode_ready(model: str, version: str, worker_id: str, gpu_id: int | None, pid: int) -> list:
+def encode_ready(model: str, version: str, worker_id: str, gpu_id: int | None, pid: int,
+                 digest: str | None = None) -> list:
     info = {"model": model, "version": version, "worker_id": worker_id,
             "gpu_id": gpu_id, "pid": pid}
+    if digest is not None:
+        info["digest"] = digest
     return [VERSION, W_READY, packb(info)]
 
 
@@ -462,6 +471,9 @@ def parse_ready(data: bytes) -> dict[str, Any]:
     gpu_id = info.get("gpu_id")
     if "gpu_id" not in info or (gpu_id is not None and not isinstance(gpu_id, int)):
         raise ProtocolError("READY gpu_id must be an integer or nil")
+    digest = info.get("digest")
+    if digest is not None and not isinstance(digest, str):
+        raise ProtocolError("READY digest must be a string or nil")
     return info
 
 
@@ -547,10 +559,18 @@ def encode_worker_partial(batch_id: int, index: int, reply_meta: bytes, body: An
 
 
 def is_disconnect(frames: Sequence[Any]) -> bool:
-    """Whether a message is a DISCONNECT ([VERSION, W_DISCONNECT]): from the broker, the
-    worker is dismissed (it serves a model the broker does not know)."""
-    return (len(frames) == 2 and bytes(frames[0]) == VERSION
+    """Whether a message is a DISCONNECT ([VERSION, W_DISCONNECT] or, from the broker, with
+    a reason frame): the worker is dismissed (it serves a model the broker does not know, or
+    a remote worker was refused at READY)."""
+    return (len(frames) in (2, 3) and bytes(frames[0]) == VERSION
             and bytes(frames[1]) == W_DISCONNECT)
+
+
+def disconnect_reason(frames: Sequence[Any]) -> str:
+    """The reason a DISCONNECT carries, "" for none (decoded leniently: it is only logged)."""
+    if len(frames) < 3:
+        return ""
+    return bytes(frames[2])[:MAX_HEADER_BYTES].decode("utf-8", "replace")
 
 
 def is_heartbeat(frames: Sequence[Any]) -> bool:
