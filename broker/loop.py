@@ -102,12 +102,17 @@ class Endpoints:
         return self.curve_keys is not None and bool(self.curve_authorized_keys)
 
 
-def _router(context: zmq.Context, send_hwm: int, receive_hwm: int) -> zmq.Socket:
+def _router(context: zmq.Context, send_hwm: int, receive_hwm: int,
+            handover: bool = True) -> zmq.Socket:
+    """A ROUTER; with handover, a peer that connects under an identity in use takes it over
+    (a client reconnecting), without it such a peer is refused (the workers' ROUTER: every
+    worker has an identity of its own, and one that could take another's would get its
+    batches)."""
     socket = context.socket(zmq.ROUTER)
     socket.setsockopt(zmq.LINGER, 0)
     socket.setsockopt(zmq.SNDHWM, send_hwm)
     socket.setsockopt(zmq.RCVHWM, receive_hwm)
-    socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
+    socket.setsockopt(zmq.ROUTER_HANDOVER, int(handover))
     return socket
 
 
@@ -134,7 +139,7 @@ def _client_router(context: zmq.Context, endpoints: Endpoints) -> zmq.Socket:
 def _worker_router(context: zmq.Context, endpoints: Endpoints) -> zmq.Socket:
     """The back ROUTER: the local workers' plain endpoints, then the remote workers' CURVE
     endpoint (libzmq takes the security options at bind, so only that one requires them)."""
-    socket = _router(context, _WORKER_HWM, _WORKER_HWM)
+    socket = _router(context, _WORKER_HWM, _WORKER_HWM, handover=False)
     for address in endpoints.back:
         socket.bind(address)
     if endpoints.remote_back:

@@ -242,3 +242,36 @@ def test_cutting_the_link_answers_in_flight_requests_worker_lost(link, broker, k
     assert remote_workers(broker) == []
     # the worker, cut off, hears nothing either and exits (broker lost)
     assert process.wait(LIVENESS_BOUND_S + 10) == 4, read(log_path)
+
+
+def test_an_authorized_key_cannot_take_over_another_workers_identity(link, broker, keys):
+    """The back ROUTER refuses a second connection under an identity in use (no handover):
+    a peer with an authorized key that claims the remote worker's id gets none of its batches,
+    and the worker serves on."""
+    import zmq
+    import zmq.auth
+
+    process, log_path = start_worker(link, broker, keys)
+    broker.wait_for(lambda: remote_workers(broker), timeout_s=60,
+                    what=f"the remote worker to register; its log:\n{read(log_path)}")
+    (worker,) = remote_workers(broker)
+    context = zmq.Context()
+    rogue = context.socket(zmq.DEALER)
+    try:
+        rogue.setsockopt(zmq.LINGER, 0)
+        rogue.setsockopt(zmq.ROUTING_ID, worker["id"].encode())
+        public, secret = zmq.auth.load_certificate(keys.secret("gpu1"))
+        rogue.curve_publickey, rogue.curve_secretkey = public, secret
+        rogue.curve_serverkey, _ = zmq.auth.load_certificate(keys.public("server"))
+        rogue.connect(broker.worker_address)
+        rogue.send_multipart([protocol.VERSION, protocol.W_HEARTBEAT])
+        for seen, tag in enumerate(("x", "y", "z"), 1):  # the worker's handler saw each
+            status, _headers, body = broker.predict("slow", json.dumps({"tag": tag}).encode())
+            assert status == 200, body
+            assert json.loads(body)["seen"] == ["x", "y", "z"][:seen]
+        assert rogue.poll(0) == 0  # not one batch reached the impostor
+    finally:
+        rogue.close()
+        context.term()
+    assert process.poll() is None
+    assert [w["id"] for w in remote_workers(broker)] == [worker["id"]]
