@@ -87,6 +87,13 @@ class _Routes:
         models = answer.get("models")
         return models if isinstance(models, list) else []
 
+    async def authorized_entries(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
+                                 model: str, version: str | None) -> list[dict] | None:
+        """versions() for a request that carries the key; None when answered already."""
+        if not self.authorized(req, resp):
+            return None
+        return await self.versions(resp, model, version)
+
     async def versions(self, resp: falcon.asgi.Response, model: str,
                        version: str | None) -> list[dict] | None:
         """The model's entries (the one version when named), or None answered 404/503."""
@@ -151,10 +158,7 @@ class ModelMetadata:
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
                      model: str, version: str | None = None) -> None:
-        routes = self._routes
-        if not routes.authorized(req, resp):
-            return
-        entries = await routes.versions(resp, model, version)
+        entries = await self._routes.authorized_entries(req, resp, model, version)
         if entries is None:
             return
         resp.content_type = JSON
@@ -169,10 +173,7 @@ class ModelReady:
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
                      model: str, version: str | None = None) -> None:
-        routes = self._routes
-        if not routes.authorized(req, resp):
-            return
-        entries = await routes.versions(resp, model, version)
+        entries = await self._routes.authorized_entries(req, resp, model, version)
         if entries is None:
             return
         if version is None:  # the default version speaks for the name

@@ -74,7 +74,7 @@ def test_json_time_is_utc_with_milliseconds(restore_logging):
     stream = io.StringIO()
     logs.configure("INFO", "json", "broker", stream=stream)
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "m", None, None)
-    record.created, record.msecs = 1_796_626_367.123, 123.0  # 2026-12-07 06:52:47.123 UTC
+    record.created, record.msecs = 1_796_626_367.123, 123.0  # that instant, in epoch seconds
     logging.getLogger().handle(record)
     assert json.loads(lines(stream)[0])["time"] == "2026-12-07T06:52:47.123Z"
 
