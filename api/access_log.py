@@ -37,7 +37,7 @@ The logger gets level INFO when nothing set one, so the lines come out whatever 
 log level. In a front-end process, whose log zerobatch.logs set up, the lines skip logging's
 records: `lines` (zerobatch.logs.BufferedLines) formats each as the log's handler would and
 writes them a batch at a time, at most a quarter second late, flushed when the server stops
-(a record costs about 30 µs a request, a buffered line about 10 with the fields). Answers
+(about a third of a record's cost: benchmarks.bench_observability_cost). Answers
 the HTTP layer gives by itself before the app sees a request (408, 431, 503 over the
 connection cap: api/http_protocol.py) have no line.
 """
