@@ -106,7 +106,9 @@ setup(
     # Tracing (zerobatch/tracing.py) is on when these are installed and OTEL_* says where
     # spans go: `pip install zerobatch[tracing]`.
     extras_require={"tracing": ["opentelemetry-sdk>=1.20",
-                                "opentelemetry-exporter-otlp-proto-http>=1.20"]},
+                                "opentelemetry-exporter-otlp-proto-http>=1.20"],
+                    # the Open Inference Protocol over gRPC (--grpc-address)
+                    "grpc": ["grpcio>=1.60", "protobuf>=4.21"]},
     entry_points={"console_scripts": ["zerobatch=zerobatch.api.cli:main",
                                       "zerobatch-archiver=zerobatch.api.archiver:main",
                                       "zerobatch-torchserve=zerobatch.api.torchserve_cli:main"]},

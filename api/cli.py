@@ -86,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the metrics API, Prometheus text on /metrics (TorchServe's "
                             "metrics_address): http://HOST:PORT, https://HOST:PORT, or none "
                             "(default: http://127.0.0.1:8082)")
+    start.add_argument("--grpc-address", metavar="URL", default=defaults.DEFAULT_GRPC_ADDRESS,
+                       help="the Open Inference Protocol (KServe v2) over gRPC, for "
+                            "tritonclient.grpc: http://HOST:PORT, https://HOST:PORT (TLS), or "
+                            "none (default: none; needs pip install 'zerobatch[grpc]')")
     start.add_argument("--access-log", action="store_true",
                        help="one log line per HTTP request: time, client, method, path, "
                             "model, version, status, bytes, latency, request id")
@@ -385,6 +389,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         certificate_file=_abspath_or_empty(args.certificate_file),
         private_key_file=_abspath_or_empty(args.private_key_file),
         management_address=args.management_address, metrics_address=args.metrics_address,
+        grpc_address=args.grpc_address,
         max_response_bytes=args.max_response_bytes, allowed_urls=args.allowed_urls,
         disable_token_authorization=args.disable_token_auth,
         enable_model_api=args.enable_model_api, model_snapshot=args.model_snapshot,
@@ -432,6 +437,8 @@ def start(args: argparse.Namespace) -> int:
     if config.serves_metrics:
         ts_config.split_address(config.metrics_address, "metrics_address",
                                 ts_config.METRICS_PORTS)
+    if config.serves_grpc:
+        check_grpc(config)
     pid = running_pid(config.run_dir)
     if pid is not None:
         raise CliError(f"a server is already running from {config.run_dir} (pid {pid}); "
@@ -466,7 +473,9 @@ def start(args: argparse.Namespace) -> int:
     management = config.management_address if config.serves_management else "disabled"
     metrics = config.metrics_address if config.serves_metrics else "disabled"
     print(f"zerobatch started (pid {keeper.pid}): HTTP {http}, management {management}, "
-          f"metrics {metrics}, ZeroMQ {config.client_address}, log {log_path}")
+          f"metrics {metrics}, "
+          f"{'gRPC ' + config.grpc_address + ', ' if config.serves_grpc else ''}"
+          f"ZeroMQ {config.client_address}, log {log_path}")
     if config.key_file:
         run_dir_flag = f" --run-dir {shlex.quote(config.run_dir)}" if args.run_dir else ""
         example = (f"; e.g. curl -H \"Authorization: Bearer $(zerobatch token inference"
@@ -555,10 +564,22 @@ def check_tls(config: ServerConfig) -> None:
         raise CliError(str(exc)) from None
     if not (config.inference_https
             or config.management_address.lower().startswith("https://")
-            or config.metrics_address.lower().startswith("https://")):
+            or config.metrics_address.lower().startswith("https://")
+            or config.grpc_address.lower().startswith("https://")):
         print("zerobatch: warning: a certificate and a private key are given but no address "
               "is https:// (--inference-https, or an https:// inference_address, "
               "management_address or metrics_address): they are unused", file=sys.stderr)
+
+
+def check_grpc(config: ServerConfig) -> None:
+    """A --grpc-address that cannot serve fails here: a bad address, or grpcio missing."""
+    ts_config.split_address(config.grpc_address, "grpc_address",
+                            (defaults.DEFAULT_GRPC_PORT, defaults.DEFAULT_GRPC_PORT))
+    try:
+        import grpc  # noqa: F401  (only whether it imports)
+    except ImportError:
+        from zerobatch.api.grpc_server import MISSING_GRPC
+        raise CliError(f"--grpc-address: {MISSING_GRPC}") from None
 
 
 def log_tail(path: str, lines: int = 20) -> str:

@@ -100,15 +100,22 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
     offset = 0
     packed = []
     for index, tensor in enumerate(inputs):
-        entry, offset = _input(tensor, index, binary, offset)
+        entry, offset = check_input(tensor, index, binary, offset)
         packed.append(entry)
     if offset != len(binary):
         raise TensorError(f"the body holds {len(binary) - offset} bytes after the last binary "
                           "input")
     outputs = _requested_outputs(request.get("outputs"))
-    binary_output = parameters.get("binary_data_output") is True
+    return infer_request(request_id, parameters, packed, outputs,
+                         parameters.get("binary_data_output") is True)
+
+
+def infer_request(request_id: str | None, parameters: dict, inputs: list[dict],
+                  outputs: dict[str, bool] | None, binary_output: bool) -> InferRequest:
+    """An InferRequest of checked inputs (check_input's), its worker body packed: what the
+    HTTP routes and the gRPC service (api/grpc_service.py) both send."""
     worker_body = msgpack.packb({
-        "id": request_id, "parameters": parameters, "inputs": packed,
+        "id": request_id, "parameters": parameters, "inputs": inputs,
         "outputs": [{"name": name} for name in outputs] if outputs is not None else None,
     }, use_bin_type=True)
     return InferRequest(request_id, worker_body, outputs, binary_output)
@@ -122,8 +129,10 @@ def _parameters(value: Any, where: str) -> dict:
     return value
 
 
-def _input(tensor: Any, index: int, binary: Any, offset: int) -> tuple[dict, int]:
-    """One input checked and packed, and the binary section's offset after it."""
+def check_input(tensor: Any, index: int, binary: Any, offset: int) -> tuple[dict, int]:
+    """One input (JSON-shaped: name, datatype, shape, parameters, and data or
+    parameters.binary_data_size of `binary` from `offset`) checked and packed for the worker,
+    and the binary section's offset after it."""
     if not isinstance(tensor, dict):
         raise TensorError(f"input {index} must be an object")
     name = tensor.get("name")
@@ -310,17 +319,25 @@ def _infer_datatype(flat: list, where: str) -> str:
                       "one datatype")
 
 
+def select_outputs(request: InferRequest, outputs: list[dict]) -> list[dict]:
+    """The outputs the request named, in its order (all when it named none); TensorError when
+    the handler gave no output of a requested name."""
+    requested = request.outputs
+    if requested is None:
+        return outputs
+    by_name = {output["name"]: output for output in outputs}
+    missing = [name for name in requested if name not in by_name]
+    if missing:
+        raise TensorError(f"the model gave no output named {', '.join(map(repr, missing))}")
+    return [by_name[name] for name in requested]
+
+
 def encode_response(request: InferRequest, outputs: list[dict], model_name: str,
                     model_version: str | None) -> tuple[bytes, int | None]:
     """(body, JSON header length or None) of the v2 response; TensorError when an output's
     data does not fit its datatype or a requested output is missing."""
     requested = request.outputs
-    if requested is not None:
-        by_name = {output["name"]: output for output in outputs}
-        missing = [name for name in requested if name not in by_name]
-        if missing:
-            raise TensorError(f"the model gave no output named {', '.join(map(repr, missing))}")
-        outputs = [by_name[name] for name in requested]
+    outputs = select_outputs(request, outputs)
     response: dict[str, Any] = {"model_name": model_name}
     if model_version:
         response["model_version"] = model_version
@@ -334,7 +351,7 @@ def encode_response(request: InferRequest, outputs: list[dict], model_name: str,
         binary = request.binary_output if requested is None else (
             requested[name] or request.binary_output)
         if binary:
-            raw = _pack_output(data, datatype, name)
+            raw = pack_output(data, datatype, name)
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
@@ -347,7 +364,8 @@ def encode_response(request: InferRequest, outputs: list[dict], model_name: str,
     return header + b"".join(chunks), len(header)
 
 
-def _pack_output(data: list, datatype: str, name: str) -> bytes:
+def pack_output(data: list, datatype: str, name: str) -> bytes:
+    """An output's flat data as raw little-endian bytes (BYTES: length-prefixed elements)."""
     if datatype == BYTES:
         return join_bytes([element.encode() if isinstance(element, str) else bytes(element)
                            for element in data])

@@ -36,6 +36,7 @@ from zerobatch.broker.loop import FRAME_SLACK_BYTES, BrokerLoop, Endpoints
 from zerobatch.broker.supervisor import (
     Supervisor,
     discard_preloaded,
+    grpc_endpoint,
     management_endpoint,
     metrics_endpoint,
     start_preloaded_workers,
@@ -57,6 +58,16 @@ def bind_http(host: str, port: int) -> socket.socket:
     listener.listen(4096)
     listener.set_inheritable(True)
     return listener
+
+
+def probe_port(host: str, port: int) -> None:
+    """Bind host:port once and let it go: OSError when it is in use. The gRPC service binds
+    its own port (gRPC cannot take an inherited socket), so this is how a port in use fails
+    at start rather than in a child that restarts."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
 
 
 def serve(config: ServerConfig, environ: dict[str, str]) -> int:
@@ -162,10 +173,12 @@ def _serve(config: ServerConfig, environ: dict[str, str],
             management_socket = bind_http(*management_endpoint(config)[1:])
         if config.serves_metrics:
             metrics_socket = bind_http(*metrics_endpoint(config)[1:])
+        if config.serves_grpc:
+            probe_port(*grpc_endpoint(config)[1:])
     except (zmq.ZMQError, OSError) as exc:
         log.error("cannot bind: %s (is another server running on these ports? pick others "
                   "with --http-port / --client-address / --management-address / "
-                  "--metrics-address)", exc)
+                  "--metrics-address / --grpc-address)", exc)
         return EXIT_ADDRESS_IN_USE
 
     def on_stop_signal(signum: int, _frame: object) -> None:
@@ -182,6 +195,8 @@ def _serve(config: ServerConfig, environ: dict[str, str],
         supervisor.add_management(management_socket.fileno())
     if metrics_socket is not None:
         supervisor.add_metrics(metrics_socket.fileno())
+    if config.serves_grpc:
+        supervisor.add_grpc()
     loop.supervisor = supervisor
     if config.config_snapshots:
         loop.on_registry_change = functools.partial(_save_snapshot, config, core, "snapshot")
@@ -189,11 +204,12 @@ def _serve(config: ServerConfig, environ: dict[str, str],
         supervisor.start_all()
         if config.config_snapshots:
             _save_snapshot(config, core, "startup")
-        log.info("serving: clients %s, http %s:%s, management %s, metrics %s, %d model(s)",
-                 config.client_address, config.host,
+        log.info("serving: clients %s, http %s:%s, management %s, metrics %s, grpc %s, "
+                 "%d model(s)", config.client_address, config.host,
                  config.http_port if config.frontends else "-",
                  config.management_address if management_socket else "-",
-                 config.metrics_address if metrics_socket else "-", len(config.models))
+                 config.metrics_address if metrics_socket else "-",
+                 config.grpc_address if config.serves_grpc else "-", len(config.models))
         freeze_startup_objects()  # full collections would stall the poll loop (gc_policy)
         loop.run()
         if config.config_snapshots:

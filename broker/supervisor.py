@@ -28,9 +28,11 @@ from zerobatch import metrics_dir, ts_config
 from zerobatch.broker import preload
 from zerobatch.broker.gpus import GpuAssigner
 from zerobatch.config import (
+    DEFAULT_GRPC_PORT,
     RESTART_BACKOFF_MAX_S,
     RESTART_BACKOFF_MIN_S,
     FrontendConfig,
+    GrpcConfig,
     ManagementConfig,
     MetricsConfig,
     ModelConfig,
@@ -129,9 +131,28 @@ def metrics_config(config: ServerConfig) -> MetricsConfig:
         log_level=config.log_level, log_format=config.log_format)
 
 
+def grpc_endpoint(config: ServerConfig) -> tuple[bool, str, int]:
+    """(TLS, host, port) of the gRPC service (port 7070 when the address names none)."""
+    return ts_config.split_address(config.grpc_address, "grpc_address",
+                                   (DEFAULT_GRPC_PORT, DEFAULT_GRPC_PORT))
+
+
+def grpc_config(config: ServerConfig, broker_address: str) -> GrpcConfig:
+    """What the gRPC service's process gets from the server's configuration."""
+    tls, host, port = grpc_endpoint(config)
+    return GrpcConfig(
+        broker_address=broker_address, host=host, port=port,
+        max_request_bytes=config.max_request_bytes,
+        max_response_bytes=config.max_response_bytes,
+        max_concurrent_rpcs=config.max_connections, key_file=config.key_file,
+        certificate_file=config.certificate_file if tls else "",
+        private_key_file=config.private_key_file if tls else "",
+        log_level=config.log_level, log_format=config.log_format)
+
+
 class Child:
-    """One supervised slot: a worker slot of a model, a front end, the management API or the
-    metrics API."""
+    """One supervised slot: a worker slot of a model, a front end, the management API, the
+    metrics API or the gRPC service."""
 
     def __init__(self, kind: str, slot_name: str, model: ModelConfig | None = None,
                  gpu_id: int | None = None) -> None:
@@ -191,6 +212,10 @@ class Supervisor:
         """Supervise the management API's process, serving on the inherited socket fd."""
         self.management_fd = fd
         self.children.append(Child("management", "management"))
+
+    def add_grpc(self) -> None:
+        """Supervise the gRPC service's process (it binds grpc_address itself)."""
+        self.children.append(Child("grpc", "grpc"))
 
     def add_metrics(self, fd: int) -> None:
         """Supervise the metrics API's process, serving on the inherited socket fd."""
@@ -277,6 +302,9 @@ class Supervisor:
                                "--config", management_config(self.config).to_json(),
                                "--fd", str(self.management_fd))
             pass_fds = (self.management_fd,)
+        elif child.kind == "grpc":
+            argv = module_argv("zerobatch.api.grpc_server", "--config",
+                               grpc_config(self.config, self.frontend_address).to_json())
         elif child.kind == "metrics":
             argv = module_argv("zerobatch.api.metrics_server",
                                "--config", metrics_config(self.config).to_json(),

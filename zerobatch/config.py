@@ -72,6 +72,10 @@ DEFAULT_MANAGEMENT_ADDRESS = f"http://127.0.0.1:{DEFAULT_MANAGEMENT_PORT}"
 NO_ADDRESS = "none"
 DEFAULT_METRICS_PORT = 8082
 DEFAULT_METRICS_ADDRESS = f"http://127.0.0.1:{DEFAULT_METRICS_PORT}"
+#: the Open Inference Protocol over gRPC (api/grpc_server.py): off unless an address is given
+DEFAULT_GRPC_ADDRESS = NO_ADDRESS
+#: its port when the address names none (TorchServe's gRPC inference port)
+DEFAULT_GRPC_PORT = 7070
 #: TorchServe's metrics_mode values: zerobatch serves the metrics API in each and writes no
 #: metric log ("log" and "legacy" are accepted with a warning)
 METRICS_MODES = ("prometheus", "log", "legacy")
@@ -209,6 +213,8 @@ class ServerConfig:
     # TorchServe's. max_response_bytes is stored, not acted on yet.
     management_address: str = DEFAULT_MANAGEMENT_ADDRESS
     metrics_address: str = DEFAULT_METRICS_ADDRESS
+    #: the Open Inference Protocol's gRPC service: http://HOST:PORT, https:// (TLS), or none
+    grpc_address: str = DEFAULT_GRPC_ADDRESS
     #: TorchServe's max_response_size; not enforced
     max_response_bytes: int = DEFAULT_MAX_BODY_BYTES
     #: regular expressions a registration URL must match (TorchServe's allowed_urls)
@@ -300,7 +306,8 @@ class ServerConfig:
         https = [name for name, on in (
             ("inference_address", self.inference_https),
             ("management_address", self.management_address.lower().startswith("https://")),
-            ("metrics_address", self.metrics_address.lower().startswith("https://")))
+            ("metrics_address", self.metrics_address.lower().startswith("https://")),
+            ("grpc_address", self.grpc_address.lower().startswith("https://")))
             if on]
         if https and not self.certificate_file:
             raise ConfigError(f"{' and '.join(https)}: https:// needs a certificate, and none "
@@ -325,6 +332,11 @@ class ServerConfig:
     def serves_metrics(self) -> bool:
         """Whether the metrics API has a process (metrics_address is not "none")."""
         return self.metrics_address.lower() != NO_ADDRESS
+
+    @property
+    def serves_grpc(self) -> bool:
+        """Whether the gRPC service has a process (grpc_address is not "none")."""
+        return self.grpc_address.lower() != NO_ADDRESS
 
     @property
     def metrics_dir(self) -> str:
@@ -493,6 +505,34 @@ class MetricsConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "MetricsConfig":
+        return cls(**json.loads(text))
+
+
+@dataclass(frozen=True)
+class GrpcConfig:
+    """What the gRPC service's process needs (api/grpc_server.py): where to serve, the
+    broker's client endpoint, the inference key and the limits."""
+
+    broker_address: str
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_GRPC_PORT
+    max_request_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_response_bytes: int = DEFAULT_MAX_BODY_BYTES
+    #: deadline of a call that sets none shorter
+    default_timeout_ms: int = DEFAULT_RESPONSE_TIMEOUT_S * 1000
+    #: calls served at once; one more is refused RESOURCE_EXHAUSTED (max_connections)
+    max_concurrent_rpcs: int = DEFAULT_MAX_CONNECTIONS
+    key_file: str = ""
+    certificate_file: str = ""
+    private_key_file: str = ""
+    log_level: str = "INFO"
+    log_format: str = "text"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "GrpcConfig":
         return cls(**json.loads(text))
 
 
