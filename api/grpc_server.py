@@ -22,10 +22,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 
-from zerobatch import logs
+from zerobatch import logs, metrics_dir
 from zerobatch.config import GrpcConfig
 
 log = logging.getLogger("zerobatch.grpc")
@@ -43,9 +44,14 @@ async def serve(config: GrpcConfig) -> int:
     from zerobatch.api.aio_client import AsyncClient
     from zerobatch.api.grpc_service import InferenceService
 
+    metrics = None
+    if os.environ.get(metrics_dir.ENV_VAR):  # the metrics API is on (broker/supervisor.py)
+        from zerobatch.api.request_metrics import RequestMetrics
+        metrics = RequestMetrics()
+        metrics.start()
     service = InferenceService(lambda: AsyncClient(config.broker_address),
                                key_file=config.key_file,
-                               default_timeout_ms=config.default_timeout_ms)
+                               default_timeout_ms=config.default_timeout_ms, metrics=metrics)
     server = grpc.aio.server(
         options=[("grpc.so_reuseport", 0),
                  ("grpc.max_receive_message_length", config.max_request_bytes),
@@ -74,6 +80,8 @@ async def serve(config: GrpcConfig) -> int:
     await stopping.wait()
     await server.stop(GRACE_S)
     service.close()
+    if metrics is not None:
+        metrics.stop()
     return 0
 
 

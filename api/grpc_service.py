@@ -21,7 +21,9 @@ for an unknown model or version, UNAUTHENTICATED for a missing or wrong inferenc
 token authorization on, every RPC but ServerLive and ServerReady needs `authorization: Bearer
 KEY` in the metadata), UNAVAILABLE for a full queue or a broker that does not answer,
 DEADLINE_EXCEEDED for a passed deadline (the call's gRPC deadline, or the default timeout),
-INTERNAL when the handler fails or its result is no tensor.
+INTERNAL when the handler fails or its result is no tensor. Predictions are counted in the
+request metrics as the HTTP front end counts them (ts_inference_requests_total,
+zerobatch_request_seconds), when the process has a RequestMetrics.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from time import monotonic_ns
 from typing import Any
 
 import grpc
@@ -49,7 +52,7 @@ from zerobatch.api.tensors import (
     select_outputs,
 )
 from zerobatch.api.token_auth import AUTHORIZATION_FAILED, TokenCheck
-from zerobatch.errors import ServingError
+from zerobatch.errors import HandlerError, ModelNotFound, ServingError
 
 log = logging.getLogger(__name__)
 
@@ -161,12 +164,14 @@ class InferenceService:
     them on a grpc.aio server."""
 
     def __init__(self, client_factory: Callable[[], Any], key_file: str = "",
-                 default_timeout_ms: int = 30_000) -> None:
+                 default_timeout_ms: int = 30_000, metrics: Any = None) -> None:
         #: makes the broker's AsyncClient inside the server's event loop (the first call)
         self._client_factory = client_factory
         self._client: Any = None
         self._check = TokenCheck(key_file).check if key_file else None
         self._default_timeout_ms = default_timeout_ms
+        #: where predictions are counted (api/request_metrics.py RequestMetrics), or None
+        self._metrics = metrics
 
     @property
     def client(self) -> Any:
@@ -260,6 +265,7 @@ class InferenceService:
         return entries
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        start_ns = monotonic_ns()
         self._authorize(context)
         if not request.model_name:
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "model_name is empty")
@@ -277,12 +283,18 @@ class InferenceService:
         if remaining is not None:
             timeout_ms = max(1, min(timeout_ms, int(remaining * 1000)))
         version = request.model_version or None
+        metrics = self._metrics
         try:
             reply = await self.client.predict(
                 request.model_name, infer.body, version=version, timeout_ms=timeout_ms,
                 content_type=TENSORS_TYPE, headers=metadata, request_id=request_id)
         except ServingError as exc:
+            if metrics is not None and not isinstance(exc, ModelNotFound):
+                metrics.record(request.model_name, version, start_ns,
+                               answered=isinstance(exc, HandlerError))
             raise RpcError(status_code(exc.http_status), exc.message) from None
+        if metrics is not None:
+            metrics.record(request.model_name, version, start_ns)
         if reply.status >= 400:
             raise RpcError(status_code(reply.status),
                            reply.body.decode("utf-8", "replace")[:4000])

@@ -277,7 +277,7 @@ def create_app(config: FrontendConfig, client: AsyncClient | None = None,
     predictions = PredictionsResource(holder, config, metrics)
     app.add_route("/predictions/{model_name}", predictions)
     app.add_route("/predictions/{model_name}/{model_version}", predictions)
-    add_open_inference_routes(app, holder, config)  # KServe v2 (api/open_inference.py)
+    add_open_inference_routes(app, holder, config, metrics)  # KServe v2 (open_inference.py)
     add_kserve_v1_routes(app, holder, config)  # KServe v1 (api/kserve_v1.py)
     app.set_error_serializer(http_error_serializer)
     app.add_error_handler(Exception, handle_unexpected)

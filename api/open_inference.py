@@ -13,7 +13,8 @@ arrays for the handler (worker/tensors.py); the handler's result comes back as J
 answered as v2 outputs, JSON or binary (docs/open-inference.md). Errors are v2's, `{"error":
 message}`: 400 for a malformed request, 404 for an unknown model, the broker's status
 otherwise (503 queue full, 504 deadline). With token authorization on, every route but
-/v2/health/* needs the inference key, as /predictions does.
+/v2/health/* needs the inference key, as /predictions does. Infer requests are counted in the
+request metrics as predictions are (ts_inference_requests_total, zerobatch_request_seconds).
 
 Model metadata and readiness come from the broker's `models` control call: names, versions,
 which is the default and which has a live worker (no paths), which the broker answers to
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+from time import monotonic_ns
 from typing import Any
 
 import falcon
@@ -45,7 +47,7 @@ from zerobatch.api.tensors import (
     response_outputs,
 )
 from zerobatch.api.token_auth import AUTHORIZATION_FAILED, TokenCheck
-from zerobatch.errors import ServingError
+from zerobatch.errors import HandlerError, ModelNotFound, ServingError
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +70,9 @@ def _error(resp: falcon.asgi.Response, status: int, message: str) -> None:
 class _Routes:
     """What every v2 resource shares: the broker's client and the inference key's check."""
 
-    def __init__(self, holder: Any, config: Any) -> None:
+    def __init__(self, holder: Any, config: Any, metrics: Any = None) -> None:
         self.holder = holder
+        self.metrics = metrics
         self.check = TokenCheck(config.key_file).check if config.key_file else None
         self.limit = config.max_request_bytes
         self.default_timeout_ms = config.default_timeout_ms
@@ -192,6 +195,7 @@ class Infer:
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
                       model: str, version: str | None = None) -> None:
+        start_ns = monotonic_ns()
         routes = self._routes
         if not routes.authorized(req, resp):
             return
@@ -214,13 +218,18 @@ class Infer:
             resp.set_header(REQUEST_ID_HEADER, request_id)
         else:
             request_id = None
+        metrics = routes.metrics
         try:
             reply = await routes.holder.get().predict(
                 model, request.body, version=version, timeout_ms=timeout_ms,
                 content_type=TENSORS_TYPE, headers=headers, request_id=request_id)
         except ServingError as exc:
+            if metrics is not None and not isinstance(exc, ModelNotFound):
+                metrics.record(model, version, start_ns, answered=isinstance(exc, HandlerError))
             _error(resp, exc.http_status, exc.message)
             return
+        if metrics is not None:
+            metrics.record(model, version, start_ns)
         if reply.status >= 400:
             _error(resp, reply.status, reply.body.decode("utf-8", "replace")[:4000])
             return
@@ -243,9 +252,10 @@ class Infer:
         resp.data = body
 
 
-def add_open_inference_routes(app: Any, holder: Any, config: Any) -> None:
-    """Add the /v2 routes (the module docstring) to the inference app."""
-    routes = _Routes(holder, config)
+def add_open_inference_routes(app: Any, holder: Any, config: Any, metrics: Any = None) -> None:
+    """Add the /v2 routes (the module docstring) to the inference app; metrics: where infer
+    requests are counted (api/request_metrics.py), or None."""
+    routes = _Routes(holder, config, metrics)
     app.add_route("/v2", ServerMetadata(routes))
     app.add_route("/v2/health/live", Live(routes))
     app.add_route("/v2/health/ready", Ready(routes))

@@ -15,6 +15,7 @@ import pytest
 
 from tests.integration.test_open_inference import PLAIN, TENSORS, TYPED
 from tests.models import write_model_dir
+from tests.support.metrics import value
 from tests.support.servers import finish, free_port, start_server
 from zerobatch import token_keys
 
@@ -221,3 +222,28 @@ def test_a_grpc_port_in_use_fails_at_start(tmp_path):
             start_server({"plain": write_model_dir(str(tmp_path / "plain"), PLAIN)},
                          "--grpc-address", f"http://127.0.0.1:{port}")
     assert "grpc" in str(caught.value).lower()
+
+
+def _requests_counted(server, model: str, version: str) -> float:
+    _status, _headers, text = server.metrics("?name[]=ts_inference_requests_total")
+    try:
+        return value(text.decode(), "ts_inference_requests_total", model_name=model,
+                     model_version=version)
+    except (KeyError, AssertionError, ValueError):
+        return 0.0
+
+
+def test_predictions_over_grpc_and_v2_http_are_counted(server, client):
+    """ts_inference_requests_total counts gRPC and /v2 infer requests as predictions."""
+    before = _requests_counted(server, "plain", "default")
+    before_version = _requests_counted(server, "plain", "1.0")
+    for _ in range(3):
+        client.infer("plain", [_one()])
+    client.infer("plain", [_one()], model_version="1.0")
+    body = b'{"inputs": [{"name": "v", "datatype": "INT64", "shape": [1], "data": [1]}]}'
+    assert server.http("POST", "/v2/models/plain/infer", body)[0] == 200
+    deadline = time.monotonic() + 20
+    while (_requests_counted(server, "plain", "default"), _requests_counted(
+            server, "plain", "1.0")) != (before + 4, before_version + 1):
+        assert time.monotonic() < deadline, "the predictions were not counted"
+        time.sleep(0.2)
