@@ -149,6 +149,29 @@ def test_the_metrics_api_over_https(make_server, pem):
         http_request(metrics_port, "GET", "/metrics", None, None, 10)
 
 
+def test_the_grpc_service_over_tls(make_server, pem):
+    grpc = pytest.importorskip("grpc", reason="grpcio is not installed (requirements-dev.txt)")
+    service_pb2 = pytest.importorskip("tritonclient.grpc.service_pb2")
+    from tritonclient.grpc import service_pb2_grpc
+    cert, key = pem
+    port = free_port()
+    make_server({"echo": "echo"}, "--certificate-file", cert, "--private-key-file", key,
+                "--grpc-address", f"https://127.0.0.1:{port}")
+    with open(cert, "rb") as chain:
+        credentials = grpc.ssl_channel_credentials(root_certificates=chain.read())
+    with grpc.secure_channel(f"127.0.0.1:{port}", credentials) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        live = stub.ServerLive(service_pb2.ServerLiveRequest(), timeout=30,
+                               wait_for_ready=True)
+        assert live.live
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:  # no plain gRPC there
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.ServerLive(service_pb2.ServerLiveRequest(), timeout=5)
+        assert caught.value.code() in (grpc.StatusCode.UNAVAILABLE,
+                                       grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
 def test_a_refusal_reaches_the_client_before_the_tls_connection_closes(make_server, pem):
     """The front end's own refusals (written, then the connection closed at once) arrive
     whole over TLS: the close sends what was written first."""

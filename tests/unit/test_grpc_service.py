@@ -108,3 +108,22 @@ def test_statuses_map_to_grpc_codes():
     assert status_code(504) == grpc.StatusCode.DEADLINE_EXCEEDED
     assert status_code(418) == grpc.StatusCode.INVALID_ARGUMENT
     assert status_code(500) == grpc.StatusCode.INTERNAL
+
+
+def test_start_refuses_a_grpc_address_it_cannot_serve(monkeypatch):
+    from zerobatch.api.cli import CliError, check_grpc
+    from zerobatch.broker.supervisor import grpc_config
+    from zerobatch.config import ServerConfig
+    from zerobatch.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="grpc_address"):
+        check_grpc(ServerConfig(grpc_address="tcp://127.0.0.1:1"))
+    with pytest.raises(ConfigError, match="https:// needs a certificate"):
+        ServerConfig(grpc_address="https://127.0.0.1:1")
+    config = ServerConfig(grpc_address="http://0.0.0.0")
+    check_grpc(config)
+    served = grpc_config(config, "ipc://front")
+    assert (served.host, served.port, served.certificate_file) == ("0.0.0.0", 7070, "")
+    monkeypatch.setitem(__import__("sys").modules, "grpc", None)  # grpcio not installed
+    with pytest.raises(CliError, match=r"pip install 'zerobatch\[grpc\]'"):
+        check_grpc(config)
