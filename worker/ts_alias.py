@@ -41,6 +41,7 @@ TS_ALIASES: dict[str, str] = {
     "ts.utils.util": "zerobatch.worker.compat.util",
     "ts.handler_utils.utils": "zerobatch.worker.compat.handler_utils",
     "ts.handler_utils.timer": "zerobatch.worker.compat.timer",
+    "ts.handler_utils.micro_batching": "zerobatch.worker.compat.micro_batching",
     # TorchServe's custom metrics API: the small modules are one of ours, the cache another
     "ts.metrics.dimension": "zerobatch.worker.compat.metrics",
     "ts.metrics.metric_type_enum": "zerobatch.worker.compat.metrics",

@@ -4,38 +4,34 @@ The cleanup is TorchServe's: strip HTML tags and entities, lowercase, expand con
 (rules for the common English forms rather than TorchServe's table), strip accents, strip
 punctuation, split on whitespace. `ngrams_iterator` is torchtext's.
 
-Token ids (`token_ids`) come from, in this order:
-
-1. `source_vocab.json` in the model directory: {token: id}; unknown tokens get the id of
-   "<unk>", else 0;
-2. `source_vocab.pt` holding a plain {token: id} dict (`torch.save(vocab.get_stoi(), ...)`);
-   a pickled torchtext `Vocab` cannot be read without torchtext: initialize says how to
-   convert it;
-3. otherwise feature hashing: crc32 of the token modulo `vocab_size`, taken from
-   `handler: {vocab_size: N}` in `model-config.yaml`, else the row count of the model's first
-   parameter whose name contains "embedding". Hashing needs a model trained the same way.
+Token ids (`token_ids`) come from `self.source_vocab`, the model directory's vocabulary as
+TorchServe's archives ship it (`source_vocab.pt`, a torchtext Vocab read without torchtext, or
+`source_vocab.json`: worker/handlers/vocab.py); without one, from feature hashing: crc32 of
+the token modulo `vocab_size`, taken from `handler: {vocab_size: N}` in `model-config.yaml`,
+else the row count of the model's first parameter whose name contains "embedding". Hashing
+needs a model trained the same way.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import re
 import unicodedata
 import zlib
 from typing import Any, Iterable, Iterator
 
-import torch
-
 from zerobatch.worker.base_handler import BaseHandler
 from zerobatch.worker.compat.util import CLEANUP_REGEX
+from zerobatch.worker.handlers.vocab import (
+    UNKNOWN_TOKEN,
+    VOCAB_JSON,
+    VOCAB_PT,
+    SourceVocab,
+    load_vocab,
+)
 
 log = logging.getLogger(__name__)
 
-VOCAB_JSON = "source_vocab.json"
-VOCAB_PT = "source_vocab.pt"
-UNKNOWN_TOKEN = "<unk>"
 
 _IRREGULAR = {"won't": "will not", "can't": "cannot", "shan't": "shall not",
               "ain't": "is not", "let's": "let us", "y'all": "you all"}
@@ -100,28 +96,15 @@ class TextHandler(BaseHandler):
     def token_ids(self, tokens: Iterable[str]) -> list[int]:
         vocab = self.source_vocab
         if vocab is not None:
-            unknown = vocab.get(UNKNOWN_TOKEN, 0)
+            unknown = getattr(vocab, "default_index", None)
+            if unknown is None:
+                unknown = vocab.get(UNKNOWN_TOKEN, 0)
             return [vocab.get(token, unknown) for token in tokens]
         return [zlib.crc32(token.encode("utf-8")) % self.vocab_size for token in tokens]
 
     # ---- loading
-    def _load_vocab(self, model_dir: str) -> dict[str, int] | None:
-        json_path = os.path.join(model_dir, VOCAB_JSON)
-        if os.path.isfile(json_path):
-            with open(json_path, encoding="utf-8") as f:
-                return _checked_vocab(json.load(f), json_path)
-        pt_path = os.path.join(model_dir, VOCAB_PT)
-        if not os.path.isfile(pt_path):
-            return None
-        try:
-            vocab = torch.load(pt_path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ValueError(
-                f"{pt_path} is not a plain {{token: id}} dict (a torchtext Vocab needs "
-                f"torchtext, which zerobatch does not use): save it as JSON with "
-                f"json.dump(vocab.get_stoi(), open('{VOCAB_JSON}', 'w')) and ship that "
-                f"({type(exc).__name__}: {str(exc)[:200]})") from exc
-        return _checked_vocab(vocab, pt_path)
+    def _load_vocab(self, model_dir: str) -> SourceVocab | None:
+        return load_vocab(model_dir)
 
     def _hash_buckets(self) -> int:
         handler_config = self.model_yaml_config.get("handler")
@@ -135,10 +118,3 @@ class TextHandler(BaseHandler):
         raise ValueError(f"no {VOCAB_JSON} or {VOCAB_PT} in {self.model_dir}, no "
                          "handler.vocab_size in model-config.yaml, and no embedding parameter "
                          "in the model to size the token hashing")
-
-
-def _checked_vocab(vocab: Any, path: str) -> dict[str, int]:
-    if not isinstance(vocab, dict) or not all(
-            isinstance(k, str) and isinstance(v, int) for k, v in vocab.items()):
-        raise ValueError(f"{path} must hold a {{token: id}} mapping of strings to integers")
-    return vocab
