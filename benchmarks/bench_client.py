@@ -19,6 +19,7 @@ import importlib
 import statistics
 import sys
 import time
+from collections.abc import Callable
 
 from benchmarks.common import at_least, bench_parser, run_record, write_json
 
@@ -31,8 +32,11 @@ def load_client_module(tree: str | None, module: str):
     return importlib.import_module(module)
 
 
-def install_echo(client_module) -> None:
-    """Replace the module's send/receive with an echo that answers all it was sent."""
+def install_echo(client_module) -> Callable[[], None]:
+    """Replace the module's send/receive with an echo that answers all it was sent; the
+    function that puts the real ones back (so that a caller in the same process, such as
+    the lab's tests, gets a working client again)."""
+    real = client_module.send_frames, client_module.recv_bytes
     from zerobatch import protocol  # the checkout's own, when --tree is given
 
     reply_meta = protocol.encode_reply_meta(200, "application/octet-stream")
@@ -53,6 +57,10 @@ def install_echo(client_module) -> None:
 
     client_module.send_frames = send_frames
     client_module.recv_bytes = recv_bytes
+
+    def restore() -> None:
+        client_module.send_frames, client_module.recv_bytes = real
+    return restore
 
 
 def one_round(client, requests: int, in_flight: int) -> float:
@@ -77,13 +85,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="the client's module (api.client in an older checkout)")
     args = parser.parse_args(argv)
     client_module = load_client_module(args.tree, args.module)
-    install_echo(client_module)
+    restore = install_echo(client_module)
     client = client_module.Client("ipc:///nonexistent/zerobatch-bench-client")
     try:
         one_round(client, min(args.requests, 2000), args.in_flight)  # warm up
         rounds = [one_round(client, args.requests, args.in_flight) for _ in range(args.rounds)]
     finally:
         client.close()
+        restore()
     figures = {"best_us": min(rounds), "median_us": statistics.median(rounds), "rounds_us": rounds}
     print(f"{args.module} ({args.tree or 'this tree'}): {figures['best_us']:.2f} us/request "
           f"best, {figures['median_us']:.2f} median, {args.in_flight} in flight")

@@ -73,6 +73,7 @@ def test_targets_are_checked_against_the_records():
     assert not targets["startup to the first prediction (mlp)"]["reached"]
 
 
+@pytest.mark.parametrize("option", ["--servers", "--workloads"])
 def test_unknown_names_are_a_usage_error(option, capsys):
     from benchmarks.__main__ import main
 
