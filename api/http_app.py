@@ -6,7 +6,13 @@
     GET  /ready                                  200 once every model has a live worker, else 503
     POST /predictions/{model_name}               body passed through raw to the model's handler
     POST /predictions/{model_name}/{model_version}
-    (PUT is accepted on both, as TorchServe does)
+    POST /predictions/{model_name}/{model_version}/{url_path...}
+    POST /explanations/...                       the same three, as explanations
+    (PUT is accepted on all, as TorchServe does)
+
+As TorchServe's front end does, a prediction carries the request headers `url_path` (the
+path after the version, "" without one) and `explain` ("True" on /explanations, else
+"False"), set over any the client sent (PredictionsResource.forward, api/explanations.py).
 
 With token authorization on (config.key_file set), a prediction needs the inference key,
 `Authorization: Bearer <key>`, checked before its body is read; without it the answer is
@@ -23,7 +29,9 @@ deadline is the front end's default, or shorter when the caller sends
 as they are; a handler that streams (send_intermediate_predict_response) is answered chunked
 (Transfer-Encoding: chunked), with the status and headers of its first chunk, each chunk as
 it arrives, and the final body last (an error after the first chunk cuts the response
-short). Errors are TorchServe-shaped JSON (see api.http_helpers).
+short); it carries TorchServe's `ts_stream_next: true` header. A failed prediction is
+answered as TorchServe answers it, or in zerobatch's own words with config.detailed_errors
+(api.http_helpers.prediction_error_answer).
 
 /ping answers TorchServe's bytes: its StatusResponse as Gson pretty-prints it, then a newline
 (`{\n  "status": "Healthy"\n}\n`), 200 for "Healthy" and "Partial Healthy", 500 for
@@ -61,12 +69,14 @@ import falcon.asgi
 from zerobatch import __version__, logs, tracing
 from zerobatch.api.access_log import ACCESS_LOGGER, AccessLog
 from zerobatch.api.aio_client import AsyncClient, ReplyStream
+from zerobatch.api.explanations import ExplanationsResource
 from zerobatch.api.http_helpers import (
     REQUEST_ID_HEADER,
     TIMEOUT_HEADER,
     handle_serving_error,
     handle_unexpected,
     http_error_serializer,
+    prediction_error_answer,
     read_body,
     timeout_from_header,
     valid_request_id,
@@ -91,6 +101,8 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 OCTET_STREAM = "application/octet-stream"
 #: what a reply whose worker named no content type is sent as (TorchServe's default)
 DEFAULT_REPLY_TYPE = "application/json"
+#: TorchServe's header on a streamed answer (send_intermediate_predict_response)
+STREAM_NEXT_HEADER = "ts_stream_next"
 
 
 def _status_json(fields: dict) -> bytes:
@@ -186,29 +198,43 @@ class PredictionsResource:
         self._check = TokenCheck(config.key_file).check if config.key_file else None
         self._limit = config.max_request_bytes
         self._default_timeout_ms = config.default_timeout_ms
+        #: zerobatch's own error answers instead of TorchServe's (--detailed-errors)
+        self._detailed_errors = config.detailed_errors
         self._metrics = metrics
-        #: _predict inside the request's span when tracing is on (api.request_tracing, only
-        #: imported then), else None
+        #: traced(predict, req, resp, model, version): predict inside the request's span when
+        #: tracing is on (api.request_tracing, only imported then), else None
         self._traced: Callable[..., Awaitable[None]] | None = None
         tracer = tracing.tracer("frontend")
         if tracer is not None:
             from zerobatch.api.request_tracing import traced
-            self._traced = functools.partial(traced, tracer, self._predict)
+            self._traced = functools.partial(traced, tracer)
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
-                      model_name: str, model_version: str | None = None) -> None:
-        if self._traced is None:
-            await self._predict(req, resp, model_name, model_version, req.headers)
-        else:
-            await self._traced(req, resp, model_name, model_version)
+                      model_name: str, model_version: str | None = None,
+                      url_path: str = "") -> None:
+        await self.forward(req, resp, model_name, model_version, url_path, explain=False)
 
     on_put = on_post
+
+    async def forward(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
+                      model_name: str, model_version: str | None, url_path: str,
+                      explain: bool) -> None:
+        """Send a prediction (or, explain, an explanation: api/explanations.py) with the two
+        headers TorchServe's front end sets on both, over any the client sent: `url_path`,
+        the path after the version without its leading slash or trailing slashes ("" when
+        there is none), and `explain` ("True" or "False"), which BaseHandler.handle reads."""
+        added = {"url_path": url_path.rstrip("/"), "explain": "True" if explain else "False"}
+        if self._traced is None:
+            await self._predict(req, resp, model_name, model_version, {**req.headers, **added})
+        else:
+            await self._traced(functools.partial(_predict_adding, self._predict, added),
+                               req, resp, model_name, model_version)
 
     async def _predict(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
                        model_name: str, model_version: str | None,
                        forwarded: dict[str, str]) -> None:
-        """Answer one prediction; forwarded: the headers the worker gets (the request's, or
-        the traced copy that carries the front end's span)."""
+        """Answer one prediction; forwarded: the headers the worker gets (a copy of the
+        request's with url_path and explain; traced, it carries the front end's span too)."""
         start_ns = monotonic_ns()
         if not model_name:  # /predictions/ or /predictions/%2F: no model is named ""
             raise falcon.HTTPRouteNotFound()
@@ -224,10 +250,14 @@ class PredictionsResource:
             request_id = next(self._request_ids)
         resp.set_header(REQUEST_ID_HEADER, request_id)
         timeout = headers.get(TIMEOUT_HEADER)
-        timeout_ms = (self._default_timeout_ms if timeout is None
-                      else timeout_from_header(timeout, self._default_timeout_ms))
-        body = await read_body(req, self._limit)
-        if forwarded is not headers:  # traced: the queue's span starts at the send
+        try:
+            timeout_ms = (self._default_timeout_ms if timeout is None
+                          else timeout_from_header(timeout, self._default_timeout_ms))
+            body = await read_body(req, self._limit)
+        except ServingError as exc:
+            self._refuse(req, resp, exc, model_name, model_version)
+            return
+        if self._traced is not None:  # traced: the queue's span starts at the send
             forwarded[SENT_HEADER] = str(time_ns())
         metrics = self._metrics
         try:
@@ -239,12 +269,16 @@ class PredictionsResource:
             if metrics is not None and not isinstance(exc, ModelNotFound):
                 metrics.record(model_name, model_version, start_ns,
                                answered=isinstance(exc, HandlerError))
-            raise
+            self._refuse(req, resp, exc, model_name, model_version)
+            return
         resp.status = reply.status
         resp.content_type = reply.content_type or DEFAULT_REPLY_TYPE
         if reply.headers:
             resp.set_headers(reply.headers)
         if type(reply) is ReplyStream:  # chunked: each chunk as it comes, the final body last
+            # TorchServe's backend marks a streamed answer's parts so, and its front end sends
+            # the first part's headers
+            resp.set_header(STREAM_NEXT_HEADER, "true")
             chunks = reply.chunks()
             resp.stream = chunks if metrics is None else metrics.stream(
                 chunks, model_name, model_version, start_ns)
@@ -252,6 +286,28 @@ class PredictionsResource:
             resp.data = reply.body
             if metrics is not None:
                 metrics.record(model_name, model_version, start_ns)
+
+
+    def _refuse(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
+                error: ServingError, model_name: str, model_version: str | None) -> None:
+        """Answer a prediction that failed (api.http_helpers.prediction_error_answer)."""
+        status, content_type, body = prediction_error_answer(
+            error, model_name, model_version, self._detailed_errors)
+        if error.http_status >= 500:
+            log.debug("%s %s -> %d %s: %s", req.method, req.path, status, error.code,
+                      error.message)
+        resp.status = status
+        resp.content_type = content_type
+        resp.data = body
+
+
+async def _predict_adding(predict: Callable[..., Awaitable[None]], added: dict[str, str],
+                          req: falcon.asgi.Request, resp: falcon.asgi.Response,
+                          model_name: str, model_version: str | None,
+                          forwarded: dict[str, str]) -> None:
+    """predict with `added` over the traced copy of the request's headers."""
+    forwarded.update(added)
+    await predict(req, resp, model_name, model_version, forwarded)
 
 
 def create_app(config: FrontendConfig, client: AsyncClient | None = None,
@@ -275,11 +331,17 @@ def create_app(config: FrontendConfig, client: AsyncClient | None = None,
     app.add_route("/ping", PingResource(holder))
     app.add_route("/ready", ReadyResource(holder))
     predictions = PredictionsResource(holder, config, metrics)
-    app.add_route("/predictions/{model_name}", predictions)
-    app.add_route("/predictions/{model_name}/{model_version}", predictions)
+    explanations = ExplanationsResource(predictions)  # api/explanations.py
+    for resource, prefix in ((predictions, "/predictions"), (explanations, "/explanations")):
+        app.add_route(prefix + "/{model_name}", resource)
+        app.add_route(prefix + "/{model_name}/{model_version}", resource)
+        # TorchServe's url_path: whatever follows the version, handed on as a header
+        app.add_route(prefix + "/{model_name}/{model_version}/{url_path:path}", resource)
     add_open_inference_routes(app, holder, config, metrics)  # KServe v2 (open_inference.py)
     add_kserve_v1_routes(app, holder, config)  # KServe v1 (api/kserve_v1.py)
     app.set_error_serializer(http_error_serializer)
+    # each answer names its content type, or has none (TorchServe's 413): no default added
+    app.resp_options.default_media_type = None
     app.add_error_handler(Exception, handle_unexpected)
     app.add_error_handler(ServingError, handle_serving_error)
     if not config.access_log:

@@ -6,6 +6,15 @@ Every error leaves the front end in TorchServe's shape, `{"code": <HTTP status>,
 <error name>, "message": <text>}`, whether it is a zerobatch ServingError (from the broker, a
 worker, or the front end itself), a falcon HTTPError (unknown path, wrong method), or an
 unexpected exception (logged, 500). Never an HTML page.
+
+A prediction's error (`prediction_error_answer`) is TorchServe 0.12's answer, byte for byte:
+its status, the simple name of the Java exception it answers with and its message, as Gson
+pretty-prints them, then a newline. A failing handler is 503 "Prediction failed", whatever
+it raised; out of memory 507 "Out of resources"; a body over the limit 413 with an empty
+body. With detailed errors (`--detailed-errors`, `zerobatch_detailed_errors=true`) a
+prediction's error is zerobatch's own instead: the error's status, its type (HandlerError,
+ResultCountMismatch, ...) and its message, which for a failing handler names the exception
+and its text. A falcon error is answered in TorchServe's words either way.
 """
 
 from __future__ import annotations
@@ -18,7 +27,23 @@ from typing import Any
 import falcon
 import falcon.asgi
 
-from zerobatch.errors import BadRequest, RequestTooLarge, ServingError
+from zerobatch.api.management_helpers import serialize_http_error, ts_json
+from zerobatch.errors import (
+    BadHandlerOutput,
+    BadRequest,
+    DeadlineUnreachable,
+    HandlerError,
+    ModelNotFound,
+    ModelVersionNotFound,
+    OutOfResources,
+    PredictionError,
+    QueueFull,
+    RequestTooLarge,
+    ResultCountMismatch,
+    ServingError,
+    UnserializableResult,
+    WorkerLost,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,27 +57,70 @@ MAX_REQUEST_ID_CHARS = 128
 _REQUEST_ID = re.compile(r"[!-~]{1,%d}" % MAX_REQUEST_ID_CHARS)
 #: TorchServe's words for a path it does not serve
 NOT_FOUND_MESSAGE = "Requested resource is not found, please refer to API document."
+#: what TorchServe's Python backend answers for a handler's failure (ts/service.py), by the
+#: worker's error class; TorchServe's front end sends it as an InternalServerException
+_HANDLER_FAILURES: tuple[tuple[type[HandlerError], int, str], ...] = (
+    (OutOfResources, 507, "Out of resources"),
+    (BadHandlerOutput, 503, "Invalid model predict output"),
+    (ResultCountMismatch, 503, "number of batch response mismatched"),
+    (UnserializableResult, 503, "Unsupported model output data type."),
+    (HandlerError, 503, "Prediction failed"),
+)
+#: TorchServe's exception for other errors, by status; a status TorchServe never answers a
+#: prediction with (504 past a deadline, 408) keeps zerobatch's name
+_TYPE_BY_STATUS = {400: "BadRequestException", 500: "InternalServerException",
+                   503: "ServiceUnavailableException"}
 
 
 def error_body(status: int, type_name: str, message: str) -> bytes:
     return json.dumps({"code": status, "type": type_name, "message": message}).encode()
 
 
-def http_error_serializer(req: falcon.Request, resp: falcon.Response,
-                          error: falcon.HTTPError) -> None:
-    """falcon's own errors (404 unknown path, 405, bad headers) in our JSON shape."""
-    status = error.status_code
-    type_name = type(error).__name__
-    if type_name.startswith("HTTP"):
-        type_name = type_name[4:]
-    if isinstance(error, falcon.HTTPRouteNotFound):
-        message = NOT_FOUND_MESSAGE
-    elif error.description:
-        message = error.description
-    else:
-        message = error.title or str(status)
-    resp.content_type = JSON
-    resp.data = error_body(status, type_name, message)
+#: falcon's own errors (404 unknown path, 405, bad headers) in TorchServe's words: a
+#: ResourceNotFoundException, a MethodNotAllowedException, Gson-pretty JSON
+http_error_serializer = serialize_http_error
+
+
+def prediction_error_answer(error: ServingError, model_name: str, model_version: str | None,
+                            detailed: bool = False) -> tuple[int, str | None, bytes]:
+    """(status, content type or None, body) of a prediction that failed with `error`:
+    TorchServe's answer, or zerobatch's own with `detailed` (see the module docstring)."""
+    if detailed:
+        status = error.http_status
+        return status, JSON, ts_json({"code": status, "type": error.type_name,
+                                      "message": error.message})
+    status, type_name, message = _torchserve_error(error, model_name, model_version)
+    if status == 413:  # Netty's HttpObjectAggregator: no body at all
+        return status, None, b""
+    return status, JSON, ts_json({"code": status, "type": type_name, "message": message})
+
+
+def _torchserve_error(error: ServingError, model_name: str,
+                      model_version: str | None) -> tuple[int, str, str]:
+    """TorchServe 0.12's (status, exception name, message) for a prediction's error."""
+    if isinstance(error, PredictionError):  # the handler's own status; Netty maps 413 to 507
+        status = 507 if error.http_status == 413 else error.http_status
+        return status, "InternalServerException", error.message
+    if isinstance(error, HandlerError):
+        for cls, status, message in _HANDLER_FAILURES:
+            if isinstance(error, cls):
+                return status, "InternalServerException", message
+    if isinstance(error, ModelVersionNotFound):
+        return 404, "ModelVersionNotFoundException", (
+            f"Model version: {model_version} does not exist for model: {model_name}")
+    if isinstance(error, ModelNotFound):
+        return 404, "ModelNotFoundException", f"Model not found: {model_name}"
+    if isinstance(error, QueueFull) and not isinstance(error, DeadlineUnreachable):
+        # ApiUtils.getStreamingInferenceErrorResponseMessage, its quotes as they are
+        version = "" if model_version is None else f'" Version {model_version}'
+        return 503, "ServiceUnavailableException", (
+            f'Model "{model_name}{version}" has no worker to serve inference request. Please '
+            "use scale workers API to add workers. If this is a sequence inference, please "
+            "check if it is closed, or expired; or exceeds maxSequenceJobQueueSize")
+    if isinstance(error, WorkerLost):  # WorkerThread: the backend's connection was lost
+        return 500, "InternalServerException", "Worker died."
+    status = error.http_status
+    return status, _TYPE_BY_STATUS.get(status, error.type_name), error.message
 
 
 async def handle_serving_error(req: falcon.asgi.Request, resp: falcon.asgi.Response,

@@ -4,12 +4,17 @@ that an InferenceService that spoke v1 to TorchServe can point at zerobatch:
     GET  /v1/models                    {"models": [names]}
     GET  /v1/models/{model_name}       {"name": m, "ready": true}; 503 not ready, 404 unknown
     POST /v1/models/{model_name}:predict    {"instances": [...]} -> {"predictions": [...]}
-    POST /v1/models/{model_name}:explain    501: explanations are not served yet
+    POST /v1/models/{model_name}:explain    {"instances": [...]} -> {"explanations": [...]}
 
 A prediction's instances are sent to the model as separate requests, all at once, so the
 broker batches them as any other requests (with the model's batch size and delay), and the
 answers come back in the instances' order under "predictions". `{"inputs": [...]}` is taken
 as the instances too, and wins over "instances", as KServe's own servers read a v1 body.
+An explanation is the same, its instances sent with the request header `explain: True`
+(predictions: "False"), as TorchServe marks them, so a BaseHandler subclass runs its
+`explain_handle` (worker/base_handler.py); the answers come back under "explanations", as
+TorchServe's kserve envelope wraps them. No `url_path` header is sent on either, as TorchServe
+sends none on its /v1 routes.
 
 Each instance is one row of the handler's `data`, as TorchServe's KServe envelope handed it:
 
@@ -85,8 +90,6 @@ MAX_INSTANCES = 1000
 #: the most keys an object instance may have: the fields one form may hold in the worker
 #: (worker/forms.py MAX_FIELDS, which a unit test keeps equal)
 MAX_INSTANCE_KEYS = 1000
-EXPLAIN_MESSAGE = ("explanations are not served yet: POST /v1/models/{model}:predict serves "
-                   "predictions")
 
 
 class V1Error(Exception):
@@ -312,10 +315,14 @@ class ModelReadyResource:
 
 
 class PredictResource(_Guarded):
-    """POST /v1/models/{model_name}:predict."""
+    """POST /v1/models/{model_name}:predict, or with explain :explain."""
 
-    def __init__(self, holder: Any, config: FrontendConfig, table: ModelTable) -> None:
+    def __init__(self, holder: Any, config: FrontendConfig, table: ModelTable,
+                 explain: bool = False) -> None:
         super().__init__(config)
+        #: the `explain` header each instance's request carries, and the answer's key
+        self._explain = "True" if explain else "False"
+        self._answer_key = "explanations" if explain else "predictions"
         self._holder = holder
         self._table = table
         self._limit = config.max_request_bytes
@@ -348,7 +355,7 @@ class PredictResource(_Guarded):
         except ServingError as exc:
             _error(resp, exc.http_status, client_safe(exc.message))
             return
-        _answer(resp, {"predictions": predictions})
+        _answer(resp, {self._answer_key: predictions})
 
     async def _check_model(self, name: str, count: int) -> None:
         """ModelNotFound for an unknown model; V1Error 400 past the instance limit."""
@@ -374,7 +381,7 @@ class PredictResource(_Guarded):
         client = self._holder.get()
         forwarded = {name: value for name, value in headers.items()
                      if name != "content-length"}
-        forwarded["explain"] = "False"  # as TorchServe's v1 route sets it for its handlers
+        forwarded["explain"] = self._explain  # as TorchServe's v1 routes set it
         # every instance encoded (or refused) before any is sent
         requests = [encode_instance(instance, index) for index, instance in enumerate(instances)]
         outcomes = await asyncio.gather(*(
@@ -395,22 +402,11 @@ class PredictResource(_Guarded):
         return predictions
 
 
-class ExplainResource(_Guarded):
-    """POST /v1/models/{model_name}:explain: not served yet (501)."""
-
-    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
-                      model_name: str) -> None:
-        if not model_name:
-            raise falcon.HTTPRouteNotFound()
-        if self.refused(req, resp):
-            return
-        _error(resp, 501, EXPLAIN_MESSAGE.format(model=model_name))
-
-
 def add_kserve_v1_routes(app: Any, holder: Any, config: Any) -> None:
     """Add the /v1 routes (see the module docstring) to the inference app."""
     table = ModelTable(holder)
     app.add_route("/v1/models", ModelsResource(config, table))
     app.add_route("/v1/models/{model_name}", ModelReadyResource(table))
     app.add_route("/v1/models/{model_name}:predict", PredictResource(holder, config, table))
-    app.add_route("/v1/models/{model_name}:explain", ExplainResource(config))
+    app.add_route("/v1/models/{model_name}:explain",
+                  PredictResource(holder, config, table, explain=True))

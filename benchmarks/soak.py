@@ -225,7 +225,7 @@ OPERATIONS: tuple[Operation, ...] = (
               _http("echo", LARGE_BODY, "application/octet-stream")),
     Operation("stream", "http", 1, frozenset({OK}),
               _http("streaming", b"s", "text/plain")),
-    Operation("handler_error", "http", 1, frozenset({"500"}),
+    Operation("handler_error", "http", 1, frozenset({"503"}),  # TorchServe's status
               _http("failing", b"please fail", "text/plain")),
     Operation("not_found", "http", 1, frozenset({"404"}), _http("no_such_model", b"{}")),
     Operation("tiny_deadline", "http", 1, _LATE,

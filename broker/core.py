@@ -10,7 +10,10 @@ metrics API reports as TorchServe's WorkerThreadTime; no decision depends on it.
 
 Request bodies and metas are never decoded here: they are stored as received and handed to
 the worker as they are. Only the rid and the route of a request head are read (and the
-route's decoding is cached, since a client usually repeats the same model and timeout).
+route's decoding is cached, since a client usually repeats the same model and timeout). The
+one exception is a model with sequence batching (broker/sequences.py: stateful handlers),
+whose requests' metas are read for the sequence headers and whose answers get the sequence
+id; every other model takes the path it would take without that feature.
 
 The batching policy is not here: the aggregator twins form batches, and each model's
 `BatchingPolicy` (broker/batching_policy.py) says when a free worker waits, what goes ahead or
@@ -32,6 +35,14 @@ from zerobatch.broker.autoscale import Autoscaler
 from zerobatch.broker.batching_policy import BatchingPolicy
 from zerobatch.broker.model_stats import QUEUE_BUCKETS_NS, ModelStats, answer
 from zerobatch.broker.remote_workers import refusal
+from zerobatch.broker.sequences import (
+    SEQUENCE_END_HEADER,
+    SEQUENCE_ID_HEADER,
+    SEQUENCE_START_HEADER,
+    SequenceRefused,
+    Sequences,
+    refusal_error,
+)
 from zerobatch.config import ModelConfig
 from zerobatch.errors import (
     BadRequest,
@@ -41,6 +52,7 @@ from zerobatch.errors import (
     Forbidden,
     ModelLoadFailed,
     ModelNotFound,
+    ModelVersionNotFound,
     ProtocolError,
     QueueFull,
     RequestTooLarge,
@@ -81,7 +93,7 @@ class ModelQueue:
 
     __slots__ = ("config", "aggregator", "policy", "pending", "idle", "workers", "batch_sizes",
                  "requests_total", "deadline_ns", "load_error", "batch_messages", "max_workers",
-                 "target_workers", "autoscaler", "stats")
+                 "target_workers", "autoscaler", "stats", "sequences")
 
     def __init__(self, config: ModelConfig, aggregator: Any,
                  autoscaler: Autoscaler | None = None) -> None:
@@ -109,6 +121,21 @@ class ModelQueue:
         self.autoscaler = autoscaler
         #: the counters the `metrics` control call reports (broker/model_stats.py)
         self.stats = ModelStats()
+        #: with sequence batching: which worker and which request next for each sequence
+        #: (broker/sequences.py); None for every other model
+        self.sequences = None if not config.sequence_batching else Sequences(
+            batch_size=config.batch_size,
+            max_sequences=max(config.max_sequences, config.batch_size * config.most_workers),
+            max_queued=config.max_sequence_queue,
+            max_idle_ns=config.sequence_max_idle_ms * _NS_PER_MS,
+            timeout_ns=config.sequence_timeout_ms * _NS_PER_MS)
+
+    def drain(self) -> list[int]:
+        """Take every waiting request id out (the model stops serving them)."""
+        drained = self.aggregator.drain()
+        if self.sequences is not None:
+            drained += self.sequences.drain()
+        return drained
 
 
 class WorkerRecord:
@@ -247,7 +274,7 @@ class BrokerCore:
             raise ModelNotFound(f"Model not found: {name}")
         queue = versions.get(version or self.default_version[name])
         if queue is None:
-            raise ModelNotFound(f"Model version not found: {name}/{version}")
+            raise ModelVersionNotFound(f"Model version not found: {name}/{version}")
         return queue
 
     # ------------------------------------------------------------------ front side
@@ -339,6 +366,9 @@ class BrokerCore:
         if not timeout_ns or timeout_ns > queue.deadline_ns:
             timeout_ns = queue.deadline_ns
         deadline_ns = now_ns + timeout_ns
+        if queue.sequences is not None:
+            self._on_sequence_request(queue, identity, rid, meta, body, now_ns, deadline_ns)
+            return
         policy = queue.policy
         late_ns = policy.lateness_ns(now_ns, deadline_ns, len(queue.workers), len(queue.idle),
                                      self._sent_ahead(queue)) if policy.refuses_late else 0
@@ -489,7 +519,7 @@ class BrokerCore:
             del self.models[name]
             del self.default_version[name]
         error = ShuttingDown(f"Model {name} version {version} was unregistered")
-        for request_id in queue.aggregator.drain():
+        for request_id in queue.drain():
             identity, rid, _meta, _body, _arrived_ns = queue.pending.pop(request_id)
             self.out_front.append([identity] + p.encode_error(rid, *error.to_wire()))
         queue.idle.clear()
@@ -539,6 +569,9 @@ class BrokerCore:
     def _schedule(self, queue: ModelQueue, now_ns: int) -> None:
         """Answer expired requests and hand batches to idle workers, as the aggregator and the
         policy decide; then send full batches ahead to busy workers."""
+        if queue.sequences is not None:
+            self._schedule_sequences(queue, now_ns)
+            return
         aggregator = queue.aggregator
         policy = queue.policy
         while True:
@@ -627,6 +660,78 @@ class BrokerCore:
                 rid, DeadlineExceeded.code,
                 f"the deadline of this request to model {name} passed while it waited in the "
                 "queue; it never reached a worker", DeadlineExceeded.http_status))
+
+    # ------------------------------------------------------------------ sequence batching
+
+    def _on_sequence_request(self, queue: ModelQueue, identity: bytes, rid: bytes,
+                             meta: bytes, body: Any, now_ns: int, deadline_ns: int) -> None:
+        """A request to a model with sequence batching: its meta is read for the sequence
+        headers, and gets the id and start headers when it starts a sequence the broker
+        names (broker/sequences.py decides the rest)."""
+        content_type, headers, request_tag = p.parse_meta(meta)
+        headers = headers or {}
+        named = headers.get(SEQUENCE_ID_HEADER)
+        ends = str(headers.get(SEQUENCE_END_HEADER, "")).strip().lower() == "true"
+        request_id = self._next_request_id
+        self._next_request_id = request_id + 1
+        try:
+            sequence_id, made = queue.sequences.admit(
+                named if isinstance(named, str) else None, request_id, deadline_ns, ends,
+                now_ns)
+        except SequenceRefused as refused:
+            error = refusal_error(refused, queue.config.name)
+            if isinstance(error, QueueFull):
+                queue.policy.refusals.add(QueueFull.code, now_ns)
+            raise error from None
+        if made:
+            meta = p.encode_meta(content_type, {**headers, SEQUENCE_ID_HEADER: sequence_id,
+                                                SEQUENCE_START_HEADER: "true"}, request_tag)
+        queue.pending[request_id] = (identity, rid, meta, body, now_ns)
+        queue.requests_total += 1
+        self._schedule_sequences(queue, now_ns)
+
+    def _schedule_sequences(self, queue: ModelQueue, now_ns: int) -> None:
+        """Answer the requests whose deadline passed while they waited, then give each idle
+        worker (least recently used first) what its sequences have ready, and new sequences
+        up to its share."""
+        sequences = queue.sequences
+        expired = sequences.expire(now_ns)
+        if expired:
+            self._expire(queue, expired, now_ns)
+        if not queue.idle:
+            return
+        serving = _serving(queue)
+        for worker in list(queue.idle):
+            batch = sequences.next_batch(worker.identity, serving)
+            if batch:
+                queue.idle.remove(worker)
+                worker.batch = self._dispatch(queue, worker, [batch], now_ns)
+
+    def _sequence_answers(self, worker: WorkerRecord, items: list, now_ns: int) -> list:
+        """The worker's answers, each with its sequence id as the `ts_request_sequence_id`
+        response header (unless the handler set one); the sequences may go on."""
+        sequence_ids = worker.model.sequences.answered(worker.identity, now_ns)
+        items = list(items)
+        for index, sequence_id in enumerate(sequence_ids):
+            answer = _as_bytes(items[2 * index])
+            if answer[:1] == p.REPLY:
+                try:
+                    items[2 * index] = p.REPLY + p.add_reply_header(
+                        answer[1:], SEQUENCE_ID_HEADER, sequence_id)
+                except ProtocolError:
+                    pass  # answered as a bad reply below
+        return items
+
+    def _sequences_lost(self, queue: ModelQueue, worker: WorkerRecord, now_ns: int,
+                        why: str) -> None:
+        """The sequences pinned to a lost worker lost their state: their waiting requests
+        are answered `worker_lost` (later ones naming them too: broker/sequences.py)."""
+        error = WorkerLost(f"worker {worker.worker_id} of model {queue.config.name}, which held "
+                           f"this request's sequence, was lost ({why}); the sequence's state "
+                           "is gone: start a new sequence")
+        for request_id in queue.sequences.worker_lost(worker.identity, now_ns):
+            client, rid, _meta, _body, _arrived_ns = queue.pending.pop(request_id)
+            self.out_front.append([client] + p.encode_error(rid, *error.to_wire()))
 
     # ------------------------------------------------------------------ back side
 
@@ -727,7 +832,7 @@ class BrokerCore:
         if queue.workers:
             return
         error = ModelLoadFailed(queue.load_error)
-        for request_id in queue.aggregator.drain():
+        for request_id in queue.drain():
             identity, rid, _meta, _body, _arrived_ns = queue.pending.pop(request_id)
             self.out_front.append([identity] + p.encode_error(rid, *error.to_wire()))
 
@@ -746,6 +851,8 @@ class BrokerCore:
         worker.next_batch = None
         if next_batch is not None:
             next_batch.dispatched_ns = now_ns  # it starts now: run times count from here
+        if worker.model.sequences is not None:
+            items = self._sequence_answers(worker, items, now_ns)
         out = self.out_front
         encode_client_reply = p.encode_client_reply
         for index, (identity, rid) in enumerate(requests):
@@ -775,7 +882,12 @@ class BrokerCore:
             raise ProtocolError(f"chunk for request {index} of batch {batch_id}, which has "
                                 f"{len(batch.requests)}")
         identity, rid = batch.requests[index]
-        self.out_front.append(p.encode_client_partial(identity, rid, _as_bytes(meta), body))
+        meta = _as_bytes(meta)
+        sequences = worker.model.sequences
+        if sequences is not None:
+            meta = p.add_reply_header(meta, SEQUENCE_ID_HEADER,
+                                      sequences.running_ids(worker.identity)[index])
+        self.out_front.append(p.encode_client_partial(identity, rid, meta, body))
 
     # ------------------------------------------------------------------ liveness
 
@@ -800,6 +912,8 @@ class BrokerCore:
             for identity_rid in batch.requests:
                 self.out_front.append([identity_rid[0]] + p.encode_error(
                     identity_rid[1], WorkerLost.code, message, WorkerLost.http_status))
+        if queue.sequences is not None:
+            self._sequences_lost(queue, worker, now_ns, why)
         if worker.retiring and worker.batch is None and worker.next_batch is None:
             log.info("worker %s retired: %s", worker_id, why)  # the supervisor stops it
         else:
@@ -851,6 +965,10 @@ class BrokerCore:
                 at = queue.policy.next_wakeup_ns(now_ns, len(queue.idle))
                 if 0 <= at < wakeup:
                     wakeup = at
+                if queue.sequences is not None:
+                    at = queue.sequences.next_wakeup_ns()
+                    if 0 <= at < wakeup:
+                        wakeup = at
                 if queue.autoscaler is not None and queue.max_workers > queue.config.workers:
                     at = queue.autoscaler.next_decision_ns(now_ns)
                     if at is not None and at < wakeup:
@@ -867,7 +985,7 @@ class BrokerCore:
         self.shutting_down = True
         for versions in self.models.values():
             for queue in versions.values():
-                for request_id in queue.aggregator.drain():
+                for request_id in queue.drain():
                     identity, rid, _meta, _body, _arrived_ns = queue.pending.pop(request_id)
                     self.out_front.append([identity] + p.encode_error(
                         rid, *ShuttingDown("the server is stopping").to_wire()))
@@ -949,7 +1067,7 @@ class BrokerCore:
                     "responseTimeout": queue.config.response_timeout_s,
                     "startupTimeout": queue.config.startup_timeout_s,
                     "modelUrl": queue.config.url,
-                    "queued": len(queue.aggregator),
+                    "queued": len(queue.aggregator) + len(queue.sequences or ()),
                     "requests": queue.requests_total,
                     # refused at arrival: late (deadline_unreachable), or the queue full
                     "refusedLate": queue.policy.refusals.counts[DeadlineUnreachable.code],

@@ -11,6 +11,9 @@ The file is the model directory's `model-config.yaml`, or the one the manifest's
     deviceType ("cpu" | "gpu") -> device_type
     deviceIds -> device_ids (round robin over that list)
     maxWorkers -> max_workers (>= minWorkers): autoscaling runs between the two
+    sequenceBatching -> sequence_batching (needs sequenceMaxIdleMSec > 0), with
+    sequenceMaxIdleMSec -> sequence_max_idle_ms   sequenceTimeoutMSec -> sequence_timeout_ms
+    maxSequenceJobQueueSize -> max_sequence_queue maxNumSequence -> max_sequences
 
 Every other key is left for the handler (`context.model_yaml_config`). A bad value raises a
 ConfigError naming the file and the key, and the broker refuses that model only.
@@ -38,11 +41,14 @@ INT_KEYS: dict[str, tuple[str, int]] = {
     "startupTimeout": ("startup_timeout_s", 1),
     "jobQueueSize": ("max_queue", 1),
     "clientTimeoutInMills": ("default_timeout_ms", 0),
+    "sequenceMaxIdleMSec": ("sequence_max_idle_ms", 0),
+    "sequenceTimeoutMSec": ("sequence_timeout_ms", 0),
+    "maxSequenceJobQueueSize": ("max_sequence_queue", 0),  # 0 counts as 1, as in TorchServe
+    "maxNumSequence": ("max_sequences", 0),
 }
 #: TorchServe front-end keys zerobatch does not implement: logged, then ignored
 UNSUPPORTED_KEYS = ("parallelLevel", "parallelType", "torchrun", "continuousBatching",
-                    "useJobTicket", "maxSequenceJobQueueSize", "sequenceMaxIdleMSec",
-                    "sequenceTimeoutMSec", "maxNumSequence", "asyncCommunication")
+                    "useJobTicket", "asyncCommunication")
 
 
 def apply_front_end_keys(model: ModelConfig, config: dict[str, Any], path: str) -> ModelConfig:
@@ -51,6 +57,9 @@ def apply_front_end_keys(model: ModelConfig, config: dict[str, Any], path: str) 
     for key, (field_name, minimum) in INT_KEYS.items():
         if key in config:
             changes[field_name] = _integer(config[key], path, key, minimum)
+    for field_name in ("max_sequence_queue", "max_sequences"):
+        if field_name in changes:
+            changes[field_name] = max(1, changes[field_name])
     if "maxWorkers" in config:
         max_workers = _integer(config["maxWorkers"], path, "maxWorkers", 1)
         min_workers = changes.get("workers", model.workers)
@@ -71,6 +80,16 @@ def apply_front_end_keys(model: ModelConfig, config: dict[str, Any], path: str) 
             raise ConfigError(f"{path}: deviceIds must be a non-empty list of GPU ids (integers "
                               f">= 0), got {device_ids!r}")
         changes["device_ids"] = tuple(device_ids)
+    if "sequenceBatching" in config:
+        if not isinstance(config["sequenceBatching"], bool):
+            raise ConfigError(f"{path}: sequenceBatching must be true or false, got "
+                              f"{config['sequenceBatching']!r}")
+        changes["sequence_batching"] = config["sequenceBatching"]
+        if changes["sequence_batching"] and not changes.get("sequence_max_idle_ms",
+                                                            model.sequence_max_idle_ms):
+            raise ConfigError(f"{path}: sequenceBatching needs sequenceMaxIdleMSec (how long "
+                              "an idle sequence lives, in ms) above 0; TorchServe serves no "
+                              "request of such a model: set sequenceMaxIdleMSec")
     for key in UNSUPPORTED_KEYS:
         if key in config:
             log.warning("model %s: %s: %s is not supported by zerobatch; ignored", model.key,

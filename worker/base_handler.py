@@ -10,7 +10,16 @@ The model goes to `cuda:{gpu_id}` when CUDA is available and the worker has a GP
 the CPU, and is put in eval mode. An `index_to_name.json` next to it becomes `self.mapping`
 (read by `load_label_mapping`, as TorchServe reads it), `context.model_yaml_config` becomes
 `self.model_yaml_config`. `handle(data, context)` runs the three steps on the whole batch,
-inference under `torch.inference_mode()`. Captum explanations (`explain_handle`), the
+inference under `torch.inference_mode()`, and dispatches as TorchServe's does: a request whose
+`explain` header is "True" (the front end sets it on /explanations and KServe's `:explain`,
+"False" elsewhere) runs `explain_handle(preprocessed, data)` instead of inference and
+postprocess; a `describe: True` header on the first request answers `[describe_handle()]`.
+The default `explain_handle` is TorchServe's: `get_insights(preprocessed, inputs, target)`
+with the first row's "data" (or "body") and "target" (0 when absent). TorchServe's image and
+text handlers compute insights with Captum, which zerobatch does not need: a handler without
+`get_insights`, or one whose insights import a missing Captum, fails the request with a
+HandlerError that says so. Where TorchServe reads the flag of the first request for the whole
+batch, a batch that mixes predictions and explanations runs as two (see `handle`). The
 profiler and `torch.compile` through `pt2` are not supported.
 
 Inside a worker this class is also `ts.torch_handler.base_handler.BaseHandler` (see
@@ -28,12 +37,15 @@ from typing import Any
 
 import torch
 
+from zerobatch.errors import HandlerError
 from zerobatch.worker.compat.util import load_label_mapping
 from zerobatch.worker.handler_loader import import_handler_module
 
 log = logging.getLogger(__name__)
 
 LABEL_MAPPING_FILE = "index_to_name.json"
+#: the package TorchServe's handlers compute insights with (an optional dependency here)
+CAPTUM = "captum"
 
 
 class BaseHandler:
@@ -121,14 +133,134 @@ class BaseHandler:
         return data.tolist()
 
     def handle(self, data: list, context: Any) -> list:
+        """The batch's answers: predictions, explanations or a description (see the module
+        docstring). A batch whose requests differ in their `explain` header runs as two
+        sub-batches, the context narrowed to each (indices, request ids, streaming), and the
+        answers are merged back in request order."""
         start_s = time.perf_counter()
         self.context = context
-        output = self.postprocess(self.inference(self.preprocess(data)))
+        if self._is_describe():
+            output = [self.describe_handle()]
+        else:
+            flags = [_is_true(context, index, "explain") for index in range(len(data or ()))]
+            if not any(flags):
+                self.explain = False
+                output = self.postprocess(self.inference(self.preprocess(data)))
+            elif all(flags):
+                self.explain = True
+                output = self._explain(data)
+            else:
+                output = self._mixed(data, context, flags)
         metrics = getattr(context, "metrics", None)
         if metrics is not None:
             metrics.add_time("HandlerTime", round((time.perf_counter() - start_s) * 1000, 2),
                              None, "ms")
         return output
+
+    def _explain(self, data: list) -> Any:
+        try:
+            return self.explain_handle(self.preprocess(data), data)
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").partition(".")[0] != CAPTUM:
+                raise
+            raise HandlerError(
+                "this handler's explanations need Captum, which the worker's Python lacks: "
+                "install it there (pip install captum)") from exc
+
+    def _mixed(self, data: list, context: Any, flags: list[bool]) -> list:
+        """Predictions and explanations of one batch, each run on its own sub-batch."""
+        output: list[Any] = [None] * len(data)
+        for explain in (False, True):
+            indices = [index for index, flag in enumerate(flags) if flag is explain]
+            rows = [data[index] for index in indices]
+            self.explain = explain
+            with _narrowed(context, indices):
+                if explain:
+                    answers = self._explain(rows)
+                else:
+                    answers = self.postprocess(self.inference(self.preprocess(rows)))
+            if not isinstance(answers, list) or len(answers) != len(indices):
+                raise HandlerError(
+                    f"{'explain_handle' if explain else 'postprocess'} answered "
+                    f"{len(answers) if isinstance(answers, list) else type(answers).__name__}"
+                    f" for a batch of {len(indices)}: it must return one answer per request")
+            for index, answer in zip(indices, answers, strict=True):
+                output[index] = answer
+        return output
+
+    def explain_handle(self, data_preprocess: Any, raw_data: list) -> Any:
+        """TorchServe's default: get_insights(data_preprocess, inputs, target) with the
+        first row's "data" (or "body") as inputs and its "target" (0 when absent)."""
+        inputs = None
+        target: Any = 0
+        row = raw_data[0] if raw_data else None
+        if isinstance(row, dict):
+            inputs = row.get("data") or row.get("body")
+            target = row.get("target") or 0
+        get_insights = getattr(self, "get_insights", None)
+        if get_insights is None:
+            raise HandlerError(
+                f"{type(self).__name__} cannot explain: define explain_handle(data_preprocess, "
+                "raw_data) or get_insights(data_preprocess, inputs, target) on the handler "
+                "(TorchServe's image and text handlers compute them with Captum)")
+        return get_insights(data_preprocess, inputs, target)
+
+    def describe_handle(self) -> Any:
+        """A description of the model for a `describe: True` request; None by default."""
+        return None
+
+    def _is_explain(self) -> bool:
+        """TorchServe's test: the first request of the batch asks for an explanation."""
+        if _is_true(self.context, 0, "explain"):
+            self.explain = True
+            return True
+        return False
+
+    def _is_describe(self) -> bool:
+        return _is_true(self.context, 0, "describe")
+
+    def get_device(self) -> torch.device | None:
+        return self.device
+
+
+def _is_true(context: Any, index: int, header: str) -> bool:
+    """Whether request `index` of the batch carries `header: True`, as TorchServe tests it."""
+    if context is None:
+        return False
+    try:
+        return context.get_request_header(index, header) == "True"
+    except (IndexError, TypeError, AttributeError):  # no such request, or no processors
+        return False
+
+
+class _narrowed:
+    """The context seen as the sub-batch `indices` of its batch, restored on exit."""
+
+    def __init__(self, context: Any, indices: list[int]) -> None:
+        self._context = context
+        self._indices = indices
+        self._saved: tuple = ()
+
+    def __enter__(self) -> None:
+        context, indices = self._context, self._indices
+        processors, request_ids = context.request_processor, context.request_ids
+        send_partial = getattr(context, "send_partial", None)
+        self._saved = (processors, request_ids, send_partial)
+        context.request_processor = [processors[index] for index in indices]
+        if request_ids is not None:
+            context.request_ids = {new: request_ids[old] for new, old in enumerate(indices)
+                                   if old in request_ids}
+        if send_partial is not None:
+            def send_sub(index: int, *args: Any, **kwargs: Any) -> Any:
+                return send_partial(indices[index], *args, **kwargs)
+            context.send_partial = send_sub
+
+    def __exit__(self, *exc_info: Any) -> None:
+        context = self._context
+        processors, request_ids, send_partial = self._saved
+        context.request_processor, context.request_ids = processors, request_ids
+        if send_partial is not None:
+            context.send_partial = send_partial
 
 
 def _require_file(path: str) -> None:

@@ -13,6 +13,7 @@ call and exports to prometheus_client after it (worker.metrics_export).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import zerobatch
@@ -92,6 +93,14 @@ class Context:
         #: send_partial(index, value, status=None): set by the worker's Service; it sends one
         #: intermediate chunk for request `index` of the running batch (see worker.service)
         self.send_partial: Any = None
+        #: the request headers of sequence batching (broker/sequences.py), named as
+        #: TorchServe's context names them, and renamed by the same variables
+        self.header_key_sequence_id = os.environ.get("TS_REQUEST_SEQUENCE_ID",
+                                                     "ts_request_sequence_id")
+        self.header_key_sequence_start = os.environ.get("TS_REQUEST_SEQUENCE_START",
+                                                        "ts_request_sequence_start")
+        self.header_key_sequence_end = os.environ.get("TS_REQUEST_SEQUENCE_END",
+                                                      "ts_request_sequence_end")
 
     @property
     def system_properties(self) -> dict[str, Any]:
@@ -101,6 +110,10 @@ class Context:
         if self.request_ids is None:
             return None
         return self.request_ids.get(idx)
+
+    def get_sequence_id(self, idx: int) -> str | None:
+        """The id of the sequence request `idx` belongs to (a model with sequenceBatching)."""
+        return self.request_processor[idx].get_request_property(self.header_key_sequence_id)
 
     def get_request_header(self, idx: int, key: str) -> Any:
         return self.request_processor[idx].get_request_property(key)

@@ -12,7 +12,9 @@ decoded as TorchServe's Python worker decodes its parameters:
   Content-Type counts as application/octet-stream;
 - a plain field (a part without a filename, and every url-encoded field) as a bytearray of
   its value: Netty hands those on without a content type;
-- a name given twice keeps its last value, as in TorchServe's dict update.
+- a name given twice keeps its last value, as in TorchServe's dict update;
+- a url-encoded body's last field without a `=` is no field (`curl -d x` sends none, `x&`
+  and `x=` one named x with an empty value), as Netty's decoder drops it.
 
 `decode_form` also returns each field's content type (a file part's media type without its
 parameters, "" for plain fields), for the request's headers: TorchServe's
@@ -80,6 +82,9 @@ def _urlencoded_fields(body: Any) -> list[tuple[str, bytearray, str]]:
                                        encoding="utf-8", errors="strict")
     except (UnicodeDecodeError, ValueError) as exc:
         raise FormError(f"the url-encoded form body is malformed: {exc}") from None
+    last = raw.rpartition(b"&")[2]
+    if pairs and last and b"=" not in last:  # Netty reads no field from it
+        pairs.pop()
     return [(name, bytearray(value.encode("utf-8")), "") for name, value in pairs]
 
 

@@ -18,8 +18,13 @@ pair per request, in order. Per request:
 - a failing request gets ERROR `handler_error`, status 500, message "ExceptionType: text"
   (a `ts.utils.util.PredictionException`, ours or any exception with int `error_code` and
   `message`, keeps its own status, when it is 4xx or 5xx, and message as
-  `prediction_error`; out-of-memory answers 507, as TorchServe does); absolute paths in the
-  message are cut to their last component (errors.client_safe), the log has them whole;
+  `prediction_error`; a MemoryError, or an error whose text names CUDA (TorchServe's test
+  for a GPU out of memory), or a torch OutOfMemoryError, is `out_of_resources`, 507; a
+  result that is not a list is `bad_handler_output`, one of the wrong length
+  `result_count_mismatch`, one that cannot be serialized `unserializable_result`); the front
+  end answers each in TorchServe's words, or with this code and message when asked for
+  detailed errors (api.http_helpers); absolute paths in the message are cut to their last
+  component (errors.client_safe), the log has them whole;
 - otherwise each result becomes REPLY with the status, content type and headers the handler
   set through the Context (status 200 and the codec's content type by default).
 
@@ -52,11 +57,15 @@ from typing import Any, Callable, Sequence
 from zerobatch import protocol, tracing
 from zerobatch.config import ModelConfig
 from zerobatch.errors import (
+    BadHandlerOutput,
     BadRequest,
     ConfigError,
     HandlerError,
+    OutOfResources,
     PredictionError,
     ProtocolError,
+    ResultCountMismatch,
+    UnserializableResult,
     client_safe,
 )
 from zerobatch.model_files import load_model_config, manifest_file, read_manifest
@@ -72,8 +81,6 @@ log = logging.getLogger(__name__)
 
 #: Longest error message sent on the wire; the rest is in the worker's log.
 MAX_ERROR_MESSAGE_CHARS = 4000
-#: TorchServe's status for out-of-memory failures ("Out of resources").
-OUT_OF_RESOURCES_STATUS = 507
 
 #: The model-config.yaml key that turns per-request failure isolation off (default on).
 RETRY_FAILED_BATCH_KEY = "retryFailedBatch"
@@ -280,10 +287,12 @@ class Service:
         if not isinstance(results, list):
             message = (f"handler returned {type(results).__name__}, expected a list with one "
                        f"result for each of {count} requests")
-            return [_error(HandlerError.code, message, HandlerError.http_status)] * count, message
+            return [_error(BadHandlerOutput.code, message, BadHandlerOutput.http_status)
+                    ] * count, message
         if len(results) != count:
             message = f"handler returned {len(results)} results for {count} requests"
-            return [_error(HandlerError.code, message, HandlerError.http_status)] * count, message
+            return [_error(ResultCountMismatch.code, message, ResultCountMismatch.http_status)
+                    ] * count, message
         if self._set_prediction_ms is not None:
             self._set_prediction_ms(round(elapsed_ns / 1e6, 2))
         return [_reply(index, value, processors[index])
@@ -324,7 +333,7 @@ def _reply(index: int, value: Any, processor: RequestProcessor) -> tuple:
     except (TypeError, ValueError) as exc:
         log.warning("result %d of type %s cannot be answered: %s", index,
                     type(value).__name__, exc)
-        return _error(HandlerError.code, str(exc), HandlerError.http_status)
+        return _error(UnserializableResult.code, str(exc), UnserializableResult.http_status)
     return protocol.encode_reply_answer(meta, body)
 
 
@@ -360,8 +369,9 @@ def _handler_failure(exc: Exception) -> tuple:
         status = error_code if 400 <= error_code <= 599 else HandlerError.http_status
         return _error(PredictionError.code, str(exc.message), status)
     message = f"{type(exc).__name__}: {exc}"
-    if isinstance(exc, MemoryError) or "out of memory" in message.lower():
-        return _error(HandlerError.code, message, OUT_OF_RESOURCES_STATUS)
+    if (isinstance(exc, MemoryError) or "CUDA" in str(exc)
+            or type(exc).__name__ == "OutOfMemoryError"):  # torch's, on any device
+        return _error(OutOfResources.code, message, OutOfResources.http_status)
     return _error(HandlerError.code, message, HandlerError.http_status)
 
 

@@ -127,6 +127,16 @@ class ModelConfig:
     #: where the model came from, as it was given (a model store entry or a URL): what
     #: describe calls modelUrl and a snapshot's marName; "" when unknown
     url: str = ""
+    #: TorchServe's sequence batching (model-config.yaml's sequenceBatching and its keys):
+    #: a stateful handler gets each sequence's requests one at a time, in order, in one worker
+    #: (broker/sequences.py). Times in ms, 0 = none; sequence_max_idle_ms is required (> 0)
+    sequence_batching: bool = False
+    sequence_max_idle_ms: int = 0
+    sequence_timeout_ms: int = 0
+    #: requests a sequence may hold waiting beyond the one it runs (maxSequenceJobQueueSize)
+    max_sequence_queue: int = 1
+    #: open sequences at most (maxNumSequence; batch_size x max workers when that is more)
+    max_sequences: int = 1
 
     def __post_init__(self) -> None:
         if not _MODEL_NAME.match(self.name):
@@ -249,6 +259,8 @@ class ServerConfig:
     #: (its metrics.yaml), for the metrics API on metrics_address
     log_format: str = "text"
     access_log: bool = False
+    #: a failed prediction answered in zerobatch's words, not TorchServe's (FrontendConfig)
+    detailed_errors: bool = False
     metrics_mode: str = "prometheus"
     metrics_config: str = ""
 
@@ -423,6 +435,9 @@ class FrontendConfig:
     private_key_file: str = ""
     log_format: str = "text"
     access_log: bool = False
+    #: a failed prediction answered in zerobatch's words (the handler's exception and its
+    #: text) instead of TorchServe's (api.http_helpers)
+    detailed_errors: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:

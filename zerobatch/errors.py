@@ -108,6 +108,12 @@ class ModelNotFound(ServingError, LookupError):
     http_status = 404
 
 
+class ModelVersionNotFound(ModelNotFound):
+    """The model is registered, but not that version of it."""
+
+    code = "model_version_not_found"
+
+
 class Conflict(ServingError, ValueError):
     """The model version is registered already (TorchServe's ConflictStatusException)."""
 
@@ -149,6 +155,32 @@ class PredictionError(HandlerError):
     """A handler raised a prediction error carrying its own HTTP status."""
 
     code = "prediction_error"
+
+
+class OutOfResources(HandlerError):
+    """The handler ran out of memory: a MemoryError, or an error that names CUDA (the way
+    TorchServe tells a GPU's out-of-memory and CUBLAS failures)."""
+
+    code = "out_of_resources"
+    http_status = 507
+
+
+class BadHandlerOutput(HandlerError):
+    """The handler returned something other than a list of results."""
+
+    code = "bad_handler_output"
+
+
+class ResultCountMismatch(HandlerError):
+    """The handler returned a list whose length is not the number of requests it was given."""
+
+    code = "result_count_mismatch"
+
+
+class UnserializableResult(HandlerError):
+    """A handler's result cannot be sent (not bytes, text, a tensor or JSON-serializable)."""
+
+    code = "unserializable_result"
 
 
 class WorkerLost(ServingError, ConnectionError):
@@ -203,6 +235,11 @@ _ALL: tuple[type[ServingError], ...] = (
     DeadlineExceeded,
     HandlerError,
     PredictionError,
+    ModelVersionNotFound,
+    OutOfResources,
+    BadHandlerOutput,
+    ResultCountMismatch,
+    UnserializableResult,
     WorkerLost,
     ModelLoadFailed,
     BrokerUnavailable,

@@ -42,7 +42,8 @@ client's message can hold the broker's loop (broker/loop.py).
     route       msgpack [model: str, version: str | None, timeout_ms: int]; 0 = model default.
                 The broker decodes only this part of a request.
     meta        msgpack [content_type: str, headers: {str: str} | None, request_id: str | None];
-                opaque to the broker, read by the worker
+                opaque to the broker, read by the worker (the broker reads and rewrites it
+                only for a model with sequence batching: broker.sequences)
     body        the raw request body; never decoded or copied by the broker
     control     msgpack {"op": str, ...}: management calls ("ping", "describe", "stop")
     reply_meta  msgpack [status: int, content_type: str | None, headers: {str: str} | None]
@@ -303,6 +304,15 @@ def parse_reply_meta(data: bytes) -> tuple[int, str | None, dict[str, str] | Non
         raise ProtocolError("reply meta must be [status: int, content_type: str | nil, "
                             "headers: {str: str} | nil]")
     return meta[0], meta[1], meta[2]
+
+
+def add_reply_header(reply_meta: bytes, name: str, value: str) -> bytes:
+    """reply_meta with the header `name: value` added, unless it has that header already (the
+    handler's own wins); ProtocolError when it is not a reply meta."""
+    status, content_type, headers = parse_reply_meta(reply_meta)
+    if headers is not None and name in headers:
+        return reply_meta
+    return encode_reply_meta(status, content_type, {**(headers or {}), name: value})
 
 
 def _is_str_map(value: Any) -> bool:

@@ -69,7 +69,7 @@ def test_a_mar_whose_manifest_is_not_json_is_left_out_and_the_others_served(make
     assert (status, json_body(body)) == (200, {"ok": 1})
     for name in ("bad", "deep", "folder", "tgz"):
         status, _h, body = server.predict(name, b"{}")
-        assert status == 404 and json_body(body)["type"] == "ModelNotFound"
+        assert status == 404 and json_body(body)["type"] == "ModelNotFoundException"
 
 
 def test_when_every_model_is_left_out_start_fails(tmp_path):
@@ -84,8 +84,8 @@ def test_when_every_model_is_left_out_start_fails(tmp_path):
 
 
 def test_failing_models_tell_clients_no_server_path(make_server, tmp_path):
-    """A load failure (503) and a handler exception (500) both carry the handler's text,
-    with absolute paths cut to their last component."""
+    """With --detailed-errors, a load failure (503) and a handler exception (500) both carry
+    the handler's text, with absolute paths cut to their last component."""
     broken = model_dir(tmp_path / "broken", (
         "import os\n"
         "raise RuntimeError('weights missing in ' + os.path.abspath(__file__))\n"))
@@ -95,7 +95,8 @@ def test_failing_models_tell_clients_no_server_path(make_server, tmp_path):
         "    if data is None:\n"
         "        return None\n"
         "    open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'missing.bin'))\n"))
-    server = make_server({"echo": "echo", "broken": broken, "leaky": leaky})
+    server = make_server({"echo": "echo", "broken": broken, "leaky": leaky},
+                         "--detailed-errors")
 
     status, _h, body = server.predict("broken", b"{}")
     error = json_body(body)

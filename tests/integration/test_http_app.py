@@ -17,7 +17,7 @@ from tests.support.fake_client_broker import (
     error_frames,
     reply_frames,
 )
-from zerobatch import errors, protocol
+from zerobatch import errors, protocol, tracing
 from zerobatch.api.http_app import create_app
 from zerobatch.config import FrontendConfig
 
@@ -119,6 +119,22 @@ def test_version_path_and_put(echo_broker):
     assert unversioned.body == b"b"
 
 
+def test_the_path_after_the_version_is_the_url_path_header(echo_broker):
+    app = create_app(config_for(echo_broker))
+    simulate(app, ("POST", "/predictions/m/1.0/v1/chat/completion/", {"body": b"a"}),
+             ("PUT", "/predictions/m/1.0", {"body": b"b", "headers": {
+                 "url_path": "spoofed", "explain": "True"}}),
+             ("POST", "/explanations/m/2.0/deep/er", {"body": b"c"}),
+             ("POST", "/explanations/m", {"body": b"d"}))
+    chat, plain, deep, explained = echo_broker.take(4)
+    assert chat.route[:2] == ("m", "1.0") and explained.route[:2] == ("m", None)
+    assert deep.route[:2] == ("m", "2.0") and deep.body == b"c"
+    assert [(msg.headers["url_path"], msg.headers["explain"])
+            for msg in (chat, plain, deep, explained)] == [
+        ("v1/chat/completion", "False"), ("", "False"), ("deep/er", "True"), ("", "True")]
+    assert tracing.SENT_HEADER not in chat.headers  # only a traced front end stamps the send
+
+
 def test_reply_status_type_and_headers_come_back():
     def handler(msg):
         return reply_frames(msg.rid, b"a,b\n1,2\n", status=201, content_type="text/csv",
@@ -152,7 +168,7 @@ def test_bad_timeout_header_is_400(echo_broker, header):
     app = create_app(config_for(echo_broker))
     result = call(app, "POST", "/predictions/m", body=b"x",
                   headers={"x-zerobatch-timeout-ms": header})
-    assert_error(result, 400, "BadRequest", "x-zerobatch-timeout-ms")
+    assert_error(result, 400, "BadRequestException", "x-zerobatch-timeout-ms")
     assert result.headers["x-request-id"]
     assert echo_broker.received.empty()
 
@@ -162,8 +178,16 @@ def test_body_over_the_limit_is_413(echo_broker):
     small, big = simulate(app, ("POST", "/predictions/m", {"body": b"x" * 10}),
                           ("POST", "/predictions/m", {"body": b"x" * 11}))
     assert small.status_code == 200
-    assert_error(big, 413, "RequestTooLarge", "10 bytes")
+    # TorchServe's (Netty's) 413: no body, no content type
+    assert (big.status_code, big.content, big.headers.get("content-type")) == (413, b"", None)
     assert echo_broker.next().body == b"x" * 10
+    assert echo_broker.received.empty()
+
+
+def test_body_over_the_limit_in_detail(echo_broker):
+    app = create_app(config_for(echo_broker, max_request_bytes=10, detailed_errors=True))
+    (big,) = simulate(app, ("POST", "/predictions/m", {"body": b"x" * 11}))
+    assert_error(big, 413, "RequestTooLarge", "10 bytes")
     assert echo_broker.received.empty()
 
 
@@ -181,16 +205,46 @@ ERRORS = [
 
 
 @pytest.mark.parametrize("code, status, type_name", ERRORS, ids=[e[0] for e in ERRORS])
-def test_error_replies_become_json_with_their_status(code, status, type_name):
+def test_detailed_error_replies_become_json_with_their_status(code, status, type_name):
     with FakeBroker(lambda m: error_frames(m.rid, code, f"it failed: {code}", status)) as fake:
-        result = call(create_app(config_for(fake)), "POST", "/predictions/m", body=b"x")
+        result = call(create_app(config_for(fake, detailed_errors=True)), "POST",
+                      "/predictions/m", body=b"x")
     assert_error(result, status, type_name, f"it failed: {code}")
     assert len(result.headers["x-request-id"]) == 32
+
+
+#: the same errors in TorchServe's words, by default (tests/integration/
+#: test_torchserve_answers.py compares them with TorchServe's own answers)
+TORCHSERVE_ERRORS = [
+    ("model_not_found", 404, "ModelNotFoundException", "Model not found: m"),
+    ("queue_full", 503, "ServiceUnavailableException",
+     'Model "m" has no worker to serve inference request.'),
+    ("deadline_exceeded", 504, "DeadlineExceeded", "it failed"),
+    ("handler_error", 503, "InternalServerException", "Prediction failed"),
+    ("broker_unavailable", 503, "ServiceUnavailableException", "it failed"),
+    ("worker_lost", 500, "InternalServerException", "Worker died."),
+    ("bad_request", 400, "BadRequestException", "it failed"),
+]
+
+
+@pytest.mark.parametrize("code, status, type_name, message", TORCHSERVE_ERRORS,
+                         ids=[e[0] for e in TORCHSERVE_ERRORS])
+def test_error_replies_answer_as_torchserve(code, status, type_name, message):
+    wire_status = dict((e[0], e[1]) for e in ERRORS)[code]
+    with FakeBroker(lambda m: error_frames(m.rid, code, f"it failed: {code}",
+                                           wire_status)) as fake:
+        result = call(create_app(config_for(fake)), "POST", "/predictions/m", body=b"x")
+    assert_error(result, status, type_name, message)
+    assert result.content.endswith(b"\n}\n")  # Gson's pretty printing, then a newline
 
 
 def test_status_on_the_wire_is_kept():
     with FakeBroker(lambda m: error_frames(m.rid, "prediction_error", "bad input", 422)) as f:
         result = call(create_app(config_for(f)), "POST", "/predictions/m", body=b"x")
+    assert_error(result, 422, "InternalServerException", "bad input")
+    with FakeBroker(lambda m: error_frames(m.rid, "prediction_error", "bad input", 422)) as f:
+        result = call(create_app(config_for(f, detailed_errors=True)), "POST",
+                      "/predictions/m", body=b"x")
     assert_error(result, 422, "PredictionError", "bad input")
 
 
@@ -204,12 +258,13 @@ def test_silent_broker_is_a_504(silent_broker, monkeypatch):
 
 def test_unknown_path_and_wrong_method_are_json(echo_broker):
     app = create_app(config_for(echo_broker))
-    missing, deep, wrong = simulate(app, ("GET", "/nope", {}),
-                                    ("POST", "/predictions/m/1/extra", {"body": b"x"}),
-                                    ("GET", "/predictions/m", {}))
-    assert_error(missing, 404, "RouteNotFound", "not found")
-    assert_error(deep, 404, "RouteNotFound")
-    assert_error(wrong, 405, "MethodNotAllowed")
+    missing, unnamed, wrong = simulate(app, ("GET", "/nope", {}),
+                                       ("POST", "/explanations/", {"body": b"x"}),
+                                       ("GET", "/predictions/m", {}))
+    # TorchServe's words (ResourceNotFoundException.java, MethodNotAllowedException.java)
+    assert_error(missing, 404, "ResourceNotFoundException", "not found")
+    assert_error(unnamed, 404, "ResourceNotFoundException")
+    assert_error(wrong, 405, "MethodNotAllowedException")
     assert "POST" in wrong.headers["allow"]
 
 
@@ -238,7 +293,7 @@ def test_injected_client_errors_and_ping_failure(echo_broker):
                      client=_ExplodingClient(errors.BrokerUnavailable("down")))
     predicted, pinged = simulate(app, ("POST", "/predictions/m", {"body": b"x"}),
                                  ("GET", "/ping", {}))
-    assert_error(predicted, 503, "BrokerUnavailable", "down")
+    assert_error(predicted, 503, "ServiceUnavailableException", "down")
     assert pinged.status_code == 500 and pinged.json == {"status": "Unhealthy"}
 
 

@@ -138,7 +138,9 @@ def test_a_handler_that_raises_fails_the_request_without_server_paths(server):
     assert "weights.pt" in answer["error"] and "/" not in answer["error"], answer
 
 
-def test_explain_is_not_served_yet(server):
+def test_explanations_come_back_in_instance_order(server):
     status, _headers, body = server.http("POST", "/v1/models/batcher:explain",
-                                         b'{"instances": [1]}')
-    assert status == 501 and "not served yet" in json.loads(body)["error"]
+                                         b'{"instances": [1, {"data": "a"}]}')
+    assert status == 200, body
+    rows = [answer["row"] for answer in json.loads(body)["explanations"]]
+    assert rows == [{"body": 1}, {"data": "a"}]

@@ -82,7 +82,7 @@ def test_register_from_the_model_store_serves_and_unregister_removes(model_api_s
     assert management(server, "DELETE", "/models/init_counter") == (
         200, {"status": 'Model "init_counter" unregistered'})
     status, _h, body = server.predict("init_counter", b"{}")
-    assert status == 404 and json.loads(body)["type"] == "ModelNotFound"
+    assert status == 404 and json.loads(body)["type"] == "ModelNotFoundException"
     for pid in pids:  # the workers finished and stopped
         server.wait_for(lambda pid=pid: not os.path.exists(f"/proc/{pid}"), timeout_s=BOUND_S,
                         what=f"worker {pid} of the unregistered model gone")

@@ -32,7 +32,7 @@ MODEL = "mnist"
 VERSION = "1.0"
 HOSTNAME = {"Hostname": __import__("socket").gethostname()}
 ANSWERED = 24  # through 8 callers at once: batches of up to 4
-FAILED = 3  # `[]`: the example's postprocess fails on an empty row (500, one at a time)
+FAILED = 3  # `[]`: the example's postprocess fails on an empty row (503, one at a time)
 UNKNOWN = 2  # /predictions/nope: 404 before any model is found
 BAD_VERSION = 1  # /predictions/mnist/9.9: 404
 SETTLE_S = 0.6  # over two of the front ends' 0.25 s flush intervals
@@ -96,7 +96,7 @@ def test_metrics_and_the_dashboard_after_a_known_load(server, tmp_path):
         answered = list(pool.map(lambda i: predict(server, b"[0.1, 0.9, 0.0]"),
                                  range(ANSWERED)))
     assert answered == [200] * ANSWERED
-    assert [predict(server, b"[]") for _ in range(FAILED)] == [500] * FAILED
+    assert [predict(server, b"[]") for _ in range(FAILED)] == [503] * FAILED
     assert [predict(server, b"[1]", "/predictions/nope") for _ in range(UNKNOWN)] == [404] * 2
     assert predict(server, b"[1]", f"/predictions/{MODEL}/9.9") == 404
 

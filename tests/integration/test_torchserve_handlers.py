@@ -180,7 +180,7 @@ def test_a_malformed_form_is_400_and_the_model_keeps_serving(server):
     status, _h, body = server.predict("colour", b"--B\r\nno end", "multipart/form-data; boundary=B")
     assert status == 400
     assert json.loads(body) == {
-        "code": 400, "type": "BadRequest",
+        "code": 400, "type": "BadRequestException",
         "message": "a part of the multipart body has no end to its headers"}
     status, _h, body = server.predict("double", b'{"x": [1]}')
     assert (status, json.loads(body)) == (200, [2.0])

@@ -121,7 +121,7 @@ def test_wrong_result_count_answers_errors(thread_worker, worker_broker, tmp_pat
         """)
     worker = thread_worker(model="short", path=path)
     replies = worker_broker.request(worker.identity, 5, [item("1"), item("2"), item("3")])
-    assert [(r.kind, r.code) for r in replies] == [("error", "handler_error")] * 3
+    assert [(r.kind, r.code) for r in replies] == [("error", "result_count_mismatch")] * 3
     assert all(r.message == "handler returned 0 results for 1 requests" for r in replies)
 
 

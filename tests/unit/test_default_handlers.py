@@ -145,14 +145,17 @@ def test_image_classifier_reads_base64_grayscale_and_rgba(classifier_dir):
     assert len(got[3]) == 3
 
 
-def test_an_unreadable_image_answers_400(classifier_dir):
+def test_an_unreadable_image_fails_as_a_handler_error(classifier_dir):
+    """A handler's failure, which the front end answers 503 "Prediction failed" as TorchServe
+    does (tests/integration/test_torchserve_answers.py); the message names the request."""
     service = load(classifier_dir)
     replies = run(service, [item(png("red"), "image/png"),
                             item(b"not an image", "image/png", request_id="r-2")])
     # failure isolation: the batch is retried one by one, so only the bad image fails
     assert [(r.kind, r.status, r.code) for r in replies] == [
-        ("reply", 200, None), ("error", 400, "prediction_error")]
-    assert "request r-2" in replies[1].message and "Pillow" in replies[1].message
+        ("reply", 200, None), ("error", 500, "handler_error")]
+    assert replies[1].message.startswith("UnreadableImage: request r-2")
+    assert "Pillow" in replies[1].message
 
 
 # ------------------------------------------------------------------ vision_handler

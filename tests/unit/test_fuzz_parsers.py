@@ -636,7 +636,9 @@ def test_http_app_never_fails_unexpectedly(method, path, header_map, body):
     result = asyncio.run(call())
     event(f"HTTP {result.status_code}")
     assert result.status_code != 500, result.text
-    if result.status_code >= 400 and method != "HEAD":
+    if result.status_code == 413 and path.startswith("/predictions/"):
+        assert result.content == b""  # TorchServe's: Netty's aggregator sends no body
+    elif result.status_code >= 400 and method != "HEAD":
         error = result.json
         assert set(error) == {"code", "type", "message"}
         assert error["code"] == result.status_code

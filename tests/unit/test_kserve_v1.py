@@ -287,10 +287,23 @@ def test_a_body_over_the_limit_is_413(client, fake):
     assert result.status_code == 413 and "exceeds the limit" in result.json["error"]
 
 
-def test_explain_is_501(client, fake):
+def test_explanations_are_predictions_marked_explain_and_answered_as_explanations(client,
+                                                                                   fake):
+    fake.answer = lambda row: {"why": row}
+    result = client.simulate_post("/v1/models/echo:explain",
+                                  body=b'{"instances": [{"data": "hi"}, 2]}')
+    assert result.status_code == 200, result.text
+    assert result.json == {"explanations": [{"why": {"data": "hi"}}, {"why": {"body": 2}}]}
+    assert [sent["headers"]["explain"] for sent in fake.sent] == ["True", "True"]
+    assert all("url_path" not in sent["headers"] for sent in fake.sent)
+
+
+def test_an_explanation_fails_as_a_prediction_does(client, fake):
+    fake.answer = lambda row: HandlerError("no insights")
     result = client.simulate_post("/v1/models/echo:explain", body=b'{"instances": [1]}')
-    assert result.status_code == 501 and "not served yet" in result.json["error"]
-    assert fake.sent == []
+    assert result.status_code == 500 and result.json == {"error": "instance 0: no insights"}
+    assert client.simulate_post("/v1/models/nope:explain",
+                                body=b'{"instances": [1]}').status_code == 404
 
 
 def test_routes_and_methods(client):

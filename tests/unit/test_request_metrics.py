@@ -244,7 +244,7 @@ def test_a_reply_with_an_error_status_counts_in_its_class(client, fake, figures)
     assert figures.statuses() == (0, 1, 0)
 
 
-@pytest.mark.parametrize("error, status", [(HandlerError("boom"), 500),
+@pytest.mark.parametrize("error, status", [(HandlerError("boom"), 503),  # TorchServe's
                                            (PredictionError("bad input", status=422), 422)])
 def test_a_handler_error_is_an_answered_prediction(client, fake, figures, error, status):
     fake.outcome = error
@@ -253,13 +253,13 @@ def test_a_handler_error_is_an_answered_prediction(client, fake, figures, error,
     assert figures.seconds_count("echo") == 1
 
 
-@pytest.mark.parametrize("error", [QueueFull("full"), DeadlineExceeded("late"),
-                                   WorkerLost("gone")])
+@pytest.mark.parametrize("error, status", [(QueueFull("full"), 503),
+                                           (DeadlineExceeded("late"), 504),
+                                           (WorkerLost("gone"), 500)])  # TorchServe's
 def test_a_refusal_of_the_broker_counts_the_request_without_inference_latency(
-        client, fake, figures, error):
+        client, fake, figures, error, status):
     fake.outcome = error
-    assert client.simulate_post("/predictions/echo", body=b"1").status_code == \
-        error.http_status
+    assert client.simulate_post("/predictions/echo", body=b"1").status_code == status
     assert figures.requests("echo") == 1 and figures.seconds_count("echo") == 1
     assert figures.latency_us("echo") == 0
     assert figures.statuses() == (0, 0, 1)

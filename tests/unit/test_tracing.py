@@ -130,6 +130,17 @@ def test_the_front_ends_span_continues_the_callers_trace(spans):
     assert before_ns <= int(forwarded[tracing.SENT_HEADER]) <= time.time_ns()
 
 
+def test_a_traced_request_keeps_torchserves_url_path_and_explain_headers(spans):
+    keeper = HeaderKeeper()
+    client = traced_client(keeper)
+    assert client.simulate_post("/explanations/echo/2.0/v1/chat", body=b"1").status_code == 200
+    assert client.simulate_post("/predictions/echo", body=b"1").status_code == 200
+    explained, predicted = keeper.forwarded
+    assert (explained["url_path"], explained["explain"]) == ("v1/chat", "True")
+    assert (predicted["url_path"], predicted["explain"]) == ("", "False")
+    assert tracing.SENT_HEADER in explained and "traceparent" in explained
+
+
 def test_without_a_traceparent_the_front_end_starts_the_trace(spans):
     keeper = HeaderKeeper()
     assert traced_client(keeper).simulate_post("/predictions/echo", body=b"1").status_code == 200
@@ -140,7 +151,7 @@ def test_without_a_traceparent_the_front_end_starts_the_trace(spans):
 
 
 @pytest.mark.parametrize("error, status, is_error", [
-    (HandlerError("boom"), 500, True),
+    (HandlerError("boom"), 503, True),  # TorchServe's "Prediction failed"
     (ModelNotFound("Model not found: nope"), 404, False),
 ])
 def test_an_error_answer_ends_the_span_with_its_status(spans, error, status, is_error):

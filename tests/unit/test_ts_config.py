@@ -192,6 +192,12 @@ def test_values_are_read_with_surrounding_whitespace_ignored():
     assert configure("enable_model_api= True ").settings == {"enable_model_api": True}
 
 
+def test_zerobatchs_own_key_for_detailed_errors():
+    ts = configure("zerobatch_detailed_errors=true\n")
+    assert (ts.settings, ts.warnings) == ({"detailed_errors": True}, ())
+    assert ts_config.env_name("zerobatch_detailed_errors") is None
+
+
 def test_zero_default_workers_leaves_zerobatchs_default():
     # TorchServe's 0 means "one per GPU, else one per CPU"; zerobatch keeps its default of 1
     assert configure("default_workers_per_model=0").settings == {}

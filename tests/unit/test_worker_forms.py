@@ -63,6 +63,16 @@ def test_urlencoded_fields():
     assert types == {"a": "", "text": "", "empty": ""}
 
 
+@pytest.mark.parametrize("body, names", [
+    (b"x", []), (b"x&", ["x"]), (b"x=", ["x"]), (b"x&y=1", ["x", "y"]), (b"a=1&x", ["a"]),
+])
+def test_a_last_urlencoded_field_without_a_value_is_no_field(body, names):
+    """As Netty's decoder reads them (TorchServe 0.12, recorded in
+    tests/data/torchserve_answers/errors.json): `curl -d x` hands the handler {}."""
+    values, _types = decode_form("application/x-www-form-urlencoded", body)
+    assert sorted(values) == names
+
+
 def test_other_content_types_are_not_forms():
     assert decode_form("application/octet-stream", b"a=1") is None
     assert decode_form("application/vnd.format", b"a=1") is None

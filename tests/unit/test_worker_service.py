@@ -183,14 +183,15 @@ def test_long_error_messages_are_truncated(tmp_path):
     assert reply.message.startswith("RuntimeError: xxx") and "truncated" in reply.message
 
 
-@pytest.mark.parametrize("result, expected", [
+@pytest.mark.parametrize("result, code, expected", [
     # with failure isolation each request ends up alone in its own retried call
-    ("[]", "handler returned 0 results for 1 requests"),
-    ("[1, 2, 3]", "handler returned 3 results for 1 requests"),
-    ("{'a': 1}", "handler returned dict, expected a list with one result for each of 1"),
-    ("None", "handler returned NoneType"),
+    ("[]", "result_count_mismatch", "handler returned 0 results for 1 requests"),
+    ("[1, 2, 3]", "result_count_mismatch", "handler returned 3 results for 1 requests"),
+    ("{'a': 1}", "bad_handler_output",
+     "handler returned dict, expected a list with one result for each of 1"),
+    ("None", "bad_handler_output", "handler returned NoneType"),
 ])
-def test_wrong_result_count_or_type(tmp_path, result, expected):
+def test_wrong_result_count_or_type(tmp_path, result, code, expected):
     service = handler_model(tmp_path, f"""
         def handle(data, context):
             if data is None:
@@ -200,7 +201,7 @@ def test_wrong_result_count_or_type(tmp_path, result, expected):
     replies = run_batch(service, [item("1"), item("2")])
     assert len(replies) == 2
     for reply in replies:
-        assert (reply.kind, reply.code, reply.status) == ("error", "handler_error", 500)
+        assert (reply.kind, reply.code, reply.status) == ("error", code, 500)
         assert expected in reply.message
 
 
@@ -213,7 +214,7 @@ def test_unserializable_result_fails_only_its_request(tmp_path):
         """)
     ok, bad = run_batch(service, [item("1"), item("2")])
     assert ok.body == b"fine"
-    assert (bad.kind, bad.code) == ("error", "handler_error")
+    assert (bad.kind, bad.code) == ("error", "unserializable_result")
     assert "result 1 cannot be serialized: TypeError" in bad.message
 
 

@@ -5,7 +5,8 @@ does, extended with its 2-grams (`ngrams`), and mapped to token ids (see `text_h
 The model is called as TorchServe calls it, EmbeddingBag style: `model(ids, offsets)` with
 the ids of the whole batch concatenated and one offset per text (TorchServe runs only the
 first request of a batch; we run them all). Each answer is a {label: probability} dict of
-every class, labels from `index_to_name.json` else the class index as a string.
+every class, labels from `index_to_name.json` else the class index as a string. A body that
+is not text fails the request as TorchServe's decode error does (503 "Prediction failed").
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from typing import Any
 
 import torch
 
-from zerobatch.worker.compat.util import PredictionException, map_class_to_label
+from zerobatch.worker.compat.util import map_class_to_label
 from zerobatch.worker.handlers.text_handler import TextHandler, ngrams_iterator
 
-BAD_REQUEST = 400
+
+class UnreadableText(ValueError):
+    """A request's body is not text: answered as any handler's failure (TorchServe: 503)."""
 
 
 class TextClassifier(TextHandler):
@@ -33,11 +36,11 @@ class TextClassifier(TextHandler):
                 try:
                     text = bytes(text).decode("utf-8")
                 except UnicodeDecodeError as exc:
-                    raise PredictionException(f"request {index}: the body is not UTF-8 text",
-                                              BAD_REQUEST) from exc
+                    raise UnreadableText(f"request {index}: the body is not UTF-8 text"
+                                         ) from exc
             if not isinstance(text, str):
-                raise PredictionException(f"request {index}: expected text, got "
-                                          f"{type(text).__name__}", BAD_REQUEST)
+                raise UnreadableText(f"request {index}: expected text, got "
+                                     f"{type(text).__name__}")
             tokens = self.clean_tokens(text)
             offsets.append(len(ids))
             ids.extend(self.token_ids(ngrams_iterator(tokens, self.ngrams)))

@@ -6,8 +6,9 @@ Images go through `image_processing` (here `ToTensor()`; subclasses set their ow
 batch is stacked. `limit_max_image_pixels` False in the system properties lifts Pillow's
 decompression-bomb limit, as in TorchServe.
 
-An unreadable image fails its batch with a PredictionException, status 400, naming the
-request (TorchServe answers 500); the worker lives on.
+An unreadable image fails its batch with an UnreadableImage naming the request; the front
+end answers it as TorchServe answers any handler's exception, 503 "Prediction failed" (with
+`--detailed-errors`, 500 and this text); the worker lives on.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from zerobatch.worker.base_handler import BaseHandler
-from zerobatch.worker.compat.util import PredictionException
 from zerobatch.worker.handlers.transforms import ToTensor
 
-BAD_REQUEST = 400
+
+class UnreadableImage(ValueError):
+    """A request's image cannot be read, or the batch's images cannot be stacked."""
 
 
 class VisionHandler(BaseHandler):
@@ -45,8 +47,8 @@ class VisionHandler(BaseHandler):
         try:
             return torch.stack(images).to(self.device)
         except RuntimeError as exc:
-            raise PredictionException(f"the images of this batch differ in shape after "
-                                      f"preprocessing: {exc}", BAD_REQUEST) from exc
+            raise UnreadableImage(f"the images of this batch differ in shape after "
+                                  f"preprocessing: {exc}") from exc
 
     def read_image(self, index: int, row: dict) -> torch.Tensor:
         """One request's image as a tensor, through `image_processing`."""
@@ -71,6 +73,6 @@ class VisionHandler(BaseHandler):
             raise self._bad_image(index, f"expected image bytes, base64 text or a list of "
                                   f"numbers, got {type(image).__name__}") from exc
 
-    def _bad_image(self, index: int, why: str) -> PredictionException:
+    def _bad_image(self, index: int, why: str) -> UnreadableImage:
         request_id = self.context.get_request_id(index) if self.context is not None else None
-        return PredictionException(f"request {request_id or index}: {why}", BAD_REQUEST)
+        return UnreadableImage(f"request {request_id or index}: {why}")
