@@ -280,7 +280,7 @@ def test_versions_route_to_their_own_queue(core):
     frames = [CLIENT] + p.encode_request(b"v3", p.encode_route("echo", "3.0", 0),
                                          p.encode_meta("text/plain"), b"x")
     core.on_front(frames, 0)
-    assert errors(take_front(core)) == [(b"v3", "model_not_found")]
+    assert errors(take_front(core)) == [(b"v3", "model_version_not_found")]
     assert [m["queued"] for m in core.describe()["models"]] == [1, 1]
 
 

@@ -153,6 +153,39 @@ def test_the_manifests_hold_what_the_task_needs():
         assert kind in kinds
 
 
+def strategic_merge(target: dict, patch: dict) -> dict:
+    """kubectl's strategic merge, as far as the GPU patch needs it: maps merge key by key,
+    and a list of named objects (containers) merges item by item on `name`."""
+    merged = dict(target)
+    for key, value in patch.items():
+        old = merged.get(key)
+        if isinstance(value, dict) and isinstance(old, dict):
+            merged[key] = strategic_merge(old, value)
+        elif (isinstance(value, list) and isinstance(old, list) and value
+              and all(isinstance(item, dict) and "name" in item for item in value + old)):
+            by_name = {item["name"]: item for item in old}
+            for item in value:
+                by_name[item["name"]] = strategic_merge(by_name.get(item["name"], {}), item)
+            merged[key] = list(by_name.values())
+        else:
+            merged[key] = value
+    return merged
+
+
+def test_the_gpu_patch_gives_a_valid_deployment_with_one_gpu():
+    with open(ROOT / "deploy" / "gpu" / "deployment-patch.yaml", encoding="utf-8") as handle:
+        patch = yaml.safe_load(handle)
+    deployment = strategic_merge(the("Deployment"), patch)
+    kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert container["resources"]["limits"]["memory"] == "8Gi"  # merged, not replaced
+    assert container["startupProbe"] and container["image"]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in \
+        pod["tolerations"]
+
+
 def test_validation_catches_a_wrong_field():
     """The validator is strict: a misspelt field of a Deployment is an error."""
     bad = yaml.safe_load(yaml.safe_dump(the("Deployment")))
