@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.integration.test_open_inference import PLAIN, TENSORS, TYPED
+from tests.integration.test_open_inference import PLAIN, TENSORS, TYPED, example_inputs
 from tests.models import write_model_dir
 from tests.support.metrics import value
 from tests.support.servers import finish, free_port, start_server
@@ -73,15 +73,7 @@ def client(server):
 
 
 def _inputs() -> tuple[list, dict]:
-    x = np.arange(6, dtype=np.float32).reshape(2, 3) / 4
-    n = np.array([[1, -2**40]], dtype=np.int64)
-    s = np.array([b"hello", "wörld".encode()], dtype=object)
-    inputs = []
-    for name, array, datatype in (("x", x, "FP32"), ("n", n, "INT64"), ("s", s, "BYTES")):
-        tensor = grpcclient.InferInput(name, list(array.shape), datatype)
-        tensor.set_data_from_numpy(array)
-        inputs.append(tensor)
-    return inputs, {"x": x, "n": n, "s": s}
+    return example_inputs(grpcclient)
 
 
 def test_health_and_metadata(client):

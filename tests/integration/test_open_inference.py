@@ -89,16 +89,22 @@ def client(server):
         yield triton
 
 
-def _inputs(binary: bool) -> tuple[list, dict]:
+def example_inputs(module, **options) -> tuple[list, dict]:
+    """FP32, INT64 and BYTES inputs x, n, s as `module` (tritonclient.http or .grpc) builds
+    them, set with `options` (binary_data for HTTP), and their arrays by name."""
     x = np.arange(6, dtype=np.float32).reshape(2, 3) / 4
     n = np.array([[1, -2**40]], dtype=np.int64)
     s = np.array([b"hello", "wörld".encode()], dtype=object)
     inputs = []
     for name, array, datatype in (("x", x, "FP32"), ("n", n, "INT64"), ("s", s, "BYTES")):
-        tensor = httpclient.InferInput(name, list(array.shape), datatype)
-        tensor.set_data_from_numpy(array, binary_data=binary)
+        tensor = module.InferInput(name, list(array.shape), datatype)
+        tensor.set_data_from_numpy(array, **options)
         inputs.append(tensor)
     return inputs, {"x": x, "n": n, "s": s}
+
+
+def _inputs(binary: bool) -> tuple[list, dict]:
+    return example_inputs(httpclient, binary_data=binary)
 
 
 def test_health_and_metadata(client):

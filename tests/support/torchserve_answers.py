@@ -135,6 +135,31 @@ class TorchServe:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+def build_scripted_archive(archiver: str, export_dir: str, model_name: str, handler: str,
+                           module: object, model_config: str) -> str:
+    """Pack model_name (`module`, a torch.nn.Module saved as TorchScript, the handler file and
+    `model_config` as its model-config.yaml) with the torch-model-archiver at `archiver` into
+    export_dir; the archive's file name."""
+    import textwrap
+    import warnings
+
+    import torch
+
+    with tempfile.TemporaryDirectory(prefix=f"{model_name}-src-") as source:
+        model_path = os.path.join(source, "model.pt")
+        with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript; archives ship it
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.jit.script(module).save(model_path)
+        config_path = os.path.join(source, "model-config.yaml")
+        with open(config_path, "w") as out:
+            out.write(textwrap.dedent(model_config).lstrip())
+        subprocess.run([archiver, "--model-name", model_name, "--version", "1.0",
+                        "--serialized-file", model_path, "--handler", handler,
+                        "--config-file", config_path, "--export-path", export_dir, "--force"],
+                       check=True, capture_output=True, timeout=120)
+    return f"{model_name}.mar"
+
+
 def request(port: int, method: str, path: str, body: bytes = b"",
             headers: dict | None = None, timeout: float = 60) -> tuple[int, dict, bytes]:
     """(status, {lowercase header: value}, body) of one HTTP request to 127.0.0.1:port."""

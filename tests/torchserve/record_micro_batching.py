@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import textwrap
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 
-from tests.support.torchserve_answers import TORCHSERVE_BIN, TorchServe, save
+from tests.support.torchserve_answers import (
+    TORCHSERVE_BIN,
+    TorchServe,
+    build_scripted_archive,
+    save,
+)
 
 HANDLER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "handlers",
                        "micro_batching_handler.py")
@@ -52,19 +54,8 @@ def build_archive(export_dir: str, archiver: str) -> str:
         def forward(self, x):
             return x * 2
 
-    with tempfile.TemporaryDirectory(prefix="microdouble-src-") as source:
-        model_path = os.path.join(source, "doubler.pt")
-        with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript; archives ship it
-            warnings.simplefilter("ignore", DeprecationWarning)
-            torch.jit.script(Doubler()).save(model_path)
-        config_path = os.path.join(source, "model-config.yaml")
-        with open(config_path, "w") as out:
-            out.write(textwrap.dedent(MODEL_CONFIG).lstrip())
-        subprocess.run([archiver, "--model-name", MODEL_NAME, "--version", "1.0",
-                        "--serialized-file", model_path, "--handler", HANDLER,
-                        "--config-file", config_path, "--export-path", export_dir, "--force"],
-                       check=True, capture_output=True, timeout=120)
-    return f"{MODEL_NAME}.mar"
+    return build_scripted_archive(archiver, export_dir, MODEL_NAME, HANDLER, Doubler(),
+                                  MODEL_CONFIG)
 
 
 def main() -> int:

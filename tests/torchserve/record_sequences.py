@@ -14,13 +14,15 @@ sequence id comes back as a response header.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import tempfile
-import textwrap
-import warnings
 
-from tests.support.torchserve_answers import TORCHSERVE_BIN, TorchServe, save
+from tests.support.torchserve_answers import (
+    TORCHSERVE_BIN,
+    TorchServe,
+    build_scripted_archive,
+    save,
+)
 
 HANDLER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "handlers",
                        "stateful_handler.py")
@@ -58,19 +60,8 @@ def build_archive(export_dir: str, archiver: str, model_name: str = MODEL_NAME,
         def forward(self, x):
             return x
 
-    with tempfile.TemporaryDirectory(prefix="stateful-src-") as source:
-        model_path = os.path.join(source, "identity.pt")
-        with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript; archives ship it
-            warnings.simplefilter("ignore", DeprecationWarning)
-            torch.jit.script(Identity()).save(model_path)
-        config_path = os.path.join(source, "model-config.yaml")
-        with open(config_path, "w") as out:
-            out.write(textwrap.dedent(model_config).lstrip())
-        subprocess.run([archiver, "--model-name", model_name, "--version", "1.0",
-                        "--serialized-file", model_path, "--handler", HANDLER,
-                        "--config-file", config_path, "--export-path", export_dir, "--force"],
-                       check=True, capture_output=True, timeout=120)
-    return f"{model_name}.mar"
+    return build_scripted_archive(archiver, export_dir, model_name, HANDLER, Identity(),
+                                  model_config)
 
 
 def main() -> int:
