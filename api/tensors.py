@@ -47,6 +47,9 @@ BYTES = "BYTES"
 DATATYPES = frozenset(FORMATS) | {BYTES}
 #: the most dimensions an input may have (numpy's own limit)
 MAX_DIMS = 32
+#: the largest product of a shape's non-zero dimensions: an empty tensor of shape
+#: [0, 2**40, 2**40] holds no data, but numpy (in the worker) cannot make its array
+MAX_SHAPE_PRODUCT = 2**48
 _LENGTH = struct.Struct("<I")
 
 
@@ -140,7 +143,7 @@ def check_input(tensor: Any, index: int, binary: Any, offset: int) -> tuple[dict
         raise TensorError(f'input {index} needs a "name" (a non-empty string)')
     where = f"input {name!r}"
     datatype = tensor.get("datatype")
-    if datatype not in DATATYPES:
+    if type(datatype) is not str or datatype not in DATATYPES:
         raise TensorError(f"{where}: datatype {datatype!r} is not one of "
                           f"{', '.join(sorted(DATATYPES))}")
     shape = tensor.get("shape")
@@ -148,6 +151,8 @@ def check_input(tensor: Any, index: int, binary: Any, offset: int) -> tuple[dict
             or not all(type(dim) is int and dim >= 0 for dim in shape)):
         raise TensorError(f'{where}: "shape" must be a list of at most {MAX_DIMS} '
                           "non-negative integers")
+    if math.prod(dim or 1 for dim in shape) > MAX_SHAPE_PRODUCT:
+        raise TensorError(f"{where}: shape {shape} is larger than any tensor can be")
     count = math.prod(shape)
     parameters = dict(_parameters(tensor.get("parameters"), where))
     size = parameters.pop("binary_data_size", None)
@@ -289,7 +294,7 @@ def _output(name: str, data: Any, datatype: Any, shape: Any) -> dict:
                           f"data {len(flat)}")
     if datatype is None:
         datatype = _infer_datatype(flat, where)
-    elif datatype not in DATATYPES:
+    elif type(datatype) is not str or datatype not in DATATYPES:
         raise TensorError(f"{where}: datatype {datatype!r} is not a v2 datatype")
     return {"name": name, "datatype": datatype, "shape": shape, "data": flat}
 

@@ -10,6 +10,8 @@ atheris, since the hypothesis tests (tests/unit/test_fuzz_*.py) drive the same l
 - `client_replies`: REPLIES messages fed to the clients' sans-IO core and its reply decoding.
 - `worker_requests`: BATCH messages fed to the worker's `Service` (request metas, form bodies
   of worker.forms, bodies of worker.codec).
+- `tensors`: Open Inference Protocol requests (/v2 bodies, gRPC ModelInferRequest bytes),
+  checked by the front end and decoded by the worker.
 - `archives`: bytes extracted as a `.mar` / `.tar.gz` model archive (broker.archive) and read
   by the CLI (api.archiver.read_archive_manifest): only ArchiveError/ConfigError, nothing
   written outside the extraction directory.
@@ -19,4 +21,4 @@ and crash files under `.fuzz/<target>/` (docs/fuzzing.md).
 """
 
 #: the targets, in the order the driver runs them
-TARGETS = ("broker_frames", "client_replies", "worker_requests", "archives")
+TARGETS = ("broker_frames", "client_replies", "worker_requests", "archives", "tensors")

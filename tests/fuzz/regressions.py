@@ -8,7 +8,10 @@ regression tests (tests/unit/test_fuzz_regressions.py; docs/fuzzing.md lists the
   gzip's BadGzipFile, LZMAError);
 - a READY whose worker id is not the identity it came from, which `broker.core` accepted:
   that worker was never lost, and the requests sent to it were never answered;
-- POST /predictions/ (an empty model name), which `api.http_app` answered 500.
+- POST /predictions/ (an empty model name), which `api.http_app` answered 500;
+- Open Inference Protocol requests that `api.tensors.check_input` let through to a TypeError
+  (a datatype that is a list) or accepted although the worker cannot build their array (an
+  empty tensor whose other dimensions multiply past what numpy can address).
 """
 
 from __future__ import annotations
@@ -149,3 +152,12 @@ def empty_model_name_response(path: str = "/predictions/") -> tuple[int, Any, in
     except ValueError:
         body = None
     return result.status_code, body, client.calls
+
+
+def bad_tensor_requests() -> dict[str, bytes]:
+    """/v2 infer bodies (JSON) that once broke `api.tensors.parse_request`, by name."""
+    return {
+        "datatype_a_list": b'{"inputs": [{"name": "s", "datatype": [3], "data": [true]}]}',
+        "empty_but_huge": b'{"inputs": [{"name": "x", "datatype": "FP64", '
+                          b'"shape": [0, 1099511627776, 1099511627776], "data": []}]}',
+    }

@@ -60,3 +60,10 @@ def test_an_empty_model_name_is_not_found(path):
     assert body is not None and set(body) == {"code", "type", "message"}
     assert body["code"] == 404
     assert client_calls == 0, "the empty model name reached the client"
+
+
+@pytest.mark.parametrize("name", sorted(regressions.bad_tensor_requests()))
+def test_a_malformed_tensor_request_is_a_tensor_error(name):
+    from zerobatch.api.tensors import TensorError, parse_request
+    with pytest.raises(TensorError):
+        parse_request(regressions.bad_tensor_requests()[name], None)
