@@ -195,12 +195,17 @@ class InferenceService:
 
     @staticmethod
     def _answering(behaviour: Callable) -> Callable:
-        """behaviour, its RpcError turned into the call's status."""
+        """behaviour, its RpcError turned into the call's status, and anything unexpected
+        into INTERNAL with no detail (the log has it; grpc's own answer would carry the
+        exception's text)."""
         async def rpc(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
                 return await behaviour(request, context)
             except RpcError as exc:
                 await context.abort(exc.code, exc.message)
+            except Exception:
+                log.exception("gRPC %s failed", behaviour.__name__)
+                await context.abort(grpc.StatusCode.INTERNAL, "internal error")
         return rpc
 
     def _authorize(self, context: grpc.aio.ServicerContext) -> None:

@@ -127,3 +127,26 @@ def test_start_refuses_a_grpc_address_it_cannot_serve(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "grpc", None)  # grpcio not installed
     with pytest.raises(CliError, match=r"pip install 'zerobatch\[grpc\]'"):
         check_grpc(config)
+
+
+def test_an_unexpected_failure_is_internal_without_its_text(caplog):
+    import asyncio
+
+    from zerobatch.api.grpc_service import InferenceService
+
+    class Aborted(Exception):
+        pass
+
+    class Context:
+        async def abort(self, code, details):
+            self.status = (code, details)
+            raise Aborted
+
+    async def failing(request, context):
+        raise TypeError("secret /srv/models/m/handler.py")
+
+    context = Context()
+    with pytest.raises(Aborted):
+        asyncio.run(InferenceService._answering(failing)(None, context))
+    assert context.status == (grpc.StatusCode.INTERNAL, "internal error")
+    assert "secret" in caplog.text  # the log has it
