@@ -22,7 +22,8 @@ as JSON), where
 - time: when the request reached the app, ISO 8601 in UTC with milliseconds;
 - client: the peer's "host:port" ("-" when the server does not know it);
 - path: the path as the client sent it (still percent-encoded), without the query string;
-- model, version: from a /predictions/MODEL[/VERSION] path, else "-";
+- model, version: from a /predictions/MODEL[/VERSION[/URL_PATH]] or /explanations/... path,
+  else "-";
 - status: the response's status (500 when the app failed before answering, 499 when it was
   cancelled first: the client went away);
 - bytes: the response body's length as sent (an int);
@@ -62,7 +63,8 @@ MAX_FIELD_CHARS = 2048
 #: the status logged when the app was cancelled before it answered (nginx's "client closed")
 CLIENT_CLOSED = 499
 
-_PREDICTIONS = "/predictions/"
+#: the paths that name a model and a version (TorchServe's, then the url_path after them)
+_MODEL_PATHS = ("/predictions/", "/explanations/")
 _REQUEST_ID = b"x-request-id"
 
 Scope = dict[str, Any]
@@ -94,12 +96,16 @@ def utc_time(epoch_s: float) -> str:
 
 
 def model_and_version(path: str) -> tuple[str, str]:
-    """(model, version) of a /predictions path, "-" for what it does not name."""
-    if not path.startswith(_PREDICTIONS):
+    """(model, version) of a /predictions or /explanations path (what follows the version is
+    its url_path), "-" for what it does not name."""
+    for prefix in _MODEL_PATHS:
+        if path.startswith(prefix):
+            break
+    else:
         return "-", "-"
-    parts = path[len(_PREDICTIONS):].split("/")
+    parts = path[len(prefix):].split("/", 2)
     model = safe_field(parts[0]) if parts[0] else "-"
-    version = safe_field(parts[1]) if len(parts) == 2 and parts[1] else "-"
+    version = safe_field(parts[1]) if len(parts) >= 2 and parts[1] else "-"
     return model, version
 
 

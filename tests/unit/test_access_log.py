@@ -122,6 +122,8 @@ def test_escaping_and_the_other_helpers():
     assert model_and_version("/predictions/m") == ("m", "-")
     assert model_and_version("/predictions/m/1.0") == ("m", "1.0")
     assert model_and_version("/predictions/") == ("-", "-")
+    assert model_and_version("/predictions/m/1.0/v1/chat") == ("m", "1.0")  # and a url_path
+    assert model_and_version("/explanations/m/2") == ("m", "2")
     assert model_and_version("/ping") == ("-", "-")
 
 
