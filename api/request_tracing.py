@@ -1,7 +1,8 @@
 """The front end's span for a prediction, when tracing is on (zerobatch.tracing).
 
 `traced(tracer, predict, req, resp, model, version)` runs `predict` inside a SERVER span named
-after the route (`POST /predictions/{model_name}` or `.../{model_version}`), whose parent is
+after the route that matched (`POST /predictions/{model_name}`, `.../{model_version}`,
+`/explanations/...`, `.../{url_path:path}`), whose parent is
 the caller's W3C `traceparent` when it sent one. The headers forwarded to the broker are a copy
 of the request's with this span's `traceparent` (and `tracestate`) in place of the caller's,
 and `x-zerobatch-sent-ns` set by `predict` right before the send: the worker that runs the
@@ -35,7 +36,9 @@ async def traced(tracer: Any, predict: Predict, req: falcon.asgi.Request,
                  resp: falcon.asgi.Response, model: str, version: str | None) -> None:
     """predict(req, resp, model, version, forwarded headers) inside the request's span."""
     headers = dict(req.headers)
-    route = "/predictions/{model_name}" + ("/{model_version}" if version else "")
+    # the route that matched (/explanations/..., a url_path after the version: each its own)
+    route = req.uri_template or ("/predictions/{model_name}"
+                                 + ("/{model_version}" if version else ""))
     span = tracer.start_span(
         f"{req.method} {route}", context=tracing.extract(headers), kind=SpanKind.SERVER,
         attributes={"http.request.method": req.method, "http.route": route,

@@ -139,6 +139,9 @@ def test_a_traced_request_keeps_torchserves_url_path_and_explain_headers(spans):
     assert (explained["url_path"], explained["explain"]) == ("v1/chat", "True")
     assert (predicted["url_path"], predicted["explain"]) == ("", "False")
     assert tracing.SENT_HEADER in explained and "traceparent" in explained
+    assert sorted(span.name for span in spans.get_finished_spans()) == [
+        "POST /explanations/{model_name}/{model_version}/{url_path:path}",
+        "POST /predictions/{model_name}"]
 
 
 def test_without_a_traceparent_the_front_end_starts_the_trace(spans):
