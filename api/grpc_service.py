@@ -28,7 +28,6 @@ zerobatch_request_seconds), when the process has a RequestMetrics.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from time import monotonic_ns
@@ -39,12 +38,20 @@ import grpc
 from zerobatch import __version__
 from zerobatch.api import grpc_messages as messages
 from zerobatch.api.http_helpers import REQUEST_ID_HEADER, valid_request_id
+from zerobatch.api.open_inference import (
+    CONTROL_TIMEOUT_MS,
+    PLATFORM,
+    entries_ready,
+    model_entries,
+    not_found_message,
+)
 from zerobatch.api.tensors import (
     BYTES,
     TENSORS_TYPE,
     InferRequest,
     TensorError,
     check_input,
+    handler_result,
     infer_request,
     join_bytes,
     pack_output,
@@ -56,9 +63,6 @@ from zerobatch.errors import HandlerError, ModelNotFound, ServingError
 
 log = logging.getLogger(__name__)
 
-#: how long a health, metadata or readiness call waits for the broker
-CONTROL_TIMEOUT_MS = 2000
-PLATFORM = "zerobatch"
 #: HTTP-style statuses (the broker's and the worker's) as gRPC codes
 STATUS_CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
@@ -247,10 +251,8 @@ class InferenceService:
             if exc.code != grpc.StatusCode.NOT_FOUND:
                 raise
             entries = []
-        if not request.version:  # the default version speaks for the name
-            entries = [entry for entry in entries if entry.get("default")] or entries
         return messages.CLASSES["ModelReadyResponse"](
-            ready=any(entry.get("ready") for entry in entries))
+            ready=entries_ready(entries, request.version))
 
     async def _entries(self, model: str, version: str) -> list[dict]:
         try:
@@ -259,14 +261,9 @@ class InferenceService:
             log.info("gRPC metadata: the broker did not describe its models: %s", exc)
             raise RpcError(grpc.StatusCode.UNAVAILABLE,
                            "the server could not describe its models") from None
-        models = answer.get("models")
-        entries = [entry for entry in (models if isinstance(models, list) else [])
-                   if entry.get("modelName") == model
-                   and (not version or entry.get("modelVersion") == version)]
+        entries = model_entries(answer.get("models"), model, version)
         if not entries:
-            raise RpcError(grpc.StatusCode.NOT_FOUND,
-                           f"Model {model} not found" if not version
-                           else f"Model {model} version {version} not found")
+            raise RpcError(grpc.StatusCode.NOT_FOUND, not_found_message(model, version))
         return entries
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -304,11 +301,7 @@ class InferenceService:
             raise RpcError(status_code(reply.status),
                            reply.body.decode("utf-8", "replace")[:4000])
         try:
-            if "json" not in (reply.content_type or "application/json"):
-                raise TensorError("the handler's result for a v2 request must be JSON "
-                                  "(numpy arrays, lists, numbers, strings or dicts of them), "
-                                  f"not {reply.content_type}")
-            return infer_response(infer, json.loads(reply.body), request.model_name,
-                                  request.model_version)
+            return infer_response(infer, handler_result(reply.content_type, reply.body),
+                                  request.model_name, request.model_version)
         except (TensorError, ValueError, RecursionError) as exc:
             raise RpcError(grpc.StatusCode.INTERNAL, str(exc)) from None

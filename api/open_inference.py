@@ -43,6 +43,7 @@ from zerobatch.api.tensors import (
     TENSORS_TYPE,
     TensorError,
     encode_response,
+    handler_result,
     parse_request,
     response_outputs,
 )
@@ -59,6 +60,26 @@ SERVER_METADATA = json.dumps({"name": "zerobatch", "version": __version__,
                               "extensions": ["binary_tensor_data"]}).encode()
 #: the platform model metadata names
 PLATFORM = "zerobatch"
+
+
+def model_entries(models: Any, model: str, version: str | None) -> list[dict]:
+    """The entries of a `models` answer for model (only that version when one is named)."""
+    return [entry for entry in (models if isinstance(models, list) else [])
+            if isinstance(entry, dict) and entry.get("modelName") == model
+            and (not version or entry.get("modelVersion") == version)]
+
+
+def entries_ready(entries: list[dict], version: str | None) -> bool:
+    """Whether the version has a live worker; without one named, the default version speaks
+    for the model."""
+    if not version:
+        entries = [entry for entry in entries if entry.get("default")] or entries
+    return any(entry.get("ready") for entry in entries)
+
+
+def not_found_message(model: str, version: str | None) -> str:
+    return (f"Model {model} not found" if not version
+            else f"Model {model} version {version} not found")
 
 
 def _error(resp: falcon.asgi.Response, status: int, message: str) -> None:
@@ -84,12 +105,6 @@ class _Routes:
         _error(resp, 400, AUTHORIZATION_FAILED)
         return False
 
-    async def describe(self) -> list[dict]:
-        """The broker's model entries (its `models` answer)."""
-        answer = await self.holder.get().control("models", timeout_ms=CONTROL_TIMEOUT_MS)
-        models = answer.get("models")
-        return models if isinstance(models, list) else []
-
     async def authorized_entries(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
                                  model: str, version: str | None) -> list[dict] | None:
         """versions() for a request that carries the key; None when answered already."""
@@ -101,16 +116,14 @@ class _Routes:
                        version: str | None) -> list[dict] | None:
         """The model's entries (the one version when named), or None answered 404/503."""
         try:
-            models = await self.describe()
+            answer = await self.holder.get().control("models", timeout_ms=CONTROL_TIMEOUT_MS)
         except ServingError as exc:
             log.info("v2 metadata: the broker did not describe its models: %s", exc)
             _error(resp, 503, "the server could not describe its models")
             return None
-        entries = [entry for entry in models if entry.get("modelName") == model
-                   and (version is None or entry.get("modelVersion") == version)]
+        entries = model_entries(answer.get("models"), model, version)
         if not entries:
-            _error(resp, 404, f"Model {model} not found" if version is None
-                   else f"Model {model} version {version} not found")
+            _error(resp, 404, not_found_message(model, version))
             return None
         return entries
 
@@ -179,10 +192,7 @@ class ModelReady:
         entries = await self._routes.authorized_entries(req, resp, model, version)
         if entries is None:
             return
-        if version is None:  # the default version speaks for the name
-            entries = [entry for entry in entries if entry.get("default")] or entries
-        ready = any(entry.get("ready") for entry in entries)
-        if ready:
+        if entries_ready(entries, version):
             resp.content_type = JSON
             resp.data = json.dumps({"name": model, "ready": True}).encode()
         else:
@@ -234,11 +244,7 @@ class Infer:
             _error(resp, reply.status, reply.body.decode("utf-8", "replace")[:4000])
             return
         try:
-            if "json" not in (reply.content_type or JSON):
-                raise TensorError("the handler's result for a v2 request must be JSON "
-                                  "(numpy arrays, lists, numbers, strings or dicts of them), "
-                                  f"not {reply.content_type}")
-            result = json.loads(reply.body)
+            result = handler_result(reply.content_type, reply.body)
             body, header_length = encode_response(request, response_outputs(result), model,
                                                   version)
         except (TensorError, ValueError, RecursionError) as exc:

@@ -264,6 +264,15 @@ def pack_json(data: Any, datatype: str, count: int, where: str) -> Any:
 # ------------------------------------------------------------------ the response
 
 
+def handler_result(content_type: str | None, body: bytes) -> Any:
+    """The decoded result of a worker's answer to a v2 request (JSON); TensorError (or
+    ValueError for bad JSON) when it is not one."""
+    if "json" not in (content_type or "application/json"):
+        raise TensorError("the handler's result for a v2 request must be JSON (numpy arrays, "
+                          f"lists, numbers, strings or dicts of them), not {content_type}")
+    return json.loads(body)
+
+
 def response_outputs(result: Any) -> list[dict]:
     """A handler's result (decoded JSON) as v2 outputs, each {"name", "datatype", "shape",
     "data": flat list}; TensorError when it cannot be (the rules: the module docstring)."""
