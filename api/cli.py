@@ -181,11 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--enable-model-api", action="store_true", default=None,
                        help="allow registering (POST /models) and unregistering (DELETE) "
                             "models on the management API (default: off)")
-    start.add_argument("--detailed-errors", action="store_true", default=None,
-                       help="answer a failed prediction in zerobatch's words (the handler's "
-                            "exception and its text, status 500) instead of TorchServe's "
-                            "(503 \"Prediction failed\"); config.properties: "
-                            "zerobatch_detailed_errors=true (default: off)")
+    start.add_argument("--zerobatch-answers", action="store_true", default=None,
+                       help="zerobatch's own answers where they tell the client more than "
+                            "TorchServe's: a failed prediction in zerobatch's words (the "
+                            "handler's exception and its text, status 500, instead of 503 "
+                            "\"Prediction failed\"), and sequence batching's stricter rules "
+                            "(see docs/from-torchserve.md); config.properties: "
+                            "zerobatch_answers=true (default: off)")
     start.add_argument("--no-config-snapshots", "--ncs", dest="ncs", action="store_true",
                        help="neither save snapshots of the models (RUN_DIR/config/) nor "
                             "restore the newest one at start")
@@ -261,7 +263,7 @@ FILE_FLAG_DEFAULTS: dict[str, Any] = {
     "response_timeout": defaults.DEFAULT_RESPONSE_TIMEOUT_S,
     "max_request_size": defaults.DEFAULT_MAX_BODY_BYTES, "number_of_gpu": None,
     "install_py_dep_per_model": False, "disable_token_auth": False, "enable_model_api": False,
-    "detailed_errors": False,
+    "zerobatch_answers": False,
     "management_address": defaults.DEFAULT_MANAGEMENT_ADDRESS,
     "metrics_address": defaults.DEFAULT_METRICS_ADDRESS,
     "inference_https": False, "certificate_file": "", "private_key_file": "",
@@ -402,7 +404,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         config_snapshots=not args.ncs, model_defaults=model_settings(args),
         token_expiration_min=args.token_expiration_min,
         log_format=args.log_format, access_log=args.access_log,
-        detailed_errors=args.detailed_errors,
+        zerobatch_answers=args.zerobatch_answers,
         metrics_mode=args.metrics_mode, metrics_config=_abspath_or_empty(args.metrics_config),
         registration_workers=args.workers if "workers" in args.explicit else 0,
         scale_up_after_s=args.scale_up_after, scale_down_after_s=args.scale_down_after)

@@ -30,7 +30,7 @@ as they are; a handler that streams (send_intermediate_predict_response) is answ
 (Transfer-Encoding: chunked), with the status and headers of its first chunk, each chunk as
 it arrives, and the final body last (an error after the first chunk cuts the response
 short); it carries TorchServe's `ts_stream_next: true` header. A failed prediction is
-answered as TorchServe answers it, or in zerobatch's own words with config.detailed_errors
+answered as TorchServe answers it, or in zerobatch's own words with config.zerobatch_answers
 (api.http_helpers.prediction_error_answer).
 
 /ping answers TorchServe's bytes: its StatusResponse as Gson pretty-prints it, then a newline
@@ -198,8 +198,8 @@ class PredictionsResource:
         self._check = TokenCheck(config.key_file).check if config.key_file else None
         self._limit = config.max_request_bytes
         self._default_timeout_ms = config.default_timeout_ms
-        #: zerobatch's own error answers instead of TorchServe's (--detailed-errors)
-        self._detailed_errors = config.detailed_errors
+        #: zerobatch's own error answers instead of TorchServe's (--zerobatch-answers)
+        self._zerobatch_answers = config.zerobatch_answers
         self._metrics = metrics
         #: traced(predict, req, resp, model, version): predict inside the request's span when
         #: tracing is on (api.request_tracing, only imported then), else None
@@ -292,7 +292,7 @@ class PredictionsResource:
                 error: ServingError, model_name: str, model_version: str | None) -> None:
         """Answer a prediction that failed (api.http_helpers.prediction_error_answer)."""
         status, content_type, body = prediction_error_answer(
-            error, model_name, model_version, self._detailed_errors)
+            error, model_name, model_version, self._zerobatch_answers)
         if error.http_status >= 500:
             log.debug("%s %s -> %d %s: %s", req.method, req.path, status, error.code,
                       error.message)

@@ -11,7 +11,7 @@ A prediction's error (`prediction_error_answer`) is TorchServe 0.12's answer, by
 its status, the simple name of the Java exception it answers with and its message, as Gson
 pretty-prints them, then a newline. A failing handler is 503 "Prediction failed", whatever
 it raised; out of memory 507 "Out of resources"; a body over the limit 413 with an empty
-body. With detailed errors (`--detailed-errors`, `zerobatch_detailed_errors=true`) a
+body. With zerobatch's answers (`--zerobatch-answers`, `zerobatch_answers=true`) a
 prediction's error is zerobatch's own instead: the error's status, its type (HandlerError,
 ResultCountMismatch, ...) and its message, which for a failing handler names the exception
 and its text. A falcon error is answered in TorchServe's words either way.

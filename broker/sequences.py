@@ -79,7 +79,7 @@ class SequenceRefused(Exception):
 def refusal_error(refused: SequenceRefused, model: str) -> ServingError:
     """The answer to a refused request, in zerobatch's words: the HTTP front end answers a
     QueueFull with TorchServe's own 503 message (api/http_helpers.py), a WorkerLost with its
-    "Worker died.", unless detailed errors are on."""
+    "Worker died.", unless zerobatch's answers are on (--zerobatch-answers)."""
     reason = refused.reason
     sequence = f'Sequence "{refused.sequence_id}" of model "{model}"'
     if reason == LOST:

@@ -325,7 +325,7 @@ class Supervisor:
                 key_file=self.config.key_file,
                 log_level=self.config.log_level, log_format=self.config.log_format,
                 access_log=self.config.access_log,
-                detailed_errors=self.config.detailed_errors)
+                zerobatch_answers=self.config.zerobatch_answers)
             argv = module_argv("zerobatch.api.frontend", "--config", frontend_config.to_json(),
                                "--fd", str(self.http_fd))
             pass_fds = (self.http_fd,)

@@ -260,7 +260,7 @@ class ServerConfig:
     log_format: str = "text"
     access_log: bool = False
     #: a failed prediction answered in zerobatch's words, not TorchServe's (FrontendConfig)
-    detailed_errors: bool = False
+    zerobatch_answers: bool = False
     metrics_mode: str = "prometheus"
     metrics_config: str = ""
 
@@ -437,7 +437,7 @@ class FrontendConfig:
     access_log: bool = False
     #: a failed prediction answered in zerobatch's words (the handler's exception and its
     #: text) instead of TorchServe's (api.http_helpers)
-    detailed_errors: bool = False
+    zerobatch_answers: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:

@@ -433,7 +433,7 @@ _KEYS: dict[str, Callable[[str, str], dict[str, Any]]] = {
     # stored, not acted on yet
     "max_response_size": _integer(1, "max_response_bytes"),
     # zerobatch's own key (TorchServe ignores the keys it does not know)
-    "zerobatch_detailed_errors": _flag("detailed_errors"),
+    "zerobatch_answers": _flag("zerobatch_answers"),
 }
 
 
@@ -495,7 +495,7 @@ _IGNORED_ADVICE = dict.fromkeys(
 
 #: keys with no TS_* variable (ConfigManager's constants without the TS_ prefix)
 _NOT_FROM_ENV = frozenset({"enable_envvars_config", "use_env_allowed_urls", "model_snapshot",
-                           "zerobatch_detailed_errors",
+                           "zerobatch_answers",
                            "models", "use_native_io", "io_ratio", "metric_time_interval",
                            "system_metrics_cmd", "python", "vmargs", "plugins_path"})
 #: key -> its TS_* variable: the ConfigManager constant's name, TS_ + the key in capitals but

@@ -84,7 +84,7 @@ def test_when_every_model_is_left_out_start_fails(tmp_path):
 
 
 def test_failing_models_tell_clients_no_server_path(make_server, tmp_path):
-    """With --detailed-errors, a load failure (503) and a handler exception (500) both carry
+    """With --zerobatch-answers, a load failure (503) and a handler exception (500) both carry
     the handler's text, with absolute paths cut to their last component."""
     broken = model_dir(tmp_path / "broken", (
         "import os\n"
@@ -96,7 +96,7 @@ def test_failing_models_tell_clients_no_server_path(make_server, tmp_path):
         "        return None\n"
         "    open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'missing.bin'))\n"))
     server = make_server({"echo": "echo", "broken": broken, "leaky": leaky},
-                         "--detailed-errors")
+                         "--zerobatch-answers")
 
     status, _h, body = server.predict("broken", b"{}")
     error = json_body(body)

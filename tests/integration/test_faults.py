@@ -69,10 +69,10 @@ FRONT_END_STOP_S = 6.0
 
 
 def serve(make_server):
-    # --detailed-errors: HTTP names zerobatch's error types (WorkerLost, 503), as ZeroMQ does,
+    # --zerobatch-answers: HTTP names zerobatch's error types (WorkerLost, 503), as ZeroMQ does,
     # instead of TorchServe's words (500 "Worker died.")
     return make_server({MODEL: MODEL}, "--workers", "2", "--frontends", "2",
-                       "--detailed-errors")
+                       "--zerobatch-answers")
 
 
 def load_on(server, *, http_lanes: int = 2, zmq_lanes: int = 2) -> Load:

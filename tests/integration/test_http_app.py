@@ -185,7 +185,7 @@ def test_body_over_the_limit_is_413(echo_broker):
 
 
 def test_body_over_the_limit_in_detail(echo_broker):
-    app = create_app(config_for(echo_broker, max_request_bytes=10, detailed_errors=True))
+    app = create_app(config_for(echo_broker, max_request_bytes=10, zerobatch_answers=True))
     (big,) = simulate(app, ("POST", "/predictions/m", {"body": b"x" * 11}))
     assert_error(big, 413, "RequestTooLarge", "10 bytes")
     assert echo_broker.received.empty()
@@ -207,7 +207,7 @@ ERRORS = [
 @pytest.mark.parametrize("code, status, type_name", ERRORS, ids=[e[0] for e in ERRORS])
 def test_detailed_error_replies_become_json_with_their_status(code, status, type_name):
     with FakeBroker(lambda m: error_frames(m.rid, code, f"it failed: {code}", status)) as fake:
-        result = call(create_app(config_for(fake, detailed_errors=True)), "POST",
+        result = call(create_app(config_for(fake, zerobatch_answers=True)), "POST",
                       "/predictions/m", body=b"x")
     assert_error(result, status, type_name, f"it failed: {code}")
     assert len(result.headers["x-request-id"]) == 32
@@ -243,7 +243,7 @@ def test_status_on_the_wire_is_kept():
         result = call(create_app(config_for(f)), "POST", "/predictions/m", body=b"x")
     assert_error(result, 422, "InternalServerException", "bad input")
     with FakeBroker(lambda m: error_frames(m.rid, "prediction_error", "bad input", 422)) as f:
-        result = call(create_app(config_for(f, detailed_errors=True)), "POST",
+        result = call(create_app(config_for(f, zerobatch_answers=True)), "POST",
                       "/predictions/m", body=b"x")
     assert_error(result, 422, "PredictionError", "bad input")
 

@@ -11,7 +11,7 @@ and the status, the content type of an error and the body must equal TorchServe'
 unreadable image goes to zerobatch's default image_classifier (see the recorder for why
 TorchServe's was recorded through the same first step in the `answers` handler).
 
-Then `--detailed-errors`: the same failures in zerobatch's own words.
+Then `--zerobatch-answers`: the same failures in zerobatch's own words.
 """
 
 from __future__ import annotations
@@ -87,8 +87,8 @@ def server(archives):
 
 
 @pytest.fixture(scope="module")
-def detailed(archives):
-    started = _start(archives, "--detailed-errors")
+def own_answers(archives):
+    started = _start(archives, "--zerobatch-answers")
     yield started
     finish(started)
 
@@ -170,15 +170,15 @@ def test_a_worker_that_dies_mid_request(server):
     ("handler_prediction_exception", 418, "PredictionError", "the handler refused this request"),
     ("unknown_model", 404, "ModelNotFound", "Model not found: nosuch"),
 ])
-def test_detailed_errors_answer_in_zerobatch_words(detailed, case, status, type_name, message):
-    answer_status, headers, answer_body = replay(detailed.http_port, ANSWERS[case])
+def test_zerobatch_answers_are_in_zerobatch_words(own_answers, case, status, type_name, message):
+    answer_status, headers, answer_body = replay(own_answers.http_port, ANSWERS[case])
     assert (answer_status, headers.get("content-type")) == (status, "application/json")
     assert json.loads(answer_body) == {"code": status, "type": type_name, "message": message}
     assert answer_body.endswith(b"\n}\n")  # indented as TorchServe's bodies are
 
 
-def test_detailed_errors_name_the_unreadable_image(detailed):
-    answer_status, _h, answer_body = replay(detailed.http_port, ANSWERS["image_unreadable"],
+def test_zerobatch_answers_name_the_unreadable_image(own_answers):
+    answer_status, _h, answer_body = replay(own_answers.http_port, ANSWERS["image_unreadable"],
                                             "/predictions/colour")
     answer = json.loads(answer_body)
     assert (answer_status, answer["type"]) == (500, "HandlerError")
@@ -186,15 +186,15 @@ def test_detailed_errors_name_the_unreadable_image(detailed):
     assert "not an image Pillow can read" in answer["message"]
 
 
-def test_detailed_errors_leave_successful_answers_alone(detailed):
+def test_zerobatch_answers_leave_successful_answers_alone(own_answers):
     for case in ("handler_ok", "handler_none", "form_field_without_value"):
-        status, _h, answer_body = replay(detailed.http_port, ANSWERS[case])
+        status, _h, answer_body = replay(own_answers.http_port, ANSWERS[case])
         assert (status, answer_body) == (ANSWERS[case]["status"], body(ANSWERS[case]))
 
 
-def test_the_config_properties_key_turns_detailed_errors_on(archives, make_server, tmp_path):
+def test_the_config_properties_key_turns_zerobatch_answers_on(archives, make_server, tmp_path):
     properties = tmp_path / "config.properties"
-    properties.write_text("zerobatch_detailed_errors=true\n")
+    properties.write_text("zerobatch_answers=true\n")
     started = make_server({"answers": archives["answers"]}, "--ts-config", str(properties))
     status, _h, answer_body = replay(started.http_port, ANSWERS["handler_raise"])
     assert (status, json.loads(answer_body)["type"]) == (500, "HandlerError")

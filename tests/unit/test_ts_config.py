@@ -192,10 +192,10 @@ def test_values_are_read_with_surrounding_whitespace_ignored():
     assert configure("enable_model_api= True ").settings == {"enable_model_api": True}
 
 
-def test_zerobatchs_own_key_for_detailed_errors():
-    ts = configure("zerobatch_detailed_errors=true\n")
-    assert (ts.settings, ts.warnings) == ({"detailed_errors": True}, ())
-    assert ts_config.env_name("zerobatch_detailed_errors") is None
+def test_zerobatchs_own_key_for_zerobatch_answers():
+    ts = configure("zerobatch_answers=true\n")
+    assert (ts.settings, ts.warnings) == ({"zerobatch_answers": True}, ())
+    assert ts_config.env_name("zerobatch_answers") is None
 
 
 def test_zero_default_workers_leaves_zerobatchs_default():

@@ -8,7 +8,7 @@ decompression-bomb limit, as in TorchServe.
 
 An unreadable image fails its batch with an UnreadableImage naming the request; the front
 end answers it as TorchServe answers any handler's exception, 503 "Prediction failed" (with
-`--detailed-errors`, 500 and this text); the worker lives on.
+`--zerobatch-answers`, 500 and this text); the worker lives on.
 """
 
 from __future__ import annotations
