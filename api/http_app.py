@@ -25,13 +25,13 @@ when it is 1 to 128 visible ASCII characters (api.http_helpers.valid_request_id)
 fresh one (32 hex digits: a random prefix per process and a counter); the handler reads it
 as context.get_request_id(i), and it comes back as the `x-request-id` response header. Its
 deadline is the front end's default, or shorter when the caller sends
-`x-zerobatch-timeout-ms`. The worker's reply status, content type, headers and body go back
-as they are; a handler that streams (send_intermediate_predict_response) is answered chunked
-(Transfer-Encoding: chunked), with the status and headers of its first chunk, each chunk as
-it arrives, and the final body last (an error after the first chunk cuts the response
-short); it carries TorchServe's `ts_stream_next: true` header. A failed prediction is
-answered as TorchServe answers it, or in zerobatch's own words with config.zerobatch_answers
-(api.http_helpers.prediction_error_answer).
+`x-zerobatch-timeout-ms`. The worker's reply status, headers and body go back as they are
+(a Content-Type only when the handler set one, as in TorchServe); a handler that streams
+(send_intermediate_predict_response) is answered chunked (Transfer-Encoding: chunked), with
+the status and headers of its first chunk, each chunk as it arrives, and the final body last
+(an error after the first chunk cuts the response short); it carries TorchServe's
+`ts_stream_next: true` header. A failed prediction is answered as TorchServe answers it, or
+in zerobatch's own words with config.zerobatch_answers (api.http_helpers.prediction_error_answer).
 
 /ping answers TorchServe's bytes: its StatusResponse as Gson pretty-prints it, then a newline
 (`{\n  "status": "Healthy"\n}\n`), 200 for "Healthy" and "Partial Healthy", 500 for
@@ -99,8 +99,6 @@ PING_TIMEOUT_MS = 1000
 #: prometheus_client's switch for multiprocess mode: set, requests are counted (see above)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 OCTET_STREAM = "application/octet-stream"
-#: what a reply whose worker named no content type is sent as (TorchServe's default)
-DEFAULT_REPLY_TYPE = "application/json"
 #: TorchServe's header on a streamed answer (send_intermediate_predict_response)
 STREAM_NEXT_HEADER = "ts_stream_next"
 
@@ -272,8 +270,8 @@ class PredictionsResource:
             self._refuse(req, resp, exc, model_name, model_version)
             return
         resp.status = reply.status
-        resp.content_type = reply.content_type or DEFAULT_REPLY_TYPE
-        if reply.headers:
+        if reply.headers:  # the handler's, its content-type too; without one, TorchServe
+            # sends no Content-Type (nor does this app: default_media_type is None)
             resp.set_headers(reply.headers)
         if type(reply) is ReplyStream:  # chunked: each chunk as it comes, the final body last
             # TorchServe's backend marks a streamed answer's parts so, and its front end sends

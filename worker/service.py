@@ -25,8 +25,10 @@ pair per request, in order. Per request:
   end answers each in TorchServe's words, or with this code and message when asked for
   detailed errors (api.http_helpers); absolute paths in the message are cut to their last
   component (errors.client_safe), the log has them whole;
-- otherwise each result becomes REPLY with the status, content type and headers the handler
-  set through the Context (status 200 and the codec's content type by default).
+- otherwise each result becomes REPLY with the status and headers the handler set through
+  the Context (status 200 and none by default), and the body's content type: the one the
+  handler set, else the codec's. The headers keep the handler's content-type, so that the HTTP
+  answer carries a Content-Type only when the handler set one, as TorchServe's does.
 
 Streaming: `send_partial(batch_id, position, value, processor)` sends one intermediate chunk
 through the `partial_sink` the worker loop installs (the data socket's send, as W_PARTIAL);
@@ -346,9 +348,9 @@ def _encode(index: int, value: Any, processor: RequestProcessor,
         kind = TypeError if isinstance(exc, TypeError) else ValueError
         raise kind(f"result {index} cannot be serialized: {type(exc).__name__}: {exc}") from exc
     headers = processor.get_response_headers()
-    if headers:
+    if headers:  # as the handler set them, its content-type too (the HTTP answer's own)
+        headers = {str(k): str(v) for k, v in headers.items()}
         content_type = headers.get("content-type") or content_type
-        headers = {str(k): str(v) for k, v in headers.items() if k != "content-type"} or None
     else:
         headers = None
     meta = protocol.encode_reply_meta(status or processor.get_response_status_code(),

@@ -46,7 +46,9 @@ client's message can hold the broker's loop (broker/loop.py).
                 only for a model with sequence batching: broker.sequences)
     body        the raw request body; never decoded or copied by the broker
     control     msgpack {"op": str, ...}: management calls ("ping", "describe", "stop")
-    reply_meta  msgpack [status: int, content_type: str | None, headers: {str: str} | None]
+    reply_meta  msgpack [status: int, content_type: str | None, headers: {str: str} | None];
+                content_type is the body's (the handler's, else the codec's default); headers
+                are those the handler set, its content-type included, as HTTP sends them
     error_info  msgpack [code: str, message: str, status: int] or [..., retry_after_ms: int]
                 (codes: zerobatch.errors). retry_after_ms, on deadline_unreachable: how long
                 the broker expects to keep refusing requests with that route; a client may

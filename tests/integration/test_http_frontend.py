@@ -121,7 +121,7 @@ def test_serves_on_an_inherited_socket_and_stops_on_sigterm(frontend, broker):
         "POST", "/predictions/digits/1.0", body=b'{"x": 1}',
         headers={"Content-Type": "application/json", "X-Trace": "t1"})
     assert status == 200 and body == b'{"x": 1}'
-    assert headers["content-type"] == "application/json"
+    assert "content-type" not in headers  # the fake broker's reply sets no header
     msgs = []
     while not broker.received.empty():
         msgs.append(broker.next())

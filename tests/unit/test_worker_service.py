@@ -123,8 +123,11 @@ def test_status_content_type_and_headers_from_the_context(tmp_path):
             return [b"custom", {"error": "missing"}]
         """)
     first, second = run_batch(service, [item("1"), item("2")])
+    # the headers are the handler's, its content-type too (the HTTP answer's); content_type
+    # is the body's: the handler's, else the codec's
     assert (first.status, first.content_type, first.headers, first.body) == (
-        201, "application/x-custom", {"x-count": "7"}, b"custom")
+        201, "application/x-custom", {"content-type": "application/x-custom", "x-count": "7"},
+        b"custom")
     assert (second.status, second.content_type, second.headers) == (
         404, "application/json", None)
 
