@@ -129,7 +129,8 @@ def _serve(config: ServerConfig, environ: dict[str, str],
     core = BrokerCore(aggregator_class, max_request_bytes=config.max_request_bytes,
                       scale_up_after_ns=round(config.scale_up_after_s * 1e9),
                       scale_down_after_ns=round(config.scale_down_after_s * 1e9),
-                      cpu_limit=os.cpu_count(), gpu_count=gpu_count)
+                      cpu_limit=os.cpu_count(), gpu_count=gpu_count,
+                      zerobatch_answers=config.zerobatch_answers)
     for model in config.models:
         core.add_model(model)
     if config.key_file:  # the management key authorizes control calls from any client too

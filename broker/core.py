@@ -12,8 +12,9 @@ Request bodies and metas are never decoded here: they are stored as received and
 the worker as they are. Only the rid and the route of a request head are read (and the
 route's decoding is cached, since a client usually repeats the same model and timeout). The
 one exception is a model with sequence batching (broker/sequences.py: stateful handlers),
-whose requests' metas are read for the sequence headers and whose answers get the sequence
-id; every other model takes the path it would take without that feature.
+whose requests' metas are read for the sequence headers (and, with zerobatch's own answers
+on, whose answers get the sequence id); every other model takes the path it would take
+without that feature.
 
 The batching policy is not here: the aggregator twins form batches, and each model's
 `BatchingPolicy` (broker/batching_policy.py) says when a free worker waits, what goes ahead or
@@ -96,7 +97,7 @@ class ModelQueue:
                  "target_workers", "autoscaler", "stats", "sequences")
 
     def __init__(self, config: ModelConfig, aggregator: Any,
-                 autoscaler: Autoscaler | None = None) -> None:
+                 autoscaler: Autoscaler | None = None, strict_sequences: bool = False) -> None:
         self.config = config
         self.aggregator = aggregator
         self.policy = BatchingPolicy(aggregator, config.key,
@@ -122,13 +123,14 @@ class ModelQueue:
         #: the counters the `metrics` control call reports (broker/model_stats.py)
         self.stats = ModelStats()
         #: with sequence batching: which worker and which request next for each sequence
-        #: (broker/sequences.py); None for every other model
+        #: (broker/sequences.py; strict: zerobatch's rules, not TorchServe's); None for every
+        #: other model
         self.sequences = None if not config.sequence_batching else Sequences(
             batch_size=config.batch_size,
             max_sequences=max(config.max_sequences, config.batch_size * config.most_workers),
             max_queued=config.max_sequence_queue,
             max_idle_ns=config.sequence_max_idle_ms * _NS_PER_MS,
-            timeout_ns=config.sequence_timeout_ms * _NS_PER_MS)
+            timeout_ns=config.sequence_timeout_ms * _NS_PER_MS, strict=strict_sequences)
 
     def drain(self) -> list[int]:
         """Take every waiting request id out (the model stops serving them)."""
@@ -187,8 +189,12 @@ class BrokerCore:
                  heartbeat_interval_ms: int = p.HEARTBEAT_INTERVAL_MS,
                  heartbeat_liveness: int = p.HEARTBEAT_LIVENESS,
                  scale_up_after_ns: int = 0, scale_down_after_ns: int = 0,
-                 cpu_limit: int | None = None, gpu_count: int = 0) -> None:
+                 cpu_limit: int | None = None, gpu_count: int = 0,
+                 zerobatch_answers: bool = False) -> None:
         self._aggregator_class = aggregator_class
+        #: zerobatch's own answers (--zerobatch-answers) where they differ from TorchServe's:
+        #: here, sequence batching's stricter rules (broker/sequences.py)
+        self.zerobatch_answers = zerobatch_answers
         #: autoscaling delays (0: off), and the cap for models whose workers run on the CPU
         self.scale_up_after_ns = scale_up_after_ns
         self.scale_down_after_ns = scale_down_after_ns
@@ -262,7 +268,8 @@ class BrokerCore:
                                                      and not config.device_ids)
             autoscaler = Autoscaler(self.scale_up_after_ns, self.scale_down_after_ns,
                                     self.cpu_limit if on_cpu else None)
-        queue = ModelQueue(config, aggregator, autoscaler)
+        queue = ModelQueue(config, aggregator, autoscaler,
+                           strict_sequences=self.zerobatch_answers)
         versions = self.models.setdefault(config.name, {})
         versions[config.version] = queue
         self.default_version.setdefault(config.name, config.version)
@@ -667,11 +674,13 @@ class BrokerCore:
                              meta: bytes, body: Any, now_ns: int, deadline_ns: int) -> None:
         """A request to a model with sequence batching: its meta is read for the sequence
         headers, and gets the id and start headers when it starts a sequence the broker
-        names (broker/sequences.py decides the rest)."""
+        names (broker/sequences.py decides the rest; the end header counts only when strict,
+        as TorchServe 0.12's sequence batching never reads it)."""
         content_type, headers, request_tag = p.parse_meta(meta)
         headers = headers or {}
         named = headers.get(SEQUENCE_ID_HEADER)
-        ends = str(headers.get(SEQUENCE_END_HEADER, "")).strip().lower() == "true"
+        ends = (queue.sequences.strict
+                and str(headers.get(SEQUENCE_END_HEADER, "")).strip().lower() == "true")
         request_id = self._next_request_id
         self._next_request_id = request_id + 1
         try:
@@ -708,9 +717,13 @@ class BrokerCore:
                 worker.batch = self._dispatch(queue, worker, [batch], now_ns)
 
     def _sequence_answers(self, worker: WorkerRecord, items: list, now_ns: int) -> list:
-        """The worker's answers, each with its sequence id as the `ts_request_sequence_id`
-        response header (unless the handler set one); the sequences may go on."""
-        sequence_ids = worker.model.sequences.answered(worker.identity, now_ns)
+        """The worker answered: the sequences may go on. Strict, each answer gets its
+        sequence id as the `ts_request_sequence_id` response header (unless the handler set
+        one); else the answers are the handler's, as TorchServe sends them."""
+        sequences = worker.model.sequences
+        sequence_ids = sequences.answered(worker.identity, now_ns)
+        if not sequences.strict:
+            return items
         items = list(items)
         for index, sequence_id in enumerate(sequence_ids):
             answer = _as_bytes(items[2 * index])
@@ -724,14 +737,16 @@ class BrokerCore:
 
     def _sequences_lost(self, queue: ModelQueue, worker: WorkerRecord, now_ns: int,
                         why: str) -> None:
-        """The sequences pinned to a lost worker lost their state: their waiting requests
-        are answered `worker_lost` (later ones naming them too: broker/sequences.py)."""
+        """The sequences pinned to a lost worker lost their state. Strict, their waiting
+        requests are answered `worker_lost` (later ones naming them too: broker/sequences.py);
+        else they go on, on the next worker free."""
         error = WorkerLost(f"worker {worker.worker_id} of model {queue.config.name}, which held "
                            f"this request's sequence, was lost ({why}); the sequence's state "
                            "is gone: start a new sequence")
         for request_id in queue.sequences.worker_lost(worker.identity, now_ns):
             client, rid, _meta, _body, _arrived_ns = queue.pending.pop(request_id)
             self.out_front.append([client] + p.encode_error(rid, *error.to_wire()))
+        self._schedule_sequences(queue, now_ns)
 
     # ------------------------------------------------------------------ back side
 
@@ -884,7 +899,7 @@ class BrokerCore:
         identity, rid = batch.requests[index]
         meta = _as_bytes(meta)
         sequences = worker.model.sequences
-        if sequences is not None:
+        if sequences is not None and sequences.strict:
             meta = p.add_reply_header(meta, SEQUENCE_ID_HEADER,
                                       sequences.running_ids(worker.identity)[index])
         self.out_front.append(p.encode_client_partial(identity, rid, meta, body))
@@ -945,15 +960,19 @@ class BrokerCore:
     def _autoscale(self, queue: ModelQueue, now_ns: int) -> None:
         """Ask the supervisor for one worker more or fewer where the autoscaler says so. A
         model counts as idle only with nothing waiting and no worker busy: a busy worker
-        counts as one request waiting (not a backlog, which is more than a batch)."""
-        queued = len(queue.aggregator) or int(len(queue.idle) < len(queue.workers))
+        counts as one request waiting (not a backlog, which is more than a batch). Requests
+        waiting in sequences (sequence batching) count too."""
+        waiting = len(queue.aggregator)
+        if queue.sequences is not None:
+            waiting += len(queue.sequences)
+        queued = waiting or int(len(queue.idle) < len(queue.workers))
         target = queue.autoscaler.decide(
             now_ns, queued=queued, batch_size=queue.config.batch_size,
             workers=queue.target_workers, minimum=queue.config.workers,
             maximum=queue.max_workers)
         if target is not None:
             log.info("model %s: autoscaling from %d to %d worker(s), %d waiting",
-                     queue.config.key, queue.target_workers, target, len(queue.aggregator))
+                     queue.config.key, queue.target_workers, target, waiting)
             queue.target_workers = target
             self.scale_requests.append((queue.config, target))
 

@@ -67,7 +67,8 @@ def model_figures(queue: Any, default: bool) -> dict[str, Any]:
         "model": config.name,
         "version": config.version,
         "default": default,
-        "queued": len(queue.aggregator),
+        "queued": len(queue.aggregator) + (0 if queue.sequences is None  # sequences' too
+                                           else len(queue.sequences)),
         "in_flight": in_flight,
         "workers": {"live": live, "desired": queue.target_workers, "min": config.workers,
                     "max": queue.max_workers},

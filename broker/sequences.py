@@ -11,9 +11,7 @@ sends, this module decides:
 - A request names its sequence with the `ts_request_sequence_id` header. Without one it starts
   a new sequence, whose id the broker makes (`ts-seq-<uuid4>`) and adds to the request's
   headers with `ts_request_sequence_start: true`, as TorchServe's front end does; an id this
-  model has not seen starts a new sequence under that id (the client chose it). BrokerCore
-  answers each request with its sequence id as the `ts_request_sequence_id` response header,
-  unless the handler set one.
+  model has no open sequence under starts a new sequence under that id (the client chose it).
 - A sequence is pinned to the worker that runs its first request, for its whole life: its
   state lives in that worker's handler. A worker takes new sequences up to its share of the
   open ones (ceil(open / workers)), so sequences spread over the workers.
@@ -23,14 +21,32 @@ sends, this module decides:
 - Bounds, as TorchServe has them: a sequence holds one request running (or next) and up to
   `maxSequenceJobQueueSize` more waiting; at most max(`maxNumSequence`, batchSize × maxWorkers)
   sequences are open at once. Beyond either, a request is refused (503, QueueFull).
-- A sequence ends after the answer to a request that carries `ts_request_sequence_end: true`;
-  it expires once it has had nothing waiting or running for `sequenceMaxIdleMSec`, or
-  `sequenceTimeoutMSec` after it started (0: never; requests accepted before still run).
-- When its worker is lost, the sequence's state is gone with it: its waiting requests are
-  answered `worker_lost`, and so are later requests naming it.
-- An ended, expired or lost sequence's id is remembered (at most GONE_REMEMBERED ids, for
-  GONE_REMEMBERED_NS): a request naming it is refused rather than silently starting over
-  without the state the client expects. After that the id is free again.
+- A sequence expires once it has had nothing waiting or running for `sequenceMaxIdleMSec`, or
+  once it has nothing waiting or running after `sequenceTimeoutMSec` from its start (0:
+  never; until then it still takes requests, as TorchServe's JobGroup does). A later request
+  naming its id starts a new sequence under that id, as in TorchServe 0.12 (its
+  SequenceBatching drops an expired JobGroup, and Model.addJob makes a new one).
+- The `ts_request_sequence_end` header is the handler's business: TorchServe 0.12's plain
+  sequence batching never reads it (only SequenceContinuousBatching does), so the sequence
+  goes on.
+- When its worker is lost, the request it ran is answered `worker_lost` (BrokerCore) and the
+  sequence goes on without its state: its waiting and later requests go to whichever worker
+  takes it next. (TorchServe 0.12 has no answer to copy there: it never restarts a lost
+  sequence-batching worker, and the sequence's later requests wait for ever.)
+
+`strict` (zerobatch's own answers, `--zerobatch-answers`) changes the last three, so that no
+request runs without the state its client expects:
+
+- a sequence ends after the answer to a request carrying `ts_request_sequence_end: true`;
+- a timed-out sequence takes no new request; a lost worker's sequences close, and their
+  waiting requests are answered `worker_lost`;
+- an ended, expired or lost sequence's id is remembered (at most GONE_REMEMBERED ids, for
+  GONE_REMEMBERED_NS): a request naming it is refused rather than silently starting over.
+  After that the id is free again.
+
+(BrokerCore, with `strict`, also answers each request with its sequence id as the
+`ts_request_sequence_id` response header unless the handler set one; TorchServe leaves that to
+the handler.)
 
 Each waiting request also keeps its deadline: one that passes in the queue is answered
 `deadline_exceeded`, as the aggregator does for other models.
@@ -121,9 +137,11 @@ class Sequences:
     """The sequences of one model version; see the module docstring."""
 
     def __init__(self, *, batch_size: int, max_sequences: int, max_queued: int,
-                 max_idle_ns: int, timeout_ns: int = 0,
+                 max_idle_ns: int, timeout_ns: int = 0, strict: bool = False,
                  new_id: Callable[[], str] = new_sequence_id) -> None:
         self.batch_size = batch_size
+        #: zerobatch's stricter rules (see the module docstring); TorchServe's when False
+        self.strict = strict
         self.max_sequences = max_sequences
         self.max_queued = max_queued
         self.max_idle_ns = max_idle_ns
@@ -158,13 +176,18 @@ class Sequences:
     def open_count(self) -> int:
         return len(self._open)
 
+    def __contains__(self, sequence_id: object) -> bool:
+        """Whether a sequence is open under this id."""
+        return sequence_id in self._open
+
     # ------------------------------------------------------------------ arrivals
 
     def admit(self, sequence_id: str | None, request_id: int, deadline_ns: int, ends: bool,
               now_ns: int) -> tuple[str, bool]:
         """Queue a request in its sequence: (sequence id, whether this request started a
         sequence whose id the broker made). SequenceRefused when it cannot be taken;
-        BadRequest for an id longer than MAX_SEQUENCE_ID_CHARS."""
+        BadRequest for an id longer than MAX_SEQUENCE_ID_CHARS. `ends` (the end header) is
+        read only when strict."""
         made = not sequence_id
         if made:
             sequence_id = self._new_id()
@@ -178,21 +201,22 @@ class Sequences:
                 self._expire_sequences(now_ns)  # it may have just run out of time
                 sequence = self._open.get(sequence_id)
             if sequence is None:
-                self._forget_gone(now_ns)
-                gone = self._gone.get(sequence_id)
-                if gone is not None:
-                    raise SequenceRefused(gone[0], sequence_id)
+                if self.strict:
+                    self._forget_gone(now_ns)
+                    gone = self._gone.get(sequence_id)
+                    if gone is not None:
+                        raise SequenceRefused(gone[0], sequence_id)
                 sequence = self._start(sequence_id, now_ns)
             elif sequence.ending:
                 raise SequenceRefused(ENDED, sequence_id)
-            elif sequence.timed_out:
+            elif sequence.timed_out and self.strict:
                 raise SequenceRefused(EXPIRED, sequence_id)
             elif len(sequence.waiting) + (sequence.running is not None) > self.max_queued:
                 raise SequenceRefused(QUEUE_FULL, sequence_id)
         sequence.waiting.append((request_id, deadline_ns))
         self._waiting_in[request_id] = sequence
         heapq.heappush(self._deadlines, (deadline_ns, request_id))
-        if ends:
+        if ends and self.strict:
             sequence.ending = True
         self._quiet.pop(sequence, None)
         if sequence.running is None:
@@ -297,19 +321,27 @@ class Sequences:
     # ------------------------------------------------------------------ losses and timers
 
     def worker_lost(self, worker: Hashable, now_ns: int) -> list[int]:
-        """The worker is gone, and the state of every sequence pinned to it: those close
-        (LOST) and their waiting request ids are returned, to be answered `worker_lost` (the
-        caller answers the batch it ran)."""
+        """The worker is gone, and the state of every sequence pinned to it (the caller
+        answers the batch it ran). Strict: those sequences close (LOST) and their waiting
+        request ids are returned, to be answered `worker_lost`. Else they go on, unpinned:
+        the next worker free takes them; [] is returned."""
         self._running.pop(worker, None)
         self._ready.pop(worker, None)
         self._pinned.pop(worker, None)
-        failed = []
+        failed: list[int] = []
         for sequence in [s for s in self._open.values() if s.worker == worker]:
+            sequence.running = None
+            if not self.strict:
+                sequence.worker = None
+                if sequence.waiting:
+                    self._unpinned[sequence] = None
+                else:
+                    self._settle(sequence, now_ns)
+                continue
             for request_id, _deadline_ns in sequence.waiting:
                 del self._waiting_in[request_id]
                 failed.append(request_id)
             sequence.waiting.clear()
-            sequence.running = None
             self._close(sequence, LOST, now_ns)
         return failed
 
@@ -383,8 +415,9 @@ class Sequences:
         worker = sequence.worker
         if worker is not None and worker in self._pinned:
             self._pinned[worker] -= 1
-        self._gone.pop(sequence_id, None)
-        self._gone[sequence_id] = (why, now_ns)
+        if self.strict:
+            self._gone.pop(sequence_id, None)
+            self._gone[sequence_id] = (why, now_ns)
 
     def drain(self) -> list[int]:
         """Every waiting request id, taken out (the model stops: shutdown, unregistration, a

@@ -128,7 +128,7 @@ def send_together(server, model: str, bodies: list[bytes], content_type: str) ->
 def test_one_request_answers_as_torchserve(server):
     stored = load("micro_batching")["single"]
     status, headers, answer = server.predict(recorded_case.MODEL_NAME, body(stored["request"]))
-    assert_same_answer(status, headers, answer, stored, header_names=())
+    assert_same_answer(status, headers, answer, stored)
 
 
 def test_a_batch_answers_as_torchserve(server):
@@ -139,7 +139,7 @@ def test_a_batch_answers_as_torchserve(server):
                             [body(stored[case]["request"]) for case in cases],
                             "application/json")
     for case, (status, headers, answer) in zip(cases, answers, strict=True):
-        assert_same_answer(status, headers, answer, stored[case], header_names=())
+        assert_same_answer(status, headers, answer, stored[case])
 
 
 def test_an_example_style_image_classifier_answers_each_request_in_order(server):

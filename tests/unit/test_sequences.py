@@ -1,5 +1,6 @@
 """broker/sequences.py: pinning, order, one request in flight, batching across sequences,
-bounds, expiry (the clock passed in), the end header, lost workers."""
+bounds, expiry (the clock passed in), the end header, lost workers; TorchServe's rules by
+default, and zerobatch's stricter ones (`strict`, --zerobatch-answers)."""
 
 from __future__ import annotations
 
@@ -120,8 +121,8 @@ def test_at_most_max_sequences_are_open():
     admit(seqs, "a", 5)  # an open one still takes requests
 
 
-def test_an_idle_sequence_expires_after_max_idle_and_is_refused():
-    seqs = book(max_idle_ns=100 * MS)
+def test_an_idle_sequence_expires_after_max_idle_and_is_refused_when_strict():
+    seqs = book(max_idle_ns=100 * MS, strict=True)
     admit(seqs, "a", 1, 0)
     seqs.next_batch("w1", 1)
     seqs.answered("w1", 10 * MS)
@@ -137,15 +138,25 @@ def test_an_idle_sequence_expires_after_max_idle_and_is_refused():
 
 
 def test_expiry_is_seen_at_arrival_without_a_tick():
-    seqs = book(max_idle_ns=100 * MS)
+    seqs = book(max_idle_ns=100 * MS, strict=True)
     admit(seqs, "a", 1, 0)
     seqs.next_batch("w1", 1)
     seqs.answered("w1", 0)
     assert refused_reason(seqs, "a", 2, 100 * MS) == EXPIRED
 
 
+def test_an_expired_id_starts_a_new_sequence_by_default():
+    seqs = book(max_idle_ns=100 * MS)
+    admit(seqs, "a", 1, 0)
+    assert seqs.next_batch("w1", 2) == [1]
+    seqs.answered("w1", 0)
+    assert admit(seqs, "a", 2, 100 * MS) == ("a", False)  # expired at arrival: a new one
+    assert seqs.open_count == 1
+    assert seqs.next_batch("w2", 2) == [2]  # not pinned to w1 any more
+
+
 def test_a_sequence_times_out_after_sequence_timeout_but_finishes_what_it_took():
-    seqs = book(max_idle_ns=1000 * MS, timeout_ns=100 * MS)
+    seqs = book(max_idle_ns=1000 * MS, timeout_ns=100 * MS, strict=True)
     admit(seqs, "a", 1, 0)
     admit(seqs, "a", 2, 50 * MS)
     assert seqs.next_wakeup_ns() == 100 * MS
@@ -159,8 +170,22 @@ def test_a_sequence_times_out_after_sequence_timeout_but_finishes_what_it_took()
     assert refused_reason(seqs, "a", 4, 130 * MS) == EXPIRED
 
 
-def test_the_end_header_closes_the_sequence_after_that_request():
-    seqs = book()
+def test_by_default_a_timed_out_sequence_takes_requests_until_it_has_none_then_starts_over():
+    seqs = book(max_idle_ns=1000 * MS, timeout_ns=100 * MS)
+    admit(seqs, "a", 1, 0)
+    assert seqs.next_batch("w1", 2) == [1]
+    seqs.expire(100 * MS)
+    admit(seqs, "a", 2, 100 * MS)  # TorchServe's JobGroup still takes jobs
+    seqs.answered("w1", 110 * MS)
+    assert seqs.next_batch("w1", 2) == [2]
+    seqs.answered("w1", 120 * MS)
+    assert seqs.open_count == 0  # nothing left: it closed
+    assert admit(seqs, "a", 3, 130 * MS) == ("a", False)
+    assert seqs.open_count == 1 and seqs.next_wakeup_ns() == 230 * MS  # a new start
+
+
+def test_the_end_header_closes_the_sequence_after_that_request_when_strict():
+    seqs = book(strict=True)
     admit(seqs, "a", 1)
     admit(seqs, "a", 2, ends=True)
     assert refused_reason(seqs, "a", 3) == ENDED
@@ -174,8 +199,20 @@ def test_the_end_header_closes_the_sequence_after_that_request():
     assert admit(seqs, None, 5) == ("made-1", True)  # a new one may start
 
 
-def test_a_lost_worker_takes_its_sequences_with_it():
+def test_the_end_header_is_ignored_by_default():
     seqs = book()
+    admit(seqs, "a", 1, ends=True)
+    admit(seqs, "a", 2)
+    assert seqs.next_batch("w1", 1) == [1]
+    seqs.answered("w1", 0)
+    assert seqs.next_batch("w1", 1) == [2]
+    seqs.answered("w1", 0)
+    assert seqs.open_count == 1
+    assert admit(seqs, "a", 3) == ("a", False)
+
+
+def test_a_lost_worker_takes_its_sequences_with_it_when_strict():
+    seqs = book(strict=True)
     for request_id, sequence_id in enumerate("abcd", 1):
         admit(seqs, sequence_id, request_id)
     assert seqs.next_batch("w1", 2) == [1, 2]  # a, b
@@ -187,6 +224,21 @@ def test_a_lost_worker_takes_its_sequences_with_it():
     assert refused_reason(seqs, "b", 8) == LOST
     assert seqs.answered("w2", 0) == ["c", "d"]
     assert seqs.next_batch("w2", 1) == [6]
+
+
+def test_by_default_a_lost_workers_sequences_go_on_on_another_worker():
+    seqs = book()
+    for request_id, sequence_id in enumerate("abcd", 1):
+        admit(seqs, sequence_id, request_id)
+    assert seqs.next_batch("w1", 2) == [1, 2]  # a, b
+    assert seqs.next_batch("w2", 2) == [3, 4]  # c, d
+    admit(seqs, "a", 5)
+    assert seqs.worker_lost("w1", 0) == []  # 1 and 2 are the caller's to answer
+    assert seqs.open_count == 4 and len(seqs) == 1
+    admit(seqs, "b", 6)
+    seqs.answered("w2", 0)
+    assert sorted(seqs.next_batch("w3", 2)) == [5, 6]  # a and b, on the new worker
+    assert seqs.running_ids("w3") == ["a", "b"]
 
 
 def test_a_waiting_request_past_its_deadline_is_taken_out_and_the_sequence_goes_on():
@@ -202,7 +254,7 @@ def test_a_waiting_request_past_its_deadline_is_taken_out_and_the_sequence_goes_
 
 
 def test_gone_ids_are_forgotten_after_a_while():
-    seqs = book(max_idle_ns=MS)
+    seqs = book(max_idle_ns=MS, strict=True)
     admit(seqs, "a", 1)
     seqs.next_batch("w1", 1)
     seqs.answered("w1", 0)
@@ -247,14 +299,16 @@ OPERATIONS = st.lists(st.one_of(
 ), max_size=80)
 
 
+@pytest.mark.parametrize("strict", [False, True])
 @settings(max_examples=300, deadline=None)
-@given(OPERATIONS)
-def test_random_operations_keep_the_promises(operations):
+@given(operations=OPERATIONS)
+def test_random_operations_keep_the_promises(operations, strict):
     """Whatever happens: a batch has at most one request per sequence and at most
-    batch_size; a sequence's requests run in arrival order, one at a time, on one worker; and
-    every request taken in comes out exactly once (run, expired, failed with its worker)."""
+    batch_size; a sequence's requests run in arrival order, one at a time, on one worker (on
+    another only after that one was lost, by default); and every request taken in comes out
+    exactly once (run, expired, failed with its worker)."""
     seqs = book(batch_size=3, max_sequences=4, max_queued=2, max_idle_ns=20 * MS,
-                timeout_ns=60 * MS)
+                timeout_ns=60 * MS, strict=strict)
     now_ns = 0
     request_ids = itertools.count(1)
     sequence_of: dict[int, str] = {}
@@ -294,9 +348,14 @@ def test_random_operations_keep_the_promises(operations):
         elif kind == "lose":
             running.pop(operation[1], None)
             out += seqs.worker_lost(operation[1], now_ns)
+            if not strict:
+                worker_of = {name: worker for name, worker in worker_of.items()
+                             if worker != operation[1]}
         else:
             now_ns += operation[1] * MS
             out += seqs.expire(now_ns)
+        if not strict:  # an id whose sequence closed may start a new one, anywhere
+            worker_of = {name: worker for name, worker in worker_of.items() if name in seqs}
         in_flight = [request_id for batch in running.values() for request_id in batch]
         flying = [sequence_of[request_id] for request_id in in_flight]
         assert len(set(flying)) == len(flying)  # one request of a sequence in flight
