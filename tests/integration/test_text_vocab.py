@@ -5,14 +5,15 @@ examples/text_classification/train.py: `build_vocab_from_iterator(..., specials=
 torchtext.
 
 torchtext cannot be installed beside the torch the tests run (its last release, 0.18, is built
-for torch 2.3), so the vocab files are made here by `torch.save` of classes that pickle as
-torchtext's do, as read in torchtext 0.18's source: `torchtext.vocab.vocab.Vocab`, an
-nn.Module whose `vocab` attribute is the C++ `torchtext._torchtext.Vocab`, which pybind11
-pickles through its `__getstate__`: (version "0.0.2", [default index] or [], tokens in id
-order, []). torchtext 0.10/0.11 named the module class `torchtext.vocab.Vocab`; torchtext
-<= 0.9 (and `torchtext.legacy`) pickled a plain object with `freqs`, `itos`, `stoi`,
-`unk_index` and `vectors`. TorchServe itself cannot serve these archives here either (its
-text handler imports torchtext), so there is no recorded TorchServe answer to compare with.
+for torch 2.3). One file saved by torchtext 0.18 itself is kept as test data
+(tests/data/torchtext/, made by tests/torchserve/make_torchtext_vocab.py; TorchServe's answers
+over it: tests/integration/test_text_classifier_answers.py); the other formats are made here
+by `torch.save` of classes that pickle as torchtext's do, as read in torchtext 0.18's source:
+`torchtext.vocab.vocab.Vocab`, an nn.Module whose `vocab` attribute is the C++
+`torchtext._torchtext.Vocab`, which pybind11 pickles through its `__getstate__`: (version
+"0.0.2", [default index] or [], tokens in id order, []). torchtext 0.10/0.11 named the module
+class `torchtext.vocab.Vocab`; torchtext <= 0.9 (and `torchtext.legacy`) pickled a plain
+object with `freqs`, `itos`, `stoi`, `unk_index` and `vectors`.
 """
 
 from __future__ import annotations

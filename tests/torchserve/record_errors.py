@@ -14,11 +14,10 @@ request header picks a failure or an odd result. TorchServe runs with a queue of
 per model and `max_request_size` MAX_REQUEST_BYTES, so that a full queue and a body too large
 are answered deterministically; the tests start zerobatch with the same limits.
 
-An unreadable image: TorchServe's image_classifier needs torchvision, which its recording
-environment lacks (no CPU build of it could be installed there), so the `image` case runs what
-ts.torch_handler.vision_handler's preprocess runs first (PIL's Image.open of the body), which
-raises the same exception there; the tests send the same body to zerobatch's default
-image_classifier.
+An unreadable image: the `image` case runs what ts.torch_handler.vision_handler's preprocess
+runs first (PIL's Image.open of the body), which raises the same exception there; the tests
+send the same body to zerobatch's default image_classifier. TorchServe's own image_classifier
+gave the same answer when recorded with torchvision (tests/torchserve/record_explanations.py).
 """
 
 from __future__ import annotations

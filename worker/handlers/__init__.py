@@ -1,4 +1,5 @@
-"""TorchServe's default handlers, on torch, Pillow and numpy (no torchvision, no captum).
+"""TorchServe's default handlers, on torch, Pillow and numpy (no torchvision; Captum only
+for explanations, imported at the first).
 
 One handler a module, each a `BaseHandler` subclass named as in TorchServe, selectable by
 name in the manifest (`"handler": "image_classifier"`) and importable as
@@ -10,4 +11,5 @@ name in the manifest (`"handler": "image_classifier"`) and importable as
 - `object_detector`: boxes, labels and scores above a threshold;
 - `text_handler`, `text_classifier`: text cleanup, token ids, class probabilities;
 - `transforms`: the few image transforms the handlers need, as torchvision computes them.
+- `insights`: the Captum objects of the explanations (`get_insights`), built when first used.
 """

@@ -7,6 +7,13 @@ the ids of the whole batch concatenated and one offset per text (TorchServe runs
 first request of a batch; we run them all). Each answer is a {label: probability} dict of
 every class, labels from `index_to_name.json` else the class index as a string. A body that
 is not text fails the request as TorchServe's decode error does (503 "Prediction failed").
+
+An explanation (`get_insights`) is TorchServe's, for each text: Captum's Layer Integrated
+Gradients (`self.lig`, 50 steps) of the model's output `target` over its `embedding` layer,
+the text's token ids against a reference of as many id-0 tokens, called with the offsets [0];
+the answer is {"importances": TorchServe's `summarize_attributions` of them, as nested lists,
+"words": the cleaned tokens}. TorchServe explains only the first text of a batch; here each
+text of the batch gets its own answer, all for the first request's target.
 """
 
 from __future__ import annotations
@@ -51,6 +58,24 @@ class TextClassifier(TextHandler):
     def inference(self, data: Any, *args: Any, **kwargs: Any) -> Any:
         ids, offsets = data[0], data[1]
         return super().inference(ids, offsets, *args, **kwargs)
+
+    def get_insights(self, text_preprocess: Any, _inputs: Any = None, target: Any = 0) -> list:
+        """One {"importances", "words"} answer per text of the batch (see the module
+        docstring)."""
+        ids, offsets, all_tokens = text_preprocess
+        ends = [*offsets.tolist()[1:], len(ids)]
+        bag_offsets = torch.tensor([0], device=self.device)
+        answers = []
+        for start, end, tokens in zip(offsets.tolist(), ends, all_tokens, strict=True):
+            text_ids = ids[start:end]
+            reference = torch.zeros(end - start, dtype=torch.long,
+                                    device=self.device).squeeze(0)
+            attributions = self.lig.attribute(text_ids, reference,
+                                              additional_forward_args=bag_offsets,
+                                              return_convergence_delta=False, target=target)
+            answers.append({"importances": self.summarize_attributions(attributions).tolist(),
+                            "words": self.get_word_token(tokens)})
+        return answers
 
     def postprocess(self, data: Any) -> list:
         return map_class_to_label(torch.softmax(data, dim=1).tolist(), self.mapping)

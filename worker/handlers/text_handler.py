@@ -10,6 +10,11 @@ TorchServe's archives ship it (`source_vocab.pt`, a torchtext Vocab read without
 the token modulo `vocab_size`, taken from `handler: {vocab_size: N}` in `model-config.yaml`,
 else the row count of the model's first parameter whose name contains "embedding". Hashing
 needs a model trained the same way.
+
+For explanations, `self.lig` is TorchServe's Captum LayerIntegratedGradients over
+`self.model.embedding`, built at the first read rather than in `initialize` (Captum is
+optional and slow to import: see `insights`); `summarize_attributions` and `get_word_token`
+are TorchServe's helpers of the same names.
 """
 
 from __future__ import annotations
@@ -20,8 +25,11 @@ import unicodedata
 import zlib
 from typing import Any, Iterable, Iterator
 
+import torch
+
 from zerobatch.worker.base_handler import BaseHandler
 from zerobatch.worker.compat.util import CLEANUP_REGEX
+from zerobatch.worker.handlers.insights import CaptumAttribution, layer_integrated_gradients
 from zerobatch.worker.handlers.vocab import (
     UNKNOWN_TOKEN,
     VOCAB_JSON,
@@ -60,6 +68,9 @@ def ngrams_iterator(tokens: list[str], ngrams: int) -> Iterator[str]:
 
 class TextHandler(BaseHandler):
     """Base class of the text handlers: cleanup, tokens and token ids."""
+
+    #: Captum's LayerIntegratedGradients over the model's `embedding`, built when first read
+    lig = CaptumAttribution(layer_integrated_gradients)
 
     def initialize(self, context: Any) -> None:
         super().initialize(context)
@@ -101,6 +112,19 @@ class TextHandler(BaseHandler):
                 unknown = vocab.get(UNKNOWN_TOKEN, 0)
             return [vocab.get(token, unknown) for token in tokens]
         return [zlib.crc32(token.encode("utf-8")) % self.vocab_size for token in tokens]
+
+    # ---- TorchServe's explanation helpers
+    def get_word_token(self, input_tokens: list[str]) -> list[str]:
+        """The tokens without the "\u0120" space marker of byte-level BPE tokenizers."""
+        return [token.replace("\u0120", "") for token in input_tokens]
+
+    def summarize_attributions(self, attributions: Any) -> Any:
+        """TorchServe's summary: a softmax over the attributions (on dim 0 for 1-D and 3-D
+        tensors, else dim 1, where torch puts an implicit softmax), divided by the norm of
+        their sums over the last dim."""
+        dim = 0 if attributions.dim() in (0, 1, 3) else 1
+        attributions = torch.softmax(attributions, dim=dim)
+        return attributions / torch.norm(attributions.sum(dim=-1))
 
     # ---- loading
     def _load_vocab(self, model_dir: str) -> SourceVocab | None:
