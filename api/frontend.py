@@ -47,15 +47,25 @@ log = logging.getLogger("zerobatch.frontend")
 FD_MARGIN = 256
 
 
+#: what TorchServe's front end (NettyUtils) sends on every answer of its inference and
+#: management APIs: nothing in between may cache one (a GET /predictions is a prediction too)
+TORCHSERVE_ANSWER_HEADERS = (("cache-control", "no-cache; no-store, must-revalidate, private"),
+                             ("expires", "Thu, 01 Jan 1970 00:00:00 UTC"),
+                             ("pragma", "no-cache"))
+
+
 def build_server(config: FrontendConfig, fd: int | None) -> tuple[uvicorn.Server, list | None]:
     """The uvicorn server for config, and the inherited socket list to run it on (or None)."""
-    return http_server(create_app(config), config, fd)
+    return http_server(create_app(config), config, fd, TORCHSERVE_ANSWER_HEADERS)
 
 
-def http_server(app, config: FrontendConfig | ManagementConfig, fd: int | None
+def http_server(app, config: FrontendConfig | ManagementConfig, fd: int | None,
+                headers: tuple[tuple[str, str], ...] = ()
                 ) -> tuple[uvicorn.Server, list | None]:
     """A uvicorn server of app with config's address, HTTP limits, log level and TLS (the
-    front ends' and the management API's), and the inherited socket list (or None)."""
+    front ends' and the management API's), and the inherited socket list (or None).
+    `headers` go on every answer the app sends (uvicorn adds them to its head at no cost per
+    request beyond writing them)."""
     uv_config = uvicorn.Config(
         app,
         host=config.host,
@@ -75,6 +85,7 @@ def http_server(app, config: FrontendConfig | ManagementConfig, fd: int | None
         log_level=config.log_level.lower(),
         log_config=None,
         server_header=False,
+        headers=list(headers),
         proxy_headers=False,  # nothing here reads the client address: skip that middleware
         # TLS when a certificate is given: uvicorn wraps every listener in it, the inherited
         # socket too (loop.create_server(sock=..., ssl=...)); a bad file is a ConfigError

@@ -22,7 +22,7 @@ import sys
 import uvicorn
 
 from zerobatch.api.broker_control import BrokerControl
-from zerobatch.api.frontend import http_server, process_main
+from zerobatch.api.frontend import TORCHSERVE_ANSWER_HEADERS, http_server, process_main
 from zerobatch.api.management_app import create_management_app
 from zerobatch.config import ManagementConfig
 
@@ -36,7 +36,7 @@ def build_server(config: ManagementConfig, fd: int | None
                                 token_expiration_min=config.token_expiration_min,
                                 settings=config)
     app.add_middleware(control)
-    return http_server(app, config, fd)
+    return http_server(app, config, fd, TORCHSERVE_ANSWER_HEADERS)
 
 
 def main(argv: list[str] | None = None) -> int:

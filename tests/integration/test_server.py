@@ -65,6 +65,20 @@ def test_ping_and_predict_over_http(shared_server):
     assert (status, body) == (200, b"hello")
 
 
+def test_answers_carry_torchserves_caching_headers(shared_server):
+    """TorchServe's front end forbids caching every answer of its inference and management
+    APIs (a GET /predictions is a prediction too); the metrics API is left to itself."""
+    expected = {"cache-control": "no-cache; no-store, must-revalidate, private",
+                "expires": "Thu, 01 Jan 1970 00:00:00 UTC", "pragma": "no-cache"}
+    answers = [shared_server.predict("echo", b'{"x": 1}'), shared_server.http("GET", "/ping"),
+               shared_server.http("POST", "/predictions/no_such_model", b"x"),
+               shared_server.management("GET", "/models")]
+    for status, headers, body in answers:
+        assert {name: headers.get(name) for name in expected} == expected, (status, body)
+    _status, headers, _body = shared_server.metrics()
+    assert "pragma" not in headers
+
+
 def test_predict_over_zeromq(shared_server):
     with shared_server.client() as client:
         reply = client.predict("echo", {"a": 1}, timeout_ms=5000)

@@ -33,6 +33,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 ANSWERS_DIR = os.path.join(ROOT, "tests", "data", "torchserve_answers")
 #: where torchserve and torch-model-archiver 0.12.0 are installed (a venv's bin)
 TORCHSERVE_BIN = os.environ.get("TORCHSERVE_BIN", "/work/tsenv/bin")
+#: TorchServe's front end puts these on every answer (all but Netty's own 413s): compared
+#: wherever TorchServe sent them
+CACHE_HEADERS = ("cache-control", "expires", "pragma")
 #: headers that change from run to run, never compared
 VOLATILE_HEADERS = frozenset({"date", "x-request-id", "content-length", "connection"})
 
@@ -195,11 +198,14 @@ def body(answer: dict) -> bytes:
 
 def assert_same_answer(status: int, headers: dict, answer_body: bytes, recorded: dict,
                        header_names: tuple[str, ...] = ("content-type",)) -> None:
-    """Ours equals TorchServe's: the status, each header of header_names (lowercase) and the
-    body bytes."""
+    """Ours equals TorchServe's: the status, each header of header_names (lowercase), the
+    caching headers TorchServe sent (CACHE_HEADERS) and the body bytes."""
     assert status == recorded["status"], (status, recorded["status"], answer_body)
     ours = {k.lower(): v for k, v in headers.items()}
     for name in header_names:
         assert ours.get(name) == recorded["headers"].get(name), (name, ours.get(name),
                                                                  recorded["headers"].get(name))
+    for name in CACHE_HEADERS:
+        if name in recorded["headers"]:
+            assert ours.get(name) == recorded["headers"][name], (name, ours.get(name))
     assert answer_body == body(recorded), (answer_body, body(recorded))
