@@ -23,7 +23,7 @@ as JSON), where
 - client: the peer's "host:port" ("-" when the server does not know it);
 - path: the path as the client sent it (still percent-encoded), without the query string;
 - model, version: from a /predictions/MODEL[/VERSION[/URL_PATH]] or /explanations/... path,
-  else "-";
+  /models/MODEL/invoke or /MODEL[/VERSION]/predict, else "-";
 - status: the response's status (500 when the app failed before answering, 499 when it was
   cancelled first: the client went away);
 - bytes: the response body's length as sent (an int);
@@ -65,6 +65,8 @@ CLIENT_CLOSED = 499
 
 #: the paths that name a model and a version (TorchServe's, then the url_path after them)
 _MODEL_PATHS = ("/predictions/", "/explanations/")
+#: first segments that are never a model of the legacy /MODEL/predict path
+_RESERVED = frozenset({"models", "invocations", ""})
 _REQUEST_ID = b"x-request-id"
 
 Scope = dict[str, Any]
@@ -97,13 +99,20 @@ def utc_time(epoch_s: float) -> str:
 
 def model_and_version(path: str) -> tuple[str, str]:
     """(model, version) of a /predictions or /explanations path (what follows the version is
-    its url_path), "-" for what it does not name."""
+    its url_path), of /models/MODEL/invoke and of the legacy /MODEL[/VERSION]/predict; "-"
+    for what it does not name (/invocations names its model in the query)."""
     for prefix in _MODEL_PATHS:
         if path.startswith(prefix):
+            parts = path[len(prefix):].split("/", 2)
             break
     else:
-        return "-", "-"
-    parts = path[len(prefix):].split("/", 2)
+        parts = path.rstrip("/").split("/")
+        if len(parts) == 4 and parts[1] == "models" and parts[3] == "invoke":
+            parts = parts[2:3]
+        elif 3 <= len(parts) <= 4 and parts[-1] == "predict" and parts[1] not in _RESERVED:
+            parts = parts[1:-1]
+        else:
+            return "-", "-"
     model = safe_field(parts[0]) if parts[0] else "-"
     version = safe_field(parts[1]) if len(parts) >= 2 and parts[1] else "-"
     return model, version

@@ -8,13 +8,18 @@
     POST /predictions/{model_name}/{model_version}
     POST /predictions/{model_name}/{model_version}/{url_path...}
     POST /explanations/...                       the same three, as explanations
-    (PUT is accepted on all, as TorchServe does)
+    POST /invocations?model_name=...             SageMaker's, and the two below: the query's
+    POST /models/{model_name}/invoke             parameters reach the handler as fields
+    POST /{model_name}[/{model_version}]/predict (api/inference_routes.py)
+    (GET, PUT, DELETE, PATCH and HEAD predict as POST on all, as TorchServe's do; OPTIONS
+    answers the model's own API description)
 
 As TorchServe's front end does, a prediction carries the request headers `url_path` (the
 path after the version, "" without one) and `explain` ("True" on /explanations, else
 "False"), set over any the client sent (PredictionsResource.forward, api/explanations.py).
 
-With token authorization on (config.key_file set), a prediction needs the inference key,
+With token authorization on (config.key_file set), a prediction (OPTIONS too) needs the
+inference key,
 `Authorization: Bearer <key>`, checked before its body is read; without it the answer is
 TorchServe's 400 InvalidKeyException. /ping, /ready and the OpenAPI description need no key
 (api/token_auth.py says why).
@@ -69,7 +74,6 @@ import falcon.asgi
 from zerobatch import __version__, logs, tracing
 from zerobatch.api.access_log import ACCESS_LOGGER, AccessLog
 from zerobatch.api.aio_client import AsyncClient, ReplyStream
-from zerobatch.api.explanations import ExplanationsResource
 from zerobatch.api.http_helpers import (
     REQUEST_ID_HEADER,
     TIMEOUT_HEADER,
@@ -81,6 +85,7 @@ from zerobatch.api.http_helpers import (
     timeout_from_header,
     valid_request_id,
 )
+from zerobatch.api.inference_routes import ModelApi, Prepare, add_inference_routes
 from zerobatch.api.kserve_v1 import add_kserve_v1_routes
 from zerobatch.api.management_app import ApiDescriptionResource
 from zerobatch.api.management_helpers import JSON, openapi, ts_json
@@ -199,6 +204,8 @@ class PredictionsResource:
         #: zerobatch's own error answers instead of TorchServe's (--zerobatch-answers)
         self._zerobatch_answers = config.zerobatch_answers
         self._metrics = metrics
+        #: OPTIONS: the model's own API description (api/inference_routes.py)
+        self.model_api = ModelApi(holder, config)
         #: traced(predict, req, resp, model, version): predict inside the request's span when
         #: tracing is on (api.request_tracing, only imported then), else None
         self._traced: Callable[..., Awaitable[None]] | None = None
@@ -212,7 +219,26 @@ class PredictionsResource:
                       url_path: str = "") -> None:
         await self.forward(req, resp, model_name, model_version, url_path, explain=False)
 
-    on_put = on_post
+    # TorchServe predicts whatever the method (OPTIONS apart: on_options)
+    on_get = on_put = on_delete = on_patch = on_head = on_post
+
+    async def on_options(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
+                         model_name: str, model_version: str | None = None,
+                         url_path: str = "") -> None:
+        await self.model_api.answer(req, resp, model_name, model_version)
+
+    async def send(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
+                   model_name: str, model_version: str | None, added: dict[str, str],
+                   prepare: Prepare) -> None:
+        """Send a prediction with `added` over the request's headers, once `prepare`, given
+        the body, has named its model and made the body the worker gets (/invocations and
+        the other routes of api/inference_routes.py)."""
+        predict = functools.partial(self._predict, prepare=prepare)
+        if self._traced is None:
+            await predict(req, resp, model_name, model_version, {**req.headers, **added})
+        else:
+            await self._traced(functools.partial(_predict_adding, predict, added),
+                               req, resp, model_name, model_version)
 
     async def forward(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
                       model_name: str, model_version: str | None, url_path: str,
@@ -230,11 +256,12 @@ class PredictionsResource:
 
     async def _predict(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
                        model_name: str, model_version: str | None,
-                       forwarded: dict[str, str]) -> None:
+                       forwarded: dict[str, str], prepare: Prepare | None = None) -> None:
         """Answer one prediction; forwarded: the headers the worker gets (a copy of the
-        request's with url_path and explain; traced, it carries the front end's span too)."""
+        request's with url_path and explain; traced, it carries the front end's span too);
+        prepare: see send."""
         start_ns = monotonic_ns()
-        if not model_name:  # /predictions/ or /predictions/%2F: no model is named ""
+        if not model_name and prepare is None:  # /predictions/%2F: no model is named ""
             raise falcon.HTTPRouteNotFound()
         headers = req.headers
         check = self._check  # before the body is read: nothing of a refused one is buffered
@@ -252,6 +279,10 @@ class PredictionsResource:
             timeout_ms = (self._default_timeout_ms if timeout is None
                           else timeout_from_header(timeout, self._default_timeout_ms))
             body = await read_body(req, self._limit)
+            content_type = headers.get("content-type") or OCTET_STREAM
+            if prepare is not None:
+                model_name, body, content_type = await prepare(req, model_name, body,
+                                                               content_type)
         except ServingError as exc:
             self._refuse(req, resp, exc, model_name, model_version)
             return
@@ -261,7 +292,7 @@ class PredictionsResource:
         try:
             reply = await self._holder.get().predict_or_stream(
                 model_name, body, version=model_version, timeout_ms=timeout_ms,
-                content_type=headers.get("content-type") or OCTET_STREAM, headers=forwarded,
+                content_type=content_type, headers=forwarded,
                 request_id=request_id)
         except ServingError as exc:
             if metrics is not None and not isinstance(exc, ModelNotFound):
@@ -329,12 +360,12 @@ def create_app(config: FrontendConfig, client: AsyncClient | None = None,
     app.add_route("/ping", PingResource(holder))
     app.add_route("/ready", ReadyResource(holder))
     predictions = PredictionsResource(holder, config, metrics)
-    explanations = ExplanationsResource(predictions)  # api/explanations.py
-    for resource, prefix in ((predictions, "/predictions"), (explanations, "/explanations")):
-        app.add_route(prefix + "/{model_name}", resource)
-        app.add_route(prefix + "/{model_name}/{model_version}", resource)
-        # TorchServe's url_path: whatever follows the version, handed on as a header
-        app.add_route(prefix + "/{model_name}/{model_version}/{url_path:path}", resource)
+    app.add_route("/predictions/{model_name}", predictions)
+    app.add_route("/predictions/{model_name}/{model_version}", predictions)
+    # TorchServe's url_path: whatever follows the version, handed on as a header
+    app.add_route("/predictions/{model_name}/{model_version}/{url_path:path}", predictions)
+    # /explanations, /invocations, /models/{m}/invoke, /{m}[/{v}]/predict
+    add_inference_routes(app, predictions, predictions.model_api)
     add_open_inference_routes(app, holder, config, metrics)  # KServe v2 (open_inference.py)
     add_kserve_v1_routes(app, holder, config)  # KServe v1 (api/kserve_v1.py)
     app.set_error_serializer(http_error_serializer)

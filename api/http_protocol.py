@@ -15,8 +15,9 @@ event before it routes a request, and that await is when uvicorn answers `Expect
 100-continue` (which curl sends for large uploads) with `100 Continue`. So a client would
 upload a body of any size only to be answered 413 after its first chunk. Here, a request that
 asks for `100-continue` and declares a Content-Length over `max_body_bytes` is answered 413 at
-once, in the front end's JSON shape, and its connection is closed, so nothing it sends
-afterwards is read as a next request.
+once, as TorchServe's Netty (HttpObjectAggregator) answers it: no body, no Content-Type,
+`content-length: 0`; and its connection is closed (where Netty keeps it open and drops what
+follows), so nothing it sends afterwards is read as a next request.
 
 It bounds how long a client may take to send a request. uvicorn times out an idle keep-alive
 connection after a response, but nothing else: a connection that never sends a byte, or sends
@@ -46,12 +47,13 @@ the parser kept once it is whole. The trailer fields of a chunked body count the
 It caps the connections one front end holds at `max_connections`: one beyond is answered
 503 at once and closed, before anything is read from it.
 
-Every refusal (400 for a request the parser rejects, 408, 413 above, 431, 503) is a whole
-response in the front end's JSON shape, with `connection: close`, and is sent only after the
-answers to the requests received before it on the connection, in order; nothing sent after
-it is taken as a request. Refusals are counted, not logged one by one: the first of a kind at
-once at WARNING, then at most one line per kind every REFUSAL_LOG_INTERVAL_S with the count
-since the line before, so a flood does not flood the log.
+Every refusal (400 for a request the parser rejects, 408, 431, 503; and 413 above, without a
+body) is a whole response in the front end's JSON shape, with `connection: close`, and is
+sent only after the answers to the requests received before it on the connection, in order;
+nothing sent after it is taken as a request. Refusals are counted, not logged one by one:
+the first of a kind at once at WARNING, then at most one line per kind every
+REFUSAL_LOG_INTERVAL_S with the count since the line before, so a flood does not flood the
+log.
 
 What a request pays for all this: a few attribute tests and stores in the callbacks it runs
 through anyway, one overridden `data_received` around the parser, and one read of the loop's
@@ -69,7 +71,7 @@ from typing import Any
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from zerobatch.api.http_helpers import JSON, body_too_large, error_body
+from zerobatch.api.http_helpers import JSON, error_body
 from zerobatch.errors import (
     BadRequest,
     HeaderTooLarge,
@@ -142,6 +144,14 @@ def _refusal_app(error: ServingError) -> Any:
         await send({"type": "http.response.body", "body": body})
 
     return refuse
+
+
+async def _too_large(scope: dict, receive: Any, send: Any) -> None:
+    """An ASGI app that answers 413 as Netty's HttpObjectAggregator does (no body, no content
+    type) without reading the request, and closes."""
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-length", b"0"), (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": b""})
 
 
 def _error_response(error: ServingError) -> bytes:
@@ -365,7 +375,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
                 self._watch.refused(f"with a 100-continue upload over {limit} bytes "
                                     f"(--max-request-size), answered 413")
                 # uvicorn starts the request's task with self.app: this one, this once
-                app, self.app = self.app, _refusal_app(body_too_large(length, limit))
+                app, self.app = self.app, _too_large
                 try:
                     super().on_headers_complete()
                 finally:

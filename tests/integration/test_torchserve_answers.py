@@ -35,12 +35,9 @@ pytestmark = pytest.mark.integration
 
 REAL_ARCHIVER = os.path.join(os.path.dirname(sys.executable), "torch-model-archiver")
 ANSWERS = load("errors")
-#: recorded cases that zerobatch answers otherwise, on purpose or not yet (the report of
-#: docs/from-torchserve.md lists them): TorchServe predicts on GET and DELETE
-NOT_COMPARED = {"get_prediction", "delete_prediction"}
 #: cases with a test of their own
 OWN_TEST = {"queue_full", "handler_exit", "image_unreadable"}
-COMPARED = sorted(set(ANSWERS) - NOT_COMPARED - OWN_TEST)
+COMPARED = sorted(set(ANSWERS) - OWN_TEST)
 
 
 @pytest.fixture(scope="module")

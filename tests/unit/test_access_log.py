@@ -125,6 +125,12 @@ def test_escaping_and_the_other_helpers():
     assert model_and_version("/predictions/m/1.0/v1/chat") == ("m", "1.0")  # and a url_path
     assert model_and_version("/explanations/m/2") == ("m", "2")
     assert model_and_version("/ping") == ("-", "-")
+    # TorchServe's other inference routes (api/inference_routes.py)
+    assert model_and_version("/models/m/invoke") == ("m", "-")
+    assert model_and_version("/m/predict") == ("m", "-")
+    assert model_and_version("/m/1.0/predict/") == ("m", "1.0")
+    assert model_and_version("/models/m/predict") == ("-", "-")  # not a legacy path
+    assert model_and_version("/invocations") == ("-", "-")  # its model is in the query
 
 
 def test_a_failing_app_is_logged_500_and_the_failure_goes_on(access_records):

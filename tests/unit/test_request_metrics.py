@@ -237,6 +237,14 @@ def test_answered_predictions_count_with_their_version(client, figures):
     assert figures.statuses() == (4, 0, 0)
 
 
+def test_the_other_inference_routes_count_under_the_model_they_name(client, figures):
+    for path in ("/invocations?model_name=echo", "/models/echo/invoke", "/echo/predict"):
+        assert client.simulate_get(path).status_code == 200, path
+    assert client.simulate_post("/echo/2.0/predict", body=b"1").status_code == 200
+    assert figures.requests("echo") == 3 and figures.requests("echo", "2.0") == 1
+    assert figures.statuses() == (4, 0, 0)
+
+
 def test_a_reply_with_an_error_status_counts_in_its_class(client, fake, figures):
     fake.outcome = Reply(422, "application/json", None, b"{}")
     assert client.simulate_post("/predictions/echo", body=b"1").status_code == 422
@@ -280,7 +288,8 @@ def test_refusals_before_the_broker_and_other_routes_count_only_their_status(
     assert client.simulate_post("/predictions/echo", body=b"x" * 65).status_code == 413
     assert client.simulate_post("/predictions/echo", body=b"1",
                                 headers={"x-zerobatch-timeout-ms": "soon"}).status_code == 400
-    assert client.simulate_get("/predictions/echo").status_code == 405
+    # TorchServe predicts on GET and the like; TRACE is refused
+    assert client.simulate_request("TRACE", "/predictions/echo").status_code == 405
     assert client.simulate_get("/nowhere").status_code == 404
     assert client.simulate_post("/predictions/", body=b"1").status_code == 404
     assert figures.statuses() == (0, 5, 0)
