@@ -644,6 +644,7 @@ def test_http_app_never_fails_unexpectedly(method, path, header_map, body):
         assert error["code"] == result.status_code
     if client.requests and result.status_code == 200:
         model, version, sent = client.requests[0]
-        assert result.content == sent == body
+        # a HEAD predicts too (as in TorchServe), and its answer has no body
+        assert sent == body and result.content == (b"" if method == "HEAD" else body)
         name = path.split("/")[2]
         assert model == urllib.parse.unquote(name, errors="replace") or "%" in name
