@@ -166,6 +166,9 @@ class PingResource:
             return
         resp.data = _HEALTHY
 
+    # TorchServe answers its health whatever the method (a load balancer may probe with HEAD)
+    on_post = on_put = on_delete = on_patch = on_head = on_options = on_get
+
 
 class ReadyResource:
     def __init__(self, holder: _ClientHolder) -> None:

@@ -105,6 +105,11 @@ METHOD_CASES: dict[str, tuple[str, str, bytes, dict]] = {
     "head_prediction_unknown_model": ("HEAD", "/predictions/nosuch", b"", {}),
     "delete_prediction_unknown_version": ("DELETE", "/predictions/answers/9.9", b"", {}),
     "get_predictions_no_model": ("GET", "/predictions", b"", {}),
+    # /ping answers its health whatever the method
+    "post_ping": ("POST", "/ping", *HELLO),
+    "head_ping": ("HEAD", "/ping", b"", {}),
+    "put_ping": ("PUT", "/ping", b"", {}),
+    "options_ping": ("OPTIONS", "/ping", b"", {}),
     # OPTIONS: the model's own API description, the handler not called
     "options_prediction": ("OPTIONS", "/predictions/answers", b"", {}),
     "options_prediction_version": ("OPTIONS", "/predictions/echo/1.0", b"", {}),

@@ -39,9 +39,9 @@ CONCRETE = {"{model_name}": "echo", "{model_version}": "1.0", "{model}": "echo",
 V2_REQUEST = b'{"inputs":[{"name":"x","datatype":"INT8","shape":[],"data":1}]}'
 #: the paths whose errors are KServe's {"error": ...}, not TorchServe's shape
 KSERVE_PREFIXES = ("/v1/", "/v2")
-#: /api-description answers every method (ApiDescriptionRequestHandler), and is described, as
-#: TorchServe describes it, by its GET alone
-ANY_METHOD_PATHS = {"/api-description"}
+#: /api-description (ApiDescriptionRequestHandler) and /ping answer every method, and are
+#: described, as TorchServe describes them, by their GET alone
+ANY_METHOD_PATHS = {"/api-description", "/ping"}
 #: the methods a prediction path answers as its POST (TorchServe predicts whatever the
 #: method), which its POST's description names instead of one operation each
 AS_POST = {"get", "delete", "patch", "head"}
