@@ -54,7 +54,7 @@ from zerobatch.api.explanations import ExplanationsResource
 from zerobatch.api.http_helpers import prediction_error_answer
 from zerobatch.api.management_helpers import JSON, ts_json
 from zerobatch.api.open_inference import model_entries
-from zerobatch.api.token_auth import INVALID_KEY_BODY, TokenCheck
+from zerobatch.api.token_auth import TokenCheck, refuse_without_inference_key
 from zerobatch.config import FrontendConfig
 from zerobatch.errors import BadRequest, ModelNotFound, ModelVersionNotFound, ServingError
 
@@ -187,13 +187,7 @@ class ModelApi:
     def authorized(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> bool:
         """Whether the request carries the inference key (or none is needed); else the
         response is TorchServe's refusal."""
-        check = self._check
-        if check is None or check("inference", req.headers.get("authorization")):
-            return True
-        resp.status = 400
-        resp.content_type = JSON
-        resp.data = INVALID_KEY_BODY
-        return False
+        return not refuse_without_inference_key(self._check, req, resp)
 
     async def models(self) -> list:
         """The broker's model entries (BrokerCore.model_list)."""

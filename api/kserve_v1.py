@@ -70,7 +70,7 @@ from zerobatch.api.http_helpers import (
     timeout_from_header,
     valid_request_id,
 )
-from zerobatch.api.token_auth import INVALID_KEY_BODY, TokenCheck
+from zerobatch.api.token_auth import TokenCheck, refuse_without_inference_key
 from zerobatch.config import FrontendConfig
 from zerobatch.errors import HandlerError, ModelNotFound, ServingError, client_safe
 
@@ -264,13 +264,7 @@ class _Guarded:
         self._check = TokenCheck(config.key_file).check if config.key_file else None
 
     def refused(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> bool:
-        check = self._check
-        if check is None or check("inference", req.headers.get("authorization")):
-            return False
-        resp.status = 400
-        resp.content_type = JSON
-        resp.data = INVALID_KEY_BODY
-        return True
+        return refuse_without_inference_key(self._check, req, resp)
 
 
 class ModelsResource(_Guarded):

@@ -63,7 +63,8 @@ if TYPE_CHECKING:
 
 __all__ = ["AUTHENTICATION_FAILED", "AUTHORIZATION_FAILED", "INVALID_KEY", "INVALID_KEY_BODY",
            "RELOAD_INTERVAL_S", "Keys", "ManagementAuth", "TokenCheck", "TokenResource",
-           "bearer_token", "create_key_file", "read_keys", "remove_key_file", "rotate"]
+           "bearer_token", "create_key_file", "read_keys", "refuse_without_inference_key",
+           "remove_key_file", "rotate"]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,18 @@ DESCRIPTION_PATHS = frozenset({"/", "/api-description"})
 #: Java's Pattern `^Bearer\s+(\S+)$` with matches(): \s and \S are ASCII classes there
 _BEARER = re.compile(r"Bearer\s+(\S+)", re.ASCII).fullmatch
 _NEVER = float("-inf")
+
+
+def refuse_without_inference_key(check: Callable[[str, str | None], bool] | None,
+                                 req: falcon.asgi.Request, resp: falcon.asgi.Response) -> bool:
+    """True, with TorchServe's 400 InvalidKeyException answered in resp, when `check` (a
+    TokenCheck's, None when token authorization is off) finds no inference key in req."""
+    if check is None or check("inference", req.headers.get("authorization")):
+        return False
+    resp.status = 400
+    resp.content_type = JSON
+    resp.data = INVALID_KEY_BODY
+    return True
 
 
 def bearer_token(authorization: str | None) -> str | None:

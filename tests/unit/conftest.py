@@ -38,3 +38,24 @@ def core(request):
     """A BrokerCore on each aggregator twin (tests.support.broker_core drives it)."""
     from tests.support.broker_core import make_core
     return make_core(request.param)
+
+
+@pytest.fixture
+def spans():
+    """An in-memory exporter behind this process's tracer, for one test (OpenTelemetry's SDK
+    is imported only by the tests that ask for it)."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from zerobatch import tracing
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.use_tracer_for_tests(provider.get_tracer("test"))
+    try:
+        yield exporter
+    finally:
+        tracing.reset_for_tests()
+        provider.shutdown()

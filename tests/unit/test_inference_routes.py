@@ -6,14 +6,11 @@ recorded answers, is tests/integration/test_torchserve_routes.py's."""
 from __future__ import annotations
 
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tests.support.forms import multipart
 from tests.unit.test_inference_openapi import FakeClient, call
 from tests.unit.test_tracing import HeaderKeeper, traced_client
-from zerobatch import token_keys, tracing
+from zerobatch import token_keys
 from zerobatch.api.http_app import create_app
 from zerobatch.api.inference_routes import form_field, model_api, query_fields, with_fields
 from zerobatch.config import FrontendConfig
@@ -146,20 +143,6 @@ def test_the_inference_key_is_asked_on_every_method(tmp_path, method, path):
                                     key_file=key_file), client=FakeClient())
     assert call(app, method, path).status_code == 400
     assert call(app, method, path, headers={"Authorization": f"Bearer {key}"}).status_code == 200
-
-
-@pytest.fixture
-def spans():
-    """An in-memory exporter behind this process's tracer (as tests/unit/test_tracing.py)."""
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing.use_tracer_for_tests(provider.get_tracer("test"))
-    try:
-        yield exporter
-    finally:
-        tracing.reset_for_tests()
-        provider.shutdown()
 
 
 def test_a_traced_invocation_reaches_the_worker_without_url_path_or_explain(spans):

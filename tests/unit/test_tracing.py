@@ -10,8 +10,6 @@ import time
 
 import falcon.testing
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
@@ -35,20 +33,6 @@ ECHO = """
             return None
         return [row["body"] for row in data]
 """
-
-
-@pytest.fixture
-def spans():
-    """An in-memory exporter behind this process's tracer, for one test."""
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing.use_tracer_for_tests(provider.get_tracer("test"))
-    try:
-        yield exporter
-    finally:
-        tracing.reset_for_tests()
-        provider.shutdown()
 
 
 def by_name(exporter: InMemorySpanExporter) -> dict:
