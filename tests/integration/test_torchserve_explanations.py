@@ -7,8 +7,10 @@ the default `image_classifier` and `text_classifier`; here the same archives, pa
 real torch-model-archiver, are served by zerobatch and each stored request is sent again.
 The status, the content type (none, where the handler set none) and the body bytes must equal
 TorchServe's: the attributions come from the same torch and Captum on the CPU, so every float
-is the same, not merely close. KServe v1 is compared as JSON values, float for float:
-zerobatch answers it compactly where TorchServe's kserve envelope indents it (docs/kserve.md).
+is the same, not merely close, on the machine that recorded them (on a CPU whose float
+kernels round otherwise, each number within FLOAT_REL_TOL: assert_same_computed_body).
+KServe v1 is compared as JSON values, float for float: zerobatch answers it compactly where
+TorchServe's kserve envelope indents it (docs/kserve.md).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import sys
 import pytest
 
 from tests.support.servers import finish, start_server
-from tests.support.torchserve_answers import load
+from tests.support.torchserve_answers import assert_same_computed_body, load
 from tests.torchserve.record_explanations import (
     build_archives,
     kserve_requests,
@@ -62,7 +64,7 @@ def test_answer_is_torchserves(server, case):
     status, headers, body, recorded = replay(server, case)
     expected = unpack_body(recorded)
     assert status == recorded["status"], (status, body[:300])
-    assert body == expected, _first_difference(body, expected)
+    assert_same_computed_body(body, expected)
     assert headers.get("content-type") == recorded["headers"].get("content-type")
 
 
@@ -84,10 +86,3 @@ def test_an_image_explanation_is_one_attribution_per_pixel(server):
                for column, value in enumerate(values) if value != 0}
     assert sampled and all(row % 16 == 0 and column % 16 == 0 for row, column in sampled)
 
-
-def _first_difference(ours: bytes, theirs: bytes) -> str:
-    for index, (mine, recorded) in enumerate(zip(ours, theirs, strict=False)):
-        if mine != recorded:
-            return (f"first difference at byte {index}: ours {ours[index - 60:index + 60]!r}, "
-                    f"TorchServe's {theirs[index - 60:index + 60]!r}")
-    return f"lengths differ: ours {len(ours)}, TorchServe's {len(theirs)}"

@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import math
 import os
 import shutil
 import signal
@@ -36,6 +37,10 @@ TORCHSERVE_BIN = os.environ.get("TORCHSERVE_BIN", "/work/tsenv/bin")
 #: TorchServe's front end puts these on every answer (all but Netty's own 413s): compared
 #: wherever TorchServe sent them
 CACHE_HEADERS = ("cache-control", "expires", "pragma")
+#: computed floats recorded on one CPU may round their last bits otherwise on another's
+#: kernels: where such a body differs, its numbers are compared within these
+FLOAT_REL_TOL = 1e-5
+FLOAT_ABS_TOL = 1e-9
 #: headers that change from run to run, never compared
 VOLATILE_HEADERS = frozenset({"date", "x-request-id", "content-length", "connection"})
 
@@ -197,9 +202,11 @@ def body(answer: dict) -> bytes:
 
 
 def assert_same_answer(status: int, headers: dict, answer_body: bytes, recorded: dict,
-                       header_names: tuple[str, ...] = ("content-type",)) -> None:
+                       header_names: tuple[str, ...] = ("content-type",),
+                       computed: bool = False) -> None:
     """Ours equals TorchServe's: the status, each header of header_names (lowercase), the
-    caching headers TorchServe sent (CACHE_HEADERS) and the body bytes."""
+    caching headers TorchServe sent (CACHE_HEADERS) and the body bytes (`computed`: see
+    assert_same_computed_body)."""
     assert status == recorded["status"], (status, recorded["status"], answer_body)
     ours = {k.lower(): v for k, v in headers.items()}
     for name in header_names:
@@ -208,4 +215,46 @@ def assert_same_answer(status: int, headers: dict, answer_body: bytes, recorded:
     for name in CACHE_HEADERS:
         if name in recorded["headers"]:
             assert ours.get(name) == recorded["headers"][name], (name, ours.get(name))
-    assert answer_body == body(recorded), (answer_body, body(recorded))
+    if computed:
+        assert_same_computed_body(answer_body, body(recorded))
+    else:
+        assert answer_body == body(recorded), (answer_body, body(recorded))
+
+
+def assert_same_computed_body(ours: bytes, theirs: bytes) -> None:
+    """Ours equals TorchServe's byte for byte (as it does on the machine that recorded it),
+    or, where this CPU's float kernels round a computed number (a softmax, an attribution)
+    otherwise in its last bits, as JSON whose every float is within FLOAT_REL_TOL of
+    TorchServe's and every other value equal."""
+    if ours == theirs:
+        return
+    try:
+        mine, recorded = json.loads(ours), json.loads(theirs)
+    except ValueError:
+        raise AssertionError(first_difference(ours, theirs)) from None
+    _assert_close(mine, recorded, "body", first_difference(ours, theirs))
+
+
+def _assert_close(mine, recorded, where: str, context: str) -> None:
+    if isinstance(recorded, float) and isinstance(mine, (float, int)):
+        assert math.isclose(mine, recorded, rel_tol=FLOAT_REL_TOL, abs_tol=FLOAT_ABS_TOL), (
+            where, mine, recorded, context)
+    elif isinstance(recorded, list) and isinstance(mine, list):
+        assert len(mine) == len(recorded), (where, len(mine), len(recorded), context)
+        for index, (one, other) in enumerate(zip(mine, recorded, strict=True)):
+            _assert_close(one, other, f"{where}[{index}]", context)
+    elif isinstance(recorded, dict) and isinstance(mine, dict):
+        assert list(mine) == list(recorded), (where, list(mine), list(recorded), context)
+        for key in recorded:
+            _assert_close(mine[key], recorded[key], f"{where}[{key!r}]", context)
+    else:
+        assert mine == recorded, (where, mine, recorded, context)
+
+
+def first_difference(ours: bytes, theirs: bytes) -> str:
+    """Where two bodies first differ, with some bytes around it."""
+    for index, (mine, recorded) in enumerate(zip(ours, theirs, strict=False)):
+        if mine != recorded:
+            return (f"first difference at byte {index}: ours {ours[index - 60:index + 60]!r}, "
+                    f"TorchServe's {theirs[index - 60:index + 60]!r}")
+    return f"lengths differ: ours {len(ours)}, TorchServe's {len(theirs)}"
