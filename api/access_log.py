@@ -66,7 +66,7 @@ CLIENT_CLOSED = 499
 #: the paths that name a model and a version (TorchServe's, then the url_path after them)
 _MODEL_PATHS = ("/predictions/", "/explanations/")
 #: first segments that are never a model of the legacy /MODEL/predict path
-_RESERVED = frozenset({"models", "invocations", ""})
+_RESERVED = frozenset({"models", "invocations", "ping", ""})
 _REQUEST_ID = b"x-request-id"
 
 Scope = dict[str, Any]

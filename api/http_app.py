@@ -2,7 +2,7 @@
 
     OPTIONS /                                    the OpenAPI description (api/openapi/)
     *    /api-description                        the same (TorchServe's deprecated path)
-    GET  /ping                                   TorchServe's health verdict (BrokerCore.health)
+    *    /ping[/...]                             TorchServe's health verdict (BrokerCore.health)
     GET  /ready                                  200 once every model has a live worker, else 503
     POST /predictions/{model_name}               body passed through raw to the model's handler
     POST /predictions/{model_name}/{model_version}
@@ -11,7 +11,7 @@
     POST /invocations?model_name=...             SageMaker's, and the two below: the query's
     POST /models/{model_name}/invoke             parameters reach the handler as fields
     POST /{model_name}[/{model_version}]/predict (api/inference_routes.py)
-    (GET, PUT, DELETE, PATCH and HEAD predict as POST on all, as TorchServe's do; OPTIONS
+    (every other method predicts as POST on all, as TorchServe's do, but CONNECT; OPTIONS
     answers the model's own API description)
 
 As TorchServe's front end does, a prediction carries the request headers `url_path` (the
@@ -85,7 +85,12 @@ from zerobatch.api.http_helpers import (
     timeout_from_header,
     valid_request_id,
 )
-from zerobatch.api.inference_routes import ModelApi, Prepare, add_inference_routes
+from zerobatch.api.inference_routes import (
+    ModelApi,
+    Prepare,
+    add_inference_routes,
+    answers_every_method_as_post,
+)
 from zerobatch.api.kserve_v1 import add_kserve_v1_routes
 from zerobatch.api.management_app import ApiDescriptionResource
 from zerobatch.api.management_helpers import JSON, openapi, ts_json
@@ -146,11 +151,16 @@ class _ClientHolder:
             await client.aclose()
 
 
+@answers_every_method_as_post
 class PingResource:
+    """/ping, and every path below it, whatever the method (a load balancer may probe with
+    HEAD), as TorchServe answers its health."""
+
     def __init__(self, holder: _ClientHolder) -> None:
         self._holder = holder
 
-    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
+                     subpath: str = "") -> None:
         resp.content_type = "application/json"
         try:
             answer = await self._holder.get().control("ping", timeout_ms=PING_TIMEOUT_MS)
@@ -166,8 +176,7 @@ class PingResource:
             return
         resp.data = _HEALTHY
 
-    # TorchServe answers its health whatever the method (a load balancer may probe with HEAD)
-    on_post = on_put = on_delete = on_patch = on_head = on_options = on_get
+    on_post = on_options = on_get
 
 
 class ReadyResource:
@@ -193,6 +202,7 @@ class ReadyResource:
         resp.data = _status_json({"status": "Not Ready", "loading": names})
 
 
+@answers_every_method_as_post  # as TorchServe (OPTIONS apart: on_options)
 class PredictionsResource:
     def __init__(self, holder: _ClientHolder, config: FrontendConfig,
                  metrics: RequestMetrics | None = None) -> None:
@@ -221,9 +231,6 @@ class PredictionsResource:
                       model_name: str, model_version: str | None = None,
                       url_path: str = "") -> None:
         await self.forward(req, resp, model_name, model_version, url_path, explain=False)
-
-    # TorchServe predicts whatever the method (OPTIONS apart: on_options)
-    on_get = on_put = on_delete = on_patch = on_head = on_post
 
     async def on_options(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
                          model_name: str, model_version: str | None = None,
@@ -360,7 +367,9 @@ def create_app(config: FrontendConfig, client: AsyncClient | None = None,
     document = ts_json(openapi(__version__, "inference"))
     app.add_route("/", ApiDescriptionResource(document, any_method=False))
     app.add_route("/api-description", ApiDescriptionResource(document, any_method=True))
-    app.add_route("/ping", PingResource(holder))
+    ping = PingResource(holder)
+    app.add_route("/ping", ping)
+    app.add_route("/ping/{subpath:path}", ping)  # TorchServe reads no further than /ping
     app.add_route("/ready", ReadyResource(holder))
     predictions = PredictionsResource(holder, config, metrics)
     app.add_route("/predictions/{model_name}", predictions)

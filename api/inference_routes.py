@@ -8,7 +8,8 @@ with the body the request has (none, usually: the handler gets an empty body); a
 has its Content-Length and no body. OPTIONS is the exception: once the model (and version) is
 found, it answers the model's own API description (OpenApiUtils.getModelApi, `model_api`)
 without calling the handler; an unknown model or version is the prediction's 404.
-TRACE, CONNECT and the WebDAV methods, which OpenAPI cannot describe, are answered 405 here.
+So do TRACE, the WebDAV methods and QUERY (AS_POST_METHODS: all falcon routes); CONNECT is a
+tunnel, answered 405.
 
 `/invocations` names its model in the query (`?model_name=m`, the first one). Without one
 (or with an empty one) it predicts with the only model when exactly one model is registered
@@ -58,9 +59,9 @@ from zerobatch.api.token_auth import TokenCheck, refuse_without_inference_key
 from zerobatch.config import FrontendConfig
 from zerobatch.errors import BadRequest, ModelNotFound, ModelVersionNotFound, ServingError
 
-__all__ = ["ExplanationsRoute", "InvocationsResource", "InvokeResource",
+__all__ = ["AS_POST_METHODS", "ExplanationsRoute", "InvocationsResource", "InvokeResource",
            "LegacyPredictResource", "ModelApi", "add_inference_routes", "model_api",
-           "with_fields"]
+           "answers_every_method_as_post", "with_fields"]
 
 #: how long the broker may take to list its models
 MODELS_TIMEOUT_MS = 2000
@@ -71,6 +72,20 @@ MODEL_NAME_REQUIRED = "Parameter model_name is required."
 RESERVED_NAMES = frozenset({"models", "invocations"})
 URLENCODED = "application/x-www-form-urlencoded"
 MULTIPART = "multipart/form-data"
+
+#: the methods TorchServe predicts on as it does on POST, as far as falcon routes them: all of
+#: HTTP's and WebDAV's but OPTIONS (a model's API description) and CONNECT (a tunnel)
+AS_POST_METHODS = tuple(method for method in falcon.constants.COMBINED_METHODS
+                        if method not in ("POST", "OPTIONS", "CONNECT", "WEBSOCKET"))
+
+
+def answers_every_method_as_post(cls: type) -> type:
+    """cls with its on_post answering each of AS_POST_METHODS too (TorchServe predicts
+    whatever the method)."""
+    for method in AS_POST_METHODS:
+        setattr(cls, "on_" + method.lower(), cls.on_post)
+    return cls
+
 
 #: prepare(req, model name, body, content type) -> (model name, body, content type): what
 #: PredictionsResource.send runs once the body is read
@@ -234,6 +249,7 @@ class ModelApi:
         resp.data = model_api(model_name)
 
 
+@answers_every_method_as_post
 class ExplanationsRoute(ExplanationsResource):
     """/explanations/...: every method an explanation (api/explanations.py), OPTIONS the
     model's API description, as on /predictions."""
@@ -241,8 +257,6 @@ class ExplanationsRoute(ExplanationsResource):
     def __init__(self, predictions: Any, model_api_: ModelApi) -> None:
         super().__init__(predictions)
         self._model_api = model_api_
-
-    on_get = on_delete = on_patch = on_head = ExplanationsResource.on_post
 
     async def on_options(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
                          model_name: str, model_version: str | None = None,
@@ -267,13 +281,12 @@ class _Route:
                 *with_fields(query_fields(req.query_string), body, content_type))
 
 
+@answers_every_method_as_post
 class InvocationsResource(_Route):
     """`/invocations`: the model named by the query, the only model, or a form field."""
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         await self._send(req, resp, _query_model(req) or "", None, {}, self._prepare)
-
-    on_get = on_put = on_delete = on_patch = on_head = on_post
 
     async def _prepare(self, req: falcon.asgi.Request, model_name: str, body: bytes,
                        content_type: str) -> tuple[str, bytes, str]:
@@ -290,6 +303,7 @@ class InvocationsResource(_Route):
         await self._model_api.answer(req, resp, _query_model(req))
 
 
+@answers_every_method_as_post
 class InvokeResource(_Route):
     """`/models/{model_name}/invoke` (an empty name: the only model's)."""
 
@@ -297,13 +311,12 @@ class InvokeResource(_Route):
                       model_name: str) -> None:
         await self._send(req, resp, model_name, None, {}, self._prepare)
 
-    on_get = on_put = on_delete = on_patch = on_head = on_post
-
     async def on_options(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
                          model_name: str) -> None:
         await self._model_api.answer(req, resp, model_name)
 
 
+@answers_every_method_as_post
 class LegacyPredictResource(_Route):
     """`/{model_name}/predict` and `/{model_name}/{model_version}/predict`."""
 
@@ -312,8 +325,6 @@ class LegacyPredictResource(_Route):
         if model_name in RESERVED_NAMES:
             raise falcon.HTTPRouteNotFound()
         await self._send(req, resp, model_name, model_version, {}, self._prepare)
-
-    on_get = on_put = on_delete = on_patch = on_head = on_post
 
     async def _prepare(self, req: falcon.asgi.Request, model_name: str, body: bytes,
                        content_type: str) -> tuple[str, bytes, str]:

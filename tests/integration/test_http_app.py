@@ -267,9 +267,9 @@ def test_unknown_path_and_wrong_method_are_json(echo_broker):
     app = create_app(config_for(echo_broker))
     missing, unnamed, wrong = simulate(app, ("GET", "/nope", {}),
                                        ("POST", "/explanations/", {"body": b"x"}),
-                                       # TorchServe predicts on GET, PUT, DELETE, PATCH,
-                                       # HEAD; methods OpenAPI cannot describe are refused
-                                       ("TRACE", "/predictions/m", {}))
+                                       # TorchServe predicts whatever the method; CONNECT
+                                       # (a tunnel) is refused here
+                                       ("CONNECT", "/predictions/m", {}))
     # TorchServe's words (ResourceNotFoundException.java, MethodNotAllowedException.java)
     assert_error(missing, 404, "ResourceNotFoundException", "not found")
     assert_error(unnamed, 404, "ResourceNotFoundException")

@@ -105,7 +105,13 @@ METHOD_CASES: dict[str, tuple[str, str, bytes, dict]] = {
     "head_prediction_unknown_model": ("HEAD", "/predictions/nosuch", b"", {}),
     "delete_prediction_unknown_version": ("DELETE", "/predictions/answers/9.9", b"", {}),
     "get_predictions_no_model": ("GET", "/predictions", b"", {}),
-    # /ping answers its health whatever the method
+    # ... whatever the method: HTTP's others and WebDAV's too
+    "trace_prediction": ("TRACE", "/predictions/answers", b"", {}),
+    "propfind_prediction": ("PROPFIND", "/predictions/answers", *HELLO),
+    "mkcol_invocations": ("MKCOL", "/invocations?model_name=answers", b"", {}),
+    # /ping answers its health whatever the method, and whatever path follows it
+    "get_ping_path": ("GET", "/ping/anything/at/all", b"", {}),
+    "post_ping_predict": ("POST", "/ping/predict", *HELLO),
     "post_ping": ("POST", "/ping", *HELLO),
     "head_ping": ("HEAD", "/ping", b"", {}),
     "put_ping": ("PUT", "/ping", b"", {}),

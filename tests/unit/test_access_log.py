@@ -131,6 +131,7 @@ def test_escaping_and_the_other_helpers():
     assert model_and_version("/m/1.0/predict/") == ("m", "1.0")
     assert model_and_version("/models/m/predict") == ("-", "-")  # not a legacy path
     assert model_and_version("/invocations") == ("-", "-")  # its model is in the query
+    assert model_and_version("/ping/predict") == ("-", "-")  # the health, as TorchServe
 
 
 def test_a_failing_app_is_logged_500_and_the_failure_goes_on(access_records):

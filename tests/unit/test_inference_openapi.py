@@ -25,6 +25,7 @@ from zerobatch import __version__, token_keys
 from zerobatch.api.client_helpers import Reply
 from zerobatch.api.http_app import create_app
 from zerobatch.api.http_helpers import TIMEOUT_HEADER
+from zerobatch.api.inference_routes import AS_POST_METHODS
 from zerobatch.api.management_helpers import ts_json
 from zerobatch.api.token_auth import AUTHORIZATION_FAILED, INVALID_KEY_BODY
 from zerobatch.config import FrontendConfig
@@ -41,10 +42,10 @@ V2_REQUEST = b'{"inputs":[{"name":"x","datatype":"INT8","shape":[],"data":1}]}'
 KSERVE_PREFIXES = ("/v1/", "/v2")
 #: /api-description (ApiDescriptionRequestHandler) and /ping answer every method, and are
 #: described, as TorchServe describes them, by their GET alone
-ANY_METHOD_PATHS = {"/api-description", "/ping"}
+ANY_METHOD_PATHS = {"/api-description", "/ping", "/ping/{subpath}"}
 #: the methods a prediction path answers as its POST (TorchServe predicts whatever the
 #: method), which its POST's description names instead of one operation each
-AS_POST = {"get", "delete", "patch", "head"}
+AS_POST = {method.lower() for method in AS_POST_METHODS} - {"put"}
 
 
 class FakeClient:
@@ -177,7 +178,7 @@ def test_every_route_is_described_and_every_described_path_is_served(app, docume
             assert described <= methods, path
         elif AS_POST <= methods:
             assert described == methods - AS_POST, path
-            assert "GET, DELETE, PATCH and HEAD are answered as POST" in (
+            assert "is answered as POST too" in (
                 document["paths"][path]["post"]["description"]), path
         else:
             assert described == methods, path

@@ -127,11 +127,17 @@ def test_paths_torchserve_reads_before_the_legacy_one_are_not_found(app, path):
     assert result.status_code == 404 and result.json["type"] == "ResourceNotFoundException"
 
 
-def test_trace_is_refused(app):
-    assert call(app, "TRACE", "/predictions/echo").status_code == 405
+@pytest.mark.parametrize("method", ["TRACE", "PROPFIND", "MKCOL", "QUERY"])
+def test_every_other_method_predicts(app, method):
+    assert call(app, method, "/predictions/echo").status_code == 200
 
 
-@pytest.mark.parametrize("method", ["GET", "DELETE", "PATCH", "HEAD", "OPTIONS"])
+def test_connect_is_refused(app):
+    assert call(app, "CONNECT", "/predictions/echo").status_code == 405
+
+
+@pytest.mark.parametrize("method", ["GET", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE",
+                                    "PROPFIND"])
 @pytest.mark.parametrize("path", ["/predictions/echo", "/explanations/echo",
                                   "/invocations?model_name=echo", "/models/echo/invoke",
                                   "/echo/predict"])
