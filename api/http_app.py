@@ -19,10 +19,9 @@ path after the version, "" without one) and `explain` ("True" on /explanations, 
 "False"), set over any the client sent (PredictionsResource.forward, api/explanations.py).
 
 With token authorization on (config.key_file set), a prediction (OPTIONS too) needs the
-inference key,
-`Authorization: Bearer <key>`, checked before its body is read; without it the answer is
-TorchServe's 400 InvalidKeyException. /ping, /ready and the OpenAPI description need no key
-(api/token_auth.py says why).
+inference key, `Authorization: Bearer <key>`, checked before its body is read; without it the
+answer is TorchServe's 400 InvalidKeyException. /ping, /ready and the OpenAPI description need
+no key (api/token_auth.py says why).
 
 A prediction forwards the raw body, its Content-Type (default application/octet-stream), the
 request headers (lowercase names) and its request id: the caller's `x-request-id` header
