@@ -288,8 +288,8 @@ def test_refusals_before_the_broker_and_other_routes_count_only_their_status(
     assert client.simulate_post("/predictions/echo", body=b"x" * 65).status_code == 413
     assert client.simulate_post("/predictions/echo", body=b"1",
                                 headers={"x-zerobatch-timeout-ms": "soon"}).status_code == 400
-    # TorchServe predicts on GET and the like; TRACE is refused
-    assert client.simulate_request("TRACE", "/predictions/echo").status_code == 405
+    # TorchServe predicts whatever the method; CONNECT (a tunnel) is refused here
+    assert client.simulate_request("CONNECT", "/predictions/echo").status_code == 405
     assert client.simulate_get("/nowhere").status_code == 404
     assert client.simulate_post("/predictions/", body=b"1").status_code == 404
     assert figures.statuses() == (0, 5, 0)
