@@ -50,6 +50,10 @@ MAX_DIMS = 32
 #: the largest product of a shape's non-zero dimensions: an empty tensor of shape
 #: [0, 2**40, 2**40] holds no data, but numpy (in the worker) cannot make its array
 MAX_SHAPE_PRODUCT = 2**48
+#: the most nested lists an empty tensor may stand for: one of shape [a, b, 0, ...] holds no
+#: data, yet a handler that answers it (an echo) has it written as a * b empty JSON lists, so
+#: the dimensions before its first 0 are bounded as a full request bounds a tensor's elements
+MAX_EMPTY_OUTER = 2**20
 _LENGTH = struct.Struct("<I")
 
 
@@ -154,6 +158,9 @@ def check_input(tensor: Any, index: int, binary: Any, offset: int) -> tuple[dict
     if math.prod(dim or 1 for dim in shape) > MAX_SHAPE_PRODUCT:
         raise TensorError(f"{where}: shape {shape} is larger than any tensor can be")
     count = math.prod(shape)
+    if count == 0 and math.prod(shape[:shape.index(0)]) > MAX_EMPTY_OUTER:
+        raise TensorError(f"{where}: an empty tensor of shape {shape} stands for more than "
+                          f"{MAX_EMPTY_OUTER} empty rows before its first 0")
     parameters = dict(_parameters(tensor.get("parameters"), where))
     size = parameters.pop("binary_data_size", None)
     if size is not None:

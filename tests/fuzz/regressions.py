@@ -11,7 +11,9 @@ regression tests (tests/unit/test_fuzz_regressions.py; docs/fuzzing.md lists the
 - POST /predictions/ (an empty model name), which `api.http_app` answered 500;
 - Open Inference Protocol requests that `api.tensors.check_input` let through to a TypeError
   (a datatype that is a list) or accepted although the worker cannot build their array (an
-  empty tensor whose other dimensions multiply past what numpy can address).
+  empty tensor whose other dimensions multiply past what numpy can address), or although a
+  handler's answer of it takes gigabytes (an empty tensor with millions of rows before its
+  first 0, each an empty JSON list).
 """
 
 from __future__ import annotations
@@ -160,4 +162,7 @@ def bad_tensor_requests() -> dict[str, bytes]:
         "datatype_a_list": b'{"inputs": [{"name": "s", "datatype": [3], "data": [true]}]}',
         "empty_but_huge": b'{"inputs": [{"name": "x", "datatype": "FP64", '
                           b'"shape": [0, 1099511627776, 1099511627776], "data": []}]}',
+        # empty, but an echo of it is 5 * 85 * 73 * 78 * 84 empty JSON lists (gigabytes)
+        "empty_but_many_rows": b'{"inputs": [{"name": "x", "datatype": "FP64", '
+                               b'"shape": [5, 85, 73, 78, 84, 0, 9], "data": []}]}',
     }
