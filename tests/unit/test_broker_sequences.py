@@ -281,7 +281,9 @@ def test_the_bound_on_sequences_is_at_least_batch_size_times_max_workers(core):
     assert core.models["stateful"]["1.0"].sequences.max_sequences == 6
 
 
-def test_a_streamed_chunk_is_the_handlers_by_default(core):
+def stream_one_chunk(core) -> tuple[int, list]:
+    """seq_0's first request sent to W1, which streams one chunk: (batch id, the chunk as the
+    client gets it)."""
     add_stateful(core)
     ready(core, 0, W1, model="stateful")
     send(core, b"r1", 0, {"ts_request_sequence_id": "seq_0"})
@@ -290,20 +292,18 @@ def test_a_streamed_chunk_is_the_handlers_by_default(core):
     core.on_back([W1] + p.encode_worker_partial(
         batch_id, 0, p.encode_reply_meta(200, "text/plain"), b"chunk"), MS)
     (chunk,) = flat(take_front(core))
+    return batch_id, chunk
+
+
+def test_a_streamed_chunk_is_the_handlers_by_default(core):
+    _batch_id, chunk = stream_one_chunk(core)
     assert chunk[1] == p.PARTIAL and not p.parse_reply_meta(chunk[3])[2]
 
 
 def test_a_streamed_chunk_carries_the_sequence_id_and_the_handlers_own_header_wins(
         strict_core):
     core = strict_core
-    add_stateful(core)
-    ready(core, 0, W1, model="stateful")
-    send(core, b"r1", 0, {"ts_request_sequence_id": "seq_0"})
-    (batch,) = take_back(core)
-    batch_id = p.parse_batch(batch[1:])[0]
-    core.on_back([W1] + p.encode_worker_partial(
-        batch_id, 0, p.encode_reply_meta(200, "text/plain"), b"chunk"), MS)
-    (chunk,) = flat(take_front(core))
+    batch_id, chunk = stream_one_chunk(core)
     assert chunk[1] == p.PARTIAL and p.parse_reply_meta(chunk[3])[2] == {
         "ts_request_sequence_id": "seq_0"}
     own = p.encode_reply_meta(200, "text/plain", {"ts_request_sequence_id": "handler's"})
