@@ -16,7 +16,8 @@
 
 As TorchServe's front end does, a prediction carries the request headers `url_path` (the
 path after the version, "" without one) and `explain` ("True" on /explanations, else
-"False"), set over any the client sent (PredictionsResource.forward, api/explanations.py).
+"False"), set over any the client sent (PredictionsResource.forward,
+api/inference_routes.py's ExplanationsRoute).
 
 With token authorization on (config.key_file set), a prediction (OPTIONS too) needs the
 inference key, `Authorization: Bearer <key>`, checked before its body is read; without it the
@@ -238,11 +239,12 @@ class PredictionsResource:
 
     async def send(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
                    model_name: str, model_version: str | None, added: dict[str, str],
-                   prepare: Prepare) -> None:
-        """Send a prediction with `added` over the request's headers, once `prepare`, given
-        the body, has named its model and made the body the worker gets (/invocations and
-        the other routes of api/inference_routes.py)."""
-        predict = functools.partial(self._predict, prepare=prepare)
+                   prepare: Prepare | None = None) -> None:
+        """Send a prediction with `added` over the request's headers; with `prepare`, once it,
+        given the body, has named the model and made the body the worker gets (/invocations
+        and the other routes of api/inference_routes.py)."""
+        predict = (self._predict if prepare is None
+                   else functools.partial(self._predict, prepare=prepare))
         if self._traced is None:
             await predict(req, resp, model_name, model_version, {**req.headers, **added})
         else:
@@ -252,16 +254,13 @@ class PredictionsResource:
     async def forward(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
                       model_name: str, model_version: str | None, url_path: str,
                       explain: bool) -> None:
-        """Send a prediction (or, explain, an explanation: api/explanations.py) with the two
+        """Send a prediction (or, explain, an explanation: ExplanationsRoute) with the two
         headers TorchServe's front end sets on both, over any the client sent: `url_path`,
         the path after the version without its leading slash or trailing slashes ("" when
         there is none), and `explain` ("True" or "False"), which BaseHandler.handle reads."""
-        added = {"url_path": url_path.rstrip("/"), "explain": "True" if explain else "False"}
-        if self._traced is None:
-            await self._predict(req, resp, model_name, model_version, {**req.headers, **added})
-        else:
-            await self._traced(functools.partial(_predict_adding, self._predict, added),
-                               req, resp, model_name, model_version)
+        await self.send(req, resp, model_name, model_version,
+                        {"url_path": url_path.rstrip("/"),
+                         "explain": "True" if explain else "False"})
 
     async def _predict(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
                        model_name: str, model_version: str | None,

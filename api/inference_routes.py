@@ -51,7 +51,6 @@ import falcon
 import falcon.asgi
 from falcon.uri import parse_query_string
 
-from zerobatch.api.explanations import ExplanationsResource
 from zerobatch.api.http_helpers import prediction_error_answer
 from zerobatch.api.management_helpers import JSON, ts_json
 from zerobatch.api.open_inference import model_entries
@@ -250,13 +249,25 @@ class ModelApi:
 
 
 @answers_every_method_as_post
-class ExplanationsRoute(ExplanationsResource):
-    """/explanations/...: every method an explanation (api/explanations.py), OPTIONS the
-    model's API description, as on /predictions."""
+class ExplanationsRoute:
+    """`/explanations/{model_name}[/{model_version}[/{url_path}]]`: a prediction that reaches
+    the handler with the request header `explain: True` (on /predictions it is "False",
+    whatever the client sent), as TorchServe's front end marks it; everything else (the body,
+    the key check, the batching, the answer, the errors, `url_path`) is a prediction's, so the
+    request goes to the app's PredictionsResource. A BaseHandler subclass's `handle` then runs
+    `explain_handle` instead of inference and postprocess (worker/base_handler.py). Every
+    method is an explanation, OPTIONS apart: the model's API description, as on
+    /predictions."""
 
     def __init__(self, predictions: Any, model_api_: ModelApi) -> None:
-        super().__init__(predictions)
+        #: PredictionsResource.forward(req, resp, model, version, url_path, explain=...)
+        self._forward = predictions.forward
         self._model_api = model_api_
+
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
+                      model_name: str, model_version: str | None = None,
+                      url_path: str = "") -> None:
+        await self._forward(req, resp, model_name, model_version, url_path, explain=True)
 
     async def on_options(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
                          model_name: str, model_version: str | None = None,

@@ -81,7 +81,7 @@ def _run_step(in_queue: queue.Queue, out_queue: queue.Queue, step: Any,
             thread_local_data.micro_batch_idx = item.index
             try:
                 item.payload = step(item.payload)
-            except BaseException as exc:  # raised by handle() once the whole batch is through
+            except BaseException as exc:  # kept on the item; handle() raises it at the end
                 item.payload, item.error = None, exc
             finally:
                 thread_local_data.micro_batch_idx = None
@@ -101,7 +101,8 @@ class MicroBatching:
         self.thread_local_data = threading.local()
         self._lock = threading.Lock()
         self._closed = False
-        # "preprocess_in" is fed by handle(); each step's "_out" is the next step's "_in".
+        # handle() puts micro batches on "preprocess_in"; a step's "_out" queue is the same
+        # queue as the next step's "_in"
         self.queues: dict[str, queue.Queue] = {"preprocess_in": queue.Queue()}
         for step, next_step in zip(HANDLER_METHODS, HANDLER_METHODS[1:], strict=False):
             self.queues[f"{step}_out"] = self.queues[f"{next_step}_in"] = queue.Queue()
